@@ -1,0 +1,117 @@
+"""The OpenAI-compatible REST API under ``/v1``.
+
+Every error leaves as OpenAI's JSON shape ``{"error": {"message", "type", "param", "code"}}`` with
+the status OpenAI would use, including errors Django or django-ninja raise on their own (unknown
+path, wrong method) and our own bugs (500, logged, never a traceback).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import orjson
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase
+from ninja import NinjaAPI
+from ninja.errors import HttpError
+from ninja.errors import ValidationError as NinjaValidationError
+
+from gateway.auth import authenticate, bearer_token
+from gateway.proxy import ProxyService, error_response
+from gateway.runtime import get_runtime
+from providers.errors import GatewayError, InternalError, InvalidRequest, ModelNotFound
+
+log = logging.getLogger("tollgate.api")
+
+api = NinjaAPI(
+    title="Tollgate",
+    version="1",
+    description="A multi-tenant, OpenAI-compatible LLM gateway.",
+    urls_namespace="v1",
+    docs_url=None,
+)
+
+_STARTED = int(time.time())
+
+
+def _json(data: object, status: int = 200) -> HttpResponse:
+    return HttpResponse(orjson.dumps(data), status=status, content_type="application/json")
+
+
+@api.post("/chat/completions")
+async def chat_completions(request: HttpRequest) -> HttpResponseBase:
+    caller = await authenticate(bearer_token(request))
+    return await ProxyService(get_runtime()).chat(caller, request.body)
+
+
+def _model_entry(name: str, owner: str) -> dict[str, object]:
+    return {"id": name, "object": "model", "created": _STARTED, "owned_by": owner}
+
+
+@api.get("/models")
+async def list_models(request: HttpRequest) -> HttpResponse:
+    await authenticate(bearer_token(request))
+    config = get_runtime().config
+    data = [_model_entry(name, model.provider) for name, model in config.models.items()]
+    return _json({"object": "list", "data": data})
+
+
+@api.get("/models/{path:model}")
+async def retrieve_model(request: HttpRequest, model: str) -> HttpResponse:
+    await authenticate(bearer_token(request))
+    route = get_runtime().factory.resolve(model)
+    return _json(_model_entry(model, route.provider_name))
+
+
+@api.exception_handler(GatewayError)
+def _gateway_error(request: HttpRequest, exc: GatewayError) -> HttpResponse:
+    return error_response(exc)
+
+
+@api.exception_handler(NinjaValidationError)
+def _validation_error(request: HttpRequest, exc: NinjaValidationError) -> HttpResponse:
+    return error_response(InvalidRequest("The request is not valid."))
+
+
+@api.exception_handler(HttpError)
+def _http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
+    return error_response(
+        GatewayError(str(exc), status=exc.status_code, type="invalid_request_error")
+    )
+
+
+@api.exception_handler(Http404)
+def _not_found(request: HttpRequest, exc: Http404) -> HttpResponse:
+    return not_found(request, exc)
+
+
+@api.exception_handler(Exception)
+def _unexpected(request: HttpRequest, exc: Exception) -> HttpResponse:
+    log.error("unhandled error on %s", request.path, exc_info=exc)
+    return error_response(InternalError("The gateway failed to handle the request."))
+
+
+def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """Django's 404 handler: JSON under /v1, Django's page elsewhere."""
+    if request.path.startswith("/v1/"):
+        return error_response(
+            GatewayError(
+                f"Unknown request URL: {request.method} {request.path}.",
+                status=404, type="invalid_request_error", code="unknown_url",
+            )
+        )
+    from django.views.defaults import page_not_found
+
+    return page_not_found(request, exception or Http404())
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    """Django's 500 handler: never a traceback, OpenAI's shape under /v1."""
+    if request.path.startswith("/v1/"):
+        return error_response(InternalError("The gateway failed to handle the request."))
+    from django.views.defaults import server_error as django_server_error
+
+    return django_server_error(request)
+
+
+__all__ = ["ModelNotFound", "api", "not_found", "server_error"]

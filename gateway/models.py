@@ -1,0 +1,118 @@
+"""Tenants, their API keys, and the usage ledger."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+
+from django.db import models
+from django.utils import timezone
+
+KEY_PREFIX = "tg-"
+PREFIX_LENGTH = 12
+"""Characters of a raw key kept in clear: the lookup prefix, also how the admin names a key."""
+
+
+def hash_key(raw_key: str) -> str:
+    """SHA-256 of a raw key. Keys carry 256 random bits, so a fast hash is enough."""
+    return hashlib.sha256(raw_key.encode()).hexdigest()
+
+
+class Tenant(models.Model):
+    name = models.CharField(max_length=100, unique=True)
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ApiKeyManager(models.Manager["ApiKey"]):
+    def issue(self, tenant: Tenant, name: str = "", **fields: object) -> tuple[ApiKey, str]:
+        """Create a key and return it with its raw value, which is never stored."""
+        key = ApiKey(tenant=tenant, name=name, **fields)
+        raw = key.assign_new_secret()
+        key.save()
+        return key, raw
+
+
+class ApiKey(models.Model):
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=100, blank=True)
+    prefix = models.CharField(max_length=PREFIX_LENGTH, unique=True, editable=False)
+    key_hash = models.CharField(max_length=64, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    objects = ApiKeyManager()
+
+    class Meta:
+        verbose_name = "API key"
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.tenant.name}{', ' + self.name if self.name else ''})"
+
+    def assign_new_secret(self) -> str:
+        raw = KEY_PREFIX + secrets.token_urlsafe(32)
+        self.prefix = raw[:PREFIX_LENGTH]
+        self.key_hash = hash_key(raw)
+        return raw
+
+    def matches(self, raw_key: str) -> bool:
+        return hmac.compare_digest(self.key_hash, hash_key(raw_key))
+
+    def is_usable(self) -> bool:
+        now = timezone.now()
+        return (
+            self.revoked_at is None
+            and (self.expires_at is None or self.expires_at > now)
+            and self.tenant.is_active
+        )
+
+    def revoke(self) -> None:
+        self.revoked_at = timezone.now()
+        self.save(update_fields=["revoked_at"])
+
+
+class UsageRecord(models.Model):
+    """The ledger: one row per call, successful or not. Append-only."""
+
+    created_at = models.DateTimeField(default=timezone.now)
+    request_id = models.CharField(max_length=64)
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="usage")
+    api_key = models.ForeignKey(ApiKey, on_delete=models.PROTECT, related_name="usage")
+    endpoint = models.CharField(max_length=40, default="chat.completions")
+    requested_model = models.CharField(max_length=200)
+    provider = models.CharField(max_length=100, blank=True)
+    upstream_model = models.CharField(max_length=200, blank=True)
+    stream = models.BooleanField(default=False)
+    prompt_tokens = models.PositiveIntegerField(null=True)
+    completion_tokens = models.PositiveIntegerField(null=True)
+    total_tokens = models.PositiveIntegerField(null=True)
+    cache_read_tokens = models.PositiveIntegerField(null=True)
+    cache_write_tokens = models.PositiveIntegerField(null=True)
+    reasoning_tokens = models.PositiveIntegerField(null=True)
+    usage_estimated = models.BooleanField(
+        default=False, help_text="Tokens counted by the gateway: the upstream never reported them."
+    )
+    cost_usd = models.DecimalField(max_digits=18, decimal_places=10, default=0)
+    status_code = models.PositiveSmallIntegerField()
+    error_type = models.CharField(max_length=64, blank=True)
+    latency_ms = models.PositiveIntegerField()
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["tenant", "created_at"], name="usage_tenant_time"),
+            models.Index(fields=["api_key", "created_at"], name="usage_key_time"),
+            models.Index(fields=["created_at"], name="usage_time"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.request_id} {self.requested_model} {self.status_code}"

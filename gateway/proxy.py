@@ -1,0 +1,244 @@
+"""ProxyService: one call from the tenant's request to the upstream's answer and a ledger row.
+
+Every call that got past authentication leaves exactly one ``UsageRecord``: successes, upstream
+failures, invalid bodies, and streams the client walked away from (with the tokens seen so far).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from django.http import HttpResponse, HttpResponseBase, StreamingHttpResponse
+from pydantic import ValidationError
+
+from gateway.auth import Caller
+from gateway.runtime import Runtime
+from providers.base import ChatRequest, StreamChunk, Usage
+from providers.config import cost_of
+from providers.errors import GatewayError, InternalError, InvalidRequest, UpstreamUnavailable
+from providers.factory import Route
+
+log = logging.getLogger("tollgate.proxy")
+
+CLIENT_CLOSED_REQUEST = 499
+"""Status recorded for a call the client abandoned (nginx's convention; never sent)."""
+
+
+def error_response(error: GatewayError, request_id: str | None = None) -> HttpResponse:
+    response = HttpResponse(
+        orjson.dumps(error.to_openai()), status=error.status, content_type="application/json"
+    )
+    if request_id:
+        response["x-request-id"] = request_id
+    if error.status == 429:
+        response["retry-after"] = "1"
+    return response
+
+
+def parse_chat_request(body: bytes) -> ChatRequest:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise InvalidRequest(
+            "We could not parse the JSON body of your request. Send a JSON object.",
+            code="invalid_json",
+        ) from None
+    if not isinstance(data, dict):
+        raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+    try:
+        return ChatRequest.from_body(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(part) for part in first["loc"]) or None
+        if first["type"] == "missing":
+            raise InvalidRequest(
+                f"Missing required parameter: '{param}'.",
+                param=param,
+                code="missing_required_parameter",
+            ) from None
+        raise InvalidRequest(
+            f"Invalid value for '{param}': {first['msg']}.", param=param, code="invalid_value"
+        ) from None
+
+
+def estimate_prompt_tokens(request: ChatRequest) -> int:
+    """A rough count (4 characters a token) for calls whose upstream never reported usage."""
+    chars = 0
+    for message in request.messages:
+        content = message.content
+        chars += len(content) if isinstance(content, str) else len(orjson.dumps(content))
+    return math.ceil(chars / 4)
+
+
+class StreamMeter:
+    """Follows a stream to know its usage, or to estimate it if the stream is cut off."""
+
+    __slots__ = ("content_chunks", "usage")
+
+    def __init__(self) -> None:
+        self.usage: Usage | None = None
+        self.content_chunks = 0
+
+    def observe(self, chunk: StreamChunk) -> None:
+        if chunk.usage is not None:
+            self.usage = chunk.usage
+        for choice in chunk.payload.get("choices") or ():
+            delta = choice.get("delta") or {}
+            if delta.get("content") or delta.get("tool_calls") or delta.get("reasoning_content"):
+                self.content_chunks += 1
+
+    def final_usage(self, request: ChatRequest) -> Usage:
+        """The upstream's usage, or, when it never came, an estimate: one token per chunk."""
+        if self.usage is not None:
+            return self.usage
+        return Usage(
+            prompt_tokens=estimate_prompt_tokens(request),
+            completion_tokens=self.content_chunks,
+            estimated=True,
+        )
+
+
+class ChatCall:
+    """The state of one call: who, what, where to, since when."""
+
+    def __init__(self, runtime: Runtime, caller: Caller) -> None:
+        self.runtime = runtime
+        self.caller = caller
+        self.request_id = "req_" + uuid.uuid4().hex
+        self.started = time.perf_counter()
+        self.request: ChatRequest | None = None
+        self.route: Route | None = None
+        self.requested_model = ""
+
+    def record(self, usage: Usage, status: int, error: str = "") -> None:
+        route = self.route
+        total = usage.total_tokens
+        if total is None and usage.prompt_tokens is not None and usage.completion_tokens is not None:
+            total = usage.prompt_tokens + usage.completion_tokens
+        row: dict[str, Any] = {
+            "created_at": datetime.now(UTC),
+            "request_id": self.request_id,
+            "tenant_id": self.caller.tenant_id,
+            "api_key_id": self.caller.key_id,
+            "endpoint": "chat.completions",
+            "requested_model": self.requested_model[:200],
+            "provider": route.provider_name if route else "",
+            "upstream_model": route.upstream_model[:200] if route else "",
+            "stream": bool(self.request and self.request.stream),
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "total_tokens": total,
+            "cache_read_tokens": usage.cache_read_tokens,
+            "cache_write_tokens": usage.cache_write_tokens,
+            "reasoning_tokens": usage.reasoning_tokens,
+            "usage_estimated": usage.estimated,
+            "cost_usd": cost_of(usage, route.prices if route else None),
+            "status_code": status,
+            "error_type": error,
+            "latency_ms": int((time.perf_counter() - self.started) * 1000),
+        }
+        self.runtime.ledger.record(row)
+
+    def record_error(self, error: GatewayError) -> HttpResponse:
+        self.record(Usage(), error.status, error.code or error.type)
+        return error_response(error, self.request_id)
+
+    def abandoned_usage(self) -> Usage:
+        if self.request is None:
+            return Usage()
+        return Usage(prompt_tokens=estimate_prompt_tokens(self.request), completion_tokens=0,
+                     estimated=True)
+
+
+class ProxyService:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    async def chat(self, caller: Caller, body: bytes) -> HttpResponseBase:
+        call = ChatCall(self.runtime, caller)
+        try:
+            call.request = request = parse_chat_request(body)
+            call.requested_model = request.model
+            call.route = route = self.runtime.factory.resolve(request.model)
+            if request.stream:
+                return await self._stream(call, request, route)
+            response = await route.provider.chat(request, route.upstream_model)
+        except GatewayError as error:
+            return call.record_error(error)
+        except asyncio.CancelledError:
+            # The client hung up while the upstream was still answering.
+            call.record(call.abandoned_usage(), CLIENT_CLOSED_REQUEST, "client_disconnected")
+            raise
+        except Exception:
+            log.exception("chat call %s failed", call.request_id)
+            return call.record_error(InternalError("The gateway failed to handle the request."))
+        call.record(response.usage, 200)
+        http = HttpResponse(
+            response.raw if response.raw is not None else orjson.dumps(response.body),
+            content_type="application/json",
+        )
+        http["x-request-id"] = call.request_id
+        return http
+
+    async def _stream(self, call: ChatCall, request: ChatRequest, route: Route) -> HttpResponseBase:
+        """Open the upstream stream; answer errors that come before the first chunk as JSON."""
+        chunks = route.provider.stream(request, route.upstream_model)
+        try:
+            first = await anext(chunks)
+        except StopAsyncIteration:
+            raise UpstreamUnavailable(
+                f"The upstream provider '{route.provider_name}' sent an empty stream."
+            ) from None
+        except BaseException:
+            await chunks.aclose()
+            raise
+        response = StreamingHttpResponse(
+            self._relay(call, request, chunks, first), content_type="text/event-stream"
+        )
+        response["cache-control"] = "no-cache"
+        response["x-accel-buffering"] = "no"
+        response["x-request-id"] = call.request_id
+        return response
+
+    async def _relay(
+        self,
+        call: ChatCall,
+        request: ChatRequest,
+        chunks: AsyncIterator[StreamChunk],
+        first: StreamChunk,
+    ) -> AsyncIterator[bytes]:
+        """Forward chunks as SSE; whatever happens, write the ledger row at the end."""
+        meter = StreamMeter()
+        hide_usage = not request.wants_usage_chunk
+        status, error = 200, ""
+        try:
+            chunk: StreamChunk | None = first
+            while chunk is not None:
+                meter.observe(chunk)
+                if not (hide_usage and chunk.is_usage_only):
+                    yield b"data: " + (chunk.raw or orjson.dumps(chunk.payload)) + b"\n\n"
+                chunk = await anext(chunks, None)
+            yield b"data: [DONE]\n\n"
+        except GatewayError as exc:
+            # Mid-stream failure: tell the client in-band and end without [DONE].
+            status, error = exc.status, exc.code or exc.type
+            yield b"data: " + orjson.dumps(exc.to_openai()) + b"\n\n"
+        except (asyncio.CancelledError, GeneratorExit):
+            status, error = CLIENT_CLOSED_REQUEST, "client_disconnected"
+            raise
+        except Exception:
+            log.exception("stream %s failed", call.request_id)
+            status, error = 500, "internal_error"
+            failure = InternalError("The gateway failed while streaming the response.")
+            yield b"data: " + orjson.dumps(failure.to_openai()) + b"\n\n"
+        finally:
+            call.record(meter.final_usage(request), status, error)
+            await chunks.aclose()  # type: ignore[attr-defined]

@@ -1,0 +1,166 @@
+"""One error tree for the whole gateway, grouped by who is at fault.
+
+Every error carries what the API needs to answer in OpenAI's shape: the HTTP ``status``, the
+OpenAI ``type`` and ``code``, the offending ``param`` when there is one, and whether a client may
+``retryable`` the call. The API layer renders any ``GatewayError`` as
+``{"error": {"message", "type", "param", "code"}}``; nothing else reaches a client.
+
+    GatewayError
+    ├── CallerError         the request is wrong (4xx)
+    │   ├── InvalidRequest, AuthenticationFailed, PermissionDenied, ModelNotFound,
+    │   │   UnsupportedOperation, PayloadTooLarge
+    ├── PolicyError         the request is fine, the tenant's limits say no (429)
+    ├── ProviderError       the upstream said no, timed out or broke
+    │   ├── UpstreamRejected (upstream 4xx/429, status kept), UpstreamUnavailable (502),
+    │   │   UpstreamTimeout (504)
+    └── InternalError       our bug (500)
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    status: int = 500
+    type: str = "server_error"
+    code: str | None = None
+    retryable: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        status: int | None = None,
+        type: str | None = None,  # noqa: A002 - mirrors OpenAI's field name
+        retryable: bool | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+        if type is not None:
+            self.type = type
+        if retryable is not None:
+            self.retryable = retryable
+
+    def to_openai(self) -> dict[str, dict[str, str | None]]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+# --- caller ---------------------------------------------------------------------------------
+
+
+class CallerError(GatewayError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class InvalidRequest(CallerError):
+    code = "invalid_request"
+
+
+class AuthenticationFailed(CallerError):
+    status = 401
+    code = "invalid_api_key"
+
+
+class PermissionDenied(CallerError):
+    status = 403
+    code = "permission_denied"
+
+
+class ModelNotFound(CallerError):
+    status = 404
+    code = "model_not_found"
+
+
+class UnsupportedOperation(CallerError):
+    """The routed provider cannot do what was asked (e.g. images on a chat-only backend)."""
+
+    code = "unsupported_operation"
+
+
+class PayloadTooLarge(CallerError):
+    status = 413
+    code = "payload_too_large"
+
+
+# --- policy ---------------------------------------------------------------------------------
+
+
+class PolicyError(GatewayError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+    retryable = True
+
+
+# --- provider -------------------------------------------------------------------------------
+
+
+class ProviderError(GatewayError):
+    status = 502
+    type = "upstream_error"
+    code = "upstream_error"
+
+
+class UpstreamRejected(ProviderError):
+    """The upstream answered with a 4xx (or 429): its status is passed on to the client."""
+
+    type = "invalid_request_error"
+
+
+class UpstreamUnavailable(ProviderError):
+    """The upstream could not be reached, answered 5xx, or broke off a response."""
+
+    status = 502
+    code = "upstream_unavailable"
+    retryable = True
+
+
+class UpstreamTimeout(ProviderError):
+    status = 504
+    code = "upstream_timeout"
+    retryable = True
+
+
+# --- gateway --------------------------------------------------------------------------------
+
+
+class InternalError(GatewayError):
+    status = 500
+    type = "server_error"
+    code = "internal_error"
+
+
+def error_for_upstream_status(status: int, message: str) -> ProviderError:
+    """Classify an upstream HTTP failure by its status code (never by parsing its text)."""
+    if status == 429:
+        return UpstreamRejected(
+            message, status=429, type="rate_limit_error", code="rate_limit_exceeded",
+            retryable=True,
+        )
+    if status in (401, 403):
+        # The tenant's key was fine; ours (the gateway's upstream credential) was not.
+        return UpstreamUnavailable(message, code="upstream_auth_failed", retryable=False)
+    if status == 404:
+        return UpstreamRejected(message, status=404, code="model_not_found")
+    if status == 408:
+        return UpstreamTimeout(message)
+    if 400 <= status < 500:
+        return UpstreamRejected(message, status=400 if status != 413 else 413,
+                                code="upstream_rejected")
+    if status == 503 or status == 529:
+        return UpstreamUnavailable(message, status=503, code="upstream_overloaded")
+    return UpstreamUnavailable(message)
