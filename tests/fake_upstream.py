@@ -1,52 +1,40 @@
 """A fast fake LLM upstream (OpenAI + Anthropic wire formats) for end-to-end tests and benchmarks.
 
-Run it as a script::
+Script: ``python tests/fake_upstream.py [--host 127.0.0.1] [--port 0] [--delay-ms 0]
+[--stream-chunks 5] [--chunk-gap-ms 0] [--slow-seconds 5]`` prints one line ``READY <port>`` once
+listening (port 0 picks a free port) and exits cleanly on SIGTERM/SIGINT. From Python,
+``with run_fake_upstream(delay_ms=0, ...) as base_url:`` runs it as a subprocess.
 
-    python tests/fake_upstream.py [--host 127.0.0.1] [--port 0] [--delay-ms 0]
-        [--stream-chunks 5] [--chunk-gap-ms 0] [--slow-seconds 5]
+A hand-written HTTP/1.1 server on ``asyncio.Protocol`` (uvloop when importable): keep-alive,
+pipelining, Content-Length and chunked request bodies, ``Expect: 100-continue``. Every answer is
+a *plan*: wire bytes, pauses, and "close the connection" steps. Plans depending only on (api,
+model, stream, include_usage, keep-alive) are cached, so the zero-delay path is: parse the head,
+``json.loads`` the body, one dict lookup, one ``write``.
 
-Once listening it prints exactly one line ``READY <port>`` to stdout; SIGTERM/SIGINT stop it.
-From Python, ``with run_fake_upstream(delay_ms=0, ...) as base_url:`` starts it as a subprocess
-and yields ``"http://127.0.0.1:<port>"``.
+Endpoints: ``POST /v1/chat/completions`` (OpenAI), ``POST /v1/messages`` (Anthropic) and
+``GET /v1/models``; other paths get a 404 OpenAI error, a body that is not a JSON object with a
+string ``model`` gets a 400. The request's ``model`` picks the behaviour (both APIs unless noted):
 
-It is a hand-written HTTP/1.1 server on ``asyncio.Protocol`` (uvloop when available): keep-alive,
-pipelining, Content-Length and chunked request bodies, ``Expect: 100-continue``. Each answer is a
-precomputed *plan* (wire bytes, pauses, and "close the connection" steps); plans that do not depend
-on the request beyond (api, model, stream, include_usage, keep-alive) are cached, so the zero-delay
-path is: parse the head, ``json.loads`` the body, one dict lookup, one ``write``.
+- anything else: ``tok0 tok1 ...`` (N = --stream-chunks pieces) after --delay-ms; streams send the
+  N content events --chunk-gap-ms apart. Usage: OpenAI prompt_tokens 11, cached_tokens 3,
+  reasoning_tokens 2, completion_tokens N (streams: a usage chunk only when
+  ``stream_options.include_usage``); Anthropic input_tokens 11, cache_creation_input_tokens 4,
+  cache_read_input_tokens 3, output_tokens N.
+- ``echo``: content is the JSON string ``{"body": <request JSON>, "headers": {<lower-cased>}}``
+  (streamed as one content event).
+- ``slow``: waits --slow-seconds first. ``slow-stream``: 100 content events 100 ms apart
+  (non-streaming: waits 10 s, then 100 tokens).
+- ``fail-500`` / ``fail-429`` (``retry-after: 1``) / ``fail-400`` / ``fail-401``: that status with
+  the API's error body; ``overloaded`` (Anthropic): 529 overloaded_error.
+- ``drop-mid-stream``: streams the opening events and 2 content events, then closes the socket
+  with no terminator; non-streaming: closes without any response.
+- ``garbage``: 200, ``content-type: application/json``, body ``not json``.
+- ``tool-use`` (Anthropic): text "Let me check." plus a ``get_weather`` tool_use block
+  (stop_reason tool_use; streamed input as two ``input_json_delta`` fragments).
+- ``stream-error`` (Anthropic streaming): an ``error`` event (overloaded_error) after 2 text
+  deltas, then the stream ends and the connection closes.
 
-Endpoints: ``POST /v1/chat/completions`` (OpenAI), ``POST /v1/messages`` (Anthropic),
-``GET /v1/models``; anything else is a 404 with an OpenAI error body; a missing or invalid JSON
-body (or no string ``model``) is a 400. The request's ``model`` picks the behaviour:
-
-=================  ================================================================================
-model              behaviour (both APIs unless noted)
-=================  ================================================================================
-(anything else)    normal answer ``tok0 tok1 ...`` (N = --stream-chunks pieces) after --delay-ms;
-                   streaming sends N content events --chunk-gap-ms apart; usage as OpenAI/Anthropic
-echo               the content is the JSON string ``{"body": <request JSON>, "headers": {...}}``
-                   (header names lower-cased); streamed as a single content event
-slow               waits --slow-seconds, then answers normally
-slow-stream        streams 100 content events 100 ms apart (non-streaming: waits 10 s, 100 tokens)
-fail-500           500 server_error / api_error
-fail-429           429 with ``retry-after: 1`` (rate_limit_exceeded / rate_limit_error)
-fail-400           400 invalid_request_error
-fail-401           401 ("Incorrect API key provided: sk-fake***" / authentication_error)
-overloaded         Anthropic only: 529 overloaded_error
-drop-mid-stream    streaming: role/start events and 2 content events, then the TCP connection is
-                   closed with no terminator; non-streaming: closed without any response
-garbage            200, ``content-type: application/json``, body ``not json``
-tool-use           Anthropic only: a text block and a ``get_weather`` tool_use block, stop_reason
-                   tool_use; streamed as a text delta then two ``input_json_delta`` fragments
-stream-error       Anthropic streaming only: after 2 text deltas an ``error`` event
-                   (overloaded_error), then the stream ends and the connection closes
-=================  ================================================================================
-
-Usage: OpenAI ``prompt_tokens`` 11, ``cached_tokens`` 3, ``reasoning_tokens`` 2,
-``completion_tokens`` N; Anthropic ``input_tokens`` 11, ``cache_creation_input_tokens`` 4,
-``cache_read_input_tokens`` 3, ``output_tokens`` N. OpenAI streams carry a usage chunk only when
-``stream_options.include_usage`` is true. Responses carry ``x-request-id`` (OpenAI) or
-``request-id`` (Anthropic).
+Responses carry ``x-request-id`` (OpenAI) or ``request-id`` (Anthropic).
 """
 
 from __future__ import annotations
@@ -80,33 +68,25 @@ _LAST_CHUNK = b"0\r\n\r\n"
 _MODELS = {"object": "list", "data": [
     {"id": m, "object": "model", "created": 1700000000, "owned_by": "fake-upstream"}
     for m in ("gpt-4o-mini", "gpt-4o", "claude-sonnet-4-5")]}
+# model: (status, OpenAI type, OpenAI param, OpenAI code, Anthropic type, message)
+_FAILURES: dict[str, tuple[int, str, str | None, str | None, str, str]] = {
+    "fail-500": (500, "server_error", None, None, "api_error", "fake upstream failure"),
+    "fail-429": (429, "requests", None, "rate_limit_exceeded", "rate_limit_error",
+                 "Rate limit reached for fake upstream"),
+    "fail-400": (400, "invalid_request_error", "messages", None, "invalid_request_error",
+                 "fake bad request"),
+    "fail-401": (401, "invalid_request_error", None, "invalid_api_key", "authentication_error",
+                 "Incorrect API key provided: sk-fake***"),
+}
+_ANTHROPIC_ONLY: dict[str, tuple[int, str, str | None, str | None, str, str]] = {
+    "overloaded": (529, "", None, None, "overloaded_error", "Overloaded")}
 
 
-def _oa_err(message: str, type_: str, param: str | None = None, code: str | None = None) -> Any:
+def _error(anthropic: bool, type_: str, message: str, param: str | None = None,
+           code: str | None = None) -> Any:
+    if anthropic:
+        return {"type": "error", "error": {"type": type_, "message": message}}
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
-
-
-def _an_err(type_: str, message: str) -> Any:
-    return {"type": "error", "error": {"type": type_, "message": message}}
-
-
-_RETRY: Headers = [("retry-after", "1")]
-_OPENAI_ERRORS: dict[str, tuple[int, Any, Headers]] = {
-    "fail-500": (500, _oa_err("fake upstream failure", "server_error"), []),
-    "fail-429": (429, _oa_err("Rate limit reached for fake upstream", "requests",
-                              code="rate_limit_exceeded"), _RETRY),
-    "fail-400": (400, _oa_err("fake bad request", "invalid_request_error", "messages"), []),
-    "fail-401": (401, _oa_err("Incorrect API key provided: sk-fake***. You can find your API key"
-                              " at https://platform.openai.com/account/api-keys.",
-                              "invalid_request_error", code="invalid_api_key"), []),
-}
-_ANTHROPIC_ERRORS: dict[str, tuple[int, Any, Headers]] = {
-    "fail-500": (500, _an_err("api_error", "fake upstream failure"), []),
-    "fail-429": (429, _an_err("rate_limit_error", "fake rate limit exceeded"), _RETRY),
-    "fail-400": (400, _an_err("invalid_request_error", "fake bad request"), []),
-    "fail-401": (401, _an_err("authentication_error", "invalid x-api-key"), []),
-    "overloaded": (529, _an_err("overloaded_error", "Overloaded"), []),
-}
 
 
 @dataclass(frozen=True)
@@ -121,13 +101,23 @@ class Options:
 class Request:
     method: str
     path: str
-    headers: dict[str, str]
+    headers: dict[str, str]  # lower-cased names; repeated headers joined with ", "
     body: bytes
     keep_alive: bool
 
 
-class BadRequest(Exception):
-    pass
+@dataclass(slots=True)
+class Call:
+    """What a plan builder needs to know about one API request."""
+
+    model: str
+    stream: bool
+    include_usage: bool
+    keep: bool
+    texts: list[str]  # content pieces
+    tokens: int  # completion/output tokens reported in usage
+    pre: Plan  # pauses before the response starts
+    gap: float  # pause between content pieces, seconds
 
 
 # --------------------------------------------------------------------------- wire helpers
@@ -164,7 +154,7 @@ def _an_event(obj: dict[str, Any]) -> bytes:
 
 
 def _compact(plan: Plan) -> Plan:
-    """Merge adjacent byte steps and drop zero pauses so each burst is one ``write``."""
+    """Merge adjacent byte steps and drop zero pauses so that each burst is one ``write``."""
     out: Plan = []
     for step in plan:
         if isinstance(step, bytes) and out and isinstance(out[-1], bytes):
@@ -177,20 +167,6 @@ def _compact(plan: Plan) -> Plan:
 # --------------------------------------------------------------------------- behaviours
 
 
-@dataclass(slots=True)
-class Call:
-    """What a plan builder needs to know about one API request."""
-
-    model: str
-    stream: bool
-    include_usage: bool
-    keep: bool
-    texts: list[str]  # content pieces
-    tokens: int  # completion/output tokens reported in usage
-    pre: Plan  # pauses before the response starts
-    gap: float  # pause between content pieces (seconds)
-
-
 def _openai_plan(c: Call) -> Plan:
     extra: Headers = [("x-request-id", "req_fake")]
     created = int(time.time())
@@ -198,22 +174,18 @@ def _openai_plan(c: Call) -> Plan:
              "total_tokens": PROMPT_TOKENS + c.tokens,
              "prompt_tokens_details": {"cached_tokens": 3},
              "completion_tokens_details": {"reasoning_tokens": 2}}
+    base = {"id": "chatcmpl-fake", "object": "chat.completion", "created": created,
+            "model": c.model}
     if not c.stream:
         message = {"role": "assistant", "content": "".join(c.texts), "refusal": None}
-        return [*c.pre, _full(200, {
-            "id": "chatcmpl-fake", "object": "chat.completion", "created": created,
-            "model": c.model, "choices": [{"index": 0, "message": message, "logprobs": None,
-                                           "finish_reason": "stop"}],
-            "usage": usage}, c.keep, extra)]
+        choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}
+        return [*c.pre, _full(200, {**base, "choices": [choice], "usage": usage}, c.keep, extra)]
+    base["object"] = "chat.completion.chunk"
+    no_usage = {"usage": None} if c.include_usage else {}
 
     def event(delta: dict[str, Any], finish: str | None = None) -> bytes:
-        chunk: dict[str, Any] = {
-            "id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": created,
-            "model": c.model, "choices": [{"index": 0, "delta": delta, "logprobs": None,
-                                           "finish_reason": finish}]}
-        if c.include_usage:
-            chunk["usage"] = None
-        return _oa_event(chunk)
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return _oa_event({**base, "choices": [choice], **no_usage})
 
     plan: Plan = [*c.pre, _head(200, _SSE + extra, c.keep),
                   event({"role": "assistant", "content": "", "refusal": None})]
@@ -223,9 +195,7 @@ def _openai_plan(c: Call) -> Plan:
         return [*plan, None]
     plan.append(event({}, "stop"))
     if c.include_usage:
-        plan.append(_oa_event({"id": "chatcmpl-fake", "object": "chat.completion.chunk",
-                               "created": created, "model": c.model, "choices": [],
-                               "usage": usage}))
+        plan.append(_oa_event({**base, "choices": [], "usage": usage}))
     return [*plan, _chunk(b"data: [DONE]\n\n"), _LAST_CHUNK]
 
 
@@ -237,8 +207,7 @@ def _anthropic_plan(c: Call) -> Plan:
     stop_reason = "tool_use" if tool else "end_turn"
     usage = {"input_tokens": PROMPT_TOKENS, "output_tokens": c.tokens,
              "cache_creation_input_tokens": 4, "cache_read_input_tokens": 3}
-    message: dict[str, Any] = {"id": "msg_fake", "type": "message", "role": "assistant",
-                               "model": c.model}
+    message = {"id": "msg_fake", "type": "message", "role": "assistant", "model": c.model}
     if not c.stream:
         content: list[Any] = [{"type": "text", "text": "".join(texts)}]
         if tool:
@@ -246,33 +215,33 @@ def _anthropic_plan(c: Call) -> Plan:
         return [*c.pre, _full(200, {**message, "content": content, "stop_reason": stop_reason,
                                     "stop_sequence": None, "usage": usage}, c.keep, extra)]
 
+    def delta(index: int, kind: str, key: str, value: str) -> bytes:
+        return _an_event({"type": "content_block_delta", "index": index,
+                          "delta": {"type": kind, key: value}})
+
     failing = c.model == "stream-error"
-    start = {**message, "content": [], "stop_reason": None, "stop_sequence": None,
-             "usage": {**usage, "output_tokens": 1}}
+    start: dict[str, Any] = {**message, "content": [], "stop_reason": None,
+                             "stop_sequence": None, "usage": {**usage, "output_tokens": 1}}
     plan: Plan = [*c.pre, _head(200, _SSE + extra, c.keep and not failing),
                   _an_event({"type": "message_start", "message": start}),
                   _an_event({"type": "content_block_start", "index": 0,
                              "content_block": {"type": "text", "text": ""}}),
                   _an_event({"type": "ping"})]
     for i, text in enumerate(texts[:2] if failing else texts):
-        plan += [c.gap if i else 0.0, _an_event({"type": "content_block_delta", "index": 0,
-                                                 "delta": {"type": "text_delta", "text": text}})]
+        plan += [c.gap if i else 0.0, delta(0, "text_delta", "text", text)]
     if c.model == "drop-mid-stream":
         return [*plan, None]
     if failing:
-        error = _an_event(_an_err("overloaded_error", "Overloaded"))
-        return [*plan, error, _LAST_CHUNK, None]
+        return [*plan, _an_event(_error(True, "overloaded_error", "Overloaded")), _LAST_CHUNK, None]
     plan.append(_an_event({"type": "content_block_stop", "index": 0}))
     if tool:
-        plan.append(_an_event({"type": "content_block_start", "index": 1,
-                               "content_block": {**tool_block, "input": {}}}))
-        for fragment in ('{"city": ', '"Paris"}'):
-            plan.append(_an_event({"type": "content_block_delta", "index": 1, "delta": {
-                "type": "input_json_delta", "partial_json": fragment}}))
-        plan.append(_an_event({"type": "content_block_stop", "index": 1}))
-    return [*plan,
-            _an_event({"type": "message_delta", "usage": {"output_tokens": c.tokens},
-                       "delta": {"stop_reason": stop_reason, "stop_sequence": None}}),
+        plan += [_an_event({"type": "content_block_start", "index": 1,
+                            "content_block": {**tool_block, "input": {}}}),
+                 delta(1, "input_json_delta", "partial_json", '{"city": '),
+                 delta(1, "input_json_delta", "partial_json", '"Paris"}'),
+                 _an_event({"type": "content_block_stop", "index": 1})]
+    return [*plan, _an_event({"type": "message_delta", "usage": {"output_tokens": c.tokens},
+                              "delta": {"stop_reason": stop_reason, "stop_sequence": None}}),
             _an_event({"type": "message_stop"}), _LAST_CHUNK]
 
 
@@ -293,7 +262,8 @@ class FakeUpstream:
             except (ValueError, RecursionError):
                 body = None
             if not isinstance(body, dict) or not isinstance(body.get("model"), str):
-                return [self._invalid_body(anthropic, keep)]
+                message = "the body must be a JSON object with a string 'model'"
+                return [_full(400, _error(anthropic, "invalid_request_error", message), keep, [])]
             model: str = body["model"]
             stream = body.get("stream") is True
             options = body.get("stream_options")
@@ -310,41 +280,35 @@ class FakeUpstream:
         if req.method == "GET" and req.path == "/v1/models":
             return [_full(200, _MODELS, keep, [])]
         message = f"Unknown request URL: {req.method} {req.path}."
-        return [_full(404, _oa_err(message, "invalid_request_error", code="unknown_url"),
-                      keep, [])]
-
-    @staticmethod
-    def _invalid_body(anthropic: bool, keep: bool) -> bytes:
-        message = "request body must be a JSON object with a string 'model'"
-        if anthropic:
-            return _full(400, _an_err("invalid_request_error", message), keep, [])
-        return _full(400, _oa_err(message, "invalid_request_error"), keep, [])
+        error = _error(False, "invalid_request_error", message, code="unknown_url")
+        return [_full(404, error, keep, [])]
 
     def _build(self, anthropic: bool, model: str, stream: bool, usage: bool, keep: bool,
                body: Any = None, headers: dict[str, str] | None = None) -> Plan:
-        errors = _ANTHROPIC_ERRORS if anthropic else _OPENAI_ERRORS
         extra: Headers = [("request-id" if anthropic else "x-request-id", "req_fake")]
-        if model in errors:
-            status, payload, more = errors[model]
-            return [_full(status, payload, keep, more + extra)]
+        failure = _FAILURES.get(model) or (_ANTHROPIC_ONLY.get(model) if anthropic else None)
+        if failure:
+            status, oa_type, param, code, an_type, message = failure
+            error = _error(anthropic, an_type if anthropic else oa_type, message, param, code)
+            retry: Headers = [("retry-after", "1")] if status == 429 else []
+            return [_full(status, error, keep, retry + extra)]
         if model == "garbage":
             return [_full(200, b"not json", keep, extra)]
         if model == "drop-mid-stream" and not stream:
             return [None]
         o = self.options
-        n, gap = o.stream_chunks, o.chunk_gap_ms / 1000
-        pre: Plan = [o.delay_ms / 1000]
+        n, gap, pre = o.stream_chunks, o.chunk_gap_ms / 1000, o.delay_ms / 1000
         if model == "slow":
-            pre = [o.slow_seconds]
+            pre = o.slow_seconds
         elif model == "slow-stream":
             n, gap = 100, 0.1
-            pre = [] if stream else [n * gap]
+            pre = 0.0 if stream else n * gap
         texts = [f"tok{i} " for i in range(n)]
         if model == "echo":
             texts = [json.dumps({"body": body, "headers": headers})]
         elif model == "drop-mid-stream":
             texts = texts[:2]
-        call = Call(model, stream, usage, keep, texts, n, pre, gap)
+        call = Call(model, stream, usage, keep, texts, n, [pre], gap)
         return _compact((_anthropic_plan if anthropic else _openai_plan)(call))
 
 
@@ -360,7 +324,7 @@ class Connection(asyncio.Protocol):
         self.buf = bytearray()
         self.task: asyncio.Task[None] | None = None
         self.eof = False
-        self.continued = False
+        self.continued = False  # "100 Continue" already sent for the current request
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -386,9 +350,9 @@ class Connection(asyncio.Protocol):
         while not t.is_closing():
             try:
                 req = self.parse()
-            except (BadRequest, ValueError, UnicodeError):
-                t.write(_full(400, _oa_err("malformed HTTP request", "invalid_request_error"),
-                              False, []))
+            except (ValueError, UnicodeError):
+                error = _error(False, "invalid_request_error", "malformed HTTP request")
+                t.write(_full(400, error, False, []))
                 t.close()
                 return
             if req is None:
@@ -431,11 +395,12 @@ class Connection(asyncio.Protocol):
         self.serve()
 
     def parse(self) -> Request | None:
+        """Pop one complete request off the buffer (None: incomplete; ValueError: malformed)."""
         buf = self.buf
         end = buf.find(b"\r\n\r\n")
         if end < 0:
             if len(buf) > MAX_HEAD:
-                raise BadRequest("head too large")
+                raise ValueError("request head too large")
             return None
         lines = buf[:end].decode("latin-1").split("\r\n")
         method, target, version = lines[0].split(" ")
@@ -443,31 +408,29 @@ class Connection(asyncio.Protocol):
         for line in lines[1:]:
             name, sep, value = line.partition(":")
             if not sep:
-                raise BadRequest("bad header line")
+                raise ValueError("bad header line")
             name, value = name.strip().lower(), value.strip()
             headers[name] = f"{headers[name]}, {value}" if name in headers else value
         start = end + 4
         if "chunked" in headers.get("transfer-encoding", "").lower():
             decoded = _dechunk(buf, start)
-            if decoded is None:
-                return self._await_body(headers)
-            body, consumed = decoded
         else:
-            consumed = start + int(headers.get("content-length", "0"))
-            if len(buf) < consumed:
-                return self._await_body(headers)
-            body = bytes(buf[start:consumed])
+            size = int(headers.get("content-length", "0"))
+            if size < 0:
+                raise ValueError("negative content-length")
+            complete = len(buf) >= start + size
+            decoded = (bytes(buf[start:start + size]), start + size) if complete else None
+        if decoded is None:
+            if not self.continued and headers.get("expect", "").lower() == "100-continue":
+                self.continued = True
+                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            return None
+        body, consumed = decoded
         del buf[:consumed]
         self.continued = False
         connection = headers.get("connection", "").lower()
         keep = "close" not in connection if version == "HTTP/1.1" else "keep-alive" in connection
         return Request(method, target.partition("?")[0], headers, body, keep)
-
-    def _await_body(self, headers: dict[str, str]) -> None:
-        if not self.continued and headers.get("expect", "").lower() == "100-continue":
-            self.continued = True
-            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        return None
 
 
 def _dechunk(buf: bytearray, pos: int) -> tuple[bytes, int] | None:
@@ -480,7 +443,7 @@ def _dechunk(buf: bytearray, pos: int) -> tuple[bytes, int] | None:
         size = int(bytes(buf[pos:eol]).split(b";", 1)[0], 16)
         pos = eol + 2
         if size == 0:
-            end = buf.find(b"\r\n\r\n", eol)  # skip optional trailers
+            end = buf.find(b"\r\n\r\n", eol)  # skips optional trailers
             return None if end < 0 else (bytes(out), end + 4)
         if len(buf) < pos + size + 2:
             return None
@@ -515,20 +478,21 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--chunk-gap-ms", type=float, default=0.0)
     p.add_argument("--slow-seconds", type=float, default=5.0)
     a = p.parse_args(argv)
-    options = Options(a.delay_ms, a.stream_chunks, a.chunk_gap_ms, a.slow_seconds)
+    coro = serve(a.host, a.port, Options(a.delay_ms, a.stream_chunks, a.chunk_gap_ms,
+                                         a.slow_seconds))
     try:
         import uvloop
     except ImportError:
-        asyncio.run(serve(a.host, a.port, options))
+        asyncio.run(coro)
     else:
-        uvloop.run(serve(a.host, a.port, options))
+        uvloop.run(coro)
 
 
 @contextlib.contextmanager
 def run_fake_upstream(*, host: str = "127.0.0.1", port: int = 0, delay_ms: float = 0.0,
                       stream_chunks: int = 5, chunk_gap_ms: float = 0.0,
                       slow_seconds: float = 5.0, ready_timeout: float = 10.0) -> Iterator[str]:
-    """Start this script as a subprocess and yield its base URL, e.g. ``http://127.0.0.1:4321``."""
+    """Run this script as a subprocess; yield its base URL, e.g. ``"http://127.0.0.1:4321"``."""
     cmd = [sys.executable, os.path.abspath(__file__), "--host", host, "--port", str(port),
            "--delay-ms", str(delay_ms), "--stream-chunks", str(stream_chunks),
            "--chunk-gap-ms", str(chunk_gap_ms), "--slow-seconds", str(slow_seconds)]

@@ -1,0 +1,212 @@
+"""Shared fixtures.
+
+Three tenants, alice, bob and charlie, each with a key, so that isolation is part of every test.
+Unit tests fake the upstream at the HTTP boundary (``httpx.MockTransport``) through the
+``gateway_runtime`` fixture; end-to-end tests start a fake upstream process and the gateway under
+uvicorn (``gateway_server``), both on 127.0.0.1, sharing the test database with this process.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from django.db import connection
+
+from gateway import auth, runtime
+from gateway.ledger import LedgerWriter
+from gateway.models import ApiKey, Tenant, UsageRecord
+from providers.config import GatewayConfig, load_config
+from providers.factory import ProviderFactory
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from fake_upstream import run_fake_upstream  # noqa: E402
+
+TENANT_NAMES = ("alice", "bob", "charlie")
+
+
+@dataclass
+class TenantKey:
+    tenant: Tenant
+    key: ApiKey
+    raw: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.raw}"}
+
+
+@pytest.fixture
+def tenants(transactional_db: None) -> dict[str, TenantKey]:
+    """alice, bob and charlie, each with one working key (committed: other processes see it)."""
+    result = {}
+    for name in TENANT_NAMES:
+        tenant = Tenant.objects.create(name=name)
+        key, raw = ApiKey.objects.issue(tenant, name=f"{name}-key")
+        result[name] = TenantKey(tenant, key, raw)
+    auth._key_cache.clear()
+    return result
+
+
+def write_config(path: Path, upstream: str, **provider_options: object) -> Path:
+    """A config.toml routing the test models to ``upstream`` (a fake upstream's base URL)."""
+    options = "".join(f"{key} = {value!r}\n".replace("'", '"') for key, value in
+                      provider_options.items())
+    models = ["echo", "slow", "slow-stream", "fail-500", "fail-429", "fail-400", "fail-401",
+              "drop-mid-stream", "garbage"]
+    text = f"""
+[providers.fake]
+type = "openai"
+base_url = "{upstream}/v1"
+api_key_env = "FAKE_UPSTREAM_KEY"
+passthrough_models = true
+{options}
+[models."gpt-test"]
+provider = "fake"
+upstream_model = "fake-gpt"
+input_per_mtok = 1.0
+output_per_mtok = 2.0
+cache_read_per_mtok = 0.5
+""" + "".join(
+        f'\n[models."{name}"]\nprovider = "fake"\ninput_per_mtok = 1.0\noutput_per_mtok = 2.0\n'
+        for name in models
+    )
+    path.write_text(text)
+    return path
+
+
+# --- unit tests: the upstream faked at the HTTP boundary ----------------------------------------
+
+UpstreamHandler = Callable[[httpx.Request], httpx.Response]
+
+
+@pytest.fixture
+def gateway_runtime(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[[UpstreamHandler], runtime.Runtime]]:
+    """Install a runtime whose upstream is ``handler``; its ledger is flushed by hand."""
+    monkeypatch.setenv("FAKE_UPSTREAM_KEY", "sk-upstream-secret")
+    config: GatewayConfig = load_config(write_config(tmp_path / "config.toml",
+                                                     "http://upstream.test"))
+
+    def install(handler: UpstreamHandler) -> runtime.Runtime:
+        current = runtime.Runtime(
+            config=config,
+            factory=ProviderFactory(config, transport=lambda _: httpx.MockTransport(handler)),
+            ledger=LedgerWriter(spool_path=tmp_path / "spool", autostart=False),
+        )
+        runtime.install(current)
+        return current
+
+    yield install
+    runtime.install(None)
+
+
+def ledger_rows(current: runtime.Runtime) -> list[UsageRecord]:
+    current.ledger.flush()
+    return list(UsageRecord.objects.order_by("id"))
+
+
+# --- end-to-end: real processes on 127.0.0.1 ----------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def fake_upstream() -> Iterator[str]:
+    with run_fake_upstream(slow_seconds=3) as base_url:
+        yield base_url
+
+
+def database_url() -> str:
+    """The URL of the test database this process uses, for the gateway process to share."""
+    settings = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{settings['NAME']}"
+    user = settings.get("USER") or "postgres"
+    host = settings.get("HOST") or "127.0.0.1"
+    port = settings.get("PORT") or 5432
+    return f"postgres://{user}@{host}:{port}/{settings['NAME']}"
+
+
+@dataclass
+class GatewayServer:
+    base_url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def stop(self) -> int:
+        """SIGTERM, as a process manager would: the gateway flushes its ledger and exits."""
+        self.process.terminate()
+        return self.process.wait(timeout=15)
+
+
+def start_gateway(tmp: Path, upstream: str, **provider_options: object) -> GatewayServer:
+    port = free_port()
+    config = write_config(tmp / "config.toml", upstream, **provider_options)
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "gateway.settings",
+        "TOLLGATE_CONFIG": str(config),
+        "DATABASE_URL": database_url(),
+        "TOLLGATE_AUTH_CACHE_SECONDS": "0",
+        "TOLLGATE_LEDGER_FLUSH_SECONDS": "0.05",
+        "TOLLGATE_LEDGER_SPOOL": str(tmp / "spool"),
+        "FAKE_UPSTREAM_KEY": "sk-upstream-secret",
+    }
+    log_path = tmp / "gateway.log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "gateway.asgi:application", "--host", "127.0.0.1",
+         "--port", str(port), "--no-access-log"],
+        cwd=ROOT, env=env, stdout=log_path.open("wb"), stderr=subprocess.STDOUT,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"gateway exited: {log_path.read_text()}")
+        try:
+            httpx.get(base_url + "/v1/models", timeout=1)
+            return GatewayServer(base_url, process, log_path)
+        except httpx.TransportError:
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError(f"gateway did not start: {log_path.read_text()}")
+
+
+@pytest.fixture(scope="module")
+def gateway_server(
+    django_db_setup: None,
+    django_db_blocker: object,
+    fake_upstream: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[GatewayServer]:
+    """The gateway under uvicorn, on the test database, routed to the fake upstream (1 s timeout)."""
+    server = start_gateway(tmp_path_factory.mktemp("gateway"), fake_upstream, timeout_seconds=1.0)
+    yield server
+    if server.process.poll() is None:
+        server.stop()
+
+
+def wait_for_rows(count: int, timeout: float = 10.0, **filters: object) -> list[UsageRecord]:
+    """Poll the ledger until ``count`` rows match ``filters`` (the gateway writes in batches)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = list(UsageRecord.objects.filter(**filters).order_by("id"))
+        if len(rows) >= count or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.05)
