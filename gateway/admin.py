@@ -45,7 +45,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
     readonly_fields = ("prefix", "created_at", "revoked_at")
     actions = ["revoke_keys"]
 
-    def get_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> list[str]:
+    def get_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> Any:
         if obj is None:
             return ["tenant", "name", "expires_at"]
         return ["tenant", "name", "prefix", "created_at", "expires_at", "revoked_at"]
@@ -82,8 +82,17 @@ class UsageRecordAdmin(admin.ModelAdmin):
     """The ledger, read-only. Counting a multi-million-row table on every page is avoided."""
 
     list_display = (
-        "created_at", "tenant", "api_key", "requested_model", "provider", "stream",
-        "prompt_tokens", "completion_tokens", "cost_usd", "status_code", "error_type",
+        "created_at",
+        "tenant",
+        "api_key",
+        "requested_model",
+        "provider",
+        "stream",
+        "prompt_tokens",
+        "completion_tokens",
+        "cost_usd",
+        "status_code",
+        "error_type",
         "latency_ms",
     )
     list_filter = ("status_code", "stream", "provider")

@@ -97,7 +97,9 @@ def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpR
         return error_response(
             GatewayError(
                 f"Unknown request URL: {request.method} {request.path}.",
-                status=404, type="invalid_request_error", code="unknown_url",
+                status=404,
+                type="invalid_request_error",
+                code="unknown_url",
             )
         )
     from django.views.defaults import page_not_found

@@ -69,7 +69,10 @@ async def authenticate(raw_key: str | None) -> Caller:
         )
     prefix = raw_key[:PREFIX_LENGTH]
     cached = _key_cache.get(prefix)
-    if cached is None or time.monotonic() - cached.fetched_at > settings.TOLLGATE_AUTH_CACHE_SECONDS:
+    if (
+        cached is None
+        or time.monotonic() - cached.fetched_at > settings.TOLLGATE_AUTH_CACHE_SECONDS
+    ):
         cached = await _fetch(prefix)
         if len(_key_cache) >= _KEY_CACHE_MAX:
             _key_cache.clear()

@@ -127,8 +127,9 @@ class LedgerWriter:
                     UsageRecord.objects.bulk_create([UsageRecord(**row) for row in rows])
                 return
             except DatabaseError:
-                log.warning("ledger batch of %d rows failed (attempt %d)", len(rows), attempt,
-                            exc_info=True)
+                log.warning(
+                    "ledger batch of %d rows failed (attempt %d)", len(rows), attempt, exc_info=True
+                )
                 close_old_connections()
                 connection.close()
                 self._backoff.wait(0.2 * attempt)  # a plain sleep, in the writer thread
@@ -141,8 +142,11 @@ class LedgerWriter:
         with self.spool_path.open("ab") as spool:
             for row in rows:
                 spool.write(orjson.dumps(row, default=_encode) + b"\n")
-        log.error("ledger: %d rows spooled to %s; they are replayed on the next start",
-                  len(rows), self.spool_path)
+        log.error(
+            "ledger: %d rows spooled to %s; they are replayed on the next start",
+            len(rows),
+            self.spool_path,
+        )
 
     def replay_spool(self) -> int:
         """Insert rows spooled by an earlier failure. Returns how many were replayed."""

@@ -11,7 +11,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -121,7 +121,11 @@ class ChatCall:
     def record(self, usage: Usage, status: int, error: str = "") -> None:
         route = self.route
         total = usage.total_tokens
-        if total is None and usage.prompt_tokens is not None and usage.completion_tokens is not None:
+        if (
+            total is None
+            and usage.prompt_tokens is not None
+            and usage.completion_tokens is not None
+        ):
             total = usage.prompt_tokens + usage.completion_tokens
         row: dict[str, Any] = {
             "created_at": datetime.now(UTC),
@@ -154,8 +158,9 @@ class ChatCall:
     def abandoned_usage(self) -> Usage:
         if self.request is None:
             return Usage()
-        return Usage(prompt_tokens=estimate_prompt_tokens(self.request), completion_tokens=0,
-                     estimated=True)
+        return Usage(
+            prompt_tokens=estimate_prompt_tokens(self.request), completion_tokens=0, estimated=True
+        )
 
 
 class ProxyService:
@@ -212,7 +217,7 @@ class ProxyService:
         self,
         call: ChatCall,
         request: ChatRequest,
-        chunks: AsyncIterator[StreamChunk],
+        chunks: AsyncGenerator[StreamChunk, None],
         first: StreamChunk,
     ) -> AsyncIterator[bytes]:
         """Forward chunks as SSE; whatever happens, write the ledger row at the end."""
@@ -241,4 +246,4 @@ class ProxyService:
             yield b"data: " + orjson.dumps(failure.to_openai()) + b"\n\n"
         finally:
             call.record(meter.final_usage(request), status, error)
-            await chunks.aclose()  # type: ignore[attr-defined]
+            await chunks.aclose()

@@ -8,12 +8,11 @@ sees another shape. Nothing here imports Django.
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import httpx
-
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 from providers.errors import (  # noqa: F401 - re-exported: the error tree is part of the contract
@@ -170,7 +169,9 @@ class BaseProvider(abc.ABC):
         """Send a chat request and return the whole answer."""
 
     @abc.abstractmethod
-    def stream(self, request: ChatRequest, upstream_model: str) -> AsyncIterator[StreamChunk]:
+    def stream(
+        self, request: ChatRequest, upstream_model: str
+    ) -> AsyncGenerator[StreamChunk, None]:
         """Send a chat request and yield OpenAI chunks as they arrive.
 
         The provider always asks the upstream for usage; the gateway decides whether the client
@@ -180,7 +181,9 @@ class BaseProvider(abc.ABC):
     async def image_gen(self, body: dict[str, Any], upstream_model: str) -> dict[str, Any]:
         raise NotImplementedError
 
-    async def text_to_speech(self, body: dict[str, Any], upstream_model: str) -> AsyncIterator[bytes]:
+    async def text_to_speech(
+        self, body: dict[str, Any], upstream_model: str
+    ) -> AsyncIterator[bytes]:
         raise NotImplementedError
 
     async def aclose(self) -> None:

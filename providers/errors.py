@@ -32,7 +32,7 @@ class GatewayError(Exception):
         param: str | None = None,
         code: str | None = None,
         status: int | None = None,
-        type: str | None = None,  # noqa: A002 - mirrors OpenAI's field name
+        type: str | None = None,
         retryable: bool | None = None,
     ) -> None:
         super().__init__(message)
@@ -148,7 +148,10 @@ def error_for_upstream_status(status: int, message: str) -> ProviderError:
     """Classify an upstream HTTP failure by its status code (never by parsing its text)."""
     if status == 429:
         return UpstreamRejected(
-            message, status=429, type="rate_limit_error", code="rate_limit_exceeded",
+            message,
+            status=429,
+            type="rate_limit_error",
+            code="rate_limit_exceeded",
             retryable=True,
         )
     if status in (401, 403):
@@ -159,8 +162,9 @@ def error_for_upstream_status(status: int, message: str) -> ProviderError:
     if status == 408:
         return UpstreamTimeout(message)
     if 400 <= status < 500:
-        return UpstreamRejected(message, status=400 if status != 413 else 413,
-                                code="upstream_rejected")
+        return UpstreamRejected(
+            message, status=400 if status != 413 else 413, code="upstream_rejected"
+        )
     if status == 503 or status == 529:
         return UpstreamUnavailable(message, status=503, code="upstream_overloaded")
     return UpstreamUnavailable(message)

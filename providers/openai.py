@@ -8,7 +8,7 @@ client as the upstream's own bytes.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import httpx
@@ -116,7 +116,9 @@ class OpenAIProvider(BaseProvider):
         usage = Usage.from_openai(data.get("usage"))
         return ChatResponse.model_construct(body=data, usage=usage, raw=raw)
 
-    async def stream(self, request: ChatRequest, upstream_model: str) -> AsyncIterator[StreamChunk]:
+    async def stream(
+        self, request: ChatRequest, upstream_model: str
+    ) -> AsyncGenerator[StreamChunk, None]:
         body = request.upstream_body(upstream_model)
         body["stream"] = True
         body["stream_options"] = {**(request.stream_options or {}), "include_usage": True}

@@ -60,30 +60,64 @@ Headers = list[tuple[str, str]]
 MAX_HEAD = 64 * 1024
 MAX_CACHE = 1024
 PROMPT_TOKENS = 11
-_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
-            429: "Too Many Requests", 500: "Internal Server Error", 529: "Overloaded"}
-_SSE: Headers = [("content-type", "text/event-stream; charset=utf-8"),
-                 ("transfer-encoding", "chunked"), ("cache-control", "no-cache")]
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    529: "Overloaded",
+}
+_SSE: Headers = [
+    ("content-type", "text/event-stream; charset=utf-8"),
+    ("transfer-encoding", "chunked"),
+    ("cache-control", "no-cache"),
+]
 _LAST_CHUNK = b"0\r\n\r\n"
-_MODELS = {"object": "list", "data": [
-    {"id": m, "object": "model", "created": 1700000000, "owned_by": "fake-upstream"}
-    for m in ("gpt-4o-mini", "gpt-4o", "claude-sonnet-4-5")]}
+_MODELS = {
+    "object": "list",
+    "data": [
+        {"id": m, "object": "model", "created": 1700000000, "owned_by": "fake-upstream"}
+        for m in ("gpt-4o-mini", "gpt-4o", "claude-sonnet-4-5")
+    ],
+}
 # model: (status, OpenAI type, OpenAI param, OpenAI code, Anthropic type, message)
 _FAILURES: dict[str, tuple[int, str, str | None, str | None, str, str]] = {
     "fail-500": (500, "server_error", None, None, "api_error", "fake upstream failure"),
-    "fail-429": (429, "requests", None, "rate_limit_exceeded", "rate_limit_error",
-                 "Rate limit reached for fake upstream"),
-    "fail-400": (400, "invalid_request_error", "messages", None, "invalid_request_error",
-                 "fake bad request"),
-    "fail-401": (401, "invalid_request_error", None, "invalid_api_key", "authentication_error",
-                 "Incorrect API key provided: sk-fake***"),
+    "fail-429": (
+        429,
+        "requests",
+        None,
+        "rate_limit_exceeded",
+        "rate_limit_error",
+        "Rate limit reached for fake upstream",
+    ),
+    "fail-400": (
+        400,
+        "invalid_request_error",
+        "messages",
+        None,
+        "invalid_request_error",
+        "fake bad request",
+    ),
+    "fail-401": (
+        401,
+        "invalid_request_error",
+        None,
+        "invalid_api_key",
+        "authentication_error",
+        "Incorrect API key provided: sk-fake***",
+    ),
 }
 _ANTHROPIC_ONLY: dict[str, tuple[int, str, str | None, str | None, str, str]] = {
-    "overloaded": (529, "", None, None, "overloaded_error", "Overloaded")}
+    "overloaded": (529, "", None, None, "overloaded_error", "Overloaded")
+}
 
 
-def _error(anthropic: bool, type_: str, message: str, param: str | None = None,
-           code: str | None = None) -> Any:
+def _error(
+    anthropic: bool, type_: str, message: str, param: str | None = None, code: str | None = None
+) -> Any:
     if anthropic:
         return {"type": "error", "error": {"type": type_, "message": message}}
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
@@ -170,12 +204,19 @@ def _compact(plan: Plan) -> Plan:
 def _openai_plan(c: Call) -> Plan:
     extra: Headers = [("x-request-id", "req_fake")]
     created = int(time.time())
-    usage = {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": c.tokens,
-             "total_tokens": PROMPT_TOKENS + c.tokens,
-             "prompt_tokens_details": {"cached_tokens": 3},
-             "completion_tokens_details": {"reasoning_tokens": 2}}
-    base = {"id": "chatcmpl-fake", "object": "chat.completion", "created": created,
-            "model": c.model}
+    usage = {
+        "prompt_tokens": PROMPT_TOKENS,
+        "completion_tokens": c.tokens,
+        "total_tokens": PROMPT_TOKENS + c.tokens,
+        "prompt_tokens_details": {"cached_tokens": 3},
+        "completion_tokens_details": {"reasoning_tokens": 2},
+    }
+    base = {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": created,
+        "model": c.model,
+    }
     if not c.stream:
         message = {"role": "assistant", "content": "".join(c.texts), "refusal": None}
         choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}
@@ -187,8 +228,11 @@ def _openai_plan(c: Call) -> Plan:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
         return _oa_event({**base, "choices": [choice], **no_usage})
 
-    plan: Plan = [*c.pre, _head(200, _SSE + extra, c.keep),
-                  event({"role": "assistant", "content": "", "refusal": None})]
+    plan: Plan = [
+        *c.pre,
+        _head(200, _SSE + extra, c.keep),
+        event({"role": "assistant", "content": "", "refusal": None}),
+    ]
     for i, text in enumerate(c.texts):
         plan += [c.gap if i else 0.0, event({"content": text})]
     if c.model == "drop-mid-stream":
@@ -205,28 +249,59 @@ def _anthropic_plan(c: Call) -> Plan:
     texts = ["Let me check."] if tool else c.texts
     tool_block = {"type": "tool_use", "id": "toolu_fake1", "name": "get_weather"}
     stop_reason = "tool_use" if tool else "end_turn"
-    usage = {"input_tokens": PROMPT_TOKENS, "output_tokens": c.tokens,
-             "cache_creation_input_tokens": 4, "cache_read_input_tokens": 3}
+    usage = {
+        "input_tokens": PROMPT_TOKENS,
+        "output_tokens": c.tokens,
+        "cache_creation_input_tokens": 4,
+        "cache_read_input_tokens": 3,
+    }
     message = {"id": "msg_fake", "type": "message", "role": "assistant", "model": c.model}
     if not c.stream:
         content: list[Any] = [{"type": "text", "text": "".join(texts)}]
         if tool:
             content.append({**tool_block, "input": {"city": "Paris"}})
-        return [*c.pre, _full(200, {**message, "content": content, "stop_reason": stop_reason,
-                                    "stop_sequence": None, "usage": usage}, c.keep, extra)]
+        return [
+            *c.pre,
+            _full(
+                200,
+                {
+                    **message,
+                    "content": content,
+                    "stop_reason": stop_reason,
+                    "stop_sequence": None,
+                    "usage": usage,
+                },
+                c.keep,
+                extra,
+            ),
+        ]
 
     def delta(index: int, kind: str, key: str, value: str) -> bytes:
-        return _an_event({"type": "content_block_delta", "index": index,
-                          "delta": {"type": kind, key: value}})
+        return _an_event(
+            {"type": "content_block_delta", "index": index, "delta": {"type": kind, key: value}}
+        )
 
     failing = c.model == "stream-error"
-    start: dict[str, Any] = {**message, "content": [], "stop_reason": None,
-                             "stop_sequence": None, "usage": {**usage, "output_tokens": 1}}
-    plan: Plan = [*c.pre, _head(200, _SSE + extra, c.keep and not failing),
-                  _an_event({"type": "message_start", "message": start}),
-                  _an_event({"type": "content_block_start", "index": 0,
-                             "content_block": {"type": "text", "text": ""}}),
-                  _an_event({"type": "ping"})]
+    start: dict[str, Any] = {
+        **message,
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": {**usage, "output_tokens": 1},
+    }
+    plan: Plan = [
+        *c.pre,
+        _head(200, _SSE + extra, c.keep and not failing),
+        _an_event({"type": "message_start", "message": start}),
+        _an_event(
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "text", "text": ""},
+            }
+        ),
+        _an_event({"type": "ping"}),
+    ]
     for i, text in enumerate(texts[:2] if failing else texts):
         plan += [c.gap if i else 0.0, delta(0, "text_delta", "text", text)]
     if c.model == "drop-mid-stream":
@@ -235,14 +310,30 @@ def _anthropic_plan(c: Call) -> Plan:
         return [*plan, _an_event(_error(True, "overloaded_error", "Overloaded")), _LAST_CHUNK, None]
     plan.append(_an_event({"type": "content_block_stop", "index": 0}))
     if tool:
-        plan += [_an_event({"type": "content_block_start", "index": 1,
-                            "content_block": {**tool_block, "input": {}}}),
-                 delta(1, "input_json_delta", "partial_json", '{"city": '),
-                 delta(1, "input_json_delta", "partial_json", '"Paris"}'),
-                 _an_event({"type": "content_block_stop", "index": 1})]
-    return [*plan, _an_event({"type": "message_delta", "usage": {"output_tokens": c.tokens},
-                              "delta": {"stop_reason": stop_reason, "stop_sequence": None}}),
-            _an_event({"type": "message_stop"}), _LAST_CHUNK]
+        plan += [
+            _an_event(
+                {
+                    "type": "content_block_start",
+                    "index": 1,
+                    "content_block": {**tool_block, "input": {}},
+                }
+            ),
+            delta(1, "input_json_delta", "partial_json", '{"city": '),
+            delta(1, "input_json_delta", "partial_json", '"Paris"}'),
+            _an_event({"type": "content_block_stop", "index": 1}),
+        ]
+    return [
+        *plan,
+        _an_event(
+            {
+                "type": "message_delta",
+                "usage": {"output_tokens": c.tokens},
+                "delta": {"stop_reason": stop_reason, "stop_sequence": None},
+            }
+        ),
+        _an_event({"type": "message_stop"}),
+        _LAST_CHUNK,
+    ]
 
 
 class FakeUpstream:
@@ -283,8 +374,16 @@ class FakeUpstream:
         error = _error(False, "invalid_request_error", message, code="unknown_url")
         return [_full(404, error, keep, [])]
 
-    def _build(self, anthropic: bool, model: str, stream: bool, usage: bool, keep: bool,
-               body: Any = None, headers: dict[str, str] | None = None) -> Plan:
+    def _build(
+        self,
+        anthropic: bool,
+        model: str,
+        stream: bool,
+        usage: bool,
+        keep: bool,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> Plan:
         extra: Headers = [("request-id" if anthropic else "x-request-id", "req_fake")]
         failure = _FAILURES.get(model) or (_ANTHROPIC_ONLY.get(model) if anthropic else None)
         if failure:
@@ -363,7 +462,8 @@ class Connection(asyncio.Protocol):
             pending = self.run(plan, 0, req.keep_alive)
             if pending is not None:
                 self.task = asyncio.get_running_loop().create_task(
-                    self.run_later(plan, pending, req.keep_alive))
+                    self.run_later(plan, pending, req.keep_alive)
+                )
                 return
 
     def run(self, plan: Plan, i: int, keep: bool) -> int | None:
@@ -419,7 +519,7 @@ class Connection(asyncio.Protocol):
             if size < 0:
                 raise ValueError("negative content-length")
             complete = len(buf) >= start + size
-            decoded = (bytes(buf[start:start + size]), start + size) if complete else None
+            decoded = (bytes(buf[start : start + size]), start + size) if complete else None
         if decoded is None:
             if not self.continued and headers.get("expect", "").lower() == "100-continue":
                 self.continued = True
@@ -447,7 +547,7 @@ def _dechunk(buf: bytearray, pos: int) -> tuple[bytes, int] | None:
             return None if end < 0 else (bytes(out), end + 4)
         if len(buf) < pos + size + 2:
             return None
-        out += buf[pos:pos + size]
+        out += buf[pos : pos + size]
         pos += size + 2
 
 
@@ -478,8 +578,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--chunk-gap-ms", type=float, default=0.0)
     p.add_argument("--slow-seconds", type=float, default=5.0)
     a = p.parse_args(argv)
-    coro = serve(a.host, a.port, Options(a.delay_ms, a.stream_chunks, a.chunk_gap_ms,
-                                         a.slow_seconds))
+    coro = serve(
+        a.host, a.port, Options(a.delay_ms, a.stream_chunks, a.chunk_gap_ms, a.slow_seconds)
+    )
     try:
         import uvloop
     except ImportError:
@@ -489,13 +590,33 @@ def main(argv: list[str] | None = None) -> None:
 
 
 @contextlib.contextmanager
-def run_fake_upstream(*, host: str = "127.0.0.1", port: int = 0, delay_ms: float = 0.0,
-                      stream_chunks: int = 5, chunk_gap_ms: float = 0.0,
-                      slow_seconds: float = 5.0, ready_timeout: float = 10.0) -> Iterator[str]:
+def run_fake_upstream(
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    delay_ms: float = 0.0,
+    stream_chunks: int = 5,
+    chunk_gap_ms: float = 0.0,
+    slow_seconds: float = 5.0,
+    ready_timeout: float = 10.0,
+) -> Iterator[str]:
     """Run this script as a subprocess; yield its base URL, e.g. ``"http://127.0.0.1:4321"``."""
-    cmd = [sys.executable, os.path.abspath(__file__), "--host", host, "--port", str(port),
-           "--delay-ms", str(delay_ms), "--stream-chunks", str(stream_chunks),
-           "--chunk-gap-ms", str(chunk_gap_ms), "--slow-seconds", str(slow_seconds)]
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--delay-ms",
+        str(delay_ms),
+        "--stream-chunks",
+        str(stream_chunks),
+        "--chunk-gap-ms",
+        str(chunk_gap_ms),
+        "--slow-seconds",
+        str(slow_seconds),
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE)
     assert proc.stdout is not None
     try:

@@ -35,8 +35,9 @@ def admin_client(db: None) -> Client:
 
 def test_admin_issues_a_key_and_shows_it_once(admin_client: Client) -> None:
     tenant = Tenant.objects.create(name="erin")
-    response = admin_client.post("/admin/gateway/apikey/add/",
-                                 {"tenant": tenant.pk, "name": "ci"}, follow=True)
+    response = admin_client.post(
+        "/admin/gateway/apikey/add/", {"tenant": tenant.pk, "name": "ci"}, follow=True
+    )
     assert response.status_code == 200
     key = ApiKey.objects.get(tenant=tenant)
     shown = [str(m) for m in response.context["messages"]]
@@ -48,21 +49,30 @@ def test_admin_issues_a_key_and_shows_it_once(admin_client: Client) -> None:
 
 def test_admin_revokes_keys(admin_client: Client, tenants: dict[str, TenantKey]) -> None:
     alice = tenants["alice"].key
-    admin_client.post("/admin/gateway/apikey/",
-                      {"action": "revoke_keys", "_selected_action": [alice.pk]})
+    admin_client.post(
+        "/admin/gateway/apikey/", {"action": "revoke_keys", "_selected_action": [alice.pk]}
+    )
     alice.refresh_from_db()
     assert alice.revoked_at is not None and not alice.is_usable()
 
 
-def test_the_ledger_is_read_only_in_the_admin(admin_client: Client,
-                                              tenants: dict[str, TenantKey]) -> None:
+def test_the_ledger_is_read_only_in_the_admin(
+    admin_client: Client, tenants: dict[str, TenantKey]
+) -> None:
     bob = tenants["bob"]
-    record = UsageRecord.objects.create(tenant=bob.tenant, api_key=bob.key, request_id="req_1",
-                                        requested_model="m", status_code=200, latency_ms=1)
+    record = UsageRecord.objects.create(
+        tenant=bob.tenant,
+        api_key=bob.key,
+        request_id="req_1",
+        requested_model="m",
+        status_code=200,
+        latency_ms=1,
+    )
     assert admin_client.get("/admin/gateway/usagerecord/").status_code == 200
     assert admin_client.get("/admin/gateway/usagerecord/add/").status_code == 403
-    change = admin_client.post(f"/admin/gateway/usagerecord/{record.pk}/change/",
-                               {"status_code": 500})
+    change = admin_client.post(
+        f"/admin/gateway/usagerecord/{record.pk}/change/", {"status_code": 500}
+    )
     assert change.status_code == 403
     record.refresh_from_db()
     assert record.status_code == 200

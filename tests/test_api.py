@@ -14,9 +14,18 @@ from gateway import auth
 from gateway.models import UsageRecord
 
 COMPLETION = {
-    "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "fake-gpt",
-    "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi", "refusal": None},
-                 "logprobs": None, "finish_reason": "stop"}],
+    "id": "chatcmpl-1",
+    "object": "chat.completion",
+    "created": 1,
+    "model": "fake-gpt",
+    "choices": [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "hi", "refusal": None},
+            "logprobs": None,
+            "finish_reason": "stop",
+        }
+    ],
     "usage": {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30},
 }
 HELLO = {"model": "gpt-test", "messages": [{"role": "user", "content": "hello"}]}
@@ -29,8 +38,9 @@ def ok(request: httpx.Request) -> httpx.Response:
 async def post(client: AsyncClient, who: TenantKey | None, body: object) -> httpx.Response:
     content = body if isinstance(body, bytes) else orjson.dumps(body)
     headers = {"authorization": f"Bearer {who.raw}"} if who else {}
-    return await client.post("/v1/chat/completions", content, content_type="application/json",
-                             headers=headers)
+    return await client.post(
+        "/v1/chat/completions", content, content_type="application/json", headers=headers
+    )
 
 
 @pytest.fixture
@@ -38,8 +48,9 @@ def client() -> AsyncClient:
     return AsyncClient()
 
 
-async def test_a_call_is_answered_and_recorded(tenants: dict[str, TenantKey], client: AsyncClient,
-                                               gateway_runtime) -> None:
+async def test_a_call_is_answered_and_recorded(
+    tenants: dict[str, TenantKey], client: AsyncClient, gateway_runtime
+) -> None:
     current = gateway_runtime(ok)
     response = await post(client, tenants["bob"], HELLO)
     assert response.status_code == 200
@@ -69,16 +80,23 @@ async def ledger_rows_async(current) -> list[UsageRecord]:
         ({"messages": [{"role": "user", "content": "x"}]}, "model", "missing_required_parameter"),
         ({"model": "gpt-test"}, "messages", "missing_required_parameter"),
         ({"model": "gpt-test", "messages": []}, "messages", "invalid_value"),
-        ({"model": "gpt-test", "messages": [{"content": "x"}]}, "messages.0.role",
-         "missing_required_parameter"),
+        (
+            {"model": "gpt-test", "messages": [{"content": "x"}]},
+            "messages.0.role",
+            "missing_required_parameter",
+        ),
         ({"model": 5, "messages": [{"role": "user"}]}, "model", "invalid_value"),
         ({**HELLO, "stream": "yes"}, "stream", "invalid_value"),
         ({**HELLO, "max_tokens": 0}, "max_tokens", "invalid_value"),
     ],
 )
 async def test_invalid_bodies_are_400_and_recorded(
-    tenants: dict[str, TenantKey], client: AsyncClient, gateway_runtime, body: object,
-    param: str | None, code: str,
+    tenants: dict[str, TenantKey],
+    client: AsyncClient,
+    gateway_runtime,
+    body: object,
+    param: str | None,
+    code: str,
 ) -> None:
     current = gateway_runtime(ok)
     response = await post(client, tenants["alice"], body)
@@ -108,14 +126,22 @@ async def test_unknown_model_is_404_and_never_reaches_the_upstream(
     assert [(r.requested_model, r.status_code) for r in rows] == [("gpt-9", 404)]
 
 
-async def test_bad_keys_are_401_and_write_nothing(tenants: dict[str, TenantKey],
-                                                  client: AsyncClient, gateway_runtime) -> None:
+async def test_bad_keys_are_401_and_write_nothing(
+    tenants: dict[str, TenantKey], client: AsyncClient, gateway_runtime
+) -> None:
     current = gateway_runtime(ok)
-    for headers in ({}, {"authorization": "Bearer tg-nothing-like-a-key"},
-                    {"authorization": "Basic abc"},
-                    {"authorization": "Bearer " + tenants["alice"].raw + "x"}):
-        response = await client.post("/v1/chat/completions", orjson.dumps(HELLO),
-                                     content_type="application/json", headers=headers)
+    for headers in (
+        {},
+        {"authorization": "Bearer tg-nothing-like-a-key"},
+        {"authorization": "Basic abc"},
+        {"authorization": "Bearer " + tenants["alice"].raw + "x"},
+    ):
+        response = await client.post(
+            "/v1/chat/completions",
+            orjson.dumps(HELLO),
+            content_type="application/json",
+            headers=headers,
+        )
         assert response.status_code == 401
         assert response.json()["error"]["code"] == "invalid_api_key"
     assert await ledger_rows_async(current) == []
@@ -137,8 +163,9 @@ async def test_revocation_takes_effect_in_this_process_at_once(
     assert (await post(client, alice, HELLO)).status_code == 401
 
 
-async def test_deactivated_tenant_is_refused(tenants: dict[str, TenantKey], client: AsyncClient,
-                                             gateway_runtime) -> None:
+async def test_deactivated_tenant_is_refused(
+    tenants: dict[str, TenantKey], client: AsyncClient, gateway_runtime
+) -> None:
     gateway_runtime(ok)
     charlie = tenants["charlie"]
     charlie.tenant.is_active = False
@@ -147,19 +174,32 @@ async def test_deactivated_tenant_is_refused(tenants: dict[str, TenantKey], clie
     assert (await post(client, charlie, HELLO)).status_code == 401
 
 
-async def test_usage_chunk_is_hidden_unless_asked_for(tenants: dict[str, TenantKey],
-                                                      client: AsyncClient,
-                                                      gateway_runtime) -> None:
+async def test_usage_chunk_is_hidden_unless_asked_for(
+    tenants: dict[str, TenantKey], client: AsyncClient, gateway_runtime
+) -> None:
     def chunk(choices: list[object], usage: object = None) -> bytes:
-        return b"data: " + orjson.dumps({"id": "c", "object": "chat.completion.chunk",
-                                         "created": 1, "model": "m", "choices": choices,
-                                         "usage": usage}) + b"\n\n"
+        return (
+            b"data: "
+            + orjson.dumps(
+                {
+                    "id": "c",
+                    "object": "chat.completion.chunk",
+                    "created": 1,
+                    "model": "m",
+                    "choices": choices,
+                    "usage": usage,
+                }
+            )
+            + b"\n\n"
+        )
 
     def upstream(request: httpx.Request) -> httpx.Response:
-        body = (chunk([{"index": 0, "delta": {"content": "a"}, "finish_reason": None}])
-                + chunk([{"index": 0, "delta": {}, "finish_reason": "stop"}])
-                + chunk([], {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4})
-                + b"data: [DONE]\n\n")
+        body = (
+            chunk([{"index": 0, "delta": {"content": "a"}, "finish_reason": None}])
+            + chunk([{"index": 0, "delta": {}, "finish_reason": "stop"}])
+            + chunk([], {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4})
+            + b"data: [DONE]\n\n"
+        )
         return httpx.Response(200, content=body)
 
     current = gateway_runtime(upstream)
@@ -176,8 +216,9 @@ async def test_usage_chunk_is_hidden_unless_asked_for(tenants: dict[str, TenantK
     assert [(r.prompt_tokens, r.completion_tokens, r.stream) for r in rows] == [(3, 1, True)] * 2
 
 
-async def test_models_lists_the_configured_aliases(tenants: dict[str, TenantKey],
-                                                   client: AsyncClient, gateway_runtime) -> None:
+async def test_models_lists_the_configured_aliases(
+    tenants: dict[str, TenantKey], client: AsyncClient, gateway_runtime
+) -> None:
     gateway_runtime(ok)
     response = await client.get("/v1/models", headers=tenants["alice"].headers)
     assert response.status_code == 200

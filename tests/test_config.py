@@ -75,8 +75,9 @@ def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:
         load_config(tmp_path / "absent.toml")
 
 
-def test_config_path_comes_from_the_environment(tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_config_path_comes_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("TOLLGATE_CONFIG", str(write(tmp_path, BASE)))
     assert "gpt-4o" in load_config().models
 
@@ -108,10 +109,16 @@ def test_unknown_models_are_404(tmp_path: Path, model: str) -> None:
 
 
 def test_cost_prices_cached_input_at_its_own_rate() -> None:
-    prices = ModelConfig(provider="p", input_per_mtok=Decimal(2), output_per_mtok=Decimal(8),
-                         cache_read_per_mtok=Decimal("0.5"), cache_write_per_mtok=Decimal(3))
-    usage = Usage(prompt_tokens=1000, completion_tokens=100, cache_read_tokens=600,
-                  cache_write_tokens=200)
+    prices = ModelConfig(
+        provider="p",
+        input_per_mtok=Decimal(2),
+        output_per_mtok=Decimal(8),
+        cache_read_per_mtok=Decimal("0.5"),
+        cache_write_per_mtok=Decimal(3),
+    )
+    usage = Usage(
+        prompt_tokens=1000, completion_tokens=100, cache_read_tokens=600, cache_write_tokens=200
+    )
     # 200 uncached * 2 + 600 * 0.5 + 200 * 3 + 100 * 8 = 2100 micro-USD
     assert cost_of(usage, prices) == Decimal("0.0021")
 

@@ -11,13 +11,18 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+
 from fake_upstream import run_fake_upstream  # tests/ has no __init__.py: pytest puts it on sys.path
 
 OPENAI = "/v1/chat/completions"
 ANTHROPIC = "/v1/messages"
-USAGE = {"prompt_tokens": 11, "completion_tokens": 5, "total_tokens": 16,
-         "prompt_tokens_details": {"cached_tokens": 3},
-         "completion_tokens_details": {"reasoning_tokens": 2}}
+USAGE = {
+    "prompt_tokens": 11,
+    "completion_tokens": 5,
+    "total_tokens": 16,
+    "prompt_tokens_details": {"cached_tokens": 3},
+    "completion_tokens_details": {"reasoning_tokens": 2},
+}
 
 
 @pytest.fixture(scope="module")
@@ -81,13 +86,18 @@ def test_openai_streaming(client: httpx.Client, include_usage: bool) -> None:
     chunks = [json.loads(d) for d in data[:-1]]
     assert len(chunks) == 1 + 5 + 1 + include_usage
     assert {(c["id"], c["model"], c["created"], c["object"]) for c in chunks} == {
-        ("chatcmpl-fake", "m1", chunks[0]["created"], "chat.completion.chunk")}
-    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": "",
-                                                "refusal": None}
+        ("chatcmpl-fake", "m1", chunks[0]["created"], "chat.completion.chunk")
+    }
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": "", "refusal": None}
     assert [c["choices"][0]["delta"]["content"] for c in chunks[1:6]] == [
-        f"tok{i} " for i in range(5)]
-    assert chunks[6]["choices"][0] == {"index": 0, "delta": {}, "logprobs": None,
-                                       "finish_reason": "stop"}
+        f"tok{i} " for i in range(5)
+    ]
+    assert chunks[6]["choices"][0] == {
+        "index": 0,
+        "delta": {},
+        "logprobs": None,
+        "finish_reason": "stop",
+    }
     assert all(c["choices"][0]["finish_reason"] is None for c in chunks[:6])
     if include_usage:
         assert chunks[7]["choices"] == [] and chunks[7]["usage"] == USAGE
@@ -111,10 +121,15 @@ def test_echo_with_chunked_request_body(client: httpx.Client) -> None:
     assert json.loads(content)["body"] == {"model": "echo", "stream": True}
 
 
-@pytest.mark.parametrize(("model", "status", "anthropic_type"), [
-    ("fail-500", 500, "api_error"), ("fail-429", 429, "rate_limit_error"),
-    ("fail-400", 400, "invalid_request_error"), ("fail-401", 401, "authentication_error"),
-])
+@pytest.mark.parametrize(
+    ("model", "status", "anthropic_type"),
+    [
+        ("fail-500", 500, "api_error"),
+        ("fail-429", 429, "rate_limit_error"),
+        ("fail-400", 400, "invalid_request_error"),
+        ("fail-401", 401, "authentication_error"),
+    ],
+)
 def test_failures(client: httpx.Client, model: str, status: int, anthropic_type: str) -> None:
     oa = client.post(OPENAI, json={"model": model})
     an = client.post(ANTHROPIC, json={"model": model, "stream": True})
@@ -134,8 +149,11 @@ def test_overloaded_garbage_and_slow(client: httpx.Client) -> None:
     r = client.post(ANTHROPIC, json={"model": "overloaded"})
     assert r.status_code == 529 and r.json()["error"]["type"] == "overloaded_error"
     r = client.post(OPENAI, json={"model": "garbage"})
-    assert (r.status_code, r.text, r.headers["content-type"]) == (200, "not json",
-                                                                  "application/json")
+    assert (r.status_code, r.text, r.headers["content-type"]) == (
+        200,
+        "not json",
+        "application/json",
+    )
     started = time.monotonic()
     assert client.post(OPENAI, json={"model": "slow"}).status_code == 200
     assert time.monotonic() - started >= 0.3
@@ -143,8 +161,10 @@ def test_overloaded_garbage_and_slow(client: httpx.Client) -> None:
 
 def test_drop_mid_stream(client: httpx.Client) -> None:
     received: list[str] = []
-    with pytest.raises(httpx.RemoteProtocolError), client.stream(
-            "POST", OPENAI, json={"model": "drop-mid-stream", "stream": True}) as r:
+    with (
+        pytest.raises(httpx.RemoteProtocolError),
+        client.stream("POST", OPENAI, json={"model": "drop-mid-stream", "stream": True}) as r,
+    ):
         received.extend(r.iter_lines())
     assert sum(line.startswith("data: ") for line in received) == 3
     with pytest.raises(httpx.RemoteProtocolError):
@@ -161,8 +181,10 @@ def test_client_disconnect_and_connection_close(base_url: str, client: httpx.Cli
     # raw socket: two pipelined requests, the second asking to close
     url = urlsplit(base_url)
     body = b'{"model": "p"}'
-    request = b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n" % (OPENAI.encode(),
-                                                                         len(body))
+    request = b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n" % (
+        OPENAI.encode(),
+        len(body),
+    )
     with socket.create_connection((url.hostname, url.port), timeout=5) as s:
         s.sendall(request + b"\r\n" + body + request + b"Connection: close\r\n\r\n" + body)
         data = b""
@@ -176,15 +198,28 @@ def test_anthropic_messages(client: httpx.Client) -> None:
     r = client.post(ANTHROPIC, json={"model": "claude-x", "max_tokens": 5})
     assert r.headers["request-id"]
     assert r.json() == {
-        "id": "msg_fake", "type": "message", "role": "assistant", "model": "claude-x",
+        "id": "msg_fake",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-x",
         "content": [{"type": "text", "text": "tok0 tok1 tok2 tok3 tok4 "}],
-        "stop_reason": "end_turn", "stop_sequence": None,
-        "usage": {"input_tokens": 11, "output_tokens": 5, "cache_creation_input_tokens": 4,
-                  "cache_read_input_tokens": 3}}
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {
+            "input_tokens": 11,
+            "output_tokens": 5,
+            "cache_creation_input_tokens": 4,
+            "cache_read_input_tokens": 3,
+        },
+    }
     tool = client.post(ANTHROPIC, json={"model": "tool-use"}).json()
     assert tool["stop_reason"] == "tool_use"
-    assert tool["content"][1] == {"type": "tool_use", "id": "toolu_fake1",
-                                  "name": "get_weather", "input": {"city": "Paris"}}
+    assert tool["content"][1] == {
+        "type": "tool_use",
+        "id": "toolu_fake1",
+        "name": "get_weather",
+        "input": {"city": "Paris"},
+    }
     echo = client.post(ANTHROPIC, json={"model": "echo"}).json()
     assert json.loads(echo["content"][0]["text"])["body"] == {"model": "echo"}
 
@@ -193,26 +228,40 @@ def test_anthropic_streaming(client: httpx.Client) -> None:
     r = client.post(ANTHROPIC, json={"model": "claude-x", "stream": True})
     events = anthropic_events(r.text)
     names = [name for name, _ in events]
-    assert names == ["message_start", "content_block_start", "ping", *["content_block_delta"] * 5,
-                     "content_block_stop", "message_delta", "message_stop"]
+    assert names == [
+        "message_start",
+        "content_block_start",
+        "ping",
+        *["content_block_delta"] * 5,
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
     assert all(name == data["type"] for name, data in events)
     assert events[0][1]["message"]["usage"] == {
-        "input_tokens": 11, "output_tokens": 1, "cache_creation_input_tokens": 4,
-        "cache_read_input_tokens": 3}
+        "input_tokens": 11,
+        "output_tokens": 1,
+        "cache_creation_input_tokens": 4,
+        "cache_read_input_tokens": 3,
+    }
     assert "".join(d["delta"]["text"] for n, d in events if n == "content_block_delta") == (
-        "tok0 tok1 tok2 tok3 tok4 ")
+        "tok0 tok1 tok2 tok3 tok4 "
+    )
     assert events[-2][1]["delta"] == {"stop_reason": "end_turn", "stop_sequence": None}
     assert events[-2][1]["usage"] == {"output_tokens": 5}
 
-    tool = anthropic_events(client.post(ANTHROPIC, json={"model": "tool-use",
-                                                         "stream": True}).text)
-    fragments = [d["delta"]["partial_json"] for _, d in tool
-                 if d.get("delta", {}).get("type") == "input_json_delta"]
+    tool = anthropic_events(client.post(ANTHROPIC, json={"model": "tool-use", "stream": True}).text)
+    fragments = [
+        d["delta"]["partial_json"]
+        for _, d in tool
+        if d.get("delta", {}).get("type") == "input_json_delta"
+    ]
     assert fragments == ['{"city": ', '"Paris"}']
     assert json.loads("".join(fragments)) == {"city": "Paris"}
     assert tool[-2][1]["delta"]["stop_reason"] == "tool_use"
 
-    failing = anthropic_events(client.post(ANTHROPIC, json={"model": "stream-error",
-                                                            "stream": True}).text)
+    failing = anthropic_events(
+        client.post(ANTHROPIC, json={"model": "stream-error", "stream": True}).text
+    )
     assert [n for n, _ in failing][-3:] == ["content_block_delta", "content_block_delta", "error"]
     assert failing[-1][1]["error"]["type"] == "overloaded_error"

@@ -17,15 +17,23 @@ from gateway.models import UsageRecord
 
 def row(who: TenantKey, n: int) -> dict[str, object]:
     return {
-        "created_at": datetime.now(UTC), "request_id": f"req_{n}",
-        "tenant_id": who.tenant.pk, "api_key_id": who.key.pk, "requested_model": "m",
-        "prompt_tokens": n, "completion_tokens": 1, "total_tokens": n + 1,
-        "cost_usd": Decimal("0.000001") * n, "status_code": 200, "latency_ms": 3,
+        "created_at": datetime.now(UTC),
+        "request_id": f"req_{n}",
+        "tenant_id": who.tenant.pk,
+        "api_key_id": who.key.pk,
+        "requested_model": "m",
+        "prompt_tokens": n,
+        "completion_tokens": 1,
+        "total_tokens": n + 1,
+        "cost_usd": Decimal("0.000001") * n,
+        "status_code": 200,
+        "latency_ms": 3,
     }
 
 
-def test_rows_are_written_by_the_thread_in_batches(tenants: dict[str, TenantKey],
-                                                   tmp_path: Path) -> None:
+def test_rows_are_written_by_the_thread_in_batches(
+    tenants: dict[str, TenantKey], tmp_path: Path
+) -> None:
     writer = LedgerWriter(tmp_path / "spool", flush_seconds=0.05, batch_size=100)
     for n in range(250):
         writer.record(row(tenants["alice"], n))

@@ -19,20 +19,38 @@ from providers.errors import (
 from providers.openai import OpenAIProvider
 
 COMPLETION = {
-    "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "m-upstream",
-    "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi", "refusal": None},
-                 "logprobs": None, "finish_reason": "stop"}],
-    "usage": {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13,
-              "prompt_tokens_details": {"cached_tokens": 2},
-              "completion_tokens_details": {"reasoning_tokens": 1}},
+    "id": "chatcmpl-1",
+    "object": "chat.completion",
+    "created": 1,
+    "model": "m-upstream",
+    "choices": [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "hi", "refusal": None},
+            "logprobs": None,
+            "finish_reason": "stop",
+        }
+    ],
+    "usage": {
+        "prompt_tokens": 9,
+        "completion_tokens": 4,
+        "total_tokens": 13,
+        "prompt_tokens_details": {"cached_tokens": 2},
+        "completion_tokens_details": {"reasoning_tokens": 1},
+    },
 }
 
 
-def provider(handler: Callable[[httpx.Request], httpx.Response],
-             monkeypatch: pytest.MonkeyPatch) -> OpenAIProvider:
+def provider(
+    handler: Callable[[httpx.Request], httpx.Response], monkeypatch: pytest.MonkeyPatch
+) -> OpenAIProvider:
     monkeypatch.setenv("UP_KEY", "sk-up")
-    config = ProviderConfig(type="openai", base_url="http://up.test/v1/", api_key_env="UP_KEY",
-                            headers={"OpenAI-Organization": "org-1"})
+    config = ProviderConfig(
+        type="openai",
+        base_url="http://up.test/v1/",
+        api_key_env="UP_KEY",
+        headers={"OpenAI-Organization": "org-1"},
+    )
     client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
     return OpenAIProvider("up", config, client)
 
@@ -49,13 +67,23 @@ def sse(*events: object) -> bytes:
 
 
 def chunk(delta: dict[str, object], finish: str | None = None) -> dict[str, object]:
-    return {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+    return {
+        "id": "c",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "m",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
 
 
-USAGE_CHUNK = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
-               "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 2,
-                                        "total_tokens": 11}}
+USAGE_CHUNK = {
+    "id": "c",
+    "object": "chat.completion.chunk",
+    "created": 1,
+    "model": "m",
+    "choices": [],
+    "usage": {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11},
+}
 
 
 async def test_chat_passes_fields_through_and_returns_the_upstream_bytes(
@@ -93,8 +121,14 @@ async def test_stream_always_asks_for_usage_and_reports_it(
 
     def handler(req: httpx.Request) -> httpx.Response:
         sent.append(orjson.loads(req.content))
-        body = sse(chunk({"role": "assistant", "content": ""}), chunk({"content": "a"}),
-                   chunk({"content": "b"}), chunk({}, "stop"), USAGE_CHUNK, b"[DONE]")
+        body = sse(
+            chunk({"role": "assistant", "content": ""}),
+            chunk({"content": "a"}),
+            chunk({"content": "b"}),
+            chunk({}, "stop"),
+            USAGE_CHUNK,
+            b"[DONE]",
+        )
         return httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
 
     stream = provider(handler, monkeypatch).stream(request(stream=True), "m")
@@ -111,7 +145,7 @@ async def test_stream_reads_crlf_and_split_frames(monkeypatch: pytest.MonkeyPatc
 
     async def split() -> object:
         for i in range(0, len(body), 7):
-            yield body[i:i + 7]
+            yield body[i : i + 7]
 
     def handler(req: httpx.Request) -> httpx.Response:
         return httpx.Response(200, content=split())  # type: ignore[arg-type]
@@ -133,8 +167,9 @@ async def test_stream_cut_before_the_finish_is_an_error(monkeypatch: pytest.Monk
 
 async def test_stream_error_event_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
     def handler(req: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, content=sse(chunk({"content": "x"}),
-                                               {"error": {"message": "overloaded"}}))
+        return httpx.Response(
+            200, content=sse(chunk({"content": "x"}), {"error": {"message": "overloaded"}})
+        )
 
     with pytest.raises(UpstreamUnavailable, match="overloaded"):
         async for _ in provider(handler, monkeypatch).stream(request(), "m"):
@@ -154,8 +189,11 @@ async def test_stream_error_event_is_an_error(monkeypatch: pytest.MonkeyPatch) -
     ],
 )
 async def test_upstream_statuses_are_classified(
-    monkeypatch: pytest.MonkeyPatch, status: int, error_class: type[ProviderError],
-    client_status: int, code: str,
+    monkeypatch: pytest.MonkeyPatch,
+    status: int,
+    error_class: type[ProviderError],
+    client_status: int,
+    code: str,
 ) -> None:
     body = {"error": {"message": "Incorrect API key provided: sk-up***", "type": "x"}}
 
@@ -187,8 +225,9 @@ async def test_upstream_4xx_message_reaches_the_caller(monkeypatch: pytest.Monke
         (httpx.PoolTimeout("busy"), UpstreamTimeout),
     ],
 )
-async def test_transport_failures(monkeypatch: pytest.MonkeyPatch, exception: Exception,
-                                  error_class: type[ProviderError]) -> None:
+async def test_transport_failures(
+    monkeypatch: pytest.MonkeyPatch, exception: Exception, error_class: type[ProviderError]
+) -> None:
     def handler(req: httpx.Request) -> httpx.Response:
         raise exception
 

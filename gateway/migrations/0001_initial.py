@@ -6,70 +6,114 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='Tenant',
+            name="Tenant",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=100, unique=True)),
-                ('is_active', models.BooleanField(default=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=100, unique=True)),
+                ("is_active", models.BooleanField(default=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
             ],
             options={
-                'ordering': ['name'],
+                "ordering": ["name"],
             },
         ),
         migrations.CreateModel(
-            name='ApiKey',
+            name="ApiKey",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(blank=True, max_length=100)),
-                ('prefix', models.CharField(editable=False, max_length=12, unique=True)),
-                ('key_hash', models.CharField(editable=False, max_length=64)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('expires_at', models.DateTimeField(blank=True, null=True)),
-                ('revoked_at', models.DateTimeField(blank=True, editable=False, null=True)),
-                ('tenant', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='api_keys', to='gateway.tenant')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(blank=True, max_length=100)),
+                ("prefix", models.CharField(editable=False, max_length=12, unique=True)),
+                ("key_hash", models.CharField(editable=False, max_length=64)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("expires_at", models.DateTimeField(blank=True, null=True)),
+                ("revoked_at", models.DateTimeField(blank=True, editable=False, null=True)),
+                (
+                    "tenant",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="api_keys",
+                        to="gateway.tenant",
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'API key',
-                'ordering': ['-created_at'],
+                "verbose_name": "API key",
+                "ordering": ["-created_at"],
             },
         ),
         migrations.CreateModel(
-            name='UsageRecord',
+            name="UsageRecord",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('request_id', models.CharField(max_length=64)),
-                ('endpoint', models.CharField(default='chat.completions', max_length=40)),
-                ('requested_model', models.CharField(max_length=200)),
-                ('provider', models.CharField(blank=True, max_length=100)),
-                ('upstream_model', models.CharField(blank=True, max_length=200)),
-                ('stream', models.BooleanField(default=False)),
-                ('prompt_tokens', models.PositiveIntegerField(null=True)),
-                ('completion_tokens', models.PositiveIntegerField(null=True)),
-                ('total_tokens', models.PositiveIntegerField(null=True)),
-                ('cache_read_tokens', models.PositiveIntegerField(null=True)),
-                ('cache_write_tokens', models.PositiveIntegerField(null=True)),
-                ('reasoning_tokens', models.PositiveIntegerField(null=True)),
-                ('usage_estimated', models.BooleanField(default=False, help_text='Tokens counted by the gateway: the upstream never reported them.')),
-                ('cost_usd', models.DecimalField(decimal_places=10, default=0, max_digits=18)),
-                ('status_code', models.PositiveSmallIntegerField()),
-                ('error_type', models.CharField(blank=True, max_length=64)),
-                ('latency_ms', models.PositiveIntegerField()),
-                ('api_key', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='usage', to='gateway.apikey')),
-                ('tenant', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='usage', to='gateway.tenant')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("request_id", models.CharField(max_length=64)),
+                ("endpoint", models.CharField(default="chat.completions", max_length=40)),
+                ("requested_model", models.CharField(max_length=200)),
+                ("provider", models.CharField(blank=True, max_length=100)),
+                ("upstream_model", models.CharField(blank=True, max_length=200)),
+                ("stream", models.BooleanField(default=False)),
+                ("prompt_tokens", models.PositiveIntegerField(null=True)),
+                ("completion_tokens", models.PositiveIntegerField(null=True)),
+                ("total_tokens", models.PositiveIntegerField(null=True)),
+                ("cache_read_tokens", models.PositiveIntegerField(null=True)),
+                ("cache_write_tokens", models.PositiveIntegerField(null=True)),
+                ("reasoning_tokens", models.PositiveIntegerField(null=True)),
+                (
+                    "usage_estimated",
+                    models.BooleanField(
+                        default=False,
+                        help_text="Tokens counted by the gateway: the upstream never reported them.",
+                    ),
+                ),
+                ("cost_usd", models.DecimalField(decimal_places=10, default=0, max_digits=18)),
+                ("status_code", models.PositiveSmallIntegerField()),
+                ("error_type", models.CharField(blank=True, max_length=64)),
+                ("latency_ms", models.PositiveIntegerField()),
+                (
+                    "api_key",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="usage",
+                        to="gateway.apikey",
+                    ),
+                ),
+                (
+                    "tenant",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="usage",
+                        to="gateway.tenant",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_at'],
-                'indexes': [models.Index(fields=['tenant', 'created_at'], name='usage_tenant_time'), models.Index(fields=['api_key', 'created_at'], name='usage_key_time'), models.Index(fields=['created_at'], name='usage_time')],
+                "ordering": ["-created_at"],
+                "indexes": [
+                    models.Index(fields=["tenant", "created_at"], name="usage_tenant_time"),
+                    models.Index(fields=["api_key", "created_at"], name="usage_key_time"),
+                    models.Index(fields=["created_at"], name="usage_time"),
+                ],
             },
         ),
     ]

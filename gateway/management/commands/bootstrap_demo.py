@@ -54,7 +54,8 @@ class Command(BaseCommand):
             if provider.api_key_env and not os.environ.get(provider.api_key_env)
         ]
         usable = [
-            alias for alias, model in config.models.items()
+            alias
+            for alias, model in config.models.items()
             if (env := config.providers[model.provider].api_key_env) and os.environ.get(env)
         ]
         model = usable[0] if usable else next(iter(config.models), "gpt-4o-mini")
@@ -72,6 +73,7 @@ Tollgate is ready.
         )
         if missing:
             self.stdout.write(
-                "  No upstream key in the environment for: " + ", ".join(missing)
+                "  No upstream key in the environment for: "
+                + ", ".join(missing)
                 + ".\n  Calls to those providers fail with 502 until you export the key.\n"
             )

@@ -20,8 +20,12 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--tenant", required=True, help="Tenant name.")
         parser.add_argument("--name", default="", help="A label for the key.")
-        parser.add_argument("--expires-in-days", type=int, default=None,
-                            help="Expire the key after this many days (default: never).")
+        parser.add_argument(
+            "--expires-in-days",
+            type=int,
+            default=None,
+            help="Expire the key after this many days (default: never).",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         tenant, created = Tenant.objects.get_or_create(name=options["tenant"])
@@ -30,6 +34,7 @@ class Command(BaseCommand):
         days = options["expires_in_days"]
         expires_at = timezone.now() + timedelta(days=days) if days else None
         key, raw = ApiKey.objects.issue(tenant, name=options["name"], expires_at=expires_at)
-        self.stdout.write(f"Created key {key.prefix}… for tenant {tenant.name}. "
-                          "It is shown once; store it now:")
+        self.stdout.write(
+            f"Created key {key.prefix}… for tenant {tenant.name}. It is shown once; store it now:"
+        )
         self.stdout.write(raw)
