@@ -13,7 +13,9 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.db import close_old_connections
 from django.http import HttpRequest
 from django.utils import timezone
 
@@ -52,8 +54,12 @@ def bearer_token(request: HttpRequest) -> str | None:
     return None
 
 
-async def _fetch(prefix: str) -> _CachedKey:
-    key = await ApiKey.objects.select_related("tenant").filter(prefix=prefix).afirst()
+@sync_to_async
+def _fetch(prefix: str) -> _CachedKey:
+    # The API skips Django's per-request connection housekeeping (gateway.asgi): do it here,
+    # in the thread that owns the connection, right before using it.
+    close_old_connections()
+    key = ApiKey.objects.select_related("tenant").filter(prefix=prefix).first()
     now = time.monotonic()
     if key is None:
         return _CachedKey(None, "", False, None, now)

@@ -123,8 +123,7 @@ class LedgerWriter:
             return
         for attempt in range(1, self.retries + 1):
             try:
-                with transaction.atomic():
-                    UsageRecord.objects.bulk_create([UsageRecord(**row) for row in rows])
+                insert_rows(rows)
                 return
             except DatabaseError:
                 log.warning(
@@ -160,6 +159,32 @@ class LedgerWriter:
         replaying.unlink()
         log.info("ledger: replayed %d spooled rows", len(rows))
         return len(rows)
+
+
+def insert_rows(rows: list[Row]) -> None:
+    """One ``executemany`` for a batch: several times cheaper than ``bulk_create``, which builds a
+    model instance and compiles the SQL for every row. Values are still adapted by each field,
+    so every database backend gets what it expects; missing fields take their defaults."""
+    fields = _insert_fields()
+    table = connection.ops.quote_name(UsageRecord._meta.db_table)
+    columns = ", ".join(connection.ops.quote_name(field.column) for field in fields)
+    placeholders = ", ".join(["%s"] * len(fields))
+    sql = f"INSERT INTO {table} ({columns}) VALUES ({placeholders})"
+    params = [
+        [
+            field.get_db_prep_save(
+                row[field.attname] if field.attname in row else field.get_default(), connection
+            )
+            for field in fields
+        ]
+        for row in rows
+    ]
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.executemany(sql, params)
+
+
+def _insert_fields() -> list[Any]:
+    return [field for field in UsageRecord._meta.concrete_fields if not field.primary_key]
 
 
 def _encode(value: object) -> str:

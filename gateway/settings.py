@@ -121,8 +121,8 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "timeout": 20,
     }
     # A file, not :memory:, so that end-to-end tests can share the test database with the
-    # gateway process they start.
-    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-tollgate.sqlite3")}
+    # gateway process they start; one per test process, so that two runs never share one.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"test-tollgate-{os.getpid()}.sqlite3")}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_PASSWORD_VALIDATORS = [
@@ -141,6 +141,9 @@ TOLLGATE_AUTH_CACHE_SECONDS = env_float("TOLLGATE_AUTH_CACHE_SECONDS", 5.0)
 """How long a key lookup is cached in process: a revoked key stops working within this bound."""
 TOLLGATE_LEDGER_FLUSH_SECONDS = env_float("TOLLGATE_LEDGER_FLUSH_SECONDS", 0.5)
 """Longest time a ledger row waits in memory before its batch is written."""
+TOLLGATE_MAX_BODY_BYTES = int(env_float("TOLLGATE_MAX_BODY_BYTES", 32 * 1024 * 1024))
+"""Largest request body the API accepts (413 beyond): chat requests may carry images."""
+DATA_UPLOAD_MAX_MEMORY_SIZE = TOLLGATE_MAX_BODY_BYTES
 TOLLGATE_LEDGER_SPOOL = Path(env_str("TOLLGATE_LEDGER_SPOOL", str(VAR_DIR / "ledger-spool")))
 """Rows that could not be written to the database are appended here and replayed later."""
 

@@ -77,7 +77,7 @@ async def raise_for_upstream_status(provider: str, response: httpx.Response) -> 
 class OpenAIProvider(BaseProvider):
     def __init__(self, name: str, config: ProviderConfig, client: httpx.AsyncClient) -> None:
         super().__init__(name, config, client)
-        self.url = config.base_url.rstrip("/") + "/chat/completions"
+        self.url = httpx.URL(config.base_url.rstrip("/") + "/chat/completions")  # parsed once
         headers = {"content-type": "application/json", **config.headers}
         if config.api_key:
             headers["authorization"] = f"Bearer {config.api_key}"

@@ -65,7 +65,7 @@ def test_a_failing_database_spools_rows_and_they_are_replayed(
         raise DatabaseError("database is down")
 
     with monkeypatch.context() as patch:
-        patch.setattr(UsageRecord.objects, "bulk_create", broken)
+        patch.setattr("gateway.ledger.insert_rows", broken)
         for n in range(3):
             writer.record(row(tenants["charlie"], n))
         writer.flush()
