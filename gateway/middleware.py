@@ -29,7 +29,10 @@ def _reshape(request: HttpRequest, response: HttpResponseBase) -> HttpResponseBa
             type="invalid_request_error",
             code="method_not_allowed" if response.status_code == 405 else None,
         )
-        return error_response(error)
+        reshaped = error_response(error)
+        if allow := response.get("allow"):
+            reshaped["allow"] = allow
+        return reshaped
     return response
 
 

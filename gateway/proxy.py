@@ -38,6 +38,8 @@ def error_response(error: GatewayError, request_id: str | None = None) -> HttpRe
     )
     if request_id:
         response["x-request-id"] = request_id
+    # The openai SDKs obey this over their own status-based retry policy.
+    response["x-should-retry"] = "true" if error.retryable else "false"
     if error.status == 429:
         response["retry-after"] = "1"
     return response
@@ -76,6 +78,20 @@ def estimate_prompt_tokens(request: ChatRequest) -> int:
         content = message.content
         chars += len(content) if isinstance(content, str) else len(orjson.dumps(content))
     return math.ceil(chars / 4)
+
+
+def sse_event(chunk: StreamChunk, hide_usage: bool) -> bytes | None:
+    """The chunk as an SSE event for the client, or None when the client must not see it.
+
+    The gateway always asks the upstream for usage; a client that did not ask gets neither the
+    usage-only chunk nor the ``"usage": null`` that the upstream then puts on every chunk.
+    """
+    if hide_usage and "usage" in chunk.payload:
+        if chunk.is_usage_only:
+            return None
+        del chunk.payload["usage"]
+        chunk.raw = None
+    return b"data: " + (chunk.raw or orjson.dumps(chunk.payload)) + b"\n\n"
 
 
 class StreamMeter:
@@ -228,8 +244,8 @@ class ProxyService:
             chunk: StreamChunk | None = first
             while chunk is not None:
                 meter.observe(chunk)
-                if not (hide_usage and chunk.is_usage_only):
-                    yield b"data: " + (chunk.raw or orjson.dumps(chunk.payload)) + b"\n\n"
+                if (event := sse_event(chunk, hide_usage)) is not None:
+                    yield event
                 chunk = await anext(chunks, None)
             yield b"data: [DONE]\n\n"
         except GatewayError as exc:

@@ -18,6 +18,11 @@ OpenAI ``type`` and ``code``, the offending ``param`` when there is one, and whe
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from providers.base import Usage
+
 
 class GatewayError(Exception):
     status: int = 500
@@ -113,6 +118,9 @@ class ProviderError(GatewayError):
     status = 502
     type = "upstream_error"
     code = "upstream_error"
+    usage_so_far: Usage | None = None
+    """For a stream that failed part-way: the usage the upstream had reported by then (exact
+    input tokens, output tokens reported so far), for the ledger. ``None`` when it reported none."""
 
 
 class UpstreamRejected(ProviderError):
@@ -159,7 +167,7 @@ def error_for_upstream_status(status: int, message: str) -> ProviderError:
         return UpstreamUnavailable(message, code="upstream_auth_failed", retryable=False)
     if status == 404:
         return UpstreamRejected(message, status=404, code="model_not_found")
-    if status == 408:
+    if status in (408, 504):
         return UpstreamTimeout(message)
     if 400 <= status < 500:
         return UpstreamRejected(

@@ -14,6 +14,7 @@ from typing import ClassVar
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
+from providers.anthropic import AnthropicProvider
 from providers.base import BaseProvider
 from providers.config import GatewayConfig, ModelConfig, ProviderConfig
 from providers.errors import ModelNotFound, UnsupportedOperation
@@ -53,6 +54,7 @@ def default_transport(config: ProviderConfig) -> httpx.AsyncBaseTransport:
 class ProviderFactory:
     _registry: ClassVar[dict[str, ProviderClass]] = {
         "openai": OpenAIProvider,
+        "anthropic": AnthropicProvider,
     }
 
     def __init__(
