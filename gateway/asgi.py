@@ -23,6 +23,7 @@ upstream HTTP clients are closed and every queued ledger row is written.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import os
@@ -73,15 +74,14 @@ class ApiHandler(ASGIHandler):
         set_script_prefix(settings.FORCE_SCRIPT_NAME or scope.get("root_path", "") or "/")
         request, early_response = self.create_request(scope, body)
         if request is None:
+            assert early_response is not None  # create_request returns one or the other
             await self.send_response(early_response, send)
             return
 
         async def process_request() -> None:
             response = await self.run_get_response(request)
-            try:
+            with contextlib.suppress(asyncio.CancelledError):  # the client went away meanwhile
                 await self.send_response(response, send)
-            except asyncio.CancelledError:
-                pass  # the client went away while we were sending
 
         # As Django does: a client that disconnects cancels the request, and with it the
         # upstream call or stream, whose ledger row then records the disconnect.
@@ -91,10 +91,8 @@ class ApiHandler(ASGIHandler):
         for task in (listener, worker):
             if not task.done():
                 task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError, RequestAborted):
                 await task
-            except (asyncio.CancelledError, RequestAborted):
-                pass
 
     async def _read_body(self, receive: Any) -> io.BytesIO:
         limit = settings.TOLLGATE_MAX_BODY_BYTES

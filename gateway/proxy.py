@@ -45,7 +45,8 @@ def error_response(error: GatewayError, request_id: str | None = None) -> HttpRe
     return response
 
 
-def parse_chat_request(body: bytes) -> ChatRequest:
+def parse_chat_request(body: bytes, call: ChatCall | None = None) -> ChatRequest:
+    """Decode and validate a chat request; ``call`` learns the model even if the rest is bad."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -55,6 +56,8 @@ def parse_chat_request(body: bytes) -> ChatRequest:
         ) from None
     if not isinstance(data, dict):
         raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+    if call is not None and isinstance(data.get("model"), str):
+        call.requested_model = data["model"]
     try:
         return ChatRequest.from_body(data)
     except ValidationError as exc:
@@ -186,7 +189,7 @@ class ProxyService:
     async def chat(self, caller: Caller, body: bytes) -> HttpResponseBase:
         call = ChatCall(self.runtime, caller)
         try:
-            call.request = request = parse_chat_request(body)
+            call.request = request = parse_chat_request(body, call)
             call.requested_model = request.model
             call.route = route = self.runtime.factory.resolve(request.model)
             if request.stream:

@@ -44,14 +44,15 @@ def upstream_errors(provider: str) -> Any:
         ) from exc
 
 
-def upstream_error_message(body: bytes) -> str | None:
-    """The ``message`` of an OpenAI- or Anthropic-shaped error body, if there is one."""
+def upstream_error_detail(body: bytes) -> tuple[str | None, str | None]:
+    """The ``message`` and ``param`` of an OpenAI- or Anthropic-shaped error body, if any."""
     with contextlib.suppress(orjson.JSONDecodeError):
         data = orjson.loads(body)
         error = data.get("error") if isinstance(data, dict) else None
         if isinstance(error, dict) and isinstance(error.get("message"), str):
-            return str(error["message"])
-    return None
+            param = error.get("param")
+            return str(error["message"]), param if isinstance(param, str) else None
+    return None, None
 
 
 async def raise_for_upstream_status(provider: str, response: httpx.Response) -> None:
@@ -68,10 +69,12 @@ async def raise_for_upstream_status(provider: str, response: httpx.Response) -> 
         if len(body) > _ERROR_BODY_LIMIT:
             break
     status = response.status_code
-    detail = upstream_error_message(body) if 400 <= status < 500 else None
+    detail, param = upstream_error_detail(body) if 400 <= status < 500 else (None, None)
     if status in (401, 403) or not detail:
-        detail = f"The upstream provider '{provider}' answered with HTTP {status}."
-    raise error_for_upstream_status(status, detail)
+        detail, param = f"The upstream provider '{provider}' answered with HTTP {status}.", None
+    error = error_for_upstream_status(status, detail)
+    error.param = param
+    raise error
 
 
 class OpenAIProvider(BaseProvider):

@@ -60,10 +60,20 @@ def tenants(transactional_db: None) -> dict[str, TenantKey]:
 
 def write_config(path: Path, upstream: str, **provider_options: object) -> Path:
     """A config.toml routing the test models to ``upstream`` (a fake upstream's base URL)."""
-    options = "".join(f"{key} = {value!r}\n".replace("'", '"') for key, value in
-                      provider_options.items())
-    models = ["echo", "slow", "slow-stream", "fail-500", "fail-429", "fail-400", "fail-401",
-              "drop-mid-stream", "garbage"]
+    options = "".join(
+        f"{key} = {value!r}\n".replace("'", '"') for key, value in provider_options.items()
+    )
+    models = [
+        "echo",
+        "slow",
+        "slow-stream",
+        "fail-500",
+        "fail-429",
+        "fail-400",
+        "fail-401",
+        "drop-mid-stream",
+        "garbage",
+    ]
     text = f"""
 [providers.fake]
 type = "openai"
@@ -96,8 +106,9 @@ def gateway_runtime(
 ) -> Iterator[Callable[[UpstreamHandler], runtime.Runtime]]:
     """Install a runtime whose upstream is ``handler``; its ledger is flushed by hand."""
     monkeypatch.setenv("FAKE_UPSTREAM_KEY", "sk-upstream-secret")
-    config: GatewayConfig = load_config(write_config(tmp_path / "config.toml",
-                                                     "http://upstream.test"))
+    config: GatewayConfig = load_config(
+        write_config(tmp_path / "config.toml", "http://upstream.test")
+    )
 
     def install(handler: UpstreamHandler) -> runtime.Runtime:
         current = runtime.Runtime(
@@ -155,10 +166,13 @@ class GatewayServer:
         return self.process.wait(timeout=15)
 
 
-def start_gateway(tmp: Path, upstream: str, **provider_options: object) -> GatewayServer:
+def start_gateway(
+    tmp: Path, upstream: str, *, env: dict[str, str] | None = None, **provider_options: object
+) -> GatewayServer:
+    """Start the gateway under uvicorn; ``env`` overrides its environment (say, the flush delay)."""
     port = free_port()
     config = write_config(tmp / "config.toml", upstream, **provider_options)
-    env = {
+    process_env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "gateway.settings",
         "TOLLGATE_CONFIG": str(config),
@@ -167,12 +181,25 @@ def start_gateway(tmp: Path, upstream: str, **provider_options: object) -> Gatew
         "TOLLGATE_LEDGER_FLUSH_SECONDS": "0.05",
         "TOLLGATE_LEDGER_SPOOL": str(tmp / "spool"),
         "FAKE_UPSTREAM_KEY": "sk-upstream-secret",
+        **(env or {}),
     }
     log_path = tmp / "gateway.log"
     process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "gateway.asgi:application", "--host", "127.0.0.1",
-         "--port", str(port), "--no-access-log"],
-        cwd=ROOT, env=env, stdout=log_path.open("wb"), stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "gateway.asgi:application",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-access-log",
+        ],
+        cwd=ROOT,
+        env=process_env,
+        stdout=log_path.open("wb"),
+        stderr=subprocess.STDOUT,
     )
     base_url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 20
@@ -195,7 +222,7 @@ def gateway_server(
     fake_upstream: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[GatewayServer]:
-    """The gateway under uvicorn, on the test database, routed to the fake upstream (1 s timeout)."""
+    """The gateway under uvicorn, on the test database, routed to the fake upstream (1 s timeout)"""
     server = start_gateway(tmp_path_factory.mktemp("gateway"), fake_upstream, timeout_seconds=1.0)
     yield server
     if server.process.poll() is None:

@@ -106,6 +106,8 @@ async def test_invalid_bodies_are_400_and_recorded(
     assert (error["type"], error["param"], error["code"]) == ("invalid_request_error", param, code)
     rows = await ledger_rows_async(current)
     assert [(r.status_code, r.error_type) for r in rows] == [(400, code)]
+    named = body.get("model") if isinstance(body, dict) else None
+    assert rows[0].requested_model == (named if isinstance(named, str) else "")
 
 
 async def test_unknown_model_is_404_and_never_reaches_the_upstream(

@@ -28,7 +28,9 @@ from providers.errors import (
 from providers.factory import ProviderFactory, default_transport
 
 SCHEMAS = json.loads(
-    Path(os.environ.get("OPENAI_SCHEMAS", "/work/shared/spec/openai_schemas.json")).read_text()
+    Path(
+        os.environ.get("OPENAI_SCHEMAS", Path(__file__).parent / "spec" / "openai_schemas.json")
+    ).read_text()
 )
 REGISTRY: Registry = Registry().with_resource("urn:openai", Resource.from_contents(SCHEMAS))
 

@@ -209,10 +209,13 @@ async def test_upstream_statuses_are_classified(
 
 async def test_upstream_4xx_message_reaches_the_caller(monkeypatch: pytest.MonkeyPatch) -> None:
     def handler(req: httpx.Request) -> httpx.Response:
-        return httpx.Response(400, json={"error": {"message": "temperature is too high"}})
+        return httpx.Response(
+            400, json={"error": {"message": "temperature is too high", "param": "temperature"}}
+        )
 
-    with pytest.raises(UpstreamRejected, match="temperature is too high"):
+    with pytest.raises(UpstreamRejected, match="temperature is too high") as info:
         await provider(handler, monkeypatch).chat(request(), "m")
+    assert info.value.param == "temperature"
 
 
 @pytest.mark.parametrize(
