@@ -2,10 +2,8 @@
 
 OpenAI-speaking tenants reach Claude through ``AnthropicProvider``: ``to_anthropic`` turns their
 chat request into a Messages request and ``from_anthropic`` turns the answer back (streams:
-``providers.anthropic_stream``). The other direction serves Anthropic-speaking clients routed to
-any model (the gateway's ``POST /v1/messages``): ``anthropic_request_to_openai``,
-``openai_response_to_anthropic``, and in ``providers.anthropic_stream``,
-``OpenAIToAnthropicStream`` and ``anthropic_error_body``.
+``providers.anthropic_stream``). The other direction, Anthropic-speaking clients routed to any
+model (the gateway's ``POST /v1/messages``), is in ``providers.anthropic_endpoint``.
 
 Decisions a caller may notice:
 
@@ -24,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import httpx
@@ -32,17 +30,14 @@ import orjson
 
 from providers.anthropic_stream import (
     AnthropicToOpenAIStream,
-    anthropic_usage,
-    as_dict,
     finish_reason_for,
     openai_usage,
-    stop_reason_for,
     usage_from_anthropic,
 )
-from providers.base import BaseProvider, ChatRequest, ChatResponse, StreamChunk, Usage
+from providers.base import BaseProvider, ChatRequest, ChatResponse, StreamChunk
 from providers.config import ProviderConfig
 from providers.errors import InvalidRequest, ProviderError, UpstreamUnavailable
-from providers.openai import raise_for_upstream_status, upstream_errors
+from providers.http import post_json, upstream_errors
 from providers.sse import iter_sse
 
 SAMPLING_REMOVED_IN = "2026-10-21"
@@ -81,7 +76,7 @@ def to_anthropic(
     return result
 
 
-def _invalid(message: str, param: str) -> InvalidRequest:
+def invalid_request(message: str, param: str) -> InvalidRequest:
     return InvalidRequest(message, param=param, code="invalid_value")
 
 
@@ -100,12 +95,14 @@ def _messages(messages: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]
             blocks = _blocks(message.get("content"), where)
             calls = message.get("tool_calls") or []
             if not isinstance(calls, list):
-                raise _invalid("'tool_calls' must be an array.", f"{where}.tool_calls")
+                raise invalid_request("'tool_calls' must be an array.", f"{where}.tool_calls")
             blocks += [_tool_use(c, f"{where}.tool_calls[{j}]") for j, c in enumerate(calls)]
         elif role == "tool":
             role, blocks = "user", [_tool_result(message, where)]
         else:
-            raise _invalid(f"The role '{role}' is not supported by this model.", f"{where}.role")
+            raise invalid_request(
+                f"The role '{role}' is not supported by this model.", f"{where}.role"
+            )
         if not blocks:
             continue
         if turns and turns[-1]["role"] == role:
@@ -113,7 +110,7 @@ def _messages(messages: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]
         else:
             turns.append({"role": role, "content": blocks})
     if not turns:
-        raise _invalid("The request needs at least one message with content.", "messages")
+        raise invalid_request("The request needs at least one message with content.", "messages")
     return "\n".join(system), turns
 
 
@@ -124,7 +121,9 @@ def _blocks(content: Any, where: str, *, text_only: bool = False) -> list[dict[s
     if isinstance(content, str):
         return [{"type": "text", "text": content}] if content else []
     if not isinstance(content, list):
-        raise _invalid("'content' must be a string or an array of parts.", f"{where}.content")
+        raise invalid_request(
+            "'content' must be a string or an array of parts.", f"{where}.content"
+        )
     blocks = []
     for j, part in enumerate(content):
         part_where = f"{where}.content[{j}]"
@@ -132,13 +131,15 @@ def _blocks(content: Any, where: str, *, text_only: bool = False) -> list[dict[s
         if kind in ("text", "refusal"):
             text = part.get(kind)
             if not isinstance(text, str):
-                raise _invalid(f"'{kind}' must be a string.", f"{part_where}.{kind}")
+                raise invalid_request(f"'{kind}' must be a string.", f"{part_where}.{kind}")
             if text:
                 blocks.append({"type": "text", "text": text})
         elif kind == "image_url" and not text_only:
             blocks.append(_image(part.get("image_url"), f"{part_where}.image_url"))
         else:
-            raise _invalid(f"Content parts of type '{kind}' are not supported here.", part_where)
+            raise invalid_request(
+                f"Content parts of type '{kind}' are not supported here.", part_where
+            )
     return blocks
 
 
@@ -148,24 +149,28 @@ def _image(image: Any, where: str) -> dict[str, Any]:
         header, comma, data = url[5:].partition(",")
         media_type = header.split(";")[0].lower()
         if not comma or not header.endswith(";base64") or not data:
-            raise _invalid("A data URL image must be base64: data:<type>;base64,<data>.", where)
+            raise invalid_request(
+                "A data URL image must be base64: data:<type>;base64,<data>.", where
+            )
         if media_type not in IMAGE_MEDIA_TYPES:
             supported = ", ".join(IMAGE_MEDIA_TYPES)
-            raise _invalid(f"Image type '{media_type}' is not supported ({supported}).", where)
+            raise invalid_request(
+                f"Image type '{media_type}' is not supported ({supported}).", where
+            )
         source = {"type": "base64", "media_type": media_type, "data": data}
         return {"type": "image", "source": source}
     if isinstance(url, str) and url.lower().startswith(("http://", "https://")):
         return {"type": "image", "source": {"type": "url", "url": url}}
-    raise _invalid("'image_url.url' must be an http(s) URL or a base64 data URL.", where)
+    raise invalid_request("'image_url.url' must be an http(s) URL or a base64 data URL.", where)
 
 
 def _tool_use(call: Any, where: str) -> dict[str, Any]:
     """An OpenAI tool call as a ``tool_use`` block; its arguments JSON string becomes an object."""
     function = call.get("function") if isinstance(call, dict) else None
     if not isinstance(function, dict) or not isinstance(call.get("id"), str):
-        raise _invalid("A tool call needs an 'id' and a 'function'.", where)
+        raise invalid_request("A tool call needs an 'id' and a 'function'.", where)
     if not isinstance(function.get("name"), str):
-        raise _invalid("A tool call's function needs a 'name'.", f"{where}.function.name")
+        raise invalid_request("A tool call's function needs a 'name'.", f"{where}.function.name")
     arguments = function.get("arguments")
     if arguments is None or (isinstance(arguments, str) and not arguments.strip()):
         arguments = "{}"
@@ -174,7 +179,7 @@ def _tool_use(call: Any, where: str) -> dict[str, Any]:
     except orjson.JSONDecodeError:
         tool_input = None
     if not isinstance(tool_input, dict):
-        raise _invalid(
+        raise invalid_request(
             "The tool call's arguments are not a valid JSON object.", f"{where}.function.arguments"
         )
     return {"type": "tool_use", "id": call["id"], "name": function["name"], "input": tool_input}
@@ -183,7 +188,7 @@ def _tool_use(call: Any, where: str) -> dict[str, Any]:
 def _tool_result(message: dict[str, Any], where: str) -> dict[str, Any]:
     tool_call_id = message.get("tool_call_id")
     if not isinstance(tool_call_id, str):
-        raise _invalid("A tool message needs a 'tool_call_id'.", f"{where}.tool_call_id")
+        raise invalid_request("A tool message needs a 'tool_call_id'.", f"{where}.tool_call_id")
     block: dict[str, Any] = {"type": "tool_result", "tool_use_id": tool_call_id}
     content = message.get("content")
     if isinstance(content, str):
@@ -197,7 +202,7 @@ def _tool_result(message: dict[str, Any], where: str) -> dict[str, Any]:
 def _stop_sequences(stop: Any) -> list[str]:
     sequences = [stop] if isinstance(stop, str) else stop if stop is not None else []
     if not isinstance(sequences, list) or not all(isinstance(s, str) for s in sequences):
-        raise _invalid("'stop' must be a string or an array of strings.", "stop")
+        raise invalid_request("'stop' must be a string or an array of strings.", "stop")
     return [s for s in sequences if s.strip()]
 
 
@@ -206,7 +211,7 @@ def _number(body: dict[str, Any], name: str, highest: float) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= highest:
-        raise _invalid(f"'{name}' must be a number between 0 and {highest:g}.", name)
+        raise invalid_request(f"'{name}' must be a number between 0 and {highest:g}.", name)
     return value
 
 
@@ -226,7 +231,7 @@ def _tools(body: dict[str, Any]) -> dict[str, Any]:
     if not tools:
         return {}  # tool_choice and parallel_tool_calls mean nothing without tools
     if not isinstance(tools, list):
-        raise _invalid("'tools' must be an array.", "tools")
+        raise invalid_request("'tools' must be an array.", "tools")
     result: dict[str, Any] = {"tools": [_tool(t, f"tools[{i}]") for i, t in enumerate(tools)]}
     choice = _tool_choice(body.get("tool_choice"))
     if body.get("parallel_tool_calls") is False and (choice is None or choice["type"] != "none"):
@@ -239,9 +244,9 @@ def _tools(body: dict[str, Any]) -> dict[str, Any]:
 def _tool(tool: Any, where: str) -> dict[str, Any]:
     function = tool.get("function") if isinstance(tool, dict) else None
     if not isinstance(function, dict) or tool.get("type") != "function":
-        raise _invalid("Only tools of type 'function' are supported by this model.", where)
+        raise invalid_request("Only tools of type 'function' are supported by this model.", where)
     if not isinstance(function.get("name"), str):
-        raise _invalid("A function tool needs a 'name'.", f"{where}.function.name")
+        raise invalid_request("A function tool needs a 'name'.", f"{where}.function.name")
     schema = function.get("parameters") or {"type": "object", "properties": {}}
     result = {"name": function["name"], "input_schema": schema}
     if isinstance(function.get("description"), str) and function["description"]:
@@ -258,7 +263,7 @@ def _tool_choice(choice: Any) -> dict[str, Any] | None:
     function = choice.get("function") if isinstance(choice, dict) else None
     if isinstance(function, dict) and isinstance(function.get("name"), str):
         return {"type": "tool", "name": function["name"]}
-    raise _invalid(
+    raise invalid_request(
         "'tool_choice' must be 'auto', 'none', 'required' or a named function.", "tool_choice"
     )
 
@@ -317,7 +322,7 @@ class AnthropicProvider(BaseProvider):
 
     def __init__(self, name: str, config: ProviderConfig, client: httpx.AsyncClient) -> None:
         super().__init__(name, config, client)
-        self.url = config.base_url.rstrip("/") + "/messages"
+        self.url = httpx.URL(config.base_url.rstrip("/") + "/messages")
         headers = {k: v for k, v in config.headers.items() if k.lower() not in _OUR_HEADERS}
         headers["content-type"] = "application/json"
         headers["anthropic-version"] = config.anthropic_version
@@ -325,19 +330,8 @@ class AnthropicProvider(BaseProvider):
             headers["x-api-key"] = config.api_key
         self.headers = headers
 
-    @contextlib.asynccontextmanager
-    async def _post(self, body: dict[str, Any]) -> AsyncIterator[httpx.Response]:
-        request = self.client.build_request(
-            "POST", self.url, content=orjson.dumps(body), headers=self.headers
-        )
-        with upstream_errors(self.name):
-            response = await self.client.send(request, stream=True)
-        try:
-            with upstream_errors(self.name):
-                await raise_for_upstream_status(self.name, response)
-            yield response
-        finally:
-            await response.aclose()
+    def _post(self, body: dict[str, Any]) -> contextlib.AbstractAsyncContextManager[httpx.Response]:
+        return post_json(self.client, self.name, self.url, self.headers, body)
 
     async def chat(self, request: ChatRequest, upstream_model: str) -> ChatResponse:
         body = to_anthropic(request, upstream_model, self.config)
@@ -390,183 +384,3 @@ class AnthropicProvider(BaseProvider):
         if not isinstance(event, dict):
             raise UpstreamUnavailable(f"The upstream provider '{self.name}' sent an invalid event.")
         return event
-
-
-# --- Anthropic request -> OpenAI request (POST /v1/messages to any model) -----------------------
-
-
-def anthropic_request_to_openai(body: dict[str, Any]) -> dict[str, Any]:
-    """An Anthropic Messages request as an OpenAI chat request body.
-
-    Raises ``InvalidRequest`` (``param`` in Anthropic's dotted style) for what has no OpenAI
-    counterpart: documents, server tools, images in tool results. ``top_k`` and ``thinking`` are
-    dropped. A streaming request always asks for the usage chunk.
-    """
-    if not isinstance(body.get("model"), str) or not body["model"]:
-        raise _invalid("model: a model name is required", "model")
-    turns = body.get("messages")
-    if not isinstance(turns, list) or not turns:
-        raise _invalid("messages: at least one message is required", "messages")
-    messages: list[dict[str, Any]] = []
-    if body.get("system"):
-        messages.append({"role": "system", "content": _joined_text(body["system"], "system")})
-    for i, turn in enumerate(turns):
-        messages += _openai_messages(turn, f"messages.{i}")
-    result: dict[str, Any] = {"model": body["model"], "messages": messages}
-    for name in ("max_tokens", "temperature", "top_p"):
-        if body.get(name) is not None:
-            result[name] = body[name]
-    if body.get("stop_sequences"):
-        result["stop"] = body["stop_sequences"]
-    user_id = as_dict(body.get("metadata")).get("user_id")
-    if isinstance(user_id, str):
-        result["user"] = user_id
-    if body.get("stream") is True:
-        result["stream"] = True
-        result["stream_options"] = {"include_usage": True}
-    result.update(_openai_tools(body))
-    return result
-
-
-def _joined_text(content: Any, where: str) -> str:
-    if isinstance(content, str):
-        return content
-    texts = []
-    for j, block in enumerate(content if isinstance(content, list) else [None]):
-        if not isinstance(block, dict) or block.get("type") != "text":
-            raise _invalid(f"{where}.{j}: only text blocks are supported here", f"{where}.{j}")
-        texts.append(str(block.get("text") or ""))
-    return "\n".join(texts)
-
-
-def _openai_messages(turn: Any, where: str) -> list[dict[str, Any]]:
-    role = turn.get("role") if isinstance(turn, dict) else None
-    if role not in ("user", "assistant"):
-        raise _invalid(f"{where}.role: must be 'user' or 'assistant'", f"{where}.role")
-    content = turn.get("content")
-    if isinstance(content, str):
-        return [{"role": role, "content": content}]
-    if not isinstance(content, list):
-        raise _invalid(f"{where}.content: must be a string or an array", f"{where}.content")
-    tool_messages: list[dict[str, Any]] = []
-    parts: list[dict[str, Any]] = []
-    tool_calls: list[dict[str, Any]] = []
-    for j, block in enumerate(content):
-        block_where = f"{where}.content.{j}"
-        kind = block.get("type") if isinstance(block, dict) else None
-        if kind == "text":
-            parts.append({"type": "text", "text": str(block.get("text") or "")})
-        elif kind == "image" and role == "user":
-            parts.append(
-                {"type": "image_url", "image_url": {"url": _image_url(block, block_where)}}
-            )
-        elif kind == "tool_use" and role == "assistant":
-            arguments = orjson.dumps(block.get("input") or {}).decode()
-            function = {"name": block.get("name"), "arguments": arguments}
-            tool_calls.append({"id": block.get("id"), "type": "function", "function": function})
-        elif kind == "tool_result" and role == "user":
-            tool_messages.append(_tool_message(block, block_where))
-        elif kind not in ("thinking", "redacted_thinking"):
-            raise _invalid(
-                f"{block_where}: '{kind}' blocks are not supported for this model", block_where
-            )
-    if role == "assistant":
-        text = "".join(p["text"] for p in parts)
-        reply = {"role": "assistant", "content": text or (None if tool_calls else "")}
-        return [{**reply, "tool_calls": tool_calls} if tool_calls else reply]
-    if not parts:
-        return tool_messages
-    single_text = len(parts) == 1 and parts[0]["type"] == "text"
-    return [*tool_messages, {"role": "user", "content": parts[0]["text"] if single_text else parts}]
-
-
-def _image_url(block: dict[str, Any], where: str) -> str:
-    source = as_dict(block.get("source"))
-    if source.get("type") == "base64" and isinstance(source.get("data"), str):
-        return f"data:{source.get('media_type')};base64,{source['data']}"
-    if source.get("type") == "url" and isinstance(source.get("url"), str):
-        return str(source["url"])
-    raise _invalid(f"{where}.source: must be a base64 or url image source", f"{where}.source")
-
-
-def _tool_message(block: dict[str, Any], where: str) -> dict[str, Any]:
-    if not isinstance(block.get("tool_use_id"), str):
-        raise _invalid(f"{where}.tool_use_id: Field required", f"{where}.tool_use_id")
-    content = block.get("content")
-    text = _joined_text(content, f"{where}.content") if content else ""
-    return {"role": "tool", "tool_call_id": block["tool_use_id"], "content": text}
-
-
-def _openai_tools(body: dict[str, Any]) -> dict[str, Any]:
-    tools = body.get("tools")
-    if not tools:
-        return {}
-    converted = []
-    for i, tool in enumerate(tools if isinstance(tools, list) else [None]):
-        schema = tool.get("input_schema") if isinstance(tool, dict) else None
-        if not isinstance(schema, dict) or tool.get("type") not in (None, "custom"):
-            raise _invalid(
-                f"tools.{i}: only client tools with an input_schema are supported", f"tools.{i}"
-            )
-        function = {"name": tool.get("name"), "parameters": schema}
-        if tool.get("description"):
-            function["description"] = tool["description"]
-        converted.append({"type": "function", "function": function})
-    result: dict[str, Any] = {"tools": converted}
-    choice = body.get("tool_choice")
-    if isinstance(choice, dict):
-        kind = choice.get("type")
-        named = {"auto": "auto", "any": "required", "none": "none"}
-        if kind in named:
-            result["tool_choice"] = named[kind]
-        elif kind == "tool" and isinstance(choice.get("name"), str):
-            result["tool_choice"] = {"type": "function", "function": {"name": choice["name"]}}
-        else:
-            raise _invalid("tool_choice: must be auto, any, tool or none", "tool_choice")
-        if choice.get("disable_parallel_tool_use") is True:
-            result["parallel_tool_calls"] = False
-    return result
-
-
-# --- OpenAI chat.completion -> Anthropic message ------------------------------------------------
-
-
-def openai_response_to_anthropic(
-    body: dict[str, Any], requested_model: str, usage: Usage | None = None
-) -> dict[str, Any]:
-    """An OpenAI ``chat.completion`` as an Anthropic message answering for ``requested_model``.
-
-    ``usage``, when given, is the provider's reading of the usage (``ChatResponse.usage``), which
-    knows cache writes that OpenAI's shape cannot carry.
-    """
-    choice = as_dict((body.get("choices") or [{}])[0])
-    reply = as_dict(choice.get("message"))
-    content: list[dict[str, Any]] = []
-    for key in ("content", "refusal"):
-        if isinstance(reply.get(key), str) and reply[key]:
-            content.append({"type": "text", "text": reply[key]})
-    for call in reply.get("tool_calls") or ():
-        function = as_dict(as_dict(call).get("function"))
-        try:
-            tool_input = orjson.loads(function.get("arguments") or "{}")
-        except orjson.JSONDecodeError:
-            tool_input = None
-        if not isinstance(tool_input, dict):
-            raise UpstreamUnavailable("The model returned tool call arguments that are not JSON.")
-        tool_use = {"type": "tool_use", "id": call.get("id"), "name": function.get("name")}
-        content.append({**tool_use, "input": tool_input})
-    stop_reason = (
-        "refusal" if reply.get("refusal") else stop_reason_for(choice.get("finish_reason"))
-    )
-    body_id = body.get("id")
-    suffix = body_id.removeprefix("chatcmpl-") if isinstance(body_id, str) else ""
-    return {
-        "id": "msg_" + (suffix or uuid.uuid4().hex),
-        "type": "message",
-        "role": "assistant",
-        "model": requested_model,
-        "content": content,
-        "stop_reason": stop_reason,
-        "stop_sequence": None,
-        "usage": anthropic_usage(usage or Usage.from_openai(body.get("usage"))),
-    }

@@ -8,7 +8,7 @@ client as the upstream's own bytes.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import httpx
@@ -16,65 +16,9 @@ import orjson
 
 from providers.base import BaseProvider, ChatRequest, ChatResponse, StreamChunk, Usage
 from providers.config import ProviderConfig
-from providers.errors import (
-    ProviderError,
-    UpstreamTimeout,
-    UpstreamUnavailable,
-    error_for_upstream_status,
-)
+from providers.errors import ProviderError, UpstreamUnavailable
+from providers.http import post_json, upstream_errors
 from providers.sse import iter_sse
-
-_ERROR_BODY_LIMIT = 64 * 1024
-
-
-@contextlib.contextmanager
-def upstream_errors(provider: str) -> Any:
-    """Turn transport failures into the error tree.
-
-    The aiohttp transport reports a refused or dropped connection as ``httpx.ConnectTimeout``;
-    that is an unreachable upstream (502), not a timeout. A read that waits too long is a 504.
-    """
-    try:
-        yield
-    except (httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout) as exc:
-        raise UpstreamTimeout(f"The upstream provider '{provider}' timed out.") from exc
-    except httpx.TransportError as exc:
-        raise UpstreamUnavailable(
-            f"The upstream provider '{provider}' could not be reached or closed the connection."
-        ) from exc
-
-
-def upstream_error_detail(body: bytes) -> tuple[str | None, str | None]:
-    """The ``message`` and ``param`` of an OpenAI- or Anthropic-shaped error body, if any."""
-    with contextlib.suppress(orjson.JSONDecodeError):
-        data = orjson.loads(body)
-        error = data.get("error") if isinstance(data, dict) else None
-        if isinstance(error, dict) and isinstance(error.get("message"), str):
-            param = error.get("param")
-            return str(error["message"]), param if isinstance(param, str) else None
-    return None, None
-
-
-async def raise_for_upstream_status(provider: str, response: httpx.Response) -> None:
-    """Raise the classified error for a non-2xx upstream answer.
-
-    4xx messages are the upstream's explanation of what is wrong with the caller's request and
-    are passed on; 5xx bodies and anything about the gateway's own credential are not.
-    """
-    if response.status_code < 400:
-        return
-    body = b""
-    async for chunk in response.aiter_bytes():
-        body += chunk
-        if len(body) > _ERROR_BODY_LIMIT:
-            break
-    status = response.status_code
-    detail, param = upstream_error_detail(body) if 400 <= status < 500 else (None, None)
-    if status in (401, 403) or not detail:
-        detail, param = f"The upstream provider '{provider}' answered with HTTP {status}.", None
-    error = error_for_upstream_status(status, detail)
-    error.param = param
-    raise error
 
 
 class OpenAIProvider(BaseProvider):
@@ -86,19 +30,8 @@ class OpenAIProvider(BaseProvider):
             headers["authorization"] = f"Bearer {config.api_key}"
         self.headers = headers
 
-    @contextlib.asynccontextmanager
-    async def _post(self, body: dict[str, Any]) -> AsyncIterator[httpx.Response]:
-        request = self.client.build_request(
-            "POST", self.url, content=orjson.dumps(body), headers=self.headers
-        )
-        with upstream_errors(self.name):
-            response = await self.client.send(request, stream=True)
-        try:
-            with upstream_errors(self.name):
-                await raise_for_upstream_status(self.name, response)
-            yield response
-        finally:
-            await response.aclose()
+    def _post(self, body: dict[str, Any]) -> contextlib.AbstractAsyncContextManager[httpx.Response]:
+        return post_json(self.client, self.name, self.url, self.headers, body)
 
     async def chat(self, request: ChatRequest, upstream_model: str) -> ChatResponse:
         body = request.upstream_body(upstream_model)

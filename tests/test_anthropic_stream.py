@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from providers.anthropic import openai_response_to_anthropic
+from providers.anthropic_endpoint import openai_response_to_anthropic
 from providers.anthropic_stream import AnthropicToOpenAIStream, OpenAIToAnthropicStream
 from providers.base import Usage
 from providers.errors import (

@@ -6,12 +6,8 @@ from typing import Any
 
 import pytest
 
-from providers.anthropic import (
-    anthropic_request_to_openai,
-    from_anthropic,
-    openai_response_to_anthropic,
-    to_anthropic,
-)
+from providers.anthropic import from_anthropic, to_anthropic
+from providers.anthropic_endpoint import anthropic_request_to_openai, openai_response_to_anthropic
 from providers.anthropic_stream import anthropic_error_body, usage_from_anthropic
 from providers.base import ChatRequest, Usage
 from providers.config import ProviderConfig

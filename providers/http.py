@@ -1,0 +1,87 @@
+"""HTTP plumbing shared by every provider: one POST, and failures classified into the error tree.
+
+Classification is by transport exception and by status code, never by the upstream's text.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import orjson
+
+from providers.errors import UpstreamTimeout, UpstreamUnavailable, error_for_upstream_status
+
+_ERROR_BODY_LIMIT = 64 * 1024
+
+
+@contextlib.contextmanager
+def upstream_errors(provider: str) -> Iterator[None]:
+    """Turn transport failures into the error tree.
+
+    The aiohttp transport reports a refused or dropped connection as ``httpx.ConnectTimeout``;
+    that is an unreachable upstream (502), not a timeout. A read that waits too long is a 504.
+    """
+    try:
+        yield
+    except (httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout) as exc:
+        raise UpstreamTimeout(f"The upstream provider '{provider}' timed out.") from exc
+    except httpx.TransportError as exc:
+        raise UpstreamUnavailable(
+            f"The upstream provider '{provider}' could not be reached or closed the connection."
+        ) from exc
+
+
+def upstream_error_detail(body: bytes) -> tuple[str | None, str | None]:
+    """The ``message`` and ``param`` of an OpenAI- or Anthropic-shaped error body, if any."""
+    with contextlib.suppress(orjson.JSONDecodeError):
+        data = orjson.loads(body)
+        error = data.get("error") if isinstance(data, dict) else None
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            param = error.get("param")
+            return str(error["message"]), param if isinstance(param, str) else None
+    return None, None
+
+
+async def raise_for_upstream_status(provider: str, response: httpx.Response) -> None:
+    """Raise the classified error for a non-2xx upstream answer.
+
+    4xx messages are the upstream's explanation of what is wrong with the caller's request and
+    are passed on; 5xx bodies and anything about the gateway's own credential are not.
+    """
+    if response.status_code < 400:
+        return
+    body = b""
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) > _ERROR_BODY_LIMIT:
+            break
+    status = response.status_code
+    detail, param = upstream_error_detail(body) if 400 <= status < 500 else (None, None)
+    if status in (401, 403) or not detail:
+        detail, param = f"The upstream provider '{provider}' answered with HTTP {status}.", None
+    error = error_for_upstream_status(status, detail)
+    error.param = param
+    raise error
+
+
+@contextlib.asynccontextmanager
+async def post_json(
+    client: httpx.AsyncClient,
+    provider: str,
+    url: httpx.URL,
+    headers: dict[str, str],
+    body: dict[str, Any],
+) -> AsyncIterator[httpx.Response]:
+    """POST ``body`` and yield the streamed response once its status is known to be 2xx."""
+    request = client.build_request("POST", url, content=orjson.dumps(body), headers=headers)
+    with upstream_errors(provider):
+        response = await client.send(request, stream=True)
+    try:
+        with upstream_errors(provider):
+            await raise_for_upstream_status(provider, response)
+        yield response
+    finally:
+        await response.aclose()
