@@ -11,7 +11,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,7 +23,13 @@ from gateway.auth import Caller
 from gateway.runtime import Runtime
 from providers.base import ChatRequest, StreamChunk, Usage
 from providers.config import cost_of
-from providers.errors import GatewayError, InternalError, InvalidRequest, UpstreamUnavailable
+from providers.errors import (
+    GatewayError,
+    InternalError,
+    InvalidRequest,
+    ProviderError,
+    UpstreamUnavailable,
+)
 from providers.factory import Route
 
 log = logging.getLogger("tollgate.proxy")
@@ -45,8 +51,8 @@ def error_response(error: GatewayError, request_id: str | None = None) -> HttpRe
     return response
 
 
-def parse_chat_request(body: bytes, call: ChatCall | None = None) -> ChatRequest:
-    """Decode and validate a chat request; ``call`` learns the model even if the rest is bad."""
+def parse_json_object(body: bytes, call: ChatCall | None = None) -> dict[str, Any]:
+    """Decode a JSON object body; ``call`` learns the model even if the rest is bad."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -58,6 +64,12 @@ def parse_chat_request(body: bytes, call: ChatCall | None = None) -> ChatRequest
         raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
     if call is not None and isinstance(data.get("model"), str):
         call.requested_model = data["model"]
+    return data
+
+
+def parse_chat_request(body: bytes | dict[str, Any], call: ChatCall | None = None) -> ChatRequest:
+    """Decode and validate a chat request (bytes, or a body already decoded)."""
+    data = body if isinstance(body, dict) else parse_json_object(body, call)
     try:
         return ChatRequest.from_body(data)
     except ValidationError as exc:
@@ -74,12 +86,14 @@ def parse_chat_request(body: bytes, call: ChatCall | None = None) -> ChatRequest
         ) from None
 
 
-def estimate_prompt_tokens(request: ChatRequest) -> int:
+def estimate_prompt_tokens(messages: Any) -> int:
     """A rough count (4 characters a token) for calls whose upstream never reported usage."""
     chars = 0
-    for message in request.messages:
-        content = message.content
-        chars += len(content) if isinstance(content, str) else len(orjson.dumps(content))
+    for message in messages or ():
+        content = message.get("content") if isinstance(message, dict) else message
+        chars += (
+            len(content) if isinstance(content, str) else len(orjson.dumps(content, default=str))
+        )
     return math.ceil(chars / 4)
 
 
@@ -100,10 +114,11 @@ def sse_event(chunk: StreamChunk, hide_usage: bool) -> bytes | None:
 class StreamMeter:
     """Follows a stream to know its usage, or to estimate it if the stream is cut off."""
 
-    __slots__ = ("content_chunks", "usage")
+    __slots__ = ("content_chunks", "partial", "usage")
 
     def __init__(self) -> None:
         self.usage: Usage | None = None
+        self.partial: Usage | None = None
         self.content_chunks = 0
 
     def observe(self, chunk: StreamChunk) -> None:
@@ -114,28 +129,62 @@ class StreamMeter:
             if delta.get("content") or delta.get("tool_calls") or delta.get("reasoning_content"):
                 self.content_chunks += 1
 
-    def final_usage(self, request: ChatRequest) -> Usage:
-        """The upstream's usage, or, when it never came, an estimate: one token per chunk."""
+    def failed(self, error: GatewayError) -> None:
+        """Keep what a failed stream's upstream had reported (Anthropic reports input early)."""
+        if isinstance(error, ProviderError) and error.usage_so_far is not None:
+            self.partial = error.usage_so_far
+
+    def final_usage(self, call: ChatCall) -> Usage:
+        """The upstream's usage; else what it reported before failing, completed with our own
+        count of the output; else an estimate: prompt at 4 characters, output one per chunk."""
         if self.usage is not None:
             return self.usage
+        partial = self.partial
+        if partial is not None and partial.prompt_tokens is not None:
+            completion = max(partial.completion_tokens or 0, self.content_chunks)
+            return Usage(
+                prompt_tokens=partial.prompt_tokens,
+                completion_tokens=completion,
+                total_tokens=partial.prompt_tokens + completion,
+                cache_read_tokens=partial.cache_read_tokens,
+                cache_write_tokens=partial.cache_write_tokens,
+                estimated=True,
+            )
         return Usage(
-            prompt_tokens=estimate_prompt_tokens(request),
+            prompt_tokens=call.estimate_prompt_tokens(),
             completion_tokens=self.content_chunks,
             estimated=True,
         )
 
 
-class ChatCall:
-    """The state of one call: who, what, where to, since when."""
+ErrorRenderer = Callable[[GatewayError, str | None], HttpResponse]
 
-    def __init__(self, runtime: Runtime, caller: Caller) -> None:
+
+class ChatCall:
+    """The state of one call, from authentication to its ledger row: who, what, where to, since
+    when. ``render_error`` answers in the shape of the endpoint that was called."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        caller: Caller,
+        endpoint: str = "chat.completions",
+        render_error: ErrorRenderer = error_response,
+    ) -> None:
         self.runtime = runtime
         self.caller = caller
+        self.endpoint = endpoint
+        self.render_error = render_error
         self.request_id = "req_" + uuid.uuid4().hex
         self.started = time.perf_counter()
-        self.request: ChatRequest | None = None
         self.route: Route | None = None
         self.requested_model = ""
+        self.stream = False
+        self.prompt: Any = None
+        """The input messages, for an estimate of the prompt tokens if the upstream never says."""
+
+    def estimate_prompt_tokens(self) -> int:
+        return estimate_prompt_tokens(self.prompt)
 
     def record(self, usage: Usage, status: int, error: str = "") -> None:
         route = self.route
@@ -151,11 +200,11 @@ class ChatCall:
             "request_id": self.request_id,
             "tenant_id": self.caller.tenant_id,
             "api_key_id": self.caller.key_id,
-            "endpoint": "chat.completions",
+            "endpoint": self.endpoint,
             "requested_model": self.requested_model[:200],
             "provider": route.provider_name if route else "",
             "upstream_model": route.upstream_model[:200] if route else "",
-            "stream": bool(self.request and self.request.stream),
+            "stream": self.stream,
             "prompt_tokens": usage.prompt_tokens,
             "completion_tokens": usage.completion_tokens,
             "total_tokens": total,
@@ -172,14 +221,27 @@ class ChatCall:
 
     def record_error(self, error: GatewayError) -> HttpResponse:
         self.record(Usage(), error.status, error.code or error.type)
-        return error_response(error, self.request_id)
+        return self.render_error(error, self.request_id)
 
-    def abandoned_usage(self) -> Usage:
-        if self.request is None:
-            return Usage()
-        return Usage(
-            prompt_tokens=estimate_prompt_tokens(self.request), completion_tokens=0, estimated=True
+    def record_abandoned(self) -> None:
+        """The client hung up before any answer: the upstream may still bill the prompt."""
+        usage = Usage(
+            prompt_tokens=self.estimate_prompt_tokens() if self.prompt else None,
+            completion_tokens=0,
+            estimated=True,
         )
+        self.record(usage, CLIENT_CLOSED_REQUEST, "client_disconnected")
+
+    def record_unexpected(self) -> HttpResponse:
+        log.exception("call %s failed", self.request_id)
+        return self.record_error(InternalError("The gateway failed to handle the request."))
+
+
+def event_stream_headers(response: StreamingHttpResponse, call: ChatCall) -> StreamingHttpResponse:
+    response["cache-control"] = "no-cache"
+    response["x-accel-buffering"] = "no"  # tell nginx not to buffer the stream
+    response["x-request-id"] = call.request_id
+    return response
 
 
 class ProxyService:
@@ -189,8 +251,9 @@ class ProxyService:
     async def chat(self, caller: Caller, body: bytes) -> HttpResponseBase:
         call = ChatCall(self.runtime, caller)
         try:
-            call.request = request = parse_chat_request(body, call)
-            call.requested_model = request.model
+            request = parse_chat_request(body, call)
+            call.requested_model, call.stream = request.model, request.stream
+            call.prompt = [message.content for message in request.messages]
             call.route = route = self.runtime.factory.resolve(request.model)
             if request.stream:
                 return await self._stream(call, request, route)
@@ -198,12 +261,10 @@ class ProxyService:
         except GatewayError as error:
             return call.record_error(error)
         except asyncio.CancelledError:
-            # The client hung up while the upstream was still answering.
-            call.record(call.abandoned_usage(), CLIENT_CLOSED_REQUEST, "client_disconnected")
+            call.record_abandoned()
             raise
         except Exception:
-            log.exception("chat call %s failed", call.request_id)
-            return call.record_error(InternalError("The gateway failed to handle the request."))
+            return call.record_unexpected()
         call.record(response.usage, 200)
         http = HttpResponse(
             response.raw if response.raw is not None else orjson.dumps(response.body),
@@ -227,10 +288,7 @@ class ProxyService:
         response = StreamingHttpResponse(
             self._relay(call, request, chunks, first), content_type="text/event-stream"
         )
-        response["cache-control"] = "no-cache"
-        response["x-accel-buffering"] = "no"
-        response["x-request-id"] = call.request_id
-        return response
+        return event_stream_headers(response, call)
 
     async def _relay(
         self,
@@ -254,6 +312,7 @@ class ProxyService:
         except GatewayError as exc:
             # Mid-stream failure: tell the client in-band and end without [DONE].
             status, error = exc.status, exc.code or exc.type
+            meter.failed(exc)
             yield b"data: " + orjson.dumps(exc.to_openai()) + b"\n\n"
         except (asyncio.CancelledError, GeneratorExit):
             status, error = CLIENT_CLOSED_REQUEST, "client_disconnected"
@@ -264,5 +323,5 @@ class ProxyService:
             failure = InternalError("The gateway failed while streaming the response.")
             yield b"data: " + orjson.dumps(failure.to_openai()) + b"\n\n"
         finally:
-            call.record(meter.final_usage(request), status, error)
+            call.record(meter.final_usage(call), status, error)
             await chunks.aclose()

@@ -1,0 +1,56 @@
+"""How a stream's usage is known, or estimated when the stream is cut off."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+from gateway.proxy import StreamMeter, estimate_prompt_tokens
+from providers.base import StreamChunk, Usage
+from providers.errors import UpstreamUnavailable
+
+
+def content_chunk(text: str) -> StreamChunk:
+    return StreamChunk({"choices": [{"index": 0, "delta": {"content": text}}]})
+
+
+def call_with_prompt(prompt: Any) -> Any:
+    return SimpleNamespace(estimate_prompt_tokens=lambda: estimate_prompt_tokens(prompt))
+
+
+def test_estimate_counts_text_and_structured_content() -> None:
+    # Regression: structured content (parts, images) used to crash the estimate, and with it the
+    # ledger row of a stream cut off mid-way.
+    parts = [{"type": "text", "text": "x" * 20}, {"type": "image_url", "image_url": {"url": "u"}}]
+    assert estimate_prompt_tokens(["a" * 8]) == 2
+    assert estimate_prompt_tokens([parts]) > 5
+    assert estimate_prompt_tokens([None, "abcd"]) == 2
+    assert estimate_prompt_tokens(None) == 0
+
+
+def test_the_upstreams_usage_wins() -> None:
+    meter = StreamMeter()
+    meter.observe(content_chunk("a"))
+    meter.observe(StreamChunk({"choices": []}, usage=Usage(prompt_tokens=5, completion_tokens=9)))
+    usage = meter.final_usage(call_with_prompt(["x" * 400]))
+    assert (usage.prompt_tokens, usage.completion_tokens, usage.estimated) == (5, 9, False)
+
+
+def test_without_usage_the_chunks_are_counted() -> None:
+    meter = StreamMeter()
+    for text in ("a", "", "b", "c"):
+        meter.observe(content_chunk(text))
+    usage = meter.final_usage(call_with_prompt(["x" * 40]))
+    assert (usage.prompt_tokens, usage.completion_tokens, usage.estimated) == (10, 3, True)
+
+
+def test_a_failed_stream_keeps_the_input_its_upstream_reported() -> None:
+    meter = StreamMeter()
+    meter.observe(content_chunk("a"))
+    meter.observe(content_chunk("b"))
+    error = UpstreamUnavailable("overloaded")
+    error.usage_so_far = Usage(prompt_tokens=120, completion_tokens=1, cache_read_tokens=100)
+    meter.failed(error)
+    usage = meter.final_usage(call_with_prompt(["ignored"]))
+    assert (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (120, 2, 122)
+    assert usage.cache_read_tokens == 100 and usage.estimated
