@@ -17,6 +17,7 @@ from ninja.errors import HttpError
 from ninja.errors import ValidationError as NinjaValidationError
 
 from gateway.auth import authenticate, bearer_token
+from gateway.messages import MessagesService, anthropic_error_response
 from gateway.proxy import ProxyService, error_response
 from gateway.runtime import get_runtime
 from providers.errors import GatewayError, InternalError, InvalidRequest, ModelNotFound
@@ -42,6 +43,16 @@ def _json(data: object, status: int = 200) -> HttpResponse:
 async def chat_completions(request: HttpRequest) -> HttpResponseBase:
     caller = await authenticate(bearer_token(request))
     return await ProxyService(get_runtime()).chat(caller, request.body)
+
+
+@api.post("/messages")
+async def messages(request: HttpRequest) -> HttpResponseBase:
+    """Anthropic's Messages API; the key may come as ``x-api-key`` (Anthropic's SDKs) or Bearer."""
+    try:
+        caller = await authenticate(bearer_token(request) or request.headers.get("x-api-key"))
+    except GatewayError as error:
+        return anthropic_error_response(error)
+    return await MessagesService(get_runtime()).create(caller, request.body)
 
 
 def _model_entry(name: str, owner: str) -> dict[str, object]:

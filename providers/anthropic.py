@@ -23,6 +23,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncGenerator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -30,11 +31,13 @@ import orjson
 
 from providers.anthropic_stream import (
     AnthropicToOpenAIStream,
+    UsageReport,
     finish_reason_for,
     openai_usage,
+    stream_error,
     usage_from_anthropic,
 )
-from providers.base import BaseProvider, ChatRequest, ChatResponse, StreamChunk
+from providers.base import BaseProvider, ChatRequest, ChatResponse, StreamChunk, Usage
 from providers.config import ProviderConfig
 from providers.errors import InvalidRequest, ProviderError, UpstreamUnavailable
 from providers.http import post_json, upstream_errors
@@ -316,6 +319,16 @@ def from_anthropic(message: dict[str, Any], requested_model: str) -> dict[str, A
 # --- the provider ------------------------------------------------------------------------------
 
 
+@dataclass(slots=True)
+class NativeEvent:
+    """One event of a passed-through Anthropic stream: its SSE bytes, the usage reported so far,
+    and whether it carried output (a content delta), for counting if the stream is cut off."""
+
+    raw: bytes
+    usage: Usage | None
+    is_delta: bool
+
+
 class AnthropicProvider(BaseProvider):
     """Chat only: ``image_gen`` and ``text_to_speech`` keep ``BaseProvider``'s
     ``NotImplementedError``."""
@@ -384,3 +397,52 @@ class AnthropicProvider(BaseProvider):
         if not isinstance(event, dict):
             raise UpstreamUnavailable(f"The upstream provider '{self.name}' sent an invalid event.")
         return event
+
+    # --- native pass-through, for Anthropic-speaking clients (POST /v1/messages) ---------------
+
+    async def messages(self, body: dict[str, Any], upstream_model: str) -> tuple[bytes, Usage]:
+        """Send an Anthropic Messages request as it is; return the answer's bytes and usage."""
+        async with self._post({**body, "model": upstream_model, "stream": False}) as response:
+            with upstream_errors(self.name):
+                raw = await response.aread()
+        try:
+            message = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            message = None
+        if not isinstance(message, dict) or message.get("type") != "message":
+            raise UpstreamUnavailable(
+                f"The upstream provider '{self.name}' returned a response that is not a message."
+            )
+        return raw, usage_from_anthropic(message.get("usage"))
+
+    async def messages_stream(
+        self, body: dict[str, Any], upstream_model: str
+    ) -> AsyncGenerator[NativeEvent, None]:
+        """Stream an Anthropic Messages request as it is, event by event, with the usage reported
+        so far. A failure carries ``usage_so_far`` like ``stream`` does."""
+        report = UsageReport()
+        try:
+            body = {**body, "model": upstream_model, "stream": True}
+            async with self._post(body) as response:
+                with upstream_errors(self.name):
+                    async for event, data in iter_sse(response.aiter_bytes()):
+                        payload = self._parse_event(data)
+                        kind = event or payload.get("type")
+                        if kind == "error":
+                            raise stream_error(payload.get("error"), self.name, report.usage)
+                        report.observe(kind, payload)
+                        name = f"event: {kind}\n".encode() if kind else b""
+                        yield NativeEvent(
+                            name + b"data: " + data + b"\n\n",
+                            report.usage,
+                            kind == "content_block_delta",
+                        )
+                        if kind == "message_stop":
+                            return
+            raise UpstreamUnavailable(
+                f"The upstream provider '{self.name}' ended the stream before it finished."
+            )
+        except ProviderError as failure:
+            if failure.usage_so_far is None:
+                failure.usage_so_far = report.usage
+            raise

@@ -156,6 +156,31 @@ def as_dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+class UsageReport:
+    """The usage an Anthropic stream has reported so far: input and cache counts come with
+    ``message_start``, cumulative output counts with each ``message_delta``."""
+
+    def __init__(self) -> None:
+        self._reported: dict[str, Any] | None = None
+
+    @property
+    def usage(self) -> Usage | None:
+        return None if self._reported is None else usage_from_anthropic(self._reported)
+
+    def observe(self, kind: str | None, data: dict[str, Any]) -> None:
+        if kind == "message_start":
+            self.report(as_dict(data.get("message")).get("usage"))
+        elif kind == "message_delta":
+            self.report(data.get("usage"))
+
+    def report(self, usage: Any) -> None:
+        """Keep the latest value of each count (``message_delta`` may leave out the input)."""
+        if isinstance(usage, dict):
+            reported = self._reported if self._reported is not None else {}
+            reported.update((k, v) for k, v in usage.items() if v is not None)
+            self._reported = reported
+
+
 class AnthropicToOpenAIStream:
     """Anthropic Messages stream events -> OpenAI ``chat.completion.chunk`` dicts.
 
@@ -173,7 +198,7 @@ class AnthropicToOpenAIStream:
         self.id = ""
         self.finished = False
         """True once ``message_stop`` has been translated: nothing more is expected."""
-        self._reported: dict[str, Any] | None = None
+        self._usage = UsageReport()
         self._stop_reason: Any = None
         self._tools: dict[int, int] = {}
         """Anthropic content block index -> OpenAI tool call index (0, 1, ... over tool_use)."""
@@ -182,7 +207,7 @@ class AnthropicToOpenAIStream:
     @property
     def usage(self) -> Usage | None:
         """Usage as reported so far (``message_start``, then each ``message_delta``)."""
-        return None if self._reported is None else usage_from_anthropic(self._reported)
+        return self._usage.usage
 
     def feed(self, event: str | None, data: dict[str, Any]) -> list[dict[str, Any]]:
         kind = event or data.get("type")
@@ -225,12 +250,7 @@ class AnthropicToOpenAIStream:
         return [self._chunk({"role": "assistant", "content": "", "refusal": None})]
 
     def _report(self, usage: Any) -> None:
-        """Keep the latest value of each count: ``message_delta`` counts are cumulative, and
-        may leave out the input counts of ``message_start``."""
-        if isinstance(usage, dict):
-            reported = self._reported if self._reported is not None else {}
-            reported.update((k, v) for k, v in usage.items() if v is not None)
-            self._reported = reported
+        self._usage.report(usage)
 
     def _block_start(self, index: Any, block: dict[str, Any]) -> list[dict[str, Any]]:
         chunks = self._start({})

@@ -1,0 +1,200 @@
+"""``POST /v1/messages``: Anthropic's Messages API, for clients written for Anthropic.
+
+A model routed to Anthropic gets the request as it is (no translation: cache_control, thinking,
+documents all keep working) and the answer goes back as it came, its usage read on the way. A
+model routed anywhere else is reached through OpenAI's shape: the request is translated, and the
+answer, streams included, is translated back into Anthropic's event sequence. Either way the call
+lands in the same ledger, and errors come back in Anthropic's error shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
+
+import orjson
+from django.http import HttpResponse, HttpResponseBase, StreamingHttpResponse
+
+from gateway.auth import Caller
+from gateway.proxy import (
+    ChatCall,
+    StreamMeter,
+    event_stream_headers,
+    parse_chat_request,
+    parse_json_object,
+)
+from gateway.runtime import Runtime
+from providers.anthropic import AnthropicProvider, NativeEvent
+from providers.anthropic_endpoint import anthropic_request_to_openai, openai_response_to_anthropic
+from providers.anthropic_stream import OpenAIToAnthropicStream, anthropic_error_body
+from providers.base import ChatRequest, StreamChunk
+from providers.errors import GatewayError, InternalError, InvalidRequest, UpstreamUnavailable
+from providers.factory import Route
+
+
+def anthropic_error_response(error: GatewayError, request_id: str | None = None) -> HttpResponse:
+    response = HttpResponse(
+        orjson.dumps(anthropic_error_body(error.status, error.message)),
+        status=error.status,
+        content_type="application/json",
+    )
+    if request_id:
+        response["request-id"] = request_id
+        response["x-request-id"] = request_id
+    response["x-should-retry"] = "true" if error.retryable else "false"
+    return response
+
+
+def sse(event: str, data: dict[str, Any]) -> bytes:
+    return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+def error_event(error: GatewayError) -> bytes:
+    return sse("error", anthropic_error_body(error.status, error.message))
+
+
+class MessagesService:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    async def create(self, caller: Caller, body: bytes) -> HttpResponseBase:
+        call = ChatCall(self.runtime, caller, "messages", anthropic_error_response)
+        try:
+            data = parse_json_object(body, call)
+            model = data.get("model")
+            if not isinstance(model, str) or not model:
+                raise InvalidRequest("model: a model name is required", param="model")
+            call.stream = data.get("stream") is True
+            call.prompt = [data.get("system"), *(data.get("messages") or ())]
+            call.route = route = self.runtime.factory.resolve(model)
+            if isinstance(route.provider, AnthropicProvider):
+                return await self._native(call, data, route.provider, route)
+            request = parse_chat_request(anthropic_request_to_openai(data))
+            return await self._translated(call, request, route)
+        except GatewayError as error:
+            return call.record_error(error)
+        except asyncio.CancelledError:
+            call.record_abandoned()
+            raise
+        except Exception:
+            return call.record_unexpected()
+
+    # --- Anthropic upstream: pass through --------------------------------------------------------
+
+    async def _native(
+        self, call: ChatCall, data: dict[str, Any], provider: AnthropicProvider, route: Route
+    ) -> HttpResponseBase:
+        if not call.stream:
+            raw, usage = await provider.messages(data, route.upstream_model)
+            call.record(usage, 200)
+            return self._json(raw, call)
+        events = provider.messages_stream(data, route.upstream_model)
+        first = await self._first(events, route)
+        return self._streaming(self._relay_native(call, events, first), call)
+
+    async def _relay_native(
+        self,
+        call: ChatCall,
+        events: AsyncGenerator[NativeEvent, None],
+        first: NativeEvent,
+    ) -> AsyncIterator[bytes]:
+        meter = StreamMeter()
+        status, error = 200, ""
+        try:
+            event: NativeEvent | None = first
+            while event is not None:
+                meter.partial = event.usage
+                meter.content_chunks += event.is_delta
+                yield event.raw
+                event = await anext(events, None)
+            meter.usage = meter.partial  # message_stop came: the usage is complete
+        except GatewayError as exc:
+            status, error = exc.status, exc.code or exc.type
+            meter.failed(exc)
+            yield error_event(exc)
+        except (asyncio.CancelledError, GeneratorExit):
+            status, error = 499, "client_disconnected"
+            raise
+        except Exception:
+            status, error = 500, "internal_error"
+            yield error_event(InternalError("The gateway failed while streaming the response."))
+        finally:
+            call.record(meter.final_usage(call), status, error)
+            await events.aclose()
+
+    # --- any other upstream: through OpenAI's shape ----------------------------------------------
+
+    async def _translated(
+        self, call: ChatCall, request: ChatRequest, route: Route
+    ) -> HttpResponseBase:
+        if not request.stream:
+            response = await route.provider.chat(request, route.upstream_model)
+            call.record(response.usage, 200)
+            message = openai_response_to_anthropic(
+                response.body, call.requested_model, response.usage
+            )
+            return self._json(orjson.dumps(message), call)
+        chunks = route.provider.stream(request, route.upstream_model)
+        first = await self._first(chunks, route)
+        return self._streaming(self._relay_translated(call, chunks, first), call)
+
+    async def _relay_translated(
+        self,
+        call: ChatCall,
+        chunks: AsyncGenerator[StreamChunk, None],
+        first: StreamChunk,
+    ) -> AsyncIterator[bytes]:
+        meter = StreamMeter()
+        translator = OpenAIToAnthropicStream(call.requested_model)
+        status, error = 200, ""
+        try:
+            chunk: StreamChunk | None = first
+            while chunk is not None:
+                meter.observe(chunk)
+                for name, data in translator.feed(chunk.payload, chunk.usage):
+                    yield sse(name, data)
+                chunk = await anext(chunks, None)
+            for name, data in translator.finish():
+                yield sse(name, data)
+        except GatewayError as exc:
+            status, error = exc.status, exc.code or exc.type
+            meter.failed(exc)
+            yield error_event(exc)
+        except (asyncio.CancelledError, GeneratorExit):
+            status, error = 499, "client_disconnected"
+            raise
+        except Exception:
+            status, error = 500, "internal_error"
+            yield error_event(InternalError("The gateway failed while streaming the response."))
+        finally:
+            call.record(meter.final_usage(call), status, error)
+            await chunks.aclose()
+
+    # --- shared --------------------------------------------------------------------------------
+
+    @staticmethod
+    async def _first(stream: AsyncGenerator[Any, None], route: Route) -> Any:
+        """The first item, so that a failure before it is answered as a plain JSON error."""
+        try:
+            return await anext(stream)
+        except StopAsyncIteration:
+            raise UpstreamUnavailable(
+                f"The upstream provider '{route.provider_name}' sent an empty stream."
+            ) from None
+        except BaseException:
+            await stream.aclose()
+            raise
+
+    @staticmethod
+    def _json(content: bytes, call: ChatCall) -> HttpResponse:
+        response = HttpResponse(content, content_type="application/json")
+        response["request-id"] = call.request_id
+        response["x-request-id"] = call.request_id
+        return response
+
+    @staticmethod
+    def _streaming(events: AsyncIterator[bytes], call: ChatCall) -> StreamingHttpResponse:
+        response = StreamingHttpResponse(events, content_type="text/event-stream")
+        response["request-id"] = call.request_id
+        return event_stream_headers(response, call)
