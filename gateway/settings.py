@@ -135,6 +135,7 @@ USE_I18N = False
 USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # collectstatic's target, optional in development
 WHITENOISE_USE_FINDERS = True  # serve from the apps' static folders: no collectstatic step
 
 # --- Tollgate -----------------------------------------------------------------------------
