@@ -17,8 +17,9 @@ from ninja.errors import HttpError
 from ninja.errors import ValidationError as NinjaValidationError
 
 from gateway.auth import authenticate, bearer_token
-from gateway.messages import MessagesService, anthropic_error_response
-from gateway.proxy import ProxyService, error_response
+from gateway.errors import anthropic_error_response, error_response, error_response_for
+from gateway.messages import MessagesService
+from gateway.proxy import ProxyService
 from gateway.runtime import get_runtime
 from providers.errors import GatewayError, InternalError, InvalidRequest, ModelNotFound
 
@@ -45,14 +46,22 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
     return await ProxyService(get_runtime()).chat(caller, request.body)
 
 
+FORWARDED_HEADERS = ("anthropic-version", "anthropic-beta")
+"""Client headers that a call passed through to Anthropic keeps: the API version the client
+was written for, and the beta features it asks for."""
+
+
 @api.post("/messages")
 async def messages(request: HttpRequest) -> HttpResponseBase:
     """Anthropic's Messages API; the key may come as ``x-api-key`` (Anthropic's SDKs) or Bearer."""
     try:
-        caller = await authenticate(bearer_token(request) or request.headers.get("x-api-key"))
+        caller = await authenticate(request.headers.get("x-api-key") or bearer_token(request))
     except GatewayError as error:
         return anthropic_error_response(error)
-    return await MessagesService(get_runtime()).create(caller, request.body)
+    forwarded = {
+        name: request.headers[name] for name in FORWARDED_HEADERS if name in request.headers
+    }
+    return await MessagesService(get_runtime()).create(caller, request.body, forwarded)
 
 
 def _model_entry(name: str, owner: str) -> dict[str, object]:
@@ -105,13 +114,14 @@ def _unexpected(request: HttpRequest, exc: Exception) -> HttpResponse:
 def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     """Django's 404 handler: JSON under /v1, Django's page elsewhere."""
     if request.path.startswith("/v1/"):
-        return error_response(
+        return error_response_for(
+            request.path,
             GatewayError(
                 f"Unknown request URL: {request.method} {request.path}.",
                 status=404,
                 type="invalid_request_error",
                 code="unknown_url",
-            )
+            ),
         )
     from django.views.defaults import page_not_found
 
@@ -121,7 +131,9 @@ def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpR
 def server_error(request: HttpRequest) -> HttpResponse:
     """Django's 500 handler: never a traceback, OpenAI's shape under /v1."""
     if request.path.startswith("/v1/"):
-        return error_response(InternalError("The gateway failed to handle the request."))
+        return error_response_for(
+            request.path, InternalError("The gateway failed to handle the request.")
+        )
     from django.views.defaults import server_error as django_server_error
 
     return django_server_error(request)

@@ -41,7 +41,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gateway.settings")
 django_application = get_asgi_application()
 
 from gateway import runtime  # noqa: E402 - needs the app registry loaded by the line above
-from gateway.proxy import error_response  # noqa: E402
+from gateway.errors import error_response_for  # noqa: E402
 from providers.errors import PayloadTooLarge  # noqa: E402
 
 log = logging.getLogger("tollgate")
@@ -69,7 +69,7 @@ class ApiHandler(ASGIHandler):
         except RequestAborted:
             return
         except PayloadTooLarge as exc:
-            await self.send_response(error_response(exc), send)
+            await self.send_response(error_response_for(scope["path"], exc), send)
             return
         set_script_prefix(settings.FORCE_SCRIPT_NAME or scope.get("root_path", "") or "/")
         request, early_response = self.create_request(scope, body)

@@ -17,6 +17,7 @@ import orjson
 from django.http import HttpResponse, HttpResponseBase, StreamingHttpResponse
 
 from gateway.auth import Caller
+from gateway.errors import anthropic_error_response
 from gateway.proxy import (
     ChatCall,
     StreamMeter,
@@ -33,19 +34,6 @@ from providers.errors import GatewayError, InternalError, InvalidRequest, Upstre
 from providers.factory import Route
 
 
-def anthropic_error_response(error: GatewayError, request_id: str | None = None) -> HttpResponse:
-    response = HttpResponse(
-        orjson.dumps(anthropic_error_body(error.status, error.message)),
-        status=error.status,
-        content_type="application/json",
-    )
-    if request_id:
-        response["request-id"] = request_id
-        response["x-request-id"] = request_id
-    response["x-should-retry"] = "true" if error.retryable else "false"
-    return response
-
-
 def sse(event: str, data: dict[str, Any]) -> bytes:
     return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
@@ -58,7 +46,10 @@ class MessagesService:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
 
-    async def create(self, caller: Caller, body: bytes) -> HttpResponseBase:
+    async def create(
+        self, caller: Caller, body: bytes, forwarded_headers: dict[str, str] | None = None
+    ) -> HttpResponseBase:
+        """``forwarded_headers`` (anthropic-version, anthropic-beta) go to Anthropic upstreams."""
         call = ChatCall(self.runtime, caller, "messages", anthropic_error_response)
         try:
             data = parse_json_object(body, call)
@@ -69,7 +60,7 @@ class MessagesService:
             call.prompt = [data.get("system"), *(data.get("messages") or ())]
             call.route = route = self.runtime.factory.resolve(model)
             if isinstance(route.provider, AnthropicProvider):
-                return await self._native(call, data, route.provider, route)
+                return await self._native(call, data, route, forwarded_headers or {})
             request = parse_chat_request(anthropic_request_to_openai(data))
             return await self._translated(call, request, route)
         except GatewayError as error:
@@ -83,13 +74,15 @@ class MessagesService:
     # --- Anthropic upstream: pass through --------------------------------------------------------
 
     async def _native(
-        self, call: ChatCall, data: dict[str, Any], provider: AnthropicProvider, route: Route
+        self, call: ChatCall, data: dict[str, Any], route: Route, headers: dict[str, str]
     ) -> HttpResponseBase:
+        provider = route.provider
+        assert isinstance(provider, AnthropicProvider)
         if not call.stream:
-            raw, usage = await provider.messages(data, route.upstream_model)
+            raw, usage = await provider.messages(data, route.upstream_model, headers)
             call.record(usage, 200)
             return self._json(raw, call)
-        events = provider.messages_stream(data, route.upstream_model)
+        events = provider.messages_stream(data, route.upstream_model, headers)
         first = await self._first(events, route)
         return self._streaming(self._relay_native(call, events, first), call)
 

@@ -8,6 +8,7 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest, HttpResponseBase
 from django.utils.decorators import sync_and_async_middleware
 
+from gateway.errors import error_response_for
 from providers.errors import GatewayError
 
 Handler = Callable[[HttpRequest], Awaitable[HttpResponseBase]]
@@ -19,8 +20,6 @@ def _reshape(request: HttpRequest, response: HttpResponseBase) -> HttpResponseBa
         and request.path.startswith("/v1/")
         and not response.get("content-type", "").startswith("application/json")
     ):
-        from gateway.proxy import error_response
-
         error = GatewayError(
             f"{request.method} is not allowed on {request.path}."
             if response.status_code == 405
@@ -29,7 +28,7 @@ def _reshape(request: HttpRequest, response: HttpResponseBase) -> HttpResponseBa
             type="invalid_request_error",
             code="method_not_allowed" if response.status_code == 405 else None,
         )
-        reshaped = error_response(error)
+        reshaped = error_response_for(request.path, error)
         if allow := response.get("allow"):
             reshaped["allow"] = allow
         return reshaped

@@ -20,6 +20,7 @@ from django.http import HttpResponse, HttpResponseBase, StreamingHttpResponse
 from pydantic import ValidationError
 
 from gateway.auth import Caller
+from gateway.errors import error_response
 from gateway.runtime import Runtime
 from providers.base import ChatRequest, StreamChunk, Usage
 from providers.config import cost_of
@@ -36,19 +37,6 @@ log = logging.getLogger("tollgate.proxy")
 
 CLIENT_CLOSED_REQUEST = 499
 """Status recorded for a call the client abandoned (nginx's convention; never sent)."""
-
-
-def error_response(error: GatewayError, request_id: str | None = None) -> HttpResponse:
-    response = HttpResponse(
-        orjson.dumps(error.to_openai()), status=error.status, content_type="application/json"
-    )
-    if request_id:
-        response["x-request-id"] = request_id
-    # The openai SDKs obey this over their own status-based retry policy.
-    response["x-should-retry"] = "true" if error.retryable else "false"
-    if error.status == 429:
-        response["retry-after"] = "1"
-    return response
 
 
 def parse_json_object(body: bytes, call: ChatCall | None = None) -> dict[str, Any]:

@@ -343,8 +343,11 @@ class AnthropicProvider(BaseProvider):
             headers["x-api-key"] = config.api_key
         self.headers = headers
 
-    def _post(self, body: dict[str, Any]) -> contextlib.AbstractAsyncContextManager[httpx.Response]:
-        return post_json(self.client, self.name, self.url, self.headers, body)
+    def _post(
+        self, body: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> contextlib.AbstractAsyncContextManager[httpx.Response]:
+        merged = {**self.headers, **headers} if headers else self.headers
+        return post_json(self.client, self.name, self.url, merged, body)
 
     async def chat(self, request: ChatRequest, upstream_model: str) -> ChatResponse:
         body = to_anthropic(request, upstream_model, self.config)
@@ -400,9 +403,13 @@ class AnthropicProvider(BaseProvider):
 
     # --- native pass-through, for Anthropic-speaking clients (POST /v1/messages) ---------------
 
-    async def messages(self, body: dict[str, Any], upstream_model: str) -> tuple[bytes, Usage]:
-        """Send an Anthropic Messages request as it is; return the answer's bytes and usage."""
-        async with self._post({**body, "model": upstream_model, "stream": False}) as response:
+    async def messages(
+        self, body: dict[str, Any], upstream_model: str, headers: dict[str, str] | None = None
+    ) -> tuple[bytes, Usage]:
+        """Send an Anthropic Messages request as it is; return the answer's bytes and usage.
+        ``headers`` (the client's anthropic-version and anthropic-beta) override ours."""
+        body = {**body, "model": upstream_model, "stream": False}
+        async with self._post(body, headers) as response:
             with upstream_errors(self.name):
                 raw = await response.aread()
         try:
@@ -416,14 +423,14 @@ class AnthropicProvider(BaseProvider):
         return raw, usage_from_anthropic(message.get("usage"))
 
     async def messages_stream(
-        self, body: dict[str, Any], upstream_model: str
+        self, body: dict[str, Any], upstream_model: str, headers: dict[str, str] | None = None
     ) -> AsyncGenerator[NativeEvent, None]:
         """Stream an Anthropic Messages request as it is, event by event, with the usage reported
         so far. A failure carries ``usage_so_far`` like ``stream`` does."""
         report = UsageReport()
         try:
             body = {**body, "model": upstream_model, "stream": True}
-            async with self._post(body) as response:
+            async with self._post(body, headers) as response:
                 with upstream_errors(self.name):
                     async for event, data in iter_sse(response.aiter_bytes()):
                         payload = self._parse_event(data)

@@ -237,3 +237,16 @@ def wait_for_rows(count: int, timeout: float = 10.0, **filters: object) -> list[
         if len(rows) >= count or time.monotonic() > deadline:
             return rows
         time.sleep(0.05)
+
+
+def start_gateway_with_config(
+    tmp: Path, config_path: Path, *, env: dict[str, str] | None = None
+) -> GatewayServer:
+    """Start the gateway under uvicorn with a config.toml of one's own (``config_path``) instead
+    of ``write_config``'s: ``start_gateway`` with ``TOLLGATE_CONFIG`` overridden. The keys of
+    ``env`` (upstream keys, say) are added to the gateway's environment."""
+    if config_path.resolve() == (tmp / "config.toml").resolve():
+        raise ValueError("start_gateway writes tmp/config.toml: give the config another name")
+    return start_gateway(
+        tmp, "http://unused.invalid", env={**(env or {}), "TOLLGATE_CONFIG": str(config_path)}
+    )
