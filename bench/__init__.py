@@ -1,0 +1,1 @@
+"""The load benchmark: ``make bench`` runs ``bench/run.py``; see bench/README.md."""

@@ -1,0 +1,325 @@
+"""Aggregation (median across rounds), the performance targets, and the JSON + Markdown report."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.ledger import LedgerCheck
+from bench.wrk import WrkResult
+
+TARGET_TITLES = {
+    "upstream": "fake upstream (direct)",
+    "bare": "bare django-ninja",
+    "gateway": "gateway",
+    "gateway-stream": "gateway, streaming",
+}
+
+
+def percentile(values: Sequence[float], pct: float) -> float:
+    """Nearest-rank percentile; 0 for no values."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(1, round(pct / 100 * len(ordered) + 0.5 - 1e-9))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+@dataclass
+class Row:
+    """One (target, concurrency): every round's wrk result and ledger check."""
+
+    target: str
+    concurrency: int
+    rounds: list[WrkResult] = field(default_factory=list)
+    ledger: list[LedgerCheck] = field(default_factory=list)
+
+    def median(self, value: Callable[[WrkResult], float]) -> float:
+        return statistics.median(value(r) for r in self.rounds)
+
+    @property
+    def rps(self) -> float:
+        return self.median(lambda r: r.rps)
+
+    @property
+    def errors(self) -> int:
+        return sum(r.errors for r in self.rounds)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "concurrency": self.concurrency,
+            "median": {
+                "rps": round(self.rps, 1),
+                "p50_ms": round(self.median(lambda r: r.p50_ms), 3),
+                "p95_ms": round(self.median(lambda r: r.p95_ms), 3),
+                "p99_ms": round(self.median(lambda r: r.p99_ms), 3),
+            },
+            "errors_total": self.errors,
+            "rounds": [r.to_json() for r in self.rounds],
+            "ledger": [c.to_json() for c in self.ledger],
+        }
+
+
+@dataclass
+class Check:
+    name: str
+    measured: str
+    target: str
+    passed: bool | None  # None: not measured in this run
+
+
+@dataclass
+class Results:
+    meta: dict[str, Any]
+    rows: dict[tuple[str, int], Row] = field(default_factory=dict)
+    streams: dict[str, dict[str, float | int | str]] = field(default_factory=dict)
+    extra_ledger: list[LedgerCheck] = field(default_factory=list)
+    memory: dict[str, Any] = field(default_factory=dict)
+    profile: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def row(self, target: str, concurrency: int) -> Row:
+        return self.rows.setdefault((target, concurrency), Row(target, concurrency))
+
+    def get(self, target: str, concurrency: int) -> Row | None:
+        row = self.rows.get((target, concurrency))
+        return row if row and row.rounds else None
+
+    def ledger_checks(self) -> list[LedgerCheck]:
+        return [c for row in self.rows.values() for c in row.ledger] + self.extra_ledger
+
+    def ledger_exact(self) -> bool | None:
+        checks = self.ledger_checks()
+        return all(c.exact for c in checks) if checks else None
+
+    # --- targets -----------------------------------------------------------------------------
+
+    def checks(self) -> list[Check]:
+        out: list[Check] = []
+        for c in (50, 200):
+            gw, bare = self.get("gateway", c), self.get("bare", c)
+            ratio = gw.rps / bare.rps if gw and bare and bare.rps else None
+            out.append(
+                Check(
+                    f"gateway req/s at c{c} vs bare",
+                    f"{ratio:.1%}" if ratio is not None else "n/a",
+                    ">= 95%",
+                    None if ratio is None else ratio >= 0.95,
+                )
+            )
+        added = self._added_p50()
+        out.append(
+            Check(
+                "added p50 latency at c1 (gateway - upstream)",
+                f"{added:.3f} ms" if added is not None else "n/a",
+                "<= 1.0 ms",
+                None if added is None else added <= 1.0,
+            )
+        )
+        gw, bare = self.get("gateway", 200), self.get("bare", 200)
+        out.append(
+            Check(
+                "c200: gateway req/s >= bare, zero errors",
+                f"{gw.rps:.0f} vs {bare.rps:.0f} req/s, {gw.errors} errors"
+                if gw and bare
+                else "n/a",
+                ">= bare, 0 errors",
+                None if not (gw and bare) else gw.rps >= bare.rps and gw.errors == 0,
+            )
+        )
+        gw50 = self.get("gateway", 50)
+        out.append(
+            Check(
+                "vs LiteLLM: non-stream c50 req/s (10x 90)",
+                f"{gw50.rps:.0f} req/s" if gw50 else "n/a",
+                ">= 900",
+                None if gw50 is None else gw50.rps >= 900,
+            )
+        )
+        out.append(
+            Check(
+                "vs LiteLLM: added p50 latency at c1",
+                f"{added:.3f} ms" if added is not None else "n/a",
+                "<= 1.1 ms",
+                None if added is None else added <= 1.1,
+            )
+        )
+        ttfb = self._added_ttfb()
+        out.append(
+            Check(
+                "streaming TTFB added at c1 (p50)",
+                f"{ttfb:.3f} ms" if ttfb is not None else "n/a",
+                "<= 1.0 ms",
+                None if ttfb is None else ttfb <= 1.0,
+            )
+        )
+        st = self.get("gateway-stream", 50)
+        out.append(
+            Check(
+                "streamed calls/s at c50",
+                f"{st.rps:.0f}/s" if st else "n/a",
+                ">= 430",
+                None if st is None else st.rps >= 430,
+            )
+        )
+        growth = self.memory.get("leak", {}).get("growth_pct")
+        out.append(
+            Check(
+                "memory growth over --leak-calls",
+                f"{growth:+.1f}%" if growth is not None else "n/a (no --leak-calls)",
+                "<= 15%",
+                None if growth is None else growth <= 15,
+            )
+        )
+        return out
+
+    def _added_p50(self) -> float | None:
+        gw, up = self.get("gateway", 1), self.get("upstream", 1)
+        if not (gw and up):
+            return None
+        return gw.median(lambda r: r.p50_ms) - up.median(lambda r: r.p50_ms)
+
+    def _added_ttfb(self) -> float | None:
+        gw, up = self.streams.get("gateway"), self.streams.get("upstream")
+        if not (gw and up and gw["requests"] and up["requests"]):
+            return None
+        return float(gw["ttfb_p50_ms"]) - float(up["ttfb_p50_ms"])
+
+    # --- output ------------------------------------------------------------------------------
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "meta": self.meta,
+            "wrk": [row.to_json() for row in self.rows.values() if row.rounds],
+            "stream_c1": self.streams,
+            "ledger": {
+                "exact": self.ledger_exact(),
+                "extra_checks": [c.to_json() for c in self.extra_ledger],
+            },
+            "memory": self.memory,
+            "checks": [vars(c) for c in self.checks()],
+            "profile": self.profile,
+            "notes": self.notes,
+        }
+
+    def markdown(self) -> str:
+        m = self.meta
+        out = [
+            f"## Tollgate load benchmark, {m['timestamp']}, {m['workers']} worker(s), "
+            f"{m['database']}",
+            "",
+            f"Machine: {m['nproc']} CPUs ({m['cpu']}), Python {m['python']}, "
+            f"git {m['git']}, {m['wrk']}. Upstream: delay {m['delay_ms']} ms, "
+            f"{m['stream_chunks']} stream chunks, gap {m['chunk_gap_ms']} ms. "
+            f"{m['rounds']} interleaved round(s) x {m['duration_s']} s, medians shown.",
+            "",
+            "| target | conc | req/s | p50 ms | p95 ms | p99 ms | errors |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for row in self.rows.values():
+            if not row.rounds:
+                continue
+            out.append(
+                f"| {TARGET_TITLES.get(row.target, row.target)} | {row.concurrency} "
+                f"| {row.rps:,.0f} | {row.median(lambda r: r.p50_ms):.2f} "
+                f"| {row.median(lambda r: r.p95_ms):.2f} | {row.median(lambda r: r.p99_ms):.2f} "
+                f"| {row.errors} |"
+            )
+        if self.streams:
+            out += [
+                "",
+                "Streaming at concurrency 1 (Python client, sequential requests):",
+                "",
+                "| target | requests | TTFB p50 ms | TTFB p95 ms | TTLB p50 ms | TTLB p95 ms "
+                "| errors |",
+                "|---|---:|---:|---:|---:|---:|---:|",
+            ]
+            for name, s in self.streams.items():
+                out.append(
+                    f"| {TARGET_TITLES.get(name, name)} | {s['requests']} | {s['ttfb_p50_ms']:.3f}"
+                    f" | {s['ttfb_p95_ms']:.3f} | {s['ttlb_p50_ms']:.3f} | {s['ttlb_p95_ms']:.3f}"
+                    f" | {s['errors']} |"
+                )
+        out += ["", "Targets (defined for 1 worker):", "", "| check | measured | target | |"]
+        out.append("|---|---|---|---|")
+        for c in self.checks():
+            verdict = {True: "PASS", False: "FAIL", None: "n/a"}[c.passed]
+            out.append(f"| {c.name} | {c.measured} | {c.target} | {verdict} |")
+        out += self._ledger_markdown() + self._memory_markdown()
+        if self.profile:
+            out += ["", f"Profile: {self.profile}"]
+        out += [f"\nNote: {note}" for note in self.notes]
+        return "\n".join(out) + "\n"
+
+    def _ledger_markdown(self) -> list[str]:
+        checks = self.ledger_checks()
+        if not checks:
+            return []
+        exact = self.ledger_exact()
+        strict = sum(c.strict for c in checks)
+        out = [
+            "",
+            f"Ledger, exactly one row per call: **{'yes' if exact else 'NO'}** "
+            f"({sum(c.exact for c in checks)}/{len(checks)} measurements; "
+            f"200 rows == completed 2xx calls in {strict}/{len(checks)}, the others recorded "
+            "200 for calls wrk dropped in flight)",
+            "",
+            "| measurement | completed (2xx) | rows 200 | other rows | in flight <= conc "
+            "| 200 rows == 2xx | one row per call |",
+            "|---|---:|---:|---|---:|---|---|",
+        ]
+        for c in checks:
+            other = ", ".join(f"{n} x {s}" for s, n in sorted(c.rows_other.items())) or "-"
+            out.append(
+                f"| {c.label} | {c.completed} ({c.completed_ok}) | {c.rows_200} | {other} "
+                f"| {c.extra} <= {c.concurrency} | {'yes' if c.strict else 'no'} "
+                f"| {'yes' if c.exact else 'NO'} |"
+            )
+        return out
+
+    def _memory_markdown(self) -> list[str]:
+        mem = self.memory
+        if not mem:
+            return []
+        out = ["", "Memory (VmRSS, MiB):", "", "| process | before load | after run |"]
+        out.append("|---|---:|---:|")
+        for name in ("gateway", "bare"):
+            before, after = mem.get(f"{name}_before", {}), mem.get(f"{name}_after", {})
+            for pid in before:
+                out.append(
+                    f"| {name} worker {pid} | {_mib(before[pid])} | {_mib(after.get(pid))} |"
+                )
+            if len(before) > 1:
+                total_before = sum(v or 0 for v in before.values())
+                total_after = sum(v or 0 for v in after.values())
+                out.append(f"| {name}, all workers | {_mib(total_before)} | {_mib(total_after)} |")
+        leak = mem.get("leak")
+        if leak:
+            out.append(
+                f"\nLeak run: {leak['calls']:,} calls at c{leak['concurrency']}: "
+                f"{_mib(leak['rss_after_first_kib'])} MiB after the first "
+                f"{leak['first_calls']:,}, {_mib(leak['rss_end_kib'])} MiB at the end "
+                f"({leak['growth_pct']:+.1f}%). RSS by calls: "
+                + ", ".join(f"{n / 1000:.0f}k {_mib(kib)}" for n, kib in leak["samples"])
+                + " (MiB)."
+            )
+        return out
+
+
+def _mib(kib: int | None) -> str:
+    return "-" if kib is None else f"{kib / 1024:.1f}"
+
+
+def write_results(results: Results, directory: Path, stem: str) -> tuple[Path, Path, str]:
+    directory.mkdir(parents=True, exist_ok=True)
+    markdown = results.markdown()
+    json_path = directory / f"{stem}.json"
+    md_path = directory / f"{stem}.md"
+    json_path.write_text(json.dumps(results.to_json(), indent=2) + "\n")
+    md_path.write_text(markdown)
+    return json_path, md_path, markdown

@@ -1,0 +1,394 @@
+"""Tollgate's load benchmark: ``make bench`` (or ``.venv/bin/python bench/run.py --help``).
+
+Starts the fake upstream, the gateway and a bare django-ninja baseline on 127.0.0.1, drives them
+with wrk in interleaved rounds, times streams with a small Python client, checks the ledger after
+every gateway measurement, samples worker memory, and writes bench/results/<UTC>-w<W>.json|.md.
+Every process it starts is stopped before it exits, on errors and Ctrl-C too. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: find bench.*
+
+from bench import wrk
+from bench.ledger import Ledger, LedgerCheck
+from bench.processes import ROOT, Processes, StartupError, log_tail, rss_snapshot
+from bench.report import Results, write_results
+from bench.stack import (
+    Service,
+    django_env,
+    prepare_database,
+    start_upstream,
+    start_uvicorn,
+    write_config,
+)
+from bench.stream_client import measure_stream
+
+TARGETS = ("upstream", "bare", "gateway", "gateway-stream")
+"""wrk targets, in the order each round visits them."""
+SELECTABLE = (*TARGETS, "ttfb")
+PATH = "/v1/chat/completions"
+LEAK_FIRST_CALLS = 10_000
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--workers", type=int, default=1, help="uvicorn workers (gateway and bare)")
+    p.add_argument("--rounds", type=int, default=2, help="interleaved rounds; medians reported")
+    p.add_argument("--duration", type=float, default=4.0, help="seconds per wrk measurement")
+    p.add_argument("--concurrency", default="1,50,200", help="comma-separated connection counts")
+    p.add_argument("--delay-ms", type=float, default=0.0, help="fake upstream's answer delay")
+    p.add_argument("--stream-chunks", type=int, default=20, help="content events per stream")
+    p.add_argument("--chunk-gap-ms", type=float, default=0.0, help="pause between stream events")
+    p.add_argument("--stream-requests", type=int, default=200, help="TTFB client requests")
+    p.add_argument("--leak-calls", type=int, default=0, help="also drive N calls at c50 for RSS")
+    p.add_argument("--profile", action="store_true", help="py-spy the gateway under c50 load")
+    p.add_argument("--only", default=",".join(SELECTABLE), help=f"subset of {SELECTABLE}")
+    a = p.parse_args(argv)
+    a.concurrency = [int(c) for c in str(a.concurrency).split(",") if c.strip()]
+    a.only = [t.strip() for t in str(a.only).split(",") if t.strip()]
+    if unknown := set(a.only) - set(SELECTABLE):
+        p.error(f"--only: unknown {sorted(unknown)}; choose from {', '.join(SELECTABLE)}")
+    if a.workers < 1 or a.rounds < 1 or a.duration < 1 or not a.concurrency:
+        p.error("--workers, --rounds, --duration (s) must be >= 1, --concurrency not empty")
+    if a.leak_calls and a.leak_calls <= LEAK_FIRST_CALLS:
+        p.error(f"--leak-calls must exceed {LEAK_FIRST_CALLS} (RSS is compared after those)")
+    return a
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def machine_info(args: argparse.Namespace, database: str) -> dict[str, object]:
+    def git(*cmd: str) -> str:
+        result = subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True)
+        return result.stdout.strip()
+
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    dirty = " (uncommitted changes)" if git("status", "--porcelain", "--", ".") else ""
+    return {
+        "timestamp": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%SZ"),
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "git": (git("rev-parse", "--short", "HEAD") or "unknown") + dirty,
+        "wrk": wrk.wrk_version(),
+        "workers": args.workers,
+        "database": database,
+        "rounds": args.rounds,
+        "duration_s": args.duration,
+        "concurrency": args.concurrency,
+        "delay_ms": args.delay_ms,
+        "stream_chunks": args.stream_chunks,
+        "chunk_gap_ms": args.chunk_gap_ms,
+        "targets": args.only,
+    }
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, processes: Processes, tmp: Path) -> None:
+        self.args = args
+        self.processes = processes
+        self.tmp = tmp
+        self.upstream: Service | None = None
+        self.gateway: Service | None = None
+        self.bare: Service | None = None
+        self.ledger: Ledger | None = None
+        self.key = ""
+        self.floor: int | None = None  # ledger id floor; None: recompute once the ledger is quiet
+        self.results = Results(meta={})
+
+    # --- setup ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        a, only = self.args, set(self.args.only)
+        self.upstream = start_upstream(
+            self.processes, self.tmp, a.delay_ms, a.stream_chunks, a.chunk_gap_ms
+        )
+        log(f"fake upstream on {self.upstream.base_url}")
+        config = write_config(self.tmp / "config.toml", self.upstream.base_url)
+        var_dir = self.tmp / "var"
+        env = django_env(config, var_dir, "gateway.settings")
+        database_url = os.environ.get("DATABASE_URL")
+        need_gateway = (
+            bool(only & {"gateway", "gateway-stream", "ttfb"}) or a.leak_calls or a.profile
+        )
+        if need_gateway:
+            self.key = prepare_database(env)
+            self.ledger = Ledger(database_url, var_dir / "tollgate.sqlite3")
+            self.ledger.use_key(self.key)
+            self.gateway = start_uvicorn(
+                self.processes,
+                "gateway",
+                "gateway.asgi:application",
+                env,
+                a.workers,
+                self.tmp,
+                "/v1/models",
+            )
+            log(f"gateway on {self.gateway.base_url}, workers {self.gateway.worker_pids()}")
+        if "bare" in only:
+            bare_env = django_env(config, var_dir, "bench.bare.settings")
+            self.bare = start_uvicorn(
+                self.processes,
+                "bare",
+                "bench.bare.asgi:application",
+                bare_env,
+                a.workers,
+                self.tmp,
+                PATH,
+            )
+            log(f"bare ninja on {self.bare.base_url}, workers {self.bare.worker_pids()}")
+        database = ("PostgreSQL" if database_url else "SQLite") if need_gateway else "no database"
+        self.results.meta = machine_info(a, database)
+        self.results.memory["gateway_before"] = self._rss(self.gateway)
+        self.results.memory["bare_before"] = self._rss(self.bare)
+
+    @staticmethod
+    def _rss(service: Service | None) -> dict[str, int | None]:
+        return rss_snapshot(service.worker_pids()) if service else {}
+
+    def _service(self, target: str) -> Service:
+        service = {"upstream": self.upstream, "bare": self.bare}.get(target, self.gateway)
+        assert service is not None
+        return service
+
+    def _script(self, target: str) -> Path:
+        return wrk.write_script(self.tmp / f"{target}.lua", self.key, target == "gateway-stream")
+
+    # --- measurements --------------------------------------------------------------------------
+
+    def _ensure_floor(self) -> None:
+        """Gateway rows are counted above ``floor``: take it once the ledger is quiet."""
+        if self.ledger and self.floor is None:
+            self.floor = self.ledger.quiet_baseline()
+
+    def _run_wrk(self, target: str, concurrency: int, duration: float, label: str) -> wrk.WrkResult:
+        url = self._service(target).base_url + PATH
+        script = self._script(target)
+        result = wrk.run_wrk(
+            self.processes, url, script, concurrency, duration, self.tmp / "wrk.log"
+        )
+        log(
+            f"{label:<28} {result.rps:>9,.0f} req/s  p50 {result.p50_ms:7.2f} ms  "
+            f"p99 {result.p99_ms:7.2f} ms  errors {result.errors}"
+        )
+        return result
+
+    def _check_ledger(
+        self, label: str, in_flight: int, completed: int, completed_ok: int
+    ) -> LedgerCheck | None:
+        """Compare the rows written since ``floor`` with the calls the client completed."""
+        if not self.ledger or self.floor is None:
+            return None
+        wait = 3.0 + completed / 2000  # a long run may leave a backlog to write
+        check = self.ledger.check(label, in_flight, completed, completed_ok, self.floor, wait)
+        self.floor = self.ledger.max_id()
+        log(
+            f"{'':<28} ledger {'exact' if check.exact else 'MISMATCH'}: "
+            f"{check.completed_ok} x 2xx, {check.rows_200} rows 200, other {check.rows_other}, "
+            f"in flight {check.extra} (<= {in_flight})"
+        )
+        return check
+
+    def wrk(self, target: str, concurrency: int, duration: float, label: str) -> wrk.WrkResult:
+        """One wrk run; for the gateway, followed by its ledger check, kept in the results."""
+        gateway = target.startswith("gateway")
+        if gateway:
+            self._ensure_floor()
+        result = self._run_wrk(target, concurrency, duration, label)
+        if gateway:
+            check = self._check_ledger(label, concurrency, result.requests, result.ok)
+            if check and label.startswith("["):
+                self.results.row(target, concurrency).ledger.append(check)
+            elif check:
+                self.results.extra_ledger.append(check)
+        return result
+
+    def run_rounds(self) -> None:
+        a = self.args
+        targets = [t for t in TARGETS if t in a.only]
+        for target in targets:
+            self.wrk(target, max(a.concurrency), 1, f"warm-up {target}")
+        for round_no in range(1, a.rounds + 1):
+            for concurrency in a.concurrency:
+                for target in targets:
+                    label = f"[r{round_no}] {target} c{concurrency}"
+                    result = self.wrk(target, concurrency, a.duration, label)
+                    self.results.row(target, concurrency).rounds.append(result)
+
+    def run_streams(self) -> None:
+        """TTFB / TTLB at concurrency 1, direct to the upstream and through the gateway."""
+        body = wrk.request_body(stream=True).encode()
+        n = self.args.stream_requests
+        for name, service in (("upstream", self.upstream), ("gateway", self.gateway)):
+            assert service is not None
+            if name == "gateway":
+                self._ensure_floor()
+            timings = measure_stream(service.base_url, PATH, body, self.key, count=n)
+            self.results.streams[name] = timings.summary()
+            log(f"stream c1 {name:<19} {timings.summary()}")
+            if timings.first_error:
+                self.results.notes.append(f"stream client, {name}: {timings.first_error}")
+            if name == "gateway":
+                done = timings.completed  # sequential: nothing in flight at the end
+                check = self._check_ledger("stream TTFB client c1", 1, done, done)
+                if check:
+                    self.results.extra_ledger.append(check)
+
+    def run_profile(self) -> None:
+        assert self.gateway is not None
+        py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        if not Path(py_spy).exists():
+            self.results.notes.append("--profile: py-spy is not installed (pip install py-spy)")
+            return
+        stem = self.results.meta["stem"]
+        svg = ROOT / "bench" / "results" / f"{stem}-profile.svg"
+        svg.parent.mkdir(parents=True, exist_ok=True)
+        pid = self.gateway.worker_pids()[0]
+        spy_log = self.tmp / "py-spy.log"
+        cmd = [py_spy, "record", "--nonblocking", "--duration", "11", "-o", str(svg)]
+        spy = self.processes.spawn([*cmd, "--pid", str(pid)], log_path=spy_log)
+        time.sleep(1.0)
+        self.wrk("gateway", 50, 10, "profile c50 (py-spy)")
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            spy.wait(timeout=30)
+        self.processes.stop(spy, grace=5)
+        if spy.returncode == 0 and svg.exists():
+            self.results.profile = str(svg.relative_to(ROOT))
+            log(f"profile: {svg}")
+        else:
+            self.results.notes.append(
+                f"--profile: py-spy failed (ptrace not permitted?): {log_tail(spy_log, 3)}"
+            )
+
+    def run_leak(self) -> None:
+        """Drive the first 10,000 calls, sample RSS, drive the rest, sample again. wrk cannot stop
+        after N requests (its main thread sleeps the whole duration), so each phase is a series
+        of timed runs (at most 15 s, RSS sampled after each) sized from the rate seen so far."""
+        assert self.gateway is not None
+        calls, concurrency = self.args.leak_calls, 50
+        pids = self.gateway.worker_pids()
+        measured = self.results.get("gateway", concurrency)
+        rate = measured.rps if measured else 500.0
+        phase_rss: list[tuple[int, int]] = []  # (calls so far, RSS KiB) at the end of each phase
+        samples: list[tuple[int, int]] = []
+        done = 0
+        for phase, target in (("leak first", LEAK_FIRST_CALLS), ("leak rest", calls)):
+            self._ensure_floor()
+            completed = completed_ok = runs = 0
+            while done < target:
+                seconds = min(15, max(1, int((target - done) / max(rate, 1.0))))
+                label = f"{phase} {done:,}/{target:,}"
+                result = self._run_wrk("gateway", concurrency, seconds, label)
+                if result.requests == 0:
+                    raise RuntimeError("leak run: the gateway completed no calls")
+                rate = result.rps
+                done += result.requests
+                completed += result.requests
+                completed_ok += result.ok
+                runs += 1
+                samples.append((done, sum(v or 0 for v in rss_snapshot(pids).values())))
+            label = f"{phase}: {completed:,} calls in {runs} wrk runs"
+            check = self._check_ledger(label, concurrency * runs, completed, completed_ok)
+            if check:
+                self.results.extra_ledger.append(check)
+            phase_rss.append((done, sum(v or 0 for v in rss_snapshot(pids).values())))
+            log(f"{'':<28} RSS after {done:,} calls: {phase_rss[-1][1] / 1024:.1f} MiB")
+        (first_calls, first), (_, end) = phase_rss
+        self.results.memory["leak"] = {
+            "calls": done,
+            "concurrency": concurrency,
+            "first_calls": first_calls,
+            "rss_after_first_kib": first,
+            "rss_end_kib": end,
+            "growth_pct": (end - first) / first * 100 if first else 0.0,
+            "samples": samples,
+        }
+
+    def run(self) -> None:
+        self.start()
+        self.results.meta["stem"] = (
+            datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + f"-w{self.args.workers}"
+        )
+        if any(t in self.args.only for t in TARGETS):
+            self.run_rounds()
+        if "ttfb" in self.args.only:
+            self.run_streams()
+        self.results.memory["gateway_after"] = self._rss(self.gateway)
+        self.results.memory["bare_after"] = self._rss(self.bare)
+        if self.args.profile:
+            self.run_profile()
+        if self.args.leak_calls:
+            self.run_leak()
+        if self.args.workers != 1:
+            self.results.notes.append("the targets are defined for 1 worker")
+        if self.args.only != list(SELECTABLE):
+            self.results.notes.append(f"partial run: --only {','.join(self.args.only)}")
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGHUP, _interrupt)
+    tmp = Path(tempfile.mkdtemp(prefix="tollgate-bench-"))
+    processes = Processes()
+    bench = Bench(args, processes, tmp)
+    keep_tmp = True
+    started = time.monotonic()
+    try:
+        bench.run()
+        stem = str(bench.results.meta["stem"])
+        bench.results.meta["elapsed_s"] = round(time.monotonic() - started, 1)
+        json_path, md_path, markdown = write_results(
+            bench.results, ROOT / "bench" / "results", stem
+        )
+        print(markdown)
+        log(f"written: {json_path.relative_to(ROOT)}, {md_path.relative_to(ROOT)}")
+        keep_tmp = False
+        return 0
+    except KeyboardInterrupt:
+        log("interrupted: stopping everything")
+        return 130
+    except (StartupError, RuntimeError) as exc:
+        log(f"benchmark failed: {exc}")
+        return 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip the cleanup
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        processes.stop_all()
+        if bench.ledger:
+            bench.ledger.close()
+        if keep_tmp:
+            log(f"logs kept in {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

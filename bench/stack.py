@@ -1,0 +1,166 @@
+"""The system under test: the fake upstream, the gateway and the bare ninja baseline.
+
+The gateway runs as production runs it (uvicorn, uvloop, httptools, no access log) against its
+own config.toml and a fresh ``TOLLGATE_VAR_DIR``: a new SQLite database there, or the PostgreSQL
+database named by ``DATABASE_URL`` when it is set. Both are migrated first, and a fresh key is
+issued to the tenant ``bench``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.processes import (
+    ROOT,
+    Processes,
+    StartupError,
+    free_port,
+    read_ready_port,
+    wait_for_uvicorn,
+    worker_pids,
+)
+
+MODEL = "bench-model"
+UPSTREAM_KEY_ENV = "BENCH_UPSTREAM_KEY"
+
+
+@dataclass
+class Service:
+    name: str
+    base_url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    workers: int = 1
+
+    @property
+    def port(self) -> int:
+        return int(self.base_url.rsplit(":", 1)[1])
+
+    def worker_pids(self) -> list[int]:
+        return worker_pids(self.process.pid, self.workers)
+
+
+def write_config(path: Path, upstream: str) -> Path:
+    """A config.toml routing ``bench-model`` to the fake upstream, with prices (so cost is
+    computed on every call, as in production)."""
+    path.write_text(
+        f"""# Tollgate load benchmark: one model, routed to the fake upstream.
+[providers.fake]
+type = "openai"
+base_url = "{upstream}/v1"
+api_key_env = "{UPSTREAM_KEY_ENV}"
+
+[models."{MODEL}"]
+provider = "fake"
+upstream_model = "fake-gpt"
+input_per_mtok = 0.15
+output_per_mtok = 0.60
+cache_read_per_mtok = 0.075
+"""
+    )
+    return path
+
+
+def django_env(config: Path, var_dir: Path, settings_module: str) -> dict[str, str]:
+    """The environment of the Django processes: production defaults, a private var dir."""
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": settings_module,
+        "DJANGO_DEBUG": "false",
+        "TOLLGATE_CONFIG": str(config),
+        "TOLLGATE_VAR_DIR": str(var_dir),
+        "TOLLGATE_LEDGER_SPOOL": str(var_dir / "ledger-spool"),
+        UPSTREAM_KEY_ENV: "sk-bench-upstream",
+        "PYTHONUNBUFFERED": "1",
+    }
+    for name in ("TOLLGATE_AUTH_CACHE_SECONDS", "TOLLGATE_LEDGER_FLUSH_SECONDS"):
+        env.pop(name, None)  # the production defaults, whatever the caller's shell says
+    return env
+
+
+def manage(env: dict[str, str], *args: str) -> str:
+    """Run ``manage.py`` with the gateway's environment; return its stdout."""
+    result = subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise StartupError(f"manage.py {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
+    return result.stdout
+
+
+def prepare_database(env: dict[str, str]) -> str:
+    """Migrate (idempotent), then issue a key for tenant ``bench``; return the raw key."""
+    manage(env, "migrate", "--noinput")
+    output = manage(env, "create_api_key", "--tenant", "bench", "--name", "load-benchmark")
+    return output.strip().splitlines()[-1].strip()
+
+
+def start_upstream(
+    processes: Processes, log_dir: Path, delay_ms: float, stream_chunks: int, chunk_gap_ms: float
+) -> Service:
+    log_path = log_dir / "fake-upstream.log"
+    cmd = [
+        sys.executable,
+        str(ROOT / "tests" / "fake_upstream.py"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--delay-ms",
+        str(delay_ms),
+        "--stream-chunks",
+        str(stream_chunks),
+        "--chunk-gap-ms",
+        str(chunk_gap_ms),
+    ]
+    process = processes.spawn(cmd, log_path=log_path, pipe_stdout=True)
+    port = read_ready_port(process)
+    return Service("upstream", f"http://127.0.0.1:{port}", process, log_path)
+
+
+def start_uvicorn(
+    processes: Processes,
+    name: str,
+    app: str,
+    env: dict[str, str],
+    workers: int,
+    log_dir: Path,
+    probe_path: str,
+) -> Service:
+    """``uvicorn APP --workers W --loop uvloop --http httptools --no-access-log`` on 127.0.0.1."""
+    port = free_port()
+    log_path = log_dir / f"{name}.log"
+    cmd = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        app,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
+        "--no-access-log",
+    ]
+    process = processes.spawn(cmd, env=env, log_path=log_path)
+    base_url = f"http://127.0.0.1:{port}"
+    wait_for_uvicorn(process, base_url + probe_path, log_path, workers)
+    service = Service(name, base_url, process, log_path, workers)
+    if len(service.worker_pids()) != workers:
+        raise StartupError(f"{name}: expected {workers} workers, found {service.worker_pids()}")
+    return service
