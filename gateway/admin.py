@@ -85,6 +85,7 @@ class UsageRecordAdmin(admin.ModelAdmin):
         "created_at",
         "tenant",
         "api_key",
+        "endpoint",
         "requested_model",
         "provider",
         "stream",
@@ -95,7 +96,7 @@ class UsageRecordAdmin(admin.ModelAdmin):
         "error_type",
         "latency_ms",
     )
-    list_filter = ("status_code", "stream", "provider")
+    list_filter = ("endpoint", "status_code", "stream", "provider")
     search_fields = ("request_id",)
     list_select_related = ("tenant", "api_key")
     date_hierarchy = "created_at"

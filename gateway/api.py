@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 
 import orjson
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase
@@ -18,6 +19,7 @@ from ninja.errors import ValidationError as NinjaValidationError
 
 from gateway.auth import authenticate, bearer_token
 from gateway.errors import anthropic_error_response, error_response, error_response_for
+from gateway.media import MediaService
 from gateway.messages import MessagesService
 from gateway.proxy import ProxyService
 from gateway.runtime import get_runtime
@@ -46,6 +48,32 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
     return await ProxyService(get_runtime()).chat(caller, request.body)
 
 
+@api.post("/embeddings")
+async def embeddings(request: HttpRequest) -> HttpResponseBase:
+    caller = await authenticate(bearer_token(request))
+    return await MediaService(get_runtime()).embeddings(caller, request.body)
+
+
+@api.post("/images/generations")
+async def image_generations(request: HttpRequest) -> HttpResponseBase:
+    caller = await authenticate(bearer_token(request))
+    return await MediaService(get_runtime()).images(caller, request.body)
+
+
+@api.post("/audio/speech")
+async def speech(request: HttpRequest) -> HttpResponseBase:
+    """The audio streams through with the upstream's content type."""
+    caller = await authenticate(bearer_token(request))
+    return await MediaService(get_runtime()).speech(caller, request.body)
+
+
+@api.post("/audio/transcriptions")
+async def transcriptions(request: HttpRequest) -> HttpResponseBase:
+    """A multipart upload (``file``, ``model``, ...), forwarded as multipart."""
+    caller = await authenticate(bearer_token(request))
+    return await MediaService(get_runtime()).transcriptions(caller, request)
+
+
 FORWARDED_HEADERS = ("anthropic-version", "anthropic-beta")
 """Client headers that a call passed through to Anthropic keeps: the API version the client
 was written for, and the beta features it asks for."""
@@ -64,15 +92,25 @@ async def messages(request: HttpRequest) -> HttpResponseBase:
     return await MessagesService(get_runtime()).create(caller, request.body, forwarded)
 
 
-def _model_entry(name: str, owner: str) -> dict[str, object]:
-    return {"id": name, "object": "model", "created": _STARTED, "owned_by": owner}
+def _model_entry(name: str, owner: str, operations: Sequence[str]) -> dict[str, object]:
+    """OpenAI's four Model fields, and what the model may be called for."""
+    return {
+        "id": name,
+        "object": "model",
+        "created": _STARTED,
+        "owned_by": owner,
+        "operations": list(operations),
+    }
 
 
 @api.get("/models")
 async def list_models(request: HttpRequest) -> HttpResponse:
     await authenticate(bearer_token(request))
     config = get_runtime().config
-    data = [_model_entry(name, model.provider) for name, model in config.models.items()]
+    data = [
+        _model_entry(name, model.provider, model.operations)
+        for name, model in config.models.items()
+    ]
     return _json({"object": "list", "data": data})
 
 
@@ -80,7 +118,7 @@ async def list_models(request: HttpRequest) -> HttpResponse:
 async def retrieve_model(request: HttpRequest, model: str) -> HttpResponse:
     await authenticate(bearer_token(request))
     route = get_runtime().factory.resolve(model)
-    return _json(_model_entry(model, route.provider_name))
+    return _json(_model_entry(model, route.provider_name, route.operations))
 
 
 @api.exception_handler(GatewayError)

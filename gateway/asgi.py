@@ -41,7 +41,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gateway.settings")
 django_application = get_asgi_application()
 
 from gateway import runtime  # noqa: E402 - needs the app registry loaded by the line above
-from gateway.errors import error_response_for  # noqa: E402
+from gateway.errors import ResponseAborted, error_response_for  # noqa: E402
 from providers.errors import PayloadTooLarge  # noqa: E402
 
 log = logging.getLogger("tollgate")
@@ -49,6 +49,35 @@ log = logging.getLogger("tollgate")
 Scope = dict[str, Any]
 API_PREFIX = "/v1/"
 API_MIDDLEWARE = ["gateway.middleware.openai_errors"]
+UPLOAD_PATHS = frozenset({"/v1/audio/transcriptions"})
+"""Endpoints that take a file: their bodies are capped by TOLLGATE_MAX_UPLOAD_BYTES."""
+FORM_ROOM_BYTES = 1024 * 1024
+"""Room in an upload's body for the multipart framing and the form's other fields; the view
+then holds the file itself to TOLLGATE_MAX_UPLOAD_BYTES."""
+
+
+def body_limit(path: str) -> int:
+    if path in UPLOAD_PATHS:
+        return int(settings.TOLLGATE_MAX_UPLOAD_BYTES) + FORM_ROOM_BYTES
+    return int(settings.TOLLGATE_MAX_BODY_BYTES)
+
+
+def too_large(path: str, limit: int) -> PayloadTooLarge:
+    if path in UPLOAD_PATHS:
+        return PayloadTooLarge(
+            f"The upload is too large: files may be up to "
+            f"{settings.TOLLGATE_MAX_UPLOAD_BYTES} bytes.",
+            param="file",
+        )
+    return PayloadTooLarge(f"The request body is larger than {limit} bytes.")
+
+
+def declared_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            with contextlib.suppress(ValueError):
+                return int(value)
+    return None
 
 
 class ApiHandler(ASGIHandler):
@@ -65,7 +94,7 @@ class ApiHandler(ASGIHandler):
 
     async def handle(self, scope: Scope, receive: Any, send: Any) -> None:
         try:
-            body = await self._read_body(receive)
+            body = await self._read_body(receive, scope)
         except RequestAborted:
             return
         except PayloadTooLarge as exc:
@@ -80,8 +109,12 @@ class ApiHandler(ASGIHandler):
 
         async def process_request() -> None:
             response = await self.run_get_response(request)
-            with contextlib.suppress(asyncio.CancelledError):  # the client went away meanwhile
+            try:
                 await self.send_response(response, send)
+            except asyncio.CancelledError:  # the client went away meanwhile
+                pass
+            except ResponseAborted:  # the server closes the connection: the body is cut off
+                log.warning("response to %s cut off: its upstream failed", scope["path"])
 
         # As Django does: a client that disconnects cancels the request, and with it the
         # upstream call or stream, whose ledger row then records the disconnect.
@@ -94,8 +127,14 @@ class ApiHandler(ASGIHandler):
             with contextlib.suppress(asyncio.CancelledError, RequestAborted):
                 await task
 
-    async def _read_body(self, receive: Any) -> io.BytesIO:
-        limit = settings.TOLLGATE_MAX_BODY_BYTES
+    async def _read_body(self, receive: Any, scope: Scope) -> io.BytesIO:
+        """The whole body, or ``PayloadTooLarge`` as soon as it is known to exceed the path's
+        limit: at once when Content-Length says so (the server discards what the client still
+        sends, and the client then reads the 413)."""
+        limit = body_limit(scope["path"])
+        declared = declared_length(scope)
+        if declared is not None and declared > limit:
+            raise too_large(scope["path"], limit)
         parts: list[bytes] = []
         size = 0
         while True:
@@ -105,7 +144,7 @@ class ApiHandler(ASGIHandler):
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                raise PayloadTooLarge(f"The request body is larger than {limit} bytes.")
+                raise too_large(scope["path"], limit)
             parts.append(chunk)
             if not message.get("more_body", False):
                 return io.BytesIO(b"".join(parts))

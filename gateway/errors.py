@@ -17,6 +17,11 @@ from providers.errors import GatewayError
 ANTHROPIC_PATH = "/v1/messages"
 
 
+class ResponseAborted(Exception):
+    """Raised by a streamed body that cannot go on and has no way to say so in-band (audio):
+    the server then drops the connection, so the client sees a cut-off body, not a short one."""
+
+
 def _response(body: object, error: GatewayError, request_id: str | None) -> HttpResponse:
     response = HttpResponse(
         orjson.dumps(body), status=error.status, content_type="application/json"

@@ -58,7 +58,7 @@ class MessagesService:
                 raise InvalidRequest("model: a model name is required", param="model")
             call.stream = data.get("stream") is True
             call.prompt = [data.get("system"), *(data.get("messages") or ())]
-            call.route = route = self.runtime.factory.resolve(model)
+            call.route = route = self.runtime.factory.resolve(model, "chat")
             if isinstance(route.provider, AnthropicProvider):
                 return await self._native(call, data, route, forwarded_headers or {})
             request = parse_chat_request(anthropic_request_to_openai(data))

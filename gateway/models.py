@@ -98,8 +98,17 @@ class UsageRecord(models.Model):
     cache_read_tokens = models.PositiveIntegerField(null=True)
     cache_write_tokens = models.PositiveIntegerField(null=True)
     reasoning_tokens = models.PositiveIntegerField(null=True)
+    image_count = models.PositiveIntegerField(null=True, help_text="Images generated.")
+    input_characters = models.PositiveIntegerField(
+        null=True, help_text="Characters of text turned into speech."
+    )
+    audio_seconds = models.DecimalField(
+        max_digits=12, decimal_places=3, null=True, help_text="Seconds of audio transcribed."
+    )
     usage_estimated = models.BooleanField(
-        default=False, help_text="Tokens counted by the gateway: the upstream never reported them."
+        default=False,
+        help_text="Tokens (or audio seconds) counted by the gateway: the upstream never "
+        "reported them.",
     )
     cost_usd = models.DecimalField(max_digits=18, decimal_places=10, default=0)
     status_code = models.PositiveSmallIntegerField()

@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from django.http import HttpResponse, HttpResponseBase, StreamingHttpResponse
@@ -22,8 +22,7 @@ from pydantic import ValidationError
 from gateway.auth import Caller
 from gateway.errors import error_response
 from gateway.runtime import Runtime
-from providers.base import ChatRequest, StreamChunk, Usage
-from providers.config import cost_of
+from providers.base import ChatRequest, PassThroughRequest, StreamChunk, Units, Usage
 from providers.errors import (
     GatewayError,
     InternalError,
@@ -32,8 +31,11 @@ from providers.errors import (
     UpstreamUnavailable,
 )
 from providers.factory import Route
+from providers.pricing import cost_of
 
 log = logging.getLogger("tollgate.proxy")
+
+RequestT = TypeVar("RequestT", bound=PassThroughRequest)
 
 CLIENT_CLOSED_REQUEST = 499
 """Status recorded for a call the client abandoned (nginx's convention; never sent)."""
@@ -58,20 +60,30 @@ def parse_json_object(body: bytes, call: ChatCall | None = None) -> dict[str, An
 def parse_chat_request(body: bytes | dict[str, Any], call: ChatCall | None = None) -> ChatRequest:
     """Decode and validate a chat request (bytes, or a body already decoded)."""
     data = body if isinstance(body, dict) else parse_json_object(body, call)
+    return validate_request(ChatRequest, data)
+
+
+def validate_request(request_class: type[RequestT], data: dict[str, Any]) -> RequestT:
+    """Validate a decoded body; the first problem becomes a 400 naming its ``param``."""
     try:
-        return ChatRequest.from_body(data)
+        return request_class.from_body(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         param = ".".join(str(part) for part in first["loc"]) or None
-        if first["type"] == "missing":
-            raise InvalidRequest(
-                f"Missing required parameter: '{param}'.",
-                param=param,
-                code="missing_required_parameter",
-            ) from None
-        raise InvalidRequest(
-            f"Invalid value for '{param}': {first['msg']}.", param=param, code="invalid_value"
-        ) from None
+        raise invalid_param(param, None if first["type"] == "missing" else first["msg"]) from None
+
+
+def invalid_param(param: str | None, problem: str | None = None) -> InvalidRequest:
+    """A 400 naming ``param``: missing when there is no ``problem``, else invalid."""
+    if problem is None:
+        return InvalidRequest(
+            f"Missing required parameter: '{param}'.",
+            param=param,
+            code="missing_required_parameter",
+        )
+    return InvalidRequest(
+        f"Invalid value for '{param}': {problem}.", param=param, code="invalid_value"
+    )
 
 
 def estimate_prompt_tokens(messages: Any) -> int:
@@ -174,7 +186,10 @@ class ChatCall:
     def estimate_prompt_tokens(self) -> int:
         return estimate_prompt_tokens(self.prompt)
 
-    def record(self, usage: Usage, status: int, error: str = "") -> None:
+    def record(
+        self, usage: Usage, status: int, error: str = "", units: Units | None = None
+    ) -> None:
+        """Queue the call's ledger row: its tokens, its other ``units`` if any, and its cost."""
         route = self.route
         total = usage.total_tokens
         if (
@@ -200,11 +215,15 @@ class ChatCall:
             "cache_write_tokens": usage.cache_write_tokens,
             "reasoning_tokens": usage.reasoning_tokens,
             "usage_estimated": usage.estimated,
-            "cost_usd": cost_of(usage, route.prices if route else None),
+            "cost_usd": cost_of(usage, route.prices if route else None, units),
             "status_code": status,
             "error_type": error,
             "latency_ms": int((time.perf_counter() - self.started) * 1000),
         }
+        if units is not None:
+            row["image_count"] = units.images
+            row["input_characters"] = units.characters
+            row["audio_seconds"] = units.audio_seconds
         self.runtime.ledger.record(row)
 
     def record_error(self, error: GatewayError) -> HttpResponse:
@@ -242,7 +261,7 @@ class ProxyService:
             request = parse_chat_request(body, call)
             call.requested_model, call.stream = request.model, request.stream
             call.prompt = [message.content for message in request.messages]
-            call.route = route = self.runtime.factory.resolve(request.model)
+            call.route = route = self.runtime.factory.resolve(request.model, "chat")
             if request.stream:
                 return await self._stream(call, request, route)
             response = await route.provider.chat(request, route.upstream_model)

@@ -147,6 +147,10 @@ TOLLGATE_LEDGER_FLUSH_SECONDS = env_float("TOLLGATE_LEDGER_FLUSH_SECONDS", 0.5)
 TOLLGATE_MAX_BODY_BYTES = int(env_float("TOLLGATE_MAX_BODY_BYTES", 32 * 1024 * 1024))
 """Largest request body the API accepts (413 beyond): chat requests may carry images."""
 DATA_UPLOAD_MAX_MEMORY_SIZE = TOLLGATE_MAX_BODY_BYTES
+TOLLGATE_MAX_UPLOAD_BYTES = int(env_float("TOLLGATE_MAX_UPLOAD_BYTES", 25 * 1024 * 1024))
+"""Largest file an upload endpoint (/v1/audio/transcriptions) accepts (413 beyond). Bodies of
+upload endpoints are capped at this plus room for the form's other fields, not at
+TOLLGATE_MAX_BODY_BYTES."""
 TOLLGATE_LEDGER_SPOOL = Path(env_str("TOLLGATE_LEDGER_SPOOL", str(VAR_DIR / "ledger-spool")))
 """Rows that could not be written to the database are appended here and replayed later."""
 

@@ -330,8 +330,8 @@ class NativeEvent:
 
 
 class AnthropicProvider(BaseProvider):
-    """Chat only: ``image_gen`` and ``text_to_speech`` keep ``BaseProvider``'s
-    ``NotImplementedError``."""
+    """Chat only: ``embed``, ``image_gen``, ``text_to_speech`` and ``transcribe`` keep
+    ``BaseProvider``'s ``NotImplementedError`` (the API answers 400 ``unsupported_operation``)."""
 
     def __init__(self, name: str, config: ProviderConfig, client: httpx.AsyncClient) -> None:
         super().__init__(name, config, client)

@@ -8,12 +8,14 @@ sees another shape. Nothing here imports Django.
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncGenerator, AsyncIterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Literal, Self, get_args
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+from pydantic_core import PydanticCustomError
 
 from providers.errors import (  # noqa: F401 - re-exported: the error tree is part of the contract
     AuthenticationFailed,
@@ -34,6 +36,34 @@ from providers.errors import (  # noqa: F401 - re-exported: the error tree is pa
 if TYPE_CHECKING:
     from providers.config import ProviderConfig
 
+Operation = Literal["chat", "embeddings", "images", "speech", "transcription"]
+"""What a model can be called for; config.toml's ``operations`` lists a model's."""
+OPERATIONS: tuple[Operation, ...] = get_args(Operation)
+
+
+class PassThroughRequest(BaseModel):
+    """A JSON request body: the fields the gateway reads are typed and validated, every other
+    field is kept as an extra, and the body itself goes upstream unchanged but for ``model``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1)
+
+    _body: dict[str, Any] | None = PrivateAttr(default=None)
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> Self:
+        """Validate a decoded request body, keeping the body itself to send upstream."""
+        request = cls.model_validate(body)
+        request._body = body
+        return request
+
+    def upstream_body(self, upstream_model: str) -> dict[str, Any]:
+        """The request as a plain dict, with the model renamed for the upstream."""
+        body = dict(self._body) if self._body is not None else self.model_dump(exclude_unset=True)
+        body["model"] = upstream_model
+        return body
+
 
 class ChatMessage(BaseModel):
     """One message. Only ``role`` is checked: content shapes vary and pass through untouched."""
@@ -44,30 +74,15 @@ class ChatMessage(BaseModel):
     content: Any = None
 
 
-class ChatRequest(BaseModel):
-    """An OpenAI Chat Completions request.
+class ChatRequest(PassThroughRequest):
+    """An OpenAI Chat Completions request. Fields the gateway does not read (tools,
+    response_format, seed, logprobs, ...) go upstream unchanged."""
 
-    The fields the gateway reads are typed; every other field (tools, response_format, seed,
-    logprobs, ...) is kept as an extra and sent upstream unchanged.
-    """
-
-    model_config = ConfigDict(extra="allow")
-
-    model: str = Field(min_length=1)
     messages: list[ChatMessage] = Field(min_length=1)
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
-
-    _body: dict[str, Any] | None = PrivateAttr(default=None)
-
-    @classmethod
-    def from_body(cls, body: dict[str, Any]) -> ChatRequest:
-        """Validate a decoded request body, keeping the body itself to send upstream."""
-        request = cls.model_validate(body)
-        request._body = body
-        return request
 
     @field_validator("stream", mode="before")
     @classmethod
@@ -83,11 +98,76 @@ class ChatRequest(BaseModel):
         """Whether the client asked for the final usage chunk of a stream."""
         return bool(self.stream_options and self.stream_options.get("include_usage"))
 
-    def upstream_body(self, upstream_model: str) -> dict[str, Any]:
-        """The request as a plain dict, with the model renamed for the upstream."""
-        body = dict(self._body) if self._body is not None else self.model_dump(exclude_unset=True)
-        body["model"] = upstream_model
-        return body
+
+class EmbeddingRequest(PassThroughRequest):
+    """``POST /embeddings``. ``encoding_format`` passes through: the openai SDK asks for base64
+    by default and decodes the vectors itself."""
+
+    input: Any
+    """A string, an array of strings, an array of token ids, or an array of arrays of them."""
+    encoding_format: Literal["float", "base64"] | None = None
+    dimensions: int | None = Field(default=None, ge=1)
+
+    @field_validator("input")
+    @classmethod
+    def _input_shape(cls, value: Any) -> Any:
+        if isinstance(value, str) and value:
+            return value
+        if isinstance(value, list) and value and all(_is_input_item(item) for item in value):
+            return value
+        raise PydanticCustomError(
+            "invalid_input",
+            "must be a non-empty string, array of strings, array of token ids or array of "
+            "arrays of token ids",
+        )
+
+
+def _is_input_item(item: Any) -> bool:
+    if isinstance(item, list):
+        return bool(item) and all(_is_token(token) for token in item)
+    return (isinstance(item, str) and bool(item)) or _is_token(item)
+
+
+def _is_token(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+class ImageRequest(PassThroughRequest):
+    """``POST /images/generations``. ``size`` and ``quality`` pick the price of an image."""
+
+    prompt: str = Field(min_length=1)
+    n: int | None = Field(default=None, ge=1)
+    size: str | None = None
+    quality: str | None = None
+
+
+class SpeechRequest(PassThroughRequest):
+    """``POST /audio/speech``: billed by the characters of ``input``."""
+
+    input: str = Field(min_length=1)
+
+
+@dataclass(frozen=True, slots=True)
+class FormFile:
+    """One file of a multipart form."""
+
+    field: str
+    filename: str
+    content_type: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptionRequest:
+    """``POST /audio/transcriptions``, a multipart form: its text fields in order (``model``
+    among them) and its files (``file``, the audio). Forwarded as multipart, ``model`` renamed."""
+
+    model: str
+    fields: list[tuple[str, str]]
+    files: list[FormFile]
+
+    def upstream_fields(self, upstream_model: str) -> list[tuple[str, str]]:
+        return [(name, upstream_model if name == "model" else value) for name, value in self.fields]
 
 
 class Usage(BaseModel):
@@ -105,7 +185,8 @@ class Usage(BaseModel):
     cache_write_tokens: int | None = None
     reasoning_tokens: int | None = None
     estimated: bool = False
-    """True when the gateway counted the tokens itself (a stream cut off before its usage)."""
+    """True when the gateway counted the usage itself: a stream cut off before its usage, a call
+    abandoned before its answer, a transcription whose upstream did not say how long it was."""
 
     @classmethod
     def from_openai(cls, usage: dict[str, Any] | None) -> Usage:
@@ -156,6 +237,40 @@ class StreamChunk:
         return self.usage is not None and not self.payload.get("choices")
 
 
+@dataclass(frozen=True, slots=True)
+class Units:
+    """What a call is billed by besides tokens; ``None`` where a unit does not apply.
+
+    ``image_size`` and ``image_quality`` pick the price of an image (config.toml's
+    ``image_prices``)."""
+
+    images: int | None = None
+    image_size: str | None = None
+    image_quality: str | None = None
+    characters: int | None = None
+    audio_seconds: Decimal | None = None
+
+
+@dataclass(slots=True)
+class MediaResponse:
+    """A complete answer of ``embed``, ``image_gen`` or ``transcribe``: the upstream's bytes
+    and content type, which go to the client unchanged, and what the call is billed by."""
+
+    raw: bytes
+    content_type: str = "application/json"
+    usage: Usage = field(default_factory=Usage)
+    units: Units | None = None
+
+
+@dataclass(slots=True)
+class AudioStream:
+    """Speech as it arrives: iterate ``chunks`` once, then ``aclose`` (always, even unread)."""
+
+    content_type: str
+    chunks: AsyncIterator[bytes]
+    aclose: Callable[[], Awaitable[None]]
+
+
 class BaseProvider(abc.ABC):
     """An upstream. One instance per configured provider, created and owned by the factory."""
 
@@ -178,12 +293,25 @@ class BaseProvider(abc.ABC):
         sees the usage chunk. A failure after the first chunk raises a ``ProviderError``.
         """
 
-    async def image_gen(self, body: dict[str, Any], upstream_model: str) -> dict[str, Any]:
+    # The other operations. A provider whose upstream cannot do one keeps the
+    # NotImplementedError, which the API answers with a 400 naming the model and the operation.
+
+    async def embed(self, request: EmbeddingRequest, upstream_model: str) -> MediaResponse:
+        """Embeddings; ``usage`` holds the upstream's prompt tokens."""
         raise NotImplementedError
 
-    async def text_to_speech(
-        self, body: dict[str, Any], upstream_model: str
-    ) -> AsyncIterator[bytes]:
+    async def image_gen(self, request: ImageRequest, upstream_model: str) -> MediaResponse:
+        """Generated images; ``units`` holds their count, size and quality, ``usage`` the tokens
+        the upstream reports for token-priced image models."""
+        raise NotImplementedError
+
+    async def text_to_speech(self, request: SpeechRequest, upstream_model: str) -> AudioStream:
+        """Speech, streamed: the upstream's status is checked before this returns, so a
+        failure that comes before any audio raises here."""
+        raise NotImplementedError
+
+    async def transcribe(self, request: TranscriptionRequest, upstream_model: str) -> MediaResponse:
+        """A transcription; ``units.audio_seconds`` holds the duration when the upstream says."""
         raise NotImplementedError
 
     async def aclose(self) -> None:

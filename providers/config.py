@@ -8,14 +8,15 @@ app) because the provider factory is what consumes it, and providers must not im
 from __future__ import annotations
 
 import os
+import re
 import tomllib  # tomli, in the standard library since Python 3.11
 from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from providers.base import Usage
+from providers.base import Operation
 
 DEFAULT_CONFIG_PATH = "config.toml"
 
@@ -52,13 +53,63 @@ class ProviderConfig(_Strict):
         return os.environ.get(self.api_key_env) if self.api_key_env else None
 
 
+_IMAGE_PRICE_KEY = re.compile(r"[^/]+/[^/]+")
+
+
 class ModelConfig(_Strict):
+    """One model: where it goes, what it may be called for, and its prices, each modality in
+    its own unit (providers/pricing.py applies them)."""
+
     provider: str
     upstream_model: str | None = None
+    operations: tuple[Operation, ...] = ("chat",)
     input_per_mtok: Decimal = Decimal(0)
     output_per_mtok: Decimal = Decimal(0)
     cache_read_per_mtok: Decimal | None = None
     cache_write_per_mtok: Decimal | None = None
+    per_image: Decimal = Field(default=Decimal(0), ge=0)
+    """USD per generated image, when ``image_prices`` has no price for its size and quality."""
+    image_prices: dict[str, Decimal] = Field(default_factory=dict)
+    """USD per image by ``"<size>/<quality>"``, e.g. ``"1024x1024/hd"``."""
+    per_mchar: Decimal = Field(default=Decimal(0), ge=0)
+    """Speech: USD per million input characters."""
+    per_minute: Decimal = Field(default=Decimal(0), ge=0)
+    """Transcription: USD per minute of audio."""
+
+    @field_validator("operations")
+    @classmethod
+    def _some_operation(cls, operations: tuple[Operation, ...]) -> tuple[Operation, ...]:
+        if not operations:
+            raise ValueError("must list at least one operation")
+        return operations
+
+    @field_validator("image_prices")
+    @classmethod
+    def _image_price_keys(cls, prices: dict[str, Decimal]) -> dict[str, Decimal]:
+        for key, price in prices.items():
+            if not _IMAGE_PRICE_KEY.fullmatch(key):
+                raise ValueError(f'key "{key}" must be "<size>/<quality>", e.g. "1024x1024/hd"')
+            if price < 0:
+                raise ValueError(f'"{key}" must not be negative')
+        return prices
+
+    @model_validator(mode="after")
+    def _prices_match_operations(self) -> ModelConfig:
+        """A price for an operation the model does not declare is a mistake, not a no-op."""
+        for operation, keys in _PRICE_KEYS.items():
+            priced = [key for key in keys if getattr(self, key)]
+            if priced and operation not in self.operations:
+                raise ValueError(
+                    f'{", ".join(priced)} set, but operations does not include "{operation}"'
+                )
+        return self
+
+
+_PRICE_KEYS: dict[Operation, tuple[str, ...]] = {
+    "images": ("per_image", "image_prices"),
+    "speech": ("per_mchar",),
+    "transcription": ("per_minute",),
+}
 
 
 class GatewayConfig(_Strict):
@@ -84,7 +135,7 @@ def _describe(error: ValidationError) -> str:
         if item["type"] == "extra_forbidden":
             lines.append(f"{where}: unknown key")
         else:
-            lines.append(f"{where}: {item['msg']}")
+            lines.append(f"{where}: {item['msg'].removeprefix('Value error, ')}")
     return "; ".join(lines)
 
 
@@ -101,25 +152,3 @@ def load_config(path: str | os.PathLike[str] | None = None) -> GatewayConfig:
         return GatewayConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"{file}: {_describe(exc)}") from exc
-
-
-def cost_of(usage: Usage, prices: ModelConfig | None) -> Decimal:
-    """USD cost of one call. Cached input is priced at its own rate when config gives one."""
-    if prices is None:
-        return Decimal(0)
-    prompt = usage.prompt_tokens or 0
-    cache_read = usage.cache_read_tokens or 0
-    cache_write = usage.cache_write_tokens or 0
-    uncached = max(prompt - cache_read - cache_write, 0)
-    read_price = prices.cache_read_per_mtok
-    write_price = prices.cache_write_per_mtok
-    micro_usd = (
-        uncached * prices.input_per_mtok
-        + cache_read * (read_price if read_price is not None else prices.input_per_mtok)
-        + cache_write * (write_price if write_price is not None else prices.input_per_mtok)
-        + (usage.completion_tokens or 0) * prices.output_per_mtok
-    )
-    return micro_usd / _MILLION
-
-
-_MILLION = Decimal(1_000_000)

@@ -15,7 +15,7 @@ import httpx
 from httpx_aiohttp import AiohttpTransport
 
 from providers.anthropic import AnthropicProvider
-from providers.base import BaseProvider
+from providers.base import OPERATIONS, BaseProvider, Operation
 from providers.config import GatewayConfig, ModelConfig, ProviderConfig
 from providers.errors import ModelNotFound, UnsupportedOperation
 from providers.openai import OpenAIProvider
@@ -35,6 +35,16 @@ class Route:
     @property
     def provider_name(self) -> str:
         return self.provider.name
+
+    @property
+    def operations(self) -> tuple[Operation, ...]:
+        """What the model declares in config.toml; a model that config.toml does not list (a
+        ``passthrough_models`` provider's) may be tried for anything its provider implements."""
+        return self.prices.operations if self.prices is not None else OPERATIONS
+
+
+def unsupported(model: str, operation: Operation) -> UnsupportedOperation:
+    return UnsupportedOperation(f"The model `{model}` does not support {operation}.", param="model")
 
 
 def default_transport(config: ProviderConfig) -> httpx.AsyncBaseTransport:
@@ -94,8 +104,15 @@ class ProviderFactory:
             self._instances[name] = instance
         return instance
 
-    def resolve(self, model: str) -> Route:
-        """Route a model name, or raise ``ModelNotFound`` (404)."""
+    def resolve(self, model: str, operation: Operation | None = None) -> Route:
+        """Route a model name, or raise ``ModelNotFound`` (404); with ``operation``, raise
+        ``UnsupportedOperation`` (400) when the model does not declare it."""
+        route = self._route(model)
+        if operation is not None and operation not in route.operations:
+            raise unsupported(model, operation)
+        return route
+
+    def _route(self, model: str) -> Route:
         alias = self.config.models.get(model)
         if alias is not None:
             return Route(model, self.get(alias.provider), alias.upstream_model or model, alias)

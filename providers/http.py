@@ -1,4 +1,4 @@
-"""HTTP plumbing shared by every provider: one POST, and failures classified into the error tree.
+"""HTTP plumbing shared by every provider: one send, and failures classified into the error tree.
 
 Classification is by transport exception and by status code, never by the upstream's text.
 """
@@ -67,6 +67,22 @@ async def raise_for_upstream_status(provider: str, response: httpx.Response) -> 
     raise error
 
 
+async def send_checked(
+    client: httpx.AsyncClient, provider: str, request: httpx.Request
+) -> httpx.Response:
+    """Send ``request`` and return the streamed response once its status is known to be 2xx.
+    The caller closes the response."""
+    with upstream_errors(provider):
+        response = await client.send(request, stream=True)
+    try:
+        with upstream_errors(provider):
+            await raise_for_upstream_status(provider, response)
+    except BaseException:
+        await response.aclose()
+        raise
+    return response
+
+
 @contextlib.asynccontextmanager
 async def post_json(
     client: httpx.AsyncClient,
@@ -77,11 +93,8 @@ async def post_json(
 ) -> AsyncIterator[httpx.Response]:
     """POST ``body`` and yield the streamed response once its status is known to be 2xx."""
     request = client.build_request("POST", url, content=orjson.dumps(body), headers=headers)
-    with upstream_errors(provider):
-        response = await client.send(request, stream=True)
+    response = await send_checked(client, provider, request)
     try:
-        with upstream_errors(provider):
-            await raise_for_upstream_status(provider, response)
         yield response
     finally:
         await response.aclose()

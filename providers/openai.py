@@ -1,54 +1,82 @@
-"""OpenAI Chat Completions, and every backend that speaks it (Ollama, DeepSeek, vLLM, Groq...).
+"""OpenAI's API, and every backend that speaks it (Ollama, DeepSeek, vLLM, Groq...).
 
 Which backend is chosen by ``base_url`` in config.toml; there is no per-backend code. Request
-fields the gateway does not read pass through untouched, and the upstream's JSON goes back to the
-client as the upstream's own bytes.
+fields the gateway does not read pass through untouched, and the upstream's answer goes back to
+the client as the upstream's own bytes: chat completions (JSON or SSE), embeddings, images,
+speech (streamed audio) and transcriptions (multipart upload).
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncGenerator
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import httpx
 import orjson
 
-from providers.base import BaseProvider, ChatRequest, ChatResponse, StreamChunk, Usage
+from providers.base import (
+    AudioStream,
+    BaseProvider,
+    ChatRequest,
+    ChatResponse,
+    EmbeddingRequest,
+    ImageRequest,
+    MediaResponse,
+    SpeechRequest,
+    StreamChunk,
+    TranscriptionRequest,
+    Units,
+    Usage,
+)
 from providers.config import ProviderConfig
 from providers.errors import ProviderError, UpstreamUnavailable
-from providers.http import post_json, upstream_errors
+from providers.http import post_json, send_checked, upstream_errors
 from providers.sse import iter_sse
 
 
 class OpenAIProvider(BaseProvider):
     def __init__(self, name: str, config: ProviderConfig, client: httpx.AsyncClient) -> None:
         super().__init__(name, config, client)
-        self.url = httpx.URL(config.base_url.rstrip("/") + "/chat/completions")  # parsed once
-        headers = {"content-type": "application/json", **config.headers}
+        root = config.base_url.rstrip("/")
+        self.url = httpx.URL(root + "/chat/completions")  # URLs parsed once
+        self.embeddings_url = httpx.URL(root + "/embeddings")
+        self.images_url = httpx.URL(root + "/images/generations")
+        self.speech_url = httpx.URL(root + "/audio/speech")
+        self.transcriptions_url = httpx.URL(root + "/audio/transcriptions")
+        headers = {**config.headers}
         if config.api_key:
             headers["authorization"] = f"Bearer {config.api_key}"
-        self.headers = headers
+        self.form_headers = headers  # httpx sets the multipart content type and its boundary
+        self.headers = {"content-type": "application/json", **headers}
 
-    def _post(self, body: dict[str, Any]) -> contextlib.AbstractAsyncContextManager[httpx.Response]:
-        return post_json(self.client, self.name, self.url, self.headers, body)
+    def _post(
+        self, body: dict[str, Any], url: httpx.URL | None = None
+    ) -> contextlib.AbstractAsyncContextManager[httpx.Response]:
+        return post_json(self.client, self.name, url or self.url, self.headers, body)
+
+    async def _post_for_json(
+        self, url: httpx.URL, body: dict[str, Any], list_key: str, what: str
+    ) -> tuple[bytes, dict[str, Any]]:
+        """POST and read a JSON object whose ``list_key`` is a list; else the upstream broke."""
+        async with self._post(body, url) as response:
+            with upstream_errors(self.name):
+                raw = await response.aread()
+        data = _json_object(raw)
+        if data is None or not isinstance(data.get(list_key), list):
+            raise UpstreamUnavailable(
+                f"The upstream provider '{self.name}' returned a response that is not {what}."
+            )
+        return raw, data
+
+    # --- chat ------------------------------------------------------------------------------------
 
     async def chat(self, request: ChatRequest, upstream_model: str) -> ChatResponse:
         body = request.upstream_body(upstream_model)
         body["stream"] = False
         body.pop("stream_options", None)
-        async with self._post(body) as response:
-            with upstream_errors(self.name):
-                raw = await response.aread()
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            data = None
-        if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
-            raise UpstreamUnavailable(
-                f"The upstream provider '{self.name}' returned a response that is not a chat "
-                "completion."
-            )
+        raw, data = await self._post_for_json(self.url, body, "choices", "a chat completion")
         usage = Usage.from_openai(data.get("usage"))
         return ChatResponse.model_construct(body=data, usage=usage, raw=raw)
 
@@ -92,3 +120,132 @@ class OpenAIProvider(BaseProvider):
             f"The upstream provider '{self.name}' failed mid-stream"
             + (f": {message}" if isinstance(message, str) else ".")
         )
+
+    # --- embeddings, images ----------------------------------------------------------------------
+
+    async def embed(self, request: EmbeddingRequest, upstream_model: str) -> MediaResponse:
+        body = request.upstream_body(upstream_model)
+        raw, data = await self._post_for_json(self.embeddings_url, body, "data", "embeddings")
+        return MediaResponse(raw, usage=Usage.from_openai(data.get("usage")))
+
+    async def image_gen(self, request: ImageRequest, upstream_model: str) -> MediaResponse:
+        body = request.upstream_body(upstream_model)
+        raw, data = await self._post_for_json(self.images_url, body, "data", "a list of images")
+        units = Units(
+            images=len(data["data"]),
+            # gpt-image models say which size and quality "auto" turned out to be
+            image_size=_text(data.get("size")) or request.size,
+            image_quality=_text(data.get("quality")) or request.quality,
+        )
+        return MediaResponse(raw, usage=image_usage(data.get("usage")), units=units)
+
+    # --- audio -----------------------------------------------------------------------------------
+
+    async def text_to_speech(self, request: SpeechRequest, upstream_model: str) -> AudioStream:
+        body = orjson.dumps(request.upstream_body(upstream_model))
+        http = self.client.build_request(
+            "POST", self.speech_url, content=body, headers=self.headers
+        )
+        response = await send_checked(self.client, self.name, http)
+        content_type = response.headers.get("content-type") or "application/octet-stream"
+        chunks = self._audio_chunks(response)
+
+        async def close() -> None:  # also when the chunks were never read
+            await chunks.aclose()
+            await response.aclose()
+
+        return AudioStream(content_type, chunks, close)
+
+    async def _audio_chunks(self, response: httpx.Response) -> AsyncGenerator[bytes, None]:
+        try:
+            with upstream_errors(self.name):
+                async for chunk in response.aiter_bytes():
+                    if chunk:
+                        yield chunk
+        finally:
+            await response.aclose()
+
+    async def transcribe(self, request: TranscriptionRequest, upstream_model: str) -> MediaResponse:
+        fields: dict[str, list[str]] = {}
+        for name, value in request.upstream_fields(upstream_model):
+            fields.setdefault(name, []).append(value)
+        files = [(f.field, (f.filename, f.data, f.content_type)) for f in request.files]
+        http = self.client.build_request(
+            "POST", self.transcriptions_url, data=fields, files=files, headers=self.form_headers
+        )
+        await http.aread()  # a sized body: one Content-Length for every transport
+        response = await send_checked(self.client, self.name, http)
+        try:
+            with upstream_errors(self.name):
+                raw = await response.aread()
+        finally:
+            await response.aclose()
+        content_type = response.headers.get("content-type") or "application/json"
+        if not content_type.startswith("application/json"):
+            return MediaResponse(raw, content_type)  # text, srt, vtt: no usage in the answer
+        data = _json_object(raw)
+        if data is None:
+            raise UpstreamUnavailable(
+                f"The upstream provider '{self.name}' returned a response that is not a "
+                "transcription."
+            )
+        usage, seconds = transcription_usage(data)
+        return MediaResponse(raw, content_type, usage, Units(audio_seconds=seconds))
+
+
+def _json_object(raw: bytes) -> dict[str, Any] | None:
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def image_usage(usage: Any) -> Usage:
+    """gpt-image models report ``{input_tokens, output_tokens, total_tokens}``."""
+    if not isinstance(usage, dict):
+        return Usage()
+    return Usage(
+        prompt_tokens=_count(usage.get("input_tokens")),
+        completion_tokens=_count(usage.get("output_tokens")),
+        total_tokens=_count(usage.get("total_tokens")),
+    )
+
+
+def transcription_usage(data: dict[str, Any]) -> tuple[Usage, Decimal | None]:
+    """Tokens and seconds of audio from a JSON transcription: ``usage`` of type ``duration``
+    (whisper-1) or ``tokens`` (gpt-4o-transcribe), or the ``duration`` of verbose_json."""
+    usage = data.get("usage")
+    if not isinstance(usage, dict):
+        usage = {}
+    tokens = Usage()
+    seconds = None
+    if usage.get("type") == "duration":
+        seconds = _seconds(usage.get("seconds"))
+    elif usage.get("type") == "tokens":
+        tokens = Usage(
+            prompt_tokens=_count(usage.get("input_tokens")),
+            completion_tokens=_count(usage.get("output_tokens")),
+            total_tokens=_count(usage.get("total_tokens")),
+        )
+    if seconds is None:
+        seconds = _seconds(data.get("duration"))
+    return tokens, seconds
+
+
+def _seconds(value: Any) -> Decimal | None:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        seconds = Decimal(str(value))
+    except InvalidOperation:
+        return None
+    return seconds if seconds.is_finite() and seconds >= 0 else None

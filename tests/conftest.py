@@ -58,22 +58,71 @@ def tenants(transactional_db: None) -> dict[str, TenantKey]:
     return result
 
 
+ALL_OPERATIONS = '["chat", "embeddings", "images", "speech", "transcription"]'
+BEHAVIOUR_MODELS = (
+    "echo",
+    "slow",
+    "slow-stream",
+    "fail-500",
+    "fail-429",
+    "fail-400",
+    "fail-401",
+    "drop-mid-stream",
+    "garbage",
+)
+"""Models named after a fake upstream behaviour: every operation, every price."""
+MEDIA_MODELS = f"""
+[models."embed-test"]
+provider = "fake"
+upstream_model = "fake-embed"
+operations = ["embeddings"]
+input_per_mtok = 0.02
+
+[models."image-test"]
+provider = "fake"
+upstream_model = "fake-dall-e"
+operations = ["images"]
+per_image = 0.04
+image_prices = {{ "1024x1024/hd" = 0.08, "1792x1024/hd" = 0.12 }}
+
+[models."gpt-image-test"]
+provider = "fake"
+upstream_model = "fake-gpt-image"
+operations = ["images"]
+input_per_mtok = 5.0
+output_per_mtok = 40.0
+per_image = 0.042
+
+[models."tts-test"]
+provider = "fake"
+upstream_model = "fake-tts"
+operations = ["speech"]
+per_mchar = 15.0
+
+[models."stt-test"]
+provider = "fake"
+upstream_model = "fake-whisper"
+operations = ["transcription"]
+per_minute = 0.006
+
+[models."claude-media"]
+provider = "fake-anthropic"
+upstream_model = "claude-fake"
+operations = {ALL_OPERATIONS}
+"""
+
+
 def write_config(path: Path, upstream: str, **provider_options: object) -> Path:
-    """A config.toml routing the test models to ``upstream`` (a fake upstream's base URL)."""
+    """A config.toml routing the test models to ``upstream`` (a fake upstream's base URL).
+
+    ``gpt-test`` is a priced chat model; the behaviour models (echo, fail-500, ...) declare every
+    operation, priced 1.0 / 2.0 USD per Mtok, 0.04 per image, 15 per million characters and
+    0.006 per minute; ``embed-test``, ``image-test``, ``gpt-image-test``, ``tts-test`` and
+    ``stt-test`` serve one operation each; ``claude-media`` is an Anthropic model that declares
+    every operation (its provider implements chat only)."""
     options = "".join(
         f"{key} = {value!r}\n".replace("'", '"') for key, value in provider_options.items()
     )
-    models = [
-        "echo",
-        "slow",
-        "slow-stream",
-        "fail-500",
-        "fail-429",
-        "fail-400",
-        "fail-401",
-        "drop-mid-stream",
-        "garbage",
-    ]
     text = f"""
 [providers.fake]
 type = "openai"
@@ -81,17 +130,32 @@ base_url = "{upstream}/v1"
 api_key_env = "FAKE_UPSTREAM_KEY"
 passthrough_models = true
 {options}
+[providers.fake-anthropic]
+type = "anthropic"
+base_url = "{upstream}/v1"
+api_key_env = "FAKE_UPSTREAM_KEY"
+
 [models."gpt-test"]
 provider = "fake"
 upstream_model = "fake-gpt"
 input_per_mtok = 1.0
 output_per_mtok = 2.0
 cache_read_per_mtok = 0.5
-""" + "".join(
-        f'\n[models."{name}"]\nprovider = "fake"\ninput_per_mtok = 1.0\noutput_per_mtok = 2.0\n'
-        for name in models
+"""
+    text += "".join(
+        f"""
+[models."{name}"]
+provider = "fake"
+operations = {ALL_OPERATIONS}
+input_per_mtok = 1.0
+output_per_mtok = 2.0
+per_image = 0.04
+per_mchar = 15.0
+per_minute = 0.006
+"""
+        for name in BEHAVIOUR_MODELS
     )
-    path.write_text(text)
+    path.write_text(text + MEDIA_MODELS)
     return path
 
 

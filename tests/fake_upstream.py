@@ -11,9 +11,13 @@ a *plan*: wire bytes, pauses, and "close the connection" steps. Plans depending 
 model, stream, include_usage, keep-alive) are cached, so the zero-delay path is: parse the head,
 ``json.loads`` the body, one dict lookup, one ``write``.
 
-Endpoints: ``POST /v1/chat/completions`` (OpenAI), ``POST /v1/messages`` (Anthropic) and
-``GET /v1/models``; other paths get a 404 OpenAI error, a body that is not a JSON object with a
-string ``model`` gets a 400. The request's ``model`` picks the behaviour (both APIs unless noted):
+Endpoints: ``POST /v1/chat/completions`` (OpenAI), ``POST /v1/messages`` (Anthropic),
+``GET /v1/models``, and OpenAI's ``POST /v1/embeddings``, ``/v1/images/generations``,
+``/v1/audio/speech`` and ``/v1/audio/transcriptions`` (tests/fake_media.py: what they answer and
+how their model names behave); other paths get a 404 OpenAI error, a body that is not a JSON
+object with a string ``model`` gets a 400. The HTTP framing and the failure behaviours shared by
+every endpoint are in tests/fake_wire.py. The request's ``model`` picks the behaviour of chat and
+messages (both APIs unless noted):
 
 - anything else: ``tok0 tok1 ...`` (N = --stream-chunks pieces) after --delay-ms; streams send the
   N content events --chunk-gap-ms apart. Usage: OpenAI prompt_tokens 11, cached_tokens 3,
@@ -53,28 +57,26 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-Step = bytes | float | None  # wire bytes to write, a pause in seconds, or None = close connection
-Plan = list[Step]
-Headers = list[tuple[str, str]]
+from fake_media import MEDIA_PATHS, media_plan
+from fake_wire import (
+    FAILURES,
+    LAST_CHUNK,
+    SSE_HEADERS,
+    Failure,
+    Headers,
+    Plan,
+    chunk,
+    compact,
+    dumps,
+    error_body,
+    failure_answer,
+    full,
+    head,
+)
 
 MAX_HEAD = 64 * 1024
 MAX_CACHE = 1024
 PROMPT_TOKENS = 11
-_REASONS = {
-    200: "OK",
-    400: "Bad Request",
-    401: "Unauthorized",
-    404: "Not Found",
-    429: "Too Many Requests",
-    500: "Internal Server Error",
-    529: "Overloaded",
-}
-_SSE: Headers = [
-    ("content-type", "text/event-stream; charset=utf-8"),
-    ("transfer-encoding", "chunked"),
-    ("cache-control", "no-cache"),
-]
-_LAST_CHUNK = b"0\r\n\r\n"
 _MODELS = {
     "object": "list",
     "data": [
@@ -82,45 +84,9 @@ _MODELS = {
         for m in ("gpt-4o-mini", "gpt-4o", "claude-sonnet-4-5")
     ],
 }
-# model: (status, OpenAI type, OpenAI param, OpenAI code, Anthropic type, message)
-_FAILURES: dict[str, tuple[int, str, str | None, str | None, str, str]] = {
-    "fail-500": (500, "server_error", None, None, "api_error", "fake upstream failure"),
-    "fail-429": (
-        429,
-        "requests",
-        None,
-        "rate_limit_exceeded",
-        "rate_limit_error",
-        "Rate limit reached for fake upstream",
-    ),
-    "fail-400": (
-        400,
-        "invalid_request_error",
-        "messages",
-        None,
-        "invalid_request_error",
-        "fake bad request",
-    ),
-    "fail-401": (
-        401,
-        "invalid_request_error",
-        None,
-        "invalid_api_key",
-        "authentication_error",
-        "Incorrect API key provided: sk-fake***",
-    ),
-}
-_ANTHROPIC_ONLY: dict[str, tuple[int, str, str | None, str | None, str, str]] = {
+_ANTHROPIC_ONLY: dict[str, Failure] = {
     "overloaded": (529, "", None, None, "overloaded_error", "Overloaded")
 }
-
-
-def _error(
-    anthropic: bool, type_: str, message: str, param: str | None = None, code: str | None = None
-) -> Any:
-    if anthropic:
-        return {"type": "error", "error": {"type": type_, "message": message}}
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
 @dataclass(frozen=True)
@@ -157,45 +123,12 @@ class Call:
 # --------------------------------------------------------------------------- wire helpers
 
 
-def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode()
-
-
-def _head(status: int, headers: Headers, keep: bool) -> bytes:
-    lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}"]
-    lines += [f"{name}: {value}" for name, value in headers]
-    if not keep:
-        lines.append("connection: close")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-
-
-def _full(status: int, body: Any, keep: bool, headers: Headers) -> bytes:
-    data = body if isinstance(body, bytes) else _dumps(body)
-    framing = [("content-type", "application/json"), ("content-length", str(len(data)))]
-    return _head(status, framing + headers, keep) + data
-
-
-def _chunk(data: bytes) -> bytes:
-    return b"%x\r\n%s\r\n" % (len(data), data)
-
-
 def _oa_event(obj: Any) -> bytes:
-    return _chunk(b"data: " + _dumps(obj) + b"\n\n")
+    return chunk(b"data: " + dumps(obj) + b"\n\n")
 
 
 def _an_event(obj: dict[str, Any]) -> bytes:
-    return _chunk(b"event: " + obj["type"].encode() + b"\ndata: " + _dumps(obj) + b"\n\n")
-
-
-def _compact(plan: Plan) -> Plan:
-    """Merge adjacent byte steps and drop zero pauses so that each burst is one ``write``."""
-    out: Plan = []
-    for step in plan:
-        if isinstance(step, bytes) and out and isinstance(out[-1], bytes):
-            out[-1] += step
-        elif step is None or isinstance(step, bytes) or step > 0:
-            out.append(step)
-    return out
+    return chunk(b"event: " + obj["type"].encode() + b"\ndata: " + dumps(obj) + b"\n\n")
 
 
 # --------------------------------------------------------------------------- behaviours
@@ -220,7 +153,7 @@ def _openai_plan(c: Call) -> Plan:
     if not c.stream:
         message = {"role": "assistant", "content": "".join(c.texts), "refusal": None}
         choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}
-        return [*c.pre, _full(200, {**base, "choices": [choice], "usage": usage}, c.keep, extra)]
+        return [*c.pre, full(200, {**base, "choices": [choice], "usage": usage}, c.keep, extra)]
     base["object"] = "chat.completion.chunk"
     no_usage = {"usage": None} if c.include_usage else {}
 
@@ -230,7 +163,7 @@ def _openai_plan(c: Call) -> Plan:
 
     plan: Plan = [
         *c.pre,
-        _head(200, _SSE + extra, c.keep),
+        head(200, SSE_HEADERS + extra, c.keep),
         event({"role": "assistant", "content": "", "refusal": None}),
     ]
     for i, text in enumerate(c.texts):
@@ -240,7 +173,7 @@ def _openai_plan(c: Call) -> Plan:
     plan.append(event({}, "stop"))
     if c.include_usage:
         plan.append(_oa_event({**base, "choices": [], "usage": usage}))
-    return [*plan, _chunk(b"data: [DONE]\n\n"), _LAST_CHUNK]
+    return [*plan, chunk(b"data: [DONE]\n\n"), LAST_CHUNK]
 
 
 def _anthropic_plan(c: Call) -> Plan:
@@ -262,7 +195,7 @@ def _anthropic_plan(c: Call) -> Plan:
             content.append({**tool_block, "input": {"city": "Paris"}})
         return [
             *c.pre,
-            _full(
+            full(
                 200,
                 {
                     **message,
@@ -291,7 +224,7 @@ def _anthropic_plan(c: Call) -> Plan:
     }
     plan: Plan = [
         *c.pre,
-        _head(200, _SSE + extra, c.keep and not failing),
+        head(200, SSE_HEADERS + extra, c.keep and not failing),
         _an_event({"type": "message_start", "message": start}),
         _an_event(
             {
@@ -307,7 +240,12 @@ def _anthropic_plan(c: Call) -> Plan:
     if c.model == "drop-mid-stream":
         return [*plan, None]
     if failing:
-        return [*plan, _an_event(_error(True, "overloaded_error", "Overloaded")), _LAST_CHUNK, None]
+        return [
+            *plan,
+            _an_event(error_body(True, "overloaded_error", "Overloaded")),
+            LAST_CHUNK,
+            None,
+        ]
     plan.append(_an_event({"type": "content_block_stop", "index": 0}))
     if tool:
         plan += [
@@ -332,7 +270,7 @@ def _anthropic_plan(c: Call) -> Plan:
             }
         ),
         _an_event({"type": "message_stop"}),
-        _LAST_CHUNK,
+        LAST_CHUNK,
     ]
 
 
@@ -354,7 +292,9 @@ class FakeUpstream:
                 body = None
             if not isinstance(body, dict) or not isinstance(body.get("model"), str):
                 message = "the body must be a JSON object with a string 'model'"
-                return [_full(400, _error(anthropic, "invalid_request_error", message), keep, [])]
+                return [
+                    full(400, error_body(anthropic, "invalid_request_error", message), keep, [])
+                ]
             model: str = body["model"]
             stream = body.get("stream") is True
             options = body.get("stream_options")
@@ -368,11 +308,15 @@ class FakeUpstream:
                     self._cache.clear()
                 plan = self._cache[key] = self._build(anthropic, model, stream, usage, keep)
             return plan
+        if req.method == "POST" and req.path in MEDIA_PATHS:
+            o = self.options
+            timing = (o.delay_ms / 1000, o.slow_seconds, o.chunk_gap_ms / 1000)
+            return media_plan(req.path, req.headers, req.body, keep, *timing)
         if req.method == "GET" and req.path == "/v1/models":
-            return [_full(200, _MODELS, keep, [])]
+            return [full(200, _MODELS, keep, [])]
         message = f"Unknown request URL: {req.method} {req.path}."
-        error = _error(False, "invalid_request_error", message, code="unknown_url")
-        return [_full(404, error, keep, [])]
+        error = error_body(False, "invalid_request_error", message, code="unknown_url")
+        return [full(404, error, keep, [])]
 
     def _build(
         self,
@@ -385,14 +329,11 @@ class FakeUpstream:
         headers: dict[str, str] | None = None,
     ) -> Plan:
         extra: Headers = [("request-id" if anthropic else "x-request-id", "req_fake")]
-        failure = _FAILURES.get(model) or (_ANTHROPIC_ONLY.get(model) if anthropic else None)
+        failure = FAILURES.get(model) or (_ANTHROPIC_ONLY.get(model) if anthropic else None)
         if failure:
-            status, oa_type, param, code, an_type, message = failure
-            error = _error(anthropic, an_type if anthropic else oa_type, message, param, code)
-            retry: Headers = [("retry-after", "1")] if status == 429 else []
-            return [_full(status, error, keep, retry + extra)]
+            return [failure_answer(failure, anthropic, keep, extra)]
         if model == "garbage":
-            return [_full(200, b"not json", keep, extra)]
+            return [full(200, b"not json", keep, extra)]
         if model == "drop-mid-stream" and not stream:
             return [None]
         o = self.options
@@ -408,7 +349,7 @@ class FakeUpstream:
         elif model == "drop-mid-stream":
             texts = texts[:2]
         call = Call(model, stream, usage, keep, texts, n, [pre], gap)
-        return _compact((_anthropic_plan if anthropic else _openai_plan)(call))
+        return compact((_anthropic_plan if anthropic else _openai_plan)(call))
 
 
 # --------------------------------------------------------------------------- HTTP/1.1
@@ -450,8 +391,8 @@ class Connection(asyncio.Protocol):
             try:
                 req = self.parse()
             except (ValueError, UnicodeError):
-                error = _error(False, "invalid_request_error", "malformed HTTP request")
-                t.write(_full(400, error, False, []))
+                error = error_body(False, "invalid_request_error", "malformed HTTP request")
+                t.write(full(400, error, False, []))
                 t.close()
                 return
             if req is None:

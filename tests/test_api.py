@@ -227,9 +227,20 @@ async def test_models_lists_the_configured_aliases(
     body = response.json()
     assert body["object"] == "list"
     assert "gpt-test" in [m["id"] for m in body["data"]]
-    assert all(set(m) == {"id", "object", "created", "owned_by"} for m in body["data"])
+    assert all(
+        set(m) == {"id", "object", "created", "owned_by", "operations"} for m in body["data"]
+    )
+    operations = {m["id"]: m["operations"] for m in body["data"]}
+    assert operations["gpt-test"] == ["chat"]  # the default
+    assert operations["embed-test"] == ["embeddings"]
+    assert operations["echo"] == ["chat", "embeddings", "images", "speech", "transcription"]
     single = await client.get("/v1/models/gpt-test", headers=tenants["alice"].headers)
     assert single.json()["id"] == "gpt-test"
+    assert single.json()["operations"] == ["chat"]
+    by_upstream = await client.get("/v1/models/fake/fake-whisper", headers=tenants["alice"].headers)
+    assert by_upstream.json()["operations"] == ["transcription"]
+    unlisted = await client.get("/v1/models/fake/anything", headers=tenants["alice"].headers)
+    assert len(unlisted.json()["operations"]) == 5, "passthrough models may try anything"
     missing = await client.get("/v1/models/nope", headers=tenants["alice"].headers)
     assert missing.status_code == 404
     assert (await client.get("/v1/models")).status_code == 401

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import struct
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
-from providers.base import Usage
-from providers.config import ConfigError, GatewayConfig, ModelConfig, cost_of, load_config
-from providers.errors import ModelNotFound
+from providers.base import Units, Usage
+from providers.config import ConfigError, GatewayConfig, ModelConfig, load_config
+from providers.errors import ModelNotFound, UnsupportedOperation
 from providers.factory import ProviderFactory
+from providers.pricing import cost_of, estimate_audio_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -133,3 +135,109 @@ def test_cost_without_cache_prices_uses_the_input_price() -> None:
 
 def test_empty_config_is_valid() -> None:
     assert GatewayConfig().models == {}
+
+
+# --- operations and the prices of each modality ---------------------------------------------------
+
+
+def test_the_shipped_config_prices_every_modality() -> None:
+    models = load_config(ROOT / "config.toml").models
+    assert models["gpt-4o-mini"].operations == ("chat",)
+    assert models["text-embedding-3-small"].operations == ("embeddings",)
+    assert models["text-embedding-3-small"].input_per_mtok == Decimal("0.02")
+    assert models["dall-e-3"].image_prices["1024x1024/hd"] == Decimal("0.08")
+    assert models["tts-1"].per_mchar == Decimal(15)
+    assert models["whisper-1"].per_minute == Decimal("0.006")
+
+
+def test_operations_default_to_chat_and_unknown_ones_are_named(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, BASE))
+    assert config.models["gpt-4o"].operations == ("chat",)
+    path = write(tmp_path, BASE + '\n[models."x"]\nprovider = "openai"\noperations = ["video"]\n')
+    with pytest.raises(ConfigError, match=r"models\.x\.operations\.0: Input should be 'chat'"):
+        load_config(path)
+    path = write(tmp_path, BASE + '\n[models."x"]\nprovider = "openai"\noperations = []\n')
+    with pytest.raises(ConfigError, match=r"models\.x\.operations: "):
+        load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        ("per_image = 0.04", 'per_image set, but operations does not include "images"'),
+        ("per_mchar = 15", 'per_mchar set, but operations does not include "speech"'),
+        ("per_minute = 0.006", 'per_minute set, but operations does not include "transcription"'),
+        ('operations = ["images"]\nimage_prices = { "1024x1024" = 0.04 }', '"<size>/<quality>"'),
+        ('operations = ["speech"]\nper_mchar = -1', "models.x.per_mchar: Input should be greater"),
+    ],
+)
+def test_a_price_that_cannot_apply_is_a_config_error(
+    tmp_path: Path, lines: str, message: str
+) -> None:
+    path = write(tmp_path, BASE + f'\n[models."x"]\nprovider = "openai"\n{lines}\n')
+    with pytest.raises(ConfigError, match=r"models\.x") as info:
+        load_config(path)
+    assert message in str(info.value)
+
+
+def test_resolve_holds_a_model_to_its_operations(tmp_path: Path) -> None:
+    text = BASE + '\n[models."embed"]\nprovider = "openai"\noperations = ["embeddings"]\n'
+    factory = ProviderFactory(load_config(write(tmp_path, text)))
+    assert factory.resolve("embed", "embeddings").upstream_model == "embed"
+    with pytest.raises(UnsupportedOperation) as info:
+        factory.resolve("embed", "chat")
+    assert (info.value.status, info.value.param) == (400, "model")
+    assert str(info.value) == "The model `embed` does not support chat."
+    assert factory.resolve("local/nomic-embed", "embeddings").prices is None  # passthrough
+
+
+def media_prices(**prices: object) -> ModelConfig:
+    operations = ("chat", "embeddings", "images", "speech", "transcription")
+    return ModelConfig.model_validate({"provider": "p", "operations": operations, **prices})
+
+
+@pytest.mark.parametrize(
+    ("size", "quality", "price"),
+    [
+        ("1024x1024", "hd", "0.08"),
+        ("1024x1024", "standard", "0.04"),  # not listed: per_image
+        ("1024x1024", None, "0.04"),
+        (None, None, "0.04"),
+    ],
+)
+def test_images_are_priced_by_size_and_quality_else_per_image(
+    size: str | None, quality: str | None, price: str
+) -> None:
+    prices = media_prices(per_image="0.04", image_prices={"1024x1024/hd": "0.08"})
+    units = Units(images=3, image_size=size, image_quality=quality)
+    assert cost_of(Usage(), prices, units) == 3 * Decimal(price)
+
+
+def test_reported_tokens_with_a_token_price_replace_the_unit_price() -> None:
+    tokens = Usage(prompt_tokens=50, completion_tokens=1000)
+    image = Units(images=1)
+    assert cost_of(tokens, media_prices(per_image="0.04"), image) == Decimal("0.04")
+    priced = media_prices(per_image="0.04", input_per_mtok=5, output_per_mtok=40)
+    assert cost_of(tokens, priced, image) == Decimal("0.04025")  # (50 * 5 + 1000 * 40) / 1e6
+    assert cost_of(Usage(), priced, image) == Decimal("0.04"), "no tokens reported: per image"
+
+
+def test_speech_and_transcription_units() -> None:
+    prices = media_prices(per_mchar=15, per_minute="0.006")
+    assert cost_of(Usage(), prices, Units(characters=1000)) == Decimal("0.015")
+    assert cost_of(Usage(), prices, Units(audio_seconds=Decimal("90"))) == Decimal("0.009")
+    assert cost_of(Usage(), None, Units(characters=1000)) == 0
+
+
+def test_audio_seconds_are_exact_for_wav_and_estimated_from_size_otherwise() -> None:
+    rate, seconds = 16_000, 3.25
+    data = b"\0\0" * int(rate * seconds)
+    fmt = struct.pack("<HHIIHH", 1, 1, rate, rate * 2, 2, 16)
+    chunks = b"fmt " + struct.pack("<I", 16) + fmt + b"LIST" + struct.pack("<I", 3) + b"abc\0"
+    chunks += b"data" + struct.pack("<I", len(data)) + data
+    wav = b"RIFF" + struct.pack("<I", 4 + len(chunks)) + b"WAVE" + chunks
+    assert estimate_audio_seconds(wav) == Decimal("3.250")
+    streamed = wav.replace(struct.pack("<I", len(data)), b"\xff\xff\xff\xff")
+    assert estimate_audio_seconds(streamed) == Decimal("3.250")
+    assert estimate_audio_seconds(b"ID3" + b"\0" * 47_997) == Decimal("3.000")  # 128 kbit/s
+    assert estimate_audio_seconds(b"RIFF") == Decimal("0.000")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
+import struct
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -12,6 +14,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from fake_media import EMBEDDING_TOKENS, PNG_1X1, SPEECH_AUDIO, TRANSCRIPT
 from fake_upstream import run_fake_upstream  # tests/ has no __init__.py: pytest puts it on sys.path
 
 OPENAI = "/v1/chat/completions"
@@ -265,3 +268,73 @@ def test_anthropic_streaming(client: httpx.Client) -> None:
     )
     assert [n for n, _ in failing][-3:] == ["content_block_delta", "content_block_delta", "error"]
     assert failing[-1][1]["error"]["type"] == "overloaded_error"
+
+
+# --- embeddings, images, speech, transcriptions (tests/fake_media.py) --------------------------
+
+
+def test_embeddings_float_and_base64(client: httpx.Client) -> None:
+    body = {"model": "e", "input": ["a", "b"], "dimensions": 3}
+    floats = client.post("/v1/embeddings", json=body).json()
+    assert [item["embedding"] for item in floats["data"]] == [[1, 1.25, 1.5], [2, 2.25, 2.5]]
+    assert floats["usage"] == {"prompt_tokens": 2 * EMBEDDING_TOKENS, "total_tokens": 12}
+    encoded = client.post("/v1/embeddings", json={**body, "encoding_format": "base64"}).json()
+    vectors = [struct.unpack("<3f", base64.b64decode(d["embedding"])) for d in encoded["data"]]
+    assert vectors == [(1, 1.25, 1.5), (2, 2.25, 2.5)]
+    tokens = client.post("/v1/embeddings", json={"model": "e", "input": [1, 2, 3]}).json()
+    assert len(tokens["data"]) == 1 and len(tokens["data"][0]["embedding"]) == 4
+
+
+def test_images(client: httpx.Client) -> None:
+    dalle = client.post("/v1/images/generations", json={"model": "d", "prompt": "x", "n": 2})
+    assert dalle.json() == {"created": 1700000000, "data": [{"b64_json": PNG_1X1}] * 2}
+    gpt = client.post("/v1/images/generations", json={"model": "gpt-image-x", "prompt": "x"})
+    assert (gpt.json()["size"], gpt.json()["quality"]) == ("1024x1024", "medium")
+    assert gpt.json()["usage"]["output_tokens"] == 1056
+
+
+def test_speech_is_chunked_audio(client: httpx.Client) -> None:
+    body = {"model": "tts", "input": "hi", "voice": "alloy"}
+    with client.stream("POST", "/v1/audio/speech", json=body) as r:
+        assert r.headers["content-type"] == "audio/mpeg"
+        assert r.headers["transfer-encoding"] == "chunked"
+        assert b"".join(r.iter_raw()) == b"".join(SPEECH_AUDIO)
+    wav = client.post("/v1/audio/speech", json={**body, "response_format": "wav"})
+    assert wav.headers["content-type"] == "audio/wav"
+    with (
+        pytest.raises(httpx.RemoteProtocolError),
+        client.stream("POST", "/v1/audio/speech", json={**body, "model": "drop-mid-stream"}) as r,
+    ):
+        r.read()
+
+
+def test_transcriptions_parse_the_form(client: httpx.Client) -> None:
+    files = {"file": ("a.wav", b"RIFF1234", "audio/wav")}
+    r = client.post("/v1/audio/transcriptions", data={"model": "w"}, files=files)
+    assert r.json() == {"text": TRANSCRIPT, "usage": {"type": "duration", "seconds": 7}}
+    text = client.post(
+        "/v1/audio/transcriptions", data={"model": "w", "response_format": "srt"}, files=files
+    )
+    assert (text.text, text.headers["content-type"]) == (
+        TRANSCRIPT + "\n",
+        "text/plain; charset=utf-8",
+    )
+    echo = client.post(
+        "/v1/audio/transcriptions", data={"model": "echo", "x[]": ["1", "2"]}, files=files
+    )
+    assert json.loads(echo.json()["text"])["body"] == {
+        "model": "echo",
+        "x[]": ["1", "2"],
+        "file": {"filename": "a.wav", "content_type": "audio/wav", "size": 8},
+    }
+    missing = client.post("/v1/audio/transcriptions", data={"model": "w"}, files={"other": b"x"})
+    assert missing.status_code == 400 and missing.json()["error"]["param"] == "file"
+    assert client.post("/v1/audio/transcriptions", json={"model": "w"}).status_code == 400
+
+
+@pytest.mark.parametrize("path", ["/v1/embeddings", "/v1/images/generations", "/v1/audio/speech"])
+def test_media_failures(client: httpx.Client, path: str) -> None:
+    assert client.post(path, json={"model": "fail-500"}).status_code == 500
+    assert client.post(path, json={"model": "fail-429"}).headers["retry-after"] == "1"
+    assert client.post(path, json={"model": "garbage"}).text == "not json"
+    assert client.post(path, content=b"nope").status_code == 400

@@ -16,7 +16,16 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 
 from providers.anthropic import AnthropicProvider
-from providers.base import ChatRequest, StreamChunk, Usage
+from providers.base import (
+    ChatRequest,
+    EmbeddingRequest,
+    FormFile,
+    ImageRequest,
+    SpeechRequest,
+    StreamChunk,
+    TranscriptionRequest,
+    Usage,
+)
 from providers.config import GatewayConfig, ProviderConfig
 from providers.errors import (
     InvalidRequest,
@@ -474,12 +483,21 @@ async def test_transport_failures(
         await provider(handler, monkeypatch).chat(request(), "claude-up")
 
 
-async def test_images_and_speech_are_not_implemented(monkeypatch: pytest.MonkeyPatch) -> None:
-    claude = provider(lambda req: httpx.Response(500), monkeypatch)
+async def test_only_chat_is_implemented(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[httpx.Request] = []
+    claude = provider(lambda req: calls.append(req) or httpx.Response(500), monkeypatch)
     with pytest.raises(NotImplementedError):
-        await claude.image_gen({"prompt": "a cat"}, "claude-up")
+        await claude.embed(EmbeddingRequest.from_body({"model": "m", "input": "x"}), "claude-up")
     with pytest.raises(NotImplementedError):
-        await claude.text_to_speech({"input": "hi"}, "claude-up")
+        await claude.image_gen(ImageRequest.from_body({"model": "m", "prompt": "a"}), "claude-up")
+    with pytest.raises(NotImplementedError):
+        await claude.text_to_speech(SpeechRequest.from_body({"model": "m", "input": "hi"}), "c")
+    audio = TranscriptionRequest(
+        "m", [("model", "m")], [FormFile("file", "a.wav", "audio/wav", b"x")]
+    )
+    with pytest.raises(NotImplementedError):
+        await claude.transcribe(audio, "claude-up")
+    assert calls == []
 
 
 async def test_the_factory_builds_anthropic_providers() -> None:

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from decimal import Decimal
 
 import httpx
 import orjson
 import pytest
 
-from providers.base import ChatRequest
+from fake_media import parse_form
+from providers.base import (
+    ChatRequest,
+    EmbeddingRequest,
+    FormFile,
+    ImageRequest,
+    SpeechRequest,
+    TranscriptionRequest,
+    Units,
+)
 from providers.config import ProviderConfig
 from providers.errors import (
     ProviderError,
@@ -260,3 +270,154 @@ async def test_keyless_backend_sends_no_authorization(monkeypatch: pytest.Monkey
     client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
     await OpenAIProvider("ollama", config, client).chat(request(), "llama3.2")
     assert "authorization" not in seen[0].headers
+
+
+# --- embeddings, images, speech, transcriptions --------------------------------------------------
+
+
+def recording(
+    answer: httpx.Response, seen: list[httpx.Request]
+) -> Callable[[httpx.Request], httpx.Response]:
+    def handler(req: httpx.Request) -> httpx.Response:
+        seen.append(req)
+        return answer
+
+    return handler
+
+
+async def test_embed_posts_to_embeddings_and_reads_the_usage(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[httpx.Request] = []
+    raw = orjson.dumps({"object": "list", "data": [], "usage": {"prompt_tokens": 5}})
+    up = provider(recording(httpx.Response(200, content=raw), seen), monkeypatch)
+    body = {"model": "alias", "input": ["a"], "encoding_format": "base64", "dimensions": 8}
+    result = await up.embed(EmbeddingRequest.from_body(body), "m-upstream")
+
+    assert str(seen[0].url) == "http://up.test/v1/embeddings"
+    assert seen[0].headers["authorization"] == "Bearer sk-up"
+    assert seen[0].headers["openai-organization"] == "org-1"
+    assert orjson.loads(seen[0].content) == {**body, "model": "m-upstream"}
+    assert (result.raw, result.content_type, result.usage.prompt_tokens) == (
+        raw,
+        "application/json",
+        5,
+    )
+
+
+@pytest.mark.parametrize(
+    ("answer", "units"),
+    [
+        ({"created": 1, "data": [{"url": "u"}]}, Units(1, "1792x1024", "hd")),
+        (
+            {"created": 1, "data": [{}, {}], "size": "1024x1536", "quality": "medium"},
+            Units(2, "1024x1536", "medium"),  # what "auto" turned out to be
+        ),
+    ],
+)
+async def test_image_gen_counts_images_and_says_their_size_and_quality(
+    monkeypatch: pytest.MonkeyPatch, answer: dict[str, object], units: Units
+) -> None:
+    seen: list[httpx.Request] = []
+    up = provider(recording(httpx.Response(200, json=answer), seen), monkeypatch)
+    body = {"model": "alias", "prompt": "a cat", "size": "1792x1024", "quality": "hd"}
+    if "size" in answer:
+        body.update(size="auto", quality="auto")
+    result = await up.image_gen(ImageRequest.from_body(body), "m-upstream")
+    assert str(seen[0].url) == "http://up.test/v1/images/generations"
+    assert result.units == units
+
+
+async def test_speech_streams_and_closes_even_when_unread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    closed: list[bool] = []
+
+    class Audio(httpx.AsyncByteStream):
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            yield b"ab"
+            yield b"cd"
+
+        async def aclose(self) -> None:
+            closed.append(True)
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        assert str(req.url) == "http://up.test/v1/audio/speech"
+        return httpx.Response(200, headers={"content-type": "audio/ogg"}, stream=Audio())
+
+    up = provider(handler, monkeypatch)
+    request = SpeechRequest.from_body({"model": "alias", "input": "hi", "voice": "alloy"})
+    audio = await up.text_to_speech(request, "tts-up")
+    assert audio.content_type == "audio/ogg"
+    assert [part async for part in audio.chunks] == [b"ab", b"cd"]
+    await audio.aclose()
+    unread = await up.text_to_speech(request, "tts-up")
+    await unread.aclose()
+    assert closed == [True, True], "each response closed once, the unread one too"
+
+
+async def test_speech_failure_before_the_audio_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    error = {"error": {"message": "bad voice", "type": "x", "param": "voice", "code": None}}
+    up = provider(lambda req: httpx.Response(400, json=error), monkeypatch)
+    request = SpeechRequest.from_body({"model": "alias", "input": "hi", "voice": "nope"})
+    with pytest.raises(UpstreamRejected) as info:
+        await up.text_to_speech(request, "tts-up")
+    assert (info.value.status, info.value.param) == (400, "voice")
+
+
+async def test_transcribe_sends_multipart_and_reads_seconds_or_tokens(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[httpx.Request] = []
+    usage = {"type": "tokens", "input_tokens": 30, "output_tokens": 4, "total_tokens": 34}
+    answer = httpx.Response(200, json={"text": "hi", "usage": usage, "duration": 2.25})
+    up = provider(recording(answer, seen), monkeypatch)
+    audio = FormFile("file", "a.mp3", "audio/mpeg", b"\xff\xfbaudio")
+    fields = [("model", "alias"), ("timestamp_granularities[]", "word"), ("language", "en")]
+    fields.append(("timestamp_granularities[]", "segment"))
+    result = await up.transcribe(TranscriptionRequest("alias", fields, [audio]), "stt-up")
+
+    sent = seen[0]
+    assert str(sent.url) == "http://up.test/v1/audio/transcriptions"
+    assert sent.headers["content-type"].startswith("multipart/form-data; boundary=")
+    assert sent.headers["authorization"] == "Bearer sk-up"
+    assert int(sent.headers["content-length"]) == len(sent.content)
+    assert parse_form(sent.headers["content-type"], sent.content) == {
+        "model": "stt-up",
+        "timestamp_granularities[]": ["word", "segment"],
+        "language": "en",
+        "file": {"filename": "a.mp3", "content_type": "audio/mpeg", "size": 7},
+    }
+    assert (result.usage.prompt_tokens, result.usage.completion_tokens) == (30, 4)
+    assert result.units == Units(audio_seconds=Decimal("2.25"))
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "seconds"),
+    [
+        ("text/plain", b"hi\n", None),
+        ("application/json", b'{"text": "hi", "usage": {"type": "duration", "seconds": 3}}', 3),
+        ("application/json", b'{"text": "hi", "duration": "nan"}', None),
+    ],
+)
+async def test_transcribe_answers(
+    monkeypatch: pytest.MonkeyPatch, content_type: str, body: bytes, seconds: int | None
+) -> None:
+    answer = httpx.Response(200, headers={"content-type": content_type}, content=body)
+    up = provider(lambda req: answer, monkeypatch)
+    audio = FormFile("file", "a.wav", "audio/wav", b"RIFF")
+    result = await up.transcribe(TranscriptionRequest("a", [("model", "a")], [audio]), "s")
+    assert (result.raw, result.content_type) == (body, content_type)
+    found = result.units.audio_seconds if result.units else None
+    assert found == (Decimal(seconds) if seconds is not None else None)
+
+
+@pytest.mark.parametrize("body", [b"not json", b"[]", b'{"data": 5}'])
+async def test_embed_and_image_gen_reject_answers_of_the_wrong_shape(
+    monkeypatch: pytest.MonkeyPatch, body: bytes
+) -> None:
+    up = provider(lambda req: httpx.Response(200, content=body), monkeypatch)
+    with pytest.raises(UpstreamUnavailable, match="not embeddings"):
+        await up.embed(EmbeddingRequest.from_body({"model": "a", "input": "x"}), "m")
+    with pytest.raises(UpstreamUnavailable, match="not a list of images"):
+        await up.image_gen(ImageRequest.from_body({"model": "a", "prompt": "x"}), "m")

@@ -1,0 +1,115 @@
+"""HTTP/1.1 wire helpers and the shared failure behaviours of the fake upstream.
+
+Used by tests/fake_upstream.py (the server, chat and messages) and tests/fake_media.py
+(embeddings, images, speech, transcriptions). An answer is a *plan*: wire bytes to write, pauses
+in seconds, and ``None`` for "close the connection".
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+Step = bytes | float | None  # wire bytes to write, a pause in seconds, or None = close connection
+Plan = list[Step]
+Headers = list[tuple[str, str]]
+
+REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    529: "Overloaded",
+}
+SSE_HEADERS: Headers = [
+    ("content-type", "text/event-stream; charset=utf-8"),
+    ("transfer-encoding", "chunked"),
+    ("cache-control", "no-cache"),
+]
+LAST_CHUNK = b"0\r\n\r\n"
+
+Failure = tuple[int, str, str | None, str | None, str, str]
+# model: (status, OpenAI type, OpenAI param, OpenAI code, Anthropic type, message)
+FAILURES: dict[str, Failure] = {
+    "fail-500": (500, "server_error", None, None, "api_error", "fake upstream failure"),
+    "fail-429": (
+        429,
+        "requests",
+        None,
+        "rate_limit_exceeded",
+        "rate_limit_error",
+        "Rate limit reached for fake upstream",
+    ),
+    "fail-400": (
+        400,
+        "invalid_request_error",
+        "messages",
+        None,
+        "invalid_request_error",
+        "fake bad request",
+    ),
+    "fail-401": (
+        401,
+        "invalid_request_error",
+        None,
+        "invalid_api_key",
+        "authentication_error",
+        "Incorrect API key provided: sk-fake***",
+    ),
+}
+
+
+def error_body(
+    anthropic: bool, type_: str, message: str, param: str | None = None, code: str | None = None
+) -> Any:
+    if anthropic:
+        return {"type": "error", "error": {"type": type_, "message": message}}
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def failure_answer(failure: Failure, anthropic: bool, keep: bool, extra: Headers) -> bytes:
+    status, oa_type, param, code, an_type, message = failure
+    error = error_body(anthropic, an_type if anthropic else oa_type, message, param, code)
+    retry: Headers = [("retry-after", "1")] if status == 429 else []
+    return full(status, error, keep, retry + extra)
+
+
+def dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def head(status: int, headers: Headers, keep: bool) -> bytes:
+    lines = [f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}"]
+    lines += [f"{name}: {value}" for name, value in headers]
+    if not keep:
+        lines.append("connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def full(
+    status: int,
+    body: Any,
+    keep: bool,
+    headers: Headers,
+    content_type: str = "application/json",
+) -> bytes:
+    data = body if isinstance(body, bytes) else dumps(body)
+    framing = [("content-type", content_type), ("content-length", str(len(data)))]
+    return head(status, framing + headers, keep) + data
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def compact(plan: Plan) -> Plan:
+    """Merge adjacent byte steps and drop zero pauses so that each burst is one ``write``."""
+    out: Plan = []
+    for step in plan:
+        if isinstance(step, bytes) and out and isinstance(out[-1], bytes):
+            out[-1] += step
+        elif step is None or isinstance(step, bytes) or step > 0:
+            out.append(step)
+    return out
