@@ -42,6 +42,7 @@ django_application = get_asgi_application()
 
 from gateway import runtime  # noqa: E402 - needs the app registry loaded by the line above
 from gateway.errors import ResponseAborted, error_response_for  # noqa: E402
+from gateway.proxy import ACTIVE_CALLS, ChatCall  # noqa: E402
 from providers.errors import PayloadTooLarge  # noqa: E402
 
 log = logging.getLogger("tollgate")
@@ -119,13 +120,21 @@ class ApiHandler(ASGIHandler):
         # As Django does: a client that disconnects cancels the request, and with it the
         # upstream call or stream, whose ledger row then records the disconnect.
         listener = asyncio.create_task(self.listen_for_disconnect(receive))
-        worker = asyncio.create_task(process_request())
+        calls: list[ChatCall] = []
+        token = ACTIVE_CALLS.set(calls)  # the worker's calls register here
+        try:
+            worker = asyncio.create_task(process_request())
+        finally:
+            ACTIVE_CALLS.reset(token)
         await asyncio.wait((listener, worker), return_when=asyncio.FIRST_COMPLETED)
         for task in (listener, worker):
             if not task.done():
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError, RequestAborted):
                 await task
+        for call in calls:
+            if not call.recorded:
+                await call.settle_unrecorded()
 
     async def _read_body(self, receive: Any, scope: Scope) -> io.BytesIO:
         """The whole body, or ``PayloadTooLarge`` as soon as it is known to exceed the path's

@@ -160,6 +160,7 @@ class MediaService:
         except BaseException:
             await audio.aclose()
             raise
+        call.close_pending = audio.aclose
         response = StreamingHttpResponse(
             self._relay(call, audio, first, units), content_type=audio.content_type
         )

@@ -84,6 +84,7 @@ class MessagesService:
             return self._json(raw, call)
         events = provider.messages_stream(data, route.upstream_model, headers)
         first = await self._first(events, route)
+        call.close_pending = events.aclose
         return self._streaming(self._relay_native(call, events, first), call)
 
     async def _relay_native(
@@ -130,6 +131,7 @@ class MessagesService:
             return self._json(orjson.dumps(message), call)
         chunks = route.provider.stream(request, route.upstream_model)
         first = await self._first(chunks, route)
+        call.close_pending = chunks.aclose
         return self._streaming(self._relay_translated(call, chunks, first), call)
 
     async def _relay_translated(

@@ -7,11 +7,12 @@ failures, invalid bodies, and streams the client walked away from (with the toke
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import math
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -159,6 +160,12 @@ class StreamMeter:
 
 ErrorRenderer = Callable[[GatewayError, str | None], HttpResponse]
 
+ACTIVE_CALLS: contextvars.ContextVar[list[ChatCall] | None] = contextvars.ContextVar(
+    "tollgate_active_calls", default=None
+)
+"""The calls of the request being handled: ``gateway.asgi.ApiHandler`` settles any it leaves
+without a ledger row."""
+
 
 class ChatCall:
     """The state of one call, from authentication to its ledger row: who, what, where to, since
@@ -182,6 +189,11 @@ class ChatCall:
         self.stream = False
         self.prompt: Any = None
         """The input messages, for an estimate of the prompt tokens if the upstream never says."""
+        self.recorded = False
+        self.close_pending: Callable[[], Awaitable[None]] | None = None
+        """Closes the upstream stream handed to a streaming response, should it never be read."""
+        if (calls := ACTIVE_CALLS.get()) is not None:
+            calls.append(self)
 
     def estimate_prompt_tokens(self) -> int:
         return estimate_prompt_tokens(self.prompt)
@@ -189,7 +201,12 @@ class ChatCall:
     def record(
         self, usage: Usage, status: int, error: str = "", units: Units | None = None
     ) -> None:
-        """Queue the call's ledger row: its tokens, its other ``units`` if any, and its cost."""
+        """Queue the call's ledger row: its tokens, its other ``units`` if any, and its cost.
+        Exactly once: a second record of the same call is a bug, logged and dropped."""
+        if self.recorded:
+            log.error("call %s recorded twice; the second record is dropped", self.request_id)
+            return
+        self.recorded = True
         route = self.route
         total = usage.total_tokens
         if (
@@ -238,6 +255,15 @@ class ChatCall:
             estimated=True,
         )
         self.record(usage, CLIENT_CLOSED_REQUEST, "client_disconnected")
+
+    async def settle_unrecorded(self) -> None:
+        """For a call its request left behind without a row: the client went away after the
+        view returned a streaming response but before it was read, so the relay that records
+        the row never ran. Close the upstream stream and record the call as abandoned."""
+        if self.close_pending is not None:
+            await self.close_pending()
+        if not self.recorded:
+            self.record_abandoned()
 
     def record_unexpected(self) -> HttpResponse:
         log.exception("call %s failed", self.request_id)
@@ -292,6 +318,7 @@ class ProxyService:
         except BaseException:
             await chunks.aclose()
             raise
+        call.close_pending = chunks.aclose
         response = StreamingHttpResponse(
             self._relay(call, request, chunks, first), content_type="text/event-stream"
         )
