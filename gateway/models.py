@@ -19,7 +19,42 @@ def hash_key(raw_key: str) -> str:
     return hashlib.sha256(raw_key.encode()).hexdigest()
 
 
-class Tenant(models.Model):
+BUDGET_PERIODS = [("daily", "daily"), ("monthly", "monthly"), ("total", "total")]
+
+
+class Limits(models.Model):
+    """What a tenant, or one of its keys, may use and spend. Empty or null means no limit."""
+
+    allowed_models = models.CharField(
+        max_length=2000,
+        blank=True,
+        help_text="Model names (aliases or provider/model), separated by commas. Empty: all.",
+    )
+    rpm_limit = models.PositiveIntegerField(
+        "requests per minute", null=True, blank=True, help_text="Empty: no limit."
+    )
+    tpm_limit = models.PositiveIntegerField(
+        "tokens per minute", null=True, blank=True, help_text="Empty: no limit."
+    )
+    budget_usd = models.DecimalField(
+        "budget (USD)",
+        max_digits=14,
+        decimal_places=4,
+        null=True,
+        blank=True,
+        help_text="Spending cap over the budget period. Empty: no cap.",
+    )
+    budget_period = models.CharField(max_length=10, choices=BUDGET_PERIODS, default="monthly")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        abstract = True
+
+    def model_allow_list(self) -> list[str]:
+        return [name.strip() for name in self.allowed_models.split(",") if name.strip()]
+
+
+class Tenant(Limits):
     name = models.CharField(max_length=100, unique=True)
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -40,7 +75,7 @@ class ApiKeyManager(models.Manager["ApiKey"]):
         return key, raw
 
 
-class ApiKey(models.Model):
+class ApiKey(Limits):
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="api_keys")
     name = models.CharField(max_length=100, blank=True)
     prefix = models.CharField(max_length=PREFIX_LENGTH, unique=True, editable=False)
@@ -125,3 +160,62 @@ class UsageRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.request_id} {self.requested_model} {self.status_code}"
+
+
+class ProviderKey(models.Model):
+    """An upstream credential, encrypted at rest (``gateway.secrets``)."""
+
+    provider = models.CharField(max_length=100, help_text="A provider name from config.toml.")
+    label = models.CharField(max_length=100)
+    secret_encrypted = models.TextField(editable=False)
+    last4 = models.CharField("ends with", max_length=4, editable=False)
+    is_active = models.BooleanField(default=True)
+    weight = models.PositiveIntegerField(
+        default=1, help_text="Share of calls among the provider's active keys."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["provider", "label"]
+        constraints = [
+            models.UniqueConstraint(fields=["provider", "label"], name="provider_key_label")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.provider}: {self.label} (…{self.last4})"
+
+
+class UsageDaily(models.Model):
+    """Rollup of the ledger: one row per day x tenant x key x model x provider, kept current by
+    the ledger writer in the same transaction as the rows it summarises."""
+
+    day = models.DateField()
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="usage_daily")
+    api_key = models.ForeignKey(ApiKey, on_delete=models.PROTECT, related_name="usage_daily")
+    model = models.CharField(max_length=200)
+    provider = models.CharField(max_length=100, blank=True)
+    calls = models.PositiveBigIntegerField(default=0)
+    errors = models.PositiveBigIntegerField(default=0)
+    prompt_tokens = models.PositiveBigIntegerField(default=0)
+    completion_tokens = models.PositiveBigIntegerField(default=0)
+    cache_read_tokens = models.PositiveBigIntegerField(default=0)
+    cache_write_tokens = models.PositiveBigIntegerField(default=0)
+    reasoning_tokens = models.PositiveBigIntegerField(default=0)
+    image_count = models.PositiveBigIntegerField(default=0)
+    input_characters = models.PositiveBigIntegerField(default=0)
+    audio_seconds = models.DecimalField(max_digits=16, decimal_places=3, default=0)
+    cost_usd = models.DecimalField(max_digits=20, decimal_places=10, default=0)
+
+    class Meta:
+        verbose_name = "daily usage"
+        verbose_name_plural = "daily usage"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["day", "tenant", "api_key", "model", "provider"], name="usage_daily_key"
+            )
+        ]
+        indexes = [
+            models.Index(fields=["day"], name="usage_daily_day"),
+            models.Index(fields=["tenant", "day"], name="usage_daily_tenant_day"),
+        ]
