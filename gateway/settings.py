@@ -124,6 +124,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # A file, not :memory:, so that end-to-end tests can share the test database with the
     # gateway process they start; one per test process, so that two runs never share one.
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"test-tollgate-{os.getpid()}.sqlite3")}
+else:
+    # One test database per test process here too: two suites never share (and drop) one.
+    DATABASES["default"]["TEST"] = {"NAME": f"test_{DATABASES['default']['NAME']}_{os.getpid()}"}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_PASSWORD_VALIDATORS = [
