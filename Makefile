@@ -8,7 +8,7 @@ WORKERS ?= 1
 PG_URL ?= postgres://postgres@127.0.0.1:5432/test
 REDIS_TEST_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: install run serve test test-sqlite test-postgres lint format bench clean
+.PHONY: install run serve test test-sqlite test-postgres browser lint format bench clean
 
 install: $(VENV)/.installed
 
@@ -33,10 +33,10 @@ serve: install
 # its run; with CI=true it fails.
 test: test-sqlite test-postgres
 
-test-sqlite: install
+test-sqlite: install browser
 	$(BIN)/pytest
 
-test-postgres: install
+test-postgres: install browser
 	@if $(BIN)/python tests/services.py postgres redis; then \
 		echo "== the suite on PostgreSQL + Redis"; \
 		DATABASE_URL=$(PG_URL) REDIS_URL=$(REDIS_TEST_URL) $(BIN)/pytest; \
@@ -45,6 +45,16 @@ test-postgres: install
 	else \
 		echo "PostgreSQL or Redis is not reachable: skipping the PostgreSQL run (CI=true fails)."; \
 	fi
+
+# Headless Chromium for the browser test (tests/test_browser_reports.py), from Debian's packages:
+# Playwright drives it, never downloads a browser of its own. Locally a failed install only skips
+# that test; with CI=true the test fails.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+		echo "== installing chromium"; \
+		$(SUDO) apt-get install -y chromium || { $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium; } \
+		|| [ "$$CI" != "true" ]; \
+	}
 
 lint: install
 	$(BIN)/ruff check .

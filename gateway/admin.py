@@ -1,4 +1,5 @@
-"""Admin pages: tenants, their keys (raw key shown once, at creation), and the read-only ledger."""
+"""Admin pages: tenants, their keys (raw key shown once, at creation); the read-only ledger and
+its rollup are in ``usage_admin``."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from django.http import HttpRequest
 from django.utils import timezone
 
 from gateway import auth
-from gateway.models import ApiKey, Tenant, UsageRecord
+from gateway.models import ApiKey, Tenant
 
 admin.site.site_header = "Tollgate"
 admin.site.site_title = "Tollgate admin"
@@ -28,16 +29,36 @@ class ApiKeyInline(admin.TabularInline):
         return False  # keys are issued from the API key page, which shows the raw key once
 
 
+LIMIT_FIELDS = ("allowed_models", "rpm_limit", "tpm_limit", "budget_usd", "budget_period")
+"""A key's own limits, within its tenant's (gateway.policy)."""
+
+
+class LimitsFormMixin(admin.ModelAdmin):
+    """The budget period may be left out of a form (scripts, older pages): it keeps its default."""
+
+    def get_form(
+        self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any
+    ) -> Any:
+        form = super().get_form(request, obj, change=change, **kwargs)
+        if "budget_period" in form.base_fields:
+            form.base_fields["budget_period"].required = False
+        return form
+
+
 @admin.register(Tenant)
-class TenantAdmin(admin.ModelAdmin):
+class TenantAdmin(LimitsFormMixin):
     list_display = ("name", "is_active", "created_at")
     list_filter = ("is_active",)
     search_fields = ("name",)
     inlines = [ApiKeyInline]
 
+    def save_model(self, request: HttpRequest, obj: Tenant, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        auth.forget_tenant(obj.pk)  # new limits apply at once here, elsewhere within the bound
+
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin):
+class ApiKeyAdmin(LimitsFormMixin):
     list_display = ("prefix", "tenant", "name", "created_at", "expires_at", "revoked_at")
     list_filter = ("tenant",)
     search_fields = ("prefix", "name", "tenant__name")
@@ -47,8 +68,16 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
     def get_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> Any:
         if obj is None:
-            return ["tenant", "name", "expires_at"]
-        return ["tenant", "name", "prefix", "created_at", "expires_at", "revoked_at"]
+            return ["tenant", "name", "expires_at", *LIMIT_FIELDS]
+        return [
+            "tenant",
+            "name",
+            "prefix",
+            "created_at",
+            "expires_at",
+            "revoked_at",
+            *LIMIT_FIELDS,
+        ]
 
     def get_readonly_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> Any:
         if obj is None:
@@ -77,36 +106,6 @@ class ApiKeyAdmin(admin.ModelAdmin):
         self.message_user(request, f"Revoked {len(prefixes)} key(s).")
 
 
-@admin.register(UsageRecord)
-class UsageRecordAdmin(admin.ModelAdmin):
-    """The ledger, read-only. Counting a multi-million-row table on every page is avoided."""
-
-    list_display = (
-        "created_at",
-        "tenant",
-        "api_key",
-        "endpoint",
-        "requested_model",
-        "provider",
-        "stream",
-        "prompt_tokens",
-        "completion_tokens",
-        "cost_usd",
-        "status_code",
-        "error_type",
-        "latency_ms",
-    )
-    list_filter = ("endpoint", "status_code", "stream", "provider")
-    search_fields = ("request_id",)
-    list_select_related = ("tenant", "api_key")
-    date_hierarchy = "created_at"
-    show_full_result_count = False
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
+# The ledger and its daily rollup: gateway/usage_admin.py registers their pages; upstream keys
+# (write-only secrets): gateway/provider_key_admin.py.
+from gateway import provider_key_admin, usage_admin  # noqa: E402, F401

@@ -22,6 +22,7 @@ from gateway.errors import anthropic_error_response, error_response, error_respo
 from gateway.media import MediaService
 from gateway.messages import MessagesService
 from gateway.proxy import ProxyService
+from gateway.reports import usage_response
 from gateway.runtime import get_runtime
 from providers.errors import GatewayError, InternalError, InvalidRequest, ModelNotFound
 
@@ -105,20 +106,35 @@ def _model_entry(name: str, owner: str, operations: Sequence[str]) -> dict[str, 
 
 @api.get("/models")
 async def list_models(request: HttpRequest) -> HttpResponse:
-    await authenticate(bearer_token(request))
-    config = get_runtime().config
+    """The models the caller may use (its tenant's and its key's allow-lists)."""
+    caller = await authenticate(bearer_token(request))
+    current = get_runtime()
     data = [
         _model_entry(name, model.provider, model.operations)
-        for name, model in config.models.items()
+        for name, model in current.config.models.items()
+        if caller.limits.allows(name, current.factory)
     ]
     return _json({"object": "list", "data": data})
 
 
 @api.get("/models/{path:model}")
 async def retrieve_model(request: HttpRequest, model: str) -> HttpResponse:
-    await authenticate(bearer_token(request))
-    route = get_runtime().factory.resolve(model)
+    caller = await authenticate(bearer_token(request))
+    factory = get_runtime().factory
+    route = factory.resolve(model)
+    if not caller.limits.allows(model, factory, route):  # as if it did not exist
+        raise ModelNotFound(
+            f"The model `{model}` does not exist or you do not have access to it.", param="model"
+        )
     return _json(_model_entry(model, route.provider_name, route.operations))
+
+
+@api.get("/usage")
+async def usage(request: HttpRequest) -> HttpResponse:
+    """The calling tenant's own usage from the daily rollup: ``start``, ``end`` (YYYY-MM-DD,
+    default this month, UTC) and ``group_by`` (day, model or key)."""
+    caller = await authenticate(bearer_token(request))
+    return _json(await usage_response(caller.tenant_id, request.GET))
 
 
 @api.exception_handler(GatewayError)

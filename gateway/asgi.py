@@ -15,9 +15,11 @@ dominate a gateway call, none of which the API needs:
   The API instead checks its connection's age and health right before it uses it
   (``gateway.auth``), which on the hot path is never.
 
-Lifespan: on startup the ledger writer starts (replaying any spooled rows) and config.toml is
-validated, so a bad file stops the server at once with a message naming the key; on shutdown the
-upstream HTTP clients are closed and every queued ledger row is written.
+Lifespan: on startup the ledger writer starts (replaying any spooled rows), config.toml is
+validated, so a bad file stops the server at once with a message naming the key, and the upstream
+keys stored in the admin are decrypted (a missing or wrong TOLLGATE_SECRET_KEY stops the server)
+and then re-read every TOLLGATE_CREDENTIALS_REFRESH_SECONDS; on shutdown the upstream HTTP clients
+are closed, pending counter updates are sent and every queued ledger row is written.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gateway.settings")
 django_application = get_asgi_application()
 
 from gateway import runtime  # noqa: E402 - needs the app registry loaded by the line above
+from gateway.credentials import check_secret_key  # noqa: E402
 from gateway.errors import ResponseAborted, error_response_for  # noqa: E402
 from gateway.proxy import ACTIVE_CALLS, ChatCall  # noqa: E402
 from providers.errors import PayloadTooLarge  # noqa: E402
@@ -110,6 +113,10 @@ class ApiHandler(ASGIHandler):
 
         async def process_request() -> None:
             response = await self.run_get_response(request)
+            for call in calls:  # a rate-limited caller learns where it stands
+                if call.admission is not None:
+                    for name, value in call.admission.headers.items():
+                        response[name] = value
             try:
                 await self.send_response(response, send)
             except asyncio.CancelledError:  # the client went away meanwhile
@@ -162,12 +169,21 @@ class ApiHandler(ASGIHandler):
 api_application = ApiHandler()
 
 
+def _load_credentials(current: runtime.Runtime) -> None:
+    check_secret_key()
+    current.credentials.load()
+
+
 async def _lifespan(receive: Any, send: Any) -> None:
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
             try:
                 current = runtime.get_runtime()
+                # Upstream keys from the admin: a missing or wrong TOLLGATE_SECRET_KEY stops
+                # the server here, with a message naming it.
+                await sync_to_async(_load_credentials)(current)
+                current.credentials.start(settings.TOLLGATE_CREDENTIALS_REFRESH_SECONDS)
                 current.ledger.start()
             except Exception as exc:  # reported to the server, which refuses to start
                 log.error("startup failed: %s", exc)
@@ -176,7 +192,9 @@ async def _lifespan(receive: Any, send: Any) -> None:
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             current = runtime.get_runtime()
+            await current.credentials.stop()
             await current.factory.aclose()
+            await current.policy.aclose()
             await sync_to_async(current.ledger.stop, thread_sensitive=False)()
             await send({"type": "lifespan.shutdown.complete"})
             return

@@ -3,7 +3,9 @@
 A key is looked up by its clear prefix, then its SHA-256 is compared in constant time. Lookups
 (found or not) are cached for ``TOLLGATE_AUTH_CACHE_SECONDS`` (default 5 s), so a busy key costs no
 database round trip; a revoked or expired key, or a deactivated tenant, stops working within that
-bound, and at once in the process that made the change (``forget``).
+bound, and at once in the process that made the change (``forget``). The cached entry carries the
+tenant's and the key's limits (allow-lists, rate limits, budgets): a change in the admin applies
+within the same bound.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from django.http import HttpRequest
 from django.utils import timezone
 
 from gateway.models import PREFIX_LENGTH, ApiKey, hash_key
+from gateway.policy import NO_LIMITS, CallerLimits
 from providers.errors import AuthenticationFailed
 
 
@@ -31,6 +34,8 @@ class Caller:
     tenant_name: str
     key_id: int
     key_prefix: str
+    limits: CallerLimits = NO_LIMITS
+    """Allow-lists, rate limits and budgets of the tenant and the key (``gateway.policy``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +68,7 @@ def _fetch(prefix: str) -> _CachedKey:
     now = time.monotonic()
     if key is None:
         return _CachedKey(None, "", False, None, now)
-    caller = Caller(key.tenant_id, key.tenant.name, key.pk, key.prefix)
+    caller = Caller(key.tenant_id, key.tenant.name, key.pk, key.prefix, CallerLimits.of(key))
     usable = key.revoked_at is None and key.tenant.is_active
     return _CachedKey(caller, key.key_hash, usable, key.expires_at, now)
 
@@ -93,3 +98,10 @@ async def authenticate(raw_key: str | None) -> Caller:
 def forget(prefix: str) -> None:
     """Drop a key from this process's cache (after revoking it, say)."""
     _key_cache.pop(prefix, None)
+
+
+def forget_tenant(tenant_id: int) -> None:
+    """Drop a tenant's keys from this process's cache (after changing its limits, say)."""
+    for prefix, cached in list(_key_cache.items()):
+        if cached.caller is not None and cached.caller.tenant_id == tenant_id:
+            _key_cache.pop(prefix, None)

@@ -3,7 +3,8 @@
 ``/v1/messages`` speaks Anthropic's error shape ``{"type": "error", "error": {"type",
 "message"}}``; every other ``/v1`` path speaks OpenAI's ``{"error": {"message", "type", "param",
 "code"}}``. Both carry the same headers: the request id, ``x-should-retry`` (which the official
-SDKs obey over their own status-based retry policy) and ``retry-after`` on 429.
+SDKs obey over their own status-based retry policy) and ``retry-after`` on 429, with the
+``x-ratelimit-*`` headers when the gateway's own rate limit refused the call.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ def _response(body: object, error: GatewayError, request_id: str | None) -> Http
     response["x-should-retry"] = "true" if error.retryable else "false"
     if error.status == 429:
         response["retry-after"] = "1"
+    for name, value in getattr(error, "headers", {}).items():  # the policy's x-ratelimit-*
+        response[name] = value
     return response
 
 

@@ -1,11 +1,13 @@
 """The ledger writer: usage rows leave the request path through a queue and land in batches.
 
 A request hands its row to ``LedgerWriter.record`` (a non-blocking queue put) and moves on. One
-writer thread per process drains the queue and inserts the rows with ``bulk_create``, one batch at
-most every ``flush_seconds`` or every ``batch_size`` rows. A batch the database refuses is retried;
-if it still fails it is appended to a spool file (JSON lines) and replayed on the next start, so a
-row is never dropped. ``stop`` flushes what is queued; the ASGI lifespan calls it on shutdown, and
-an ``atexit`` hook does for processes that have no lifespan.
+writer thread per process drains the queue and inserts the rows (one ``executemany``), one batch at
+most every ``flush_seconds`` or every ``batch_size`` rows. In the same transaction it adds the
+batch to the daily rollup (``UsageDaily``): the batch is summed in Python by day (UTC), tenant,
+key, model and provider, and upserted with one more ``executemany`` (``rollup.py``). A batch the
+database refuses is retried; if it still fails it is appended to a spool file (JSON lines) and
+replayed on the next start, so a row is never dropped. ``stop`` flushes what is queued; the ASGI
+lifespan calls it on shutdown, and an ``atexit`` hook does for processes that have no lifespan.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import orjson
 from django.db import DatabaseError, close_old_connections, connection, transaction
 
 from gateway.models import UsageRecord
+from gateway.rollup import add_to_rollup
 
 log = logging.getLogger("tollgate.ledger")
 
@@ -181,6 +184,7 @@ def insert_rows(rows: list[Row]) -> None:
     ]
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.executemany(sql, params)
+        add_to_rollup(cursor, rows)
 
 
 def _insert_fields() -> list[Any]:

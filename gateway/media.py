@@ -79,6 +79,12 @@ class MediaCall(ChatCall):
         self.route = self.runtime.factory.resolve(model, self.operation)
         return self.route
 
+    async def admit_expected(self, route: Route) -> None:
+        """Admit the call (``ChatCall.admit``) on what its request will be billed."""
+        await self.admit(
+            route, self.expected_usage.prompt_tokens or 0, 0, self.expected_units or Units()
+        )
+
     def record_abandoned(self) -> None:
         self.record(
             self.expected_usage, CLIENT_CLOSED_REQUEST, "client_disconnected", self.expected_units
@@ -131,6 +137,7 @@ class MediaService:
         call.expected_usage = Usage(
             prompt_tokens=estimate_embedding_tokens(request.input), estimated=True
         )
+        await call.admit_expected(route)
         answer = await route.provider.embed(request, route.upstream_model)
         # A backend that reports no usage is billed by the gateway's count of the input.
         usage = answer.usage if answer.usage.prompt_tokens is not None else call.expected_usage
@@ -143,6 +150,7 @@ class MediaService:
         call.expected_units = Units(
             images=request.n or 1, image_size=request.size, image_quality=request.quality
         )
+        await call.admit_expected(route)
         answer = await route.provider.image_gen(request, route.upstream_model)
         call.record(answer.usage, 200, units=answer.units)
         return _answer(answer, call)
@@ -154,6 +162,7 @@ class MediaService:
         route = call.resolve(request.model)
         call.stream = True
         units = call.expected_units = Units(characters=len(request.input))
+        await call.admit_expected(route)
         audio = await route.provider.text_to_speech(request, route.upstream_model)
         try:
             first = await anext(audio.chunks, b"")  # a failure before any audio: a JSON error
@@ -201,6 +210,7 @@ class MediaService:
         route = call.resolve(request.model)
         estimate = Units(audio_seconds=estimate_audio_seconds(audio.data))
         call.expected_units = estimate
+        await call.admit_expected(route)
         answer = await route.provider.transcribe(request, route.upstream_model)
         usage, units = answer.usage, answer.units
         if units is None or units.audio_seconds is None:

@@ -59,6 +59,12 @@ class MessagesService:
             call.stream = data.get("stream") is True
             call.prompt = [data.get("system"), *(data.get("messages") or ())]
             call.route = route = self.runtime.factory.resolve(model, "chat")
+            max_tokens = data.get("max_tokens")
+            await call.admit(
+                route,
+                call.estimate_prompt_tokens(),
+                max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else None,
+            )
             if isinstance(route.provider, AnthropicProvider):
                 return await self._native(call, data, route, forwarded_headers or {})
             request = parse_chat_request(anthropic_request_to_openai(data))

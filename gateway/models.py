@@ -210,6 +210,7 @@ class UsageDaily(models.Model):
     class Meta:
         verbose_name = "daily usage"
         verbose_name_plural = "daily usage"
+        permissions = [("view_usage_report", "Can view usage reports and export them as CSV")]
         constraints = [
             models.UniqueConstraint(
                 fields=["day", "tenant", "api_key", "model", "provider"], name="usage_daily_key"

@@ -17,11 +17,13 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import orjson
+from django.conf import settings
 from django.http import HttpResponse, HttpResponseBase, StreamingHttpResponse
 from pydantic import ValidationError
 
 from gateway.auth import Caller
 from gateway.errors import error_response
+from gateway.policy import Admission, Estimate
 from gateway.runtime import Runtime
 from providers.base import ChatRequest, PassThroughRequest, StreamChunk, Units, Usage
 from providers.errors import (
@@ -192,11 +194,37 @@ class ChatCall:
         self.recorded = False
         self.close_pending: Callable[[], Awaitable[None]] | None = None
         """Closes the upstream stream handed to a streaming response, should it never be read."""
+        self.admission: Admission | None = None
+        """The call's share of its rate limits and budgets, settled by ``record``."""
         if (calls := ACTIVE_CALLS.get()) is not None:
             calls.append(self)
 
     def estimate_prompt_tokens(self) -> int:
         return estimate_prompt_tokens(self.prompt)
+
+    async def admit(
+        self,
+        route: Route,
+        prompt_tokens: int,
+        max_tokens: int | None = None,
+        units: Units | None = None,
+    ) -> None:
+        """Hold the call to its caller's allow-lists, rate limits and budgets before it goes
+        upstream (``gateway.policy``). Tokens per minute count the prompt and ``max_tokens``;
+        the budget reserves the worst case: ``max_tokens``, else TOLLGATE_DEFAULT_RESERVE_TOKENS."""
+        limits = self.caller.limits
+        policy = self.runtime.policy
+        policy.check_model(limits, self.requested_model, self.runtime.factory, route)
+        if not limits.scopes:
+            return
+        worst = Usage(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=max_tokens
+            if max_tokens is not None
+            else (0 if units is not None else settings.TOLLGATE_DEFAULT_RESERVE_TOKENS),
+        )
+        estimate = Estimate(prompt_tokens + (max_tokens or 0), cost_of(worst, route.prices, units))
+        self.admission = await policy.admit(limits, estimate)
 
     def record(
         self, usage: Usage, status: int, error: str = "", units: Units | None = None
@@ -242,6 +270,8 @@ class ChatCall:
             row["input_characters"] = units.characters
             row["audio_seconds"] = units.audio_seconds
         self.runtime.ledger.record(row)
+        if self.admission is not None:
+            self.admission.settle(total or usage.prompt_tokens or 0, row["cost_usd"])
 
     def record_error(self, error: GatewayError) -> HttpResponse:
         self.record(Usage(), error.status, error.code or error.type)
@@ -288,6 +318,11 @@ class ProxyService:
             call.requested_model, call.stream = request.model, request.stream
             call.prompt = [message.content for message in request.messages]
             call.route = route = self.runtime.factory.resolve(request.model, "chat")
+            await call.admit(
+                route,
+                call.estimate_prompt_tokens(),
+                request.max_completion_tokens or request.max_tokens,
+            )
             if request.stream:
                 return await self._stream(call, request, route)
             response = await route.provider.chat(request, route.upstream_model)

@@ -1,4 +1,4 @@
-"""The process-wide singletons: config, provider factory and ledger writer.
+"""The process-wide singletons: config, provider factory, ledger writer, upstream keys and policy.
 
 Created on first use and torn down by the ASGI lifespan (``gateway.asgi``). Tests swap them with
 ``install`` to fake the upstream or to flush the ledger by hand.
@@ -6,11 +6,13 @@ Created on first use and torn down by the ASGI lifespan (``gateway.asgi``). Test
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from django.conf import settings
 
+from gateway.credentials import CredentialPool
 from gateway.ledger import LedgerWriter
+from gateway.policy import Policy
 from providers.config import GatewayConfig, load_config
 from providers.factory import ProviderFactory
 
@@ -20,9 +22,13 @@ class Runtime:
     config: GatewayConfig
     factory: ProviderFactory
     ledger: LedgerWriter
+    credentials: CredentialPool = field(default_factory=CredentialPool)
+    policy: Policy = field(default_factory=Policy)
 
     async def aclose(self) -> None:
+        await self.credentials.stop()
         await self.factory.aclose()
+        await self.policy.aclose()
         self.ledger.stop()
 
 
@@ -31,13 +37,16 @@ _runtime_cache: Runtime | None = None
 
 def build_runtime() -> Runtime:
     config = load_config(settings.TOLLGATE_CONFIG)
+    credentials = CredentialPool()
     return Runtime(
         config=config,
-        factory=ProviderFactory(config),
+        factory=ProviderFactory(config, credentials=credentials.get),
         ledger=LedgerWriter(
             spool_path=settings.TOLLGATE_LEDGER_SPOOL,
             flush_seconds=settings.TOLLGATE_LEDGER_FLUSH_SECONDS,
         ),
+        credentials=credentials,
+        policy=Policy.from_settings(settings.REDIS_URL),
     )
 
 

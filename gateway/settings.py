@@ -156,6 +156,14 @@ upload endpoints are capped at this plus room for the form's other fields, not a
 TOLLGATE_MAX_BODY_BYTES."""
 TOLLGATE_LEDGER_SPOOL = Path(env_str("TOLLGATE_LEDGER_SPOOL", str(VAR_DIR / "ledger-spool")))
 """Rows that could not be written to the database are appended here and replayed later."""
+TOLLGATE_SECRET_KEY = env_str("TOLLGATE_SECRET_KEY", "")
+"""Encrypts upstream keys stored in the database (gateway.secrets). Required once any exist."""
+TOLLGATE_CREDENTIALS_REFRESH_SECONDS = env_float("TOLLGATE_CREDENTIALS_REFRESH_SECONDS", 5.0)
+"""How often each gateway process re-reads the upstream keys (ProviderKey) from the database."""
+TOLLGATE_DEFAULT_RESERVE_TOKENS = int(env_float("TOLLGATE_DEFAULT_RESERVE_TOKENS", 4096))
+"""Output tokens a budget reserves for a chat call that sets no max_tokens."""
+REDIS_URL = env_str("REDIS_URL", "")
+"""Rate-limit and budget counters shared by every gateway process; empty: in process memory."""
 
 LOGGING = {
     "version": 1,

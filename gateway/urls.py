@@ -3,9 +3,13 @@ from __future__ import annotations
 from django.contrib import admin
 from django.urls import path
 
+from gateway import report_views
 from gateway.api import api
 
 urlpatterns = [
+    # Before admin/: the admin's catch-all would answer these paths.
+    path("admin/reports/usage/", report_views.usage_report, name="usage-report"),
+    path("admin/reports/ledger.csv", report_views.ledger_csv, name="usage-ledger-csv"),
     path("admin/", admin.site.urls),
     path("v1/", api.urls),
 ]

@@ -347,7 +347,10 @@ class AnthropicProvider(BaseProvider):
         self, body: dict[str, Any], headers: dict[str, str] | None = None
     ) -> contextlib.AbstractAsyncContextManager[httpx.Response]:
         merged = {**self.headers, **headers} if headers else self.headers
-        return post_json(self.client, self.name, self.url, merged, body)
+        return post_json(self.client, self.name, self.url, self.with_credential(merged), body)
+
+    def credential_headers(self, key: str) -> dict[str, str]:
+        return {"x-api-key": key}
 
     async def chat(self, request: ChatRequest, upstream_model: str) -> ChatResponse:
         body = to_anthropic(request, upstream_model, self.config)

@@ -271,6 +271,11 @@ class AudioStream:
     aclose: Callable[[], Awaitable[None]]
 
 
+CredentialSource = Callable[[str], str | None]
+"""Gives the upstream key for a provider name, per call, or ``None``: use config.toml's
+``api_key_env`` (already in the provider's headers). The gateway's comes from ProviderKey rows."""
+
+
 class BaseProvider(abc.ABC):
     """An upstream. One instance per configured provider, created and owned by the factory."""
 
@@ -278,6 +283,16 @@ class BaseProvider(abc.ABC):
         self.name = name
         self.config = config
         self.client = client
+        self.credentials: CredentialSource | None = None
+
+    def credential_headers(self, key: str) -> dict[str, str]:
+        """How this upstream takes its key: a Bearer token unless a provider says otherwise."""
+        return {"authorization": f"Bearer {key}"}
+
+    def with_credential(self, headers: dict[str, str]) -> dict[str, str]:
+        """``headers`` for one call, with the key the credential source picks for it (if any)."""
+        key = self.credentials(self.name) if self.credentials is not None else None
+        return headers if key is None else {**headers, **self.credential_headers(key)}
 
     @abc.abstractmethod
     async def chat(self, request: ChatRequest, upstream_model: str) -> ChatResponse:

@@ -15,7 +15,7 @@ import httpx
 from httpx_aiohttp import AiohttpTransport
 
 from providers.anthropic import AnthropicProvider
-from providers.base import OPERATIONS, BaseProvider, Operation
+from providers.base import OPERATIONS, BaseProvider, CredentialSource, Operation
 from providers.config import GatewayConfig, ModelConfig, ProviderConfig
 from providers.errors import ModelNotFound, UnsupportedOperation
 from providers.openai import OpenAIProvider
@@ -71,8 +71,11 @@ class ProviderFactory:
         self,
         config: GatewayConfig,
         transport: Callable[[ProviderConfig], httpx.AsyncBaseTransport] = default_transport,
+        credentials: CredentialSource | None = None,
     ) -> None:
+        """``credentials`` picks each call's upstream key (``BaseProvider.with_credential``)."""
         self.config = config
+        self.credentials = credentials
         self._transport = transport
         self._instances: dict[str, BaseProvider] = {}
         self._priced_by_upstream: dict[tuple[str, str], ModelConfig] = {
@@ -101,6 +104,7 @@ class ProviderFactory:
                 ),
             )
             instance = provider_class(name, config, client)
+            instance.credentials = self.credentials
             self._instances[name] = instance
         return instance
 

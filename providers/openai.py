@@ -54,7 +54,9 @@ class OpenAIProvider(BaseProvider):
     def _post(
         self, body: dict[str, Any], url: httpx.URL | None = None
     ) -> contextlib.AbstractAsyncContextManager[httpx.Response]:
-        return post_json(self.client, self.name, url or self.url, self.headers, body)
+        return post_json(
+            self.client, self.name, url or self.url, self.with_credential(self.headers), body
+        )
 
     async def _post_for_json(
         self, url: httpx.URL, body: dict[str, Any], list_key: str, what: str
@@ -144,7 +146,7 @@ class OpenAIProvider(BaseProvider):
     async def text_to_speech(self, request: SpeechRequest, upstream_model: str) -> AudioStream:
         body = orjson.dumps(request.upstream_body(upstream_model))
         http = self.client.build_request(
-            "POST", self.speech_url, content=body, headers=self.headers
+            "POST", self.speech_url, content=body, headers=self.with_credential(self.headers)
         )
         response = await send_checked(self.client, self.name, http)
         content_type = response.headers.get("content-type") or "application/octet-stream"
@@ -171,7 +173,11 @@ class OpenAIProvider(BaseProvider):
             fields.setdefault(name, []).append(value)
         files = [(f.field, (f.filename, f.data, f.content_type)) for f in request.files]
         http = self.client.build_request(
-            "POST", self.transcriptions_url, data=fields, files=files, headers=self.form_headers
+            "POST",
+            self.transcriptions_url,
+            data=fields,
+            files=files,
+            headers=self.with_credential(self.form_headers),
         )
         await http.aread()  # a sized body: one Content-Length for every transport
         response = await send_checked(self.client, self.name, http)

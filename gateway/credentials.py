@@ -1,0 +1,128 @@
+"""Upstream keys from the admin (``ProviderKey``), picked per call by weight.
+
+Each gateway process keeps the active keys, decrypted, in a ``CredentialPool`` and re-reads them
+every ``TOLLGATE_CREDENTIALS_REFRESH_SECONDS`` (default 5) in a background task started by the
+ASGI lifespan: an admin change (a new key, a deactivated one, a new weight) reaches every process
+within that bound, and no request waits on the database for its upstream key. A provider with no
+active key falls back to config.toml's ``api_key_env``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import itertools
+import logging
+import random
+from dataclasses import dataclass
+
+from asgiref.sync import sync_to_async
+from django.core.exceptions import ImproperlyConfigured
+from django.db import DatabaseError, close_old_connections
+
+from gateway import secrets
+from gateway.models import ProviderKey
+
+log = logging.getLogger("tollgate.credentials")
+
+
+@dataclass(frozen=True, slots=True)
+class WeightedKeys:
+    """One provider's active keys and the running totals of their weights."""
+
+    secrets: tuple[str, ...]
+    cumulative: tuple[int, ...]
+
+    def pick(self) -> str:
+        if len(self.secrets) == 1:
+            return self.secrets[0]
+        point = random.random() * self.cumulative[-1]
+        return self.secrets[bisect.bisect_right(self.cumulative, point)]
+
+
+def load_active_keys() -> dict[str, WeightedKeys]:
+    """Read and decrypt the active keys (sync: call it off the event loop). Keys of weight 0 are
+    kept but never picked. Raises ``ImproperlyConfigured`` naming TOLLGATE_SECRET_KEY when it is
+    missing or wrong."""
+    rows = list(
+        ProviderKey.objects.filter(is_active=True, weight__gt=0)
+        .order_by("provider", "pk")
+        .values_list("provider", "label", "secret_encrypted", "weight")
+    )
+    pools: dict[str, WeightedKeys] = {}
+    for provider, group in itertools.groupby(rows, key=lambda row: row[0]):
+        members = list(group)
+        plain = tuple(
+            secrets.decrypt(token, f"the upstream key '{provider}: {label}'")
+            for _, label, token, _ in members
+        )
+        pools[provider] = WeightedKeys(
+            plain, tuple(itertools.accumulate(weight for *_, weight in members))
+        )
+    return pools
+
+
+def check_secret_key() -> None:
+    """Raise ``ImproperlyConfigured`` when upstream keys are stored but TOLLGATE_SECRET_KEY is
+    missing or does not decrypt them (startup and ``manage.py check``)."""
+    if not secrets.is_configured():
+        if ProviderKey.objects.exists():
+            raise secrets.SecretKeyMissing()
+        return
+    for label, token in ProviderKey.objects.values_list("label", "secret_encrypted"):
+        secrets.decrypt(token, f"the upstream key '{label}'")
+
+
+class CredentialPool:
+    """The process's active upstream keys; ``get`` is the providers' ``CredentialSource``."""
+
+    def __init__(self) -> None:
+        self._pools: dict[str, WeightedKeys] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def get(self, provider: str) -> str | None:
+        pool = self._pools.get(provider)
+        return pool.pick() if pool is not None else None
+
+    def replace(self, pools: dict[str, WeightedKeys]) -> None:
+        self._pools = pools
+
+    def load(self) -> None:
+        """Sync, from the database: at startup, from a management command or a test."""
+        self.replace(load_active_keys())
+
+    async def refresh(self) -> None:
+        self.replace(await sync_to_async(_load_with_fresh_connection)())
+
+    def start(self, interval: float) -> None:
+        """Refresh every ``interval`` seconds in the background, on the running loop."""
+        if self._task is None and interval > 0:
+            self._task = asyncio.get_running_loop().create_task(self._refresh_forever(interval))
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _refresh_forever(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.refresh()
+            except (DatabaseError, ImproperlyConfigured) as exc:
+                # Keep the keys we have; say why (never the secrets: the message has none).
+                log.error("could not refresh the upstream keys: %s", exc)
+
+
+def _load_with_fresh_connection() -> dict[str, WeightedKeys]:
+    close_old_connections()
+    return load_active_keys()
+
+
+def set_secret(key: ProviderKey, plaintext: str) -> None:
+    """Store ``plaintext`` encrypted on ``key``, and its last 4 characters in clear."""
+    key.secret_encrypted = secrets.encrypt(plaintext)
+    key.last4 = plaintext[-4:]

@@ -1,0 +1,318 @@
+"""Allow-lists, budgets and rate limits, in process: the upstream faked at the HTTP boundary,
+the counters in memory and (with REDIS_URL) in Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import httpx
+import orjson
+import pytest
+from django.test import AsyncClient
+from policy_support import redis_url  # noqa: F401 - a fixture
+
+from conftest import TenantKey, ledger_rows
+from gateway import auth
+from gateway.counters import MemoryCounters, RedisCounters
+from gateway.models import UsageRecord
+from gateway.policy import Policy
+from gateway.proxy import ProxyService
+from gateway.runtime import Runtime
+
+USAGE = {"prompt_tokens": 100, "completion_tokens": 500, "total_tokens": 600}
+COMPLETION = {
+    "id": "chatcmpl-1",
+    "object": "chat.completion",
+    "created": 1,
+    "model": "fake-gpt",
+    "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}
+    ],
+    "usage": USAGE,
+}
+
+
+def body(model: str = "gpt-test", max_tokens: int | None = 1000, chars: int = 400) -> bytes:
+    data: dict[str, object] = {
+        "model": model,
+        "messages": [{"role": "user", "content": "x" * chars}],
+    }
+    if max_tokens is not None:
+        data["max_tokens"] = max_tokens
+    return orjson.dumps(data)
+
+
+class Upstream:
+    """Counts the calls that reached it; answers with COMPLETION (600 tokens, $0.0011)."""
+
+    def __init__(self) -> None:
+        self.calls: list[httpx.Request] = []
+        self.release: asyncio.Event | None = None
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.calls.append(request)
+        if self.release is not None:
+            await self.release.wait()
+        return httpx.Response(200, content=orjson.dumps(COMPLETION))
+
+
+@pytest.fixture(params=["memory", "redis"])
+def backend(request: pytest.FixtureRequest) -> Callable[[], Policy]:
+    if request.param == "memory":
+        return lambda: Policy(MemoryCounters())
+    url = request.getfixturevalue("redis_url")
+    return lambda: Policy(RedisCounters(url))
+
+
+def install(
+    gateway_runtime, backend: Callable[[], Policy] | None = None
+) -> tuple[Runtime, Upstream]:
+    upstream = Upstream()
+    current: Runtime = gateway_runtime(upstream)
+    if backend is not None:
+        current.policy = backend()
+    return current, upstream
+
+
+async def call(current: Runtime, who: TenantKey, data: bytes) -> tuple[int, dict, dict]:
+    caller = await auth.authenticate(who.raw)
+    response = await ProxyService(current).chat(caller, data)
+    await current.policy.drain()  # Redis settles in the background; a client may not wait
+    content = b"".join([response.content]) if hasattr(response, "content") else b""
+    return response.status_code, orjson.loads(content), dict(response.headers)
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    while not condition():  # noqa: ASYNC110 - polling the state of other tasks
+        await asyncio.sleep(0.01)
+
+
+def set_limits(who: TenantKey, on: str = "tenant", **fields: object) -> None:
+    target = who.tenant if on == "tenant" else who.key
+    for name, value in fields.items():
+        setattr(target, name, value)
+    target.save()
+    auth._key_cache.clear()
+
+
+# --- budgets -----------------------------------------------------------------------------------
+
+RESERVATION = Decimal("0.0021")  # 100 prompt tokens at $1/Mtok + 1000 max_tokens at $2/Mtok
+REAL_COST = Decimal("0.0011")  # 100 + 500 tokens
+
+
+async def test_budget_holds_under_200_concurrent_calls(
+    tenants: dict[str, TenantKey], gateway_runtime, backend
+) -> None:
+    """Room for exactly 7 reservations: 7 calls go upstream, 193 get 429 insufficient_quota, and
+    the spending ends within the cap. The upstream holds the 7 until all 200 are decided, so no
+    settlement frees room meanwhile."""
+    alice, bob = tenants["alice"], tenants["bob"]
+    already = Decimal("0.5")
+    await UsageRecord.objects.acreate(
+        tenant=alice.tenant,
+        api_key=alice.key,
+        request_id="old",
+        requested_model="gpt-test",
+        cost_usd=already,
+        status_code=200,
+        latency_ms=1,
+        created_at=datetime.now(UTC),
+    )
+    cap = already + 7 * RESERVATION
+    await asyncio.to_thread(set_limits, alice, budget_usd=cap, budget_period="monthly")
+    current, upstream = install(gateway_runtime, backend)
+    upstream.release = asyncio.Event()
+    caller = await auth.authenticate(alice.raw)
+    service = ProxyService(current)
+    tasks = [asyncio.create_task(service.chat(caller, body())) for _ in range(200)]
+    await until(lambda: len(upstream.calls) + sum(task.done() for task in tasks) == 200)
+    assert len(upstream.calls) == 7
+    upstream.release.set()
+    responses = await asyncio.gather(*tasks)
+    statuses = [response.status_code for response in responses]
+    assert statuses.count(200) == 7 and statuses.count(429) == 193
+    refused = orjson.loads(next(r.content for r in responses if r.status_code == 429))
+    assert refused["error"]["type"] == "insufficient_quota"
+    assert refused["error"]["code"] == "insufficient_quota"
+    await current.policy.drain()
+
+    rows = [row for row in await asyncio.to_thread(ledger_rows, current) if row.request_id != "old"]
+    assert len(rows) == 200  # every call leaves its row, refused ones too
+    spent = already + sum((row.cost_usd for row in rows), Decimal(0))
+    assert spent == already + 7 * REAL_COST <= cap
+    # The counter agrees with the ledger: $0.0070 left; one at a time, each settling at $0.0011,
+    # calls are admitted while $0.0021 is left: 5 more, then the budget refuses.
+    statuses = [(await call(current, alice, body()))[0] for _ in range(6)]
+    assert statuses == [200] * 5 + [429]
+    assert already + 12 * REAL_COST <= cap
+    # bob's calls are not alice's budget.
+    assert (await call(current, bob, body()))[0] == 200
+
+
+async def test_a_spent_daily_key_budget_refuses_before_the_upstream(
+    tenants: dict[str, TenantKey], gateway_runtime
+) -> None:
+    alice = tenants["alice"]
+    await UsageRecord.objects.acreate(
+        tenant=alice.tenant,
+        api_key=alice.key,
+        request_id="old",
+        requested_model="gpt-test",
+        cost_usd=Decimal("1"),
+        status_code=200,
+        latency_ms=1,
+    )
+    await asyncio.to_thread(
+        set_limits, alice, on="key", budget_usd=Decimal("1"), budget_period="daily"
+    )
+    current, upstream = install(gateway_runtime)
+    status, data, _ = await call(current, alice, body(max_tokens=1))
+    assert status == 429 and data["error"]["code"] == "insufficient_quota"
+    assert "daily budget" in data["error"]["message"]
+    assert upstream.calls == []
+    rows = await asyncio.to_thread(ledger_rows, current)
+    assert [(row.status_code, row.error_type) for row in rows[1:]] == [(429, "insufficient_quota")]
+
+
+async def test_a_total_budget_without_max_tokens_reserves_the_default(
+    tenants: dict[str, TenantKey], gateway_runtime, settings
+) -> None:
+    settings.TOLLGATE_DEFAULT_RESERVE_TOKENS = 1000
+    alice = tenants["alice"]
+    # Room for one default reservation ($0.0021), not two.
+    await asyncio.to_thread(set_limits, alice, budget_usd=Decimal("0.004"), budget_period="total")
+    current, upstream = install(gateway_runtime)
+    upstream.release = asyncio.Event()
+    caller = await auth.authenticate(alice.raw)
+    first = asyncio.create_task(ProxyService(current).chat(caller, body(max_tokens=None)))
+    await until(lambda: len(upstream.calls) == 1)
+    second = await ProxyService(current).chat(caller, body(max_tokens=None))
+    assert second.status_code == 429
+    upstream.release.set()
+    assert (await first).status_code == 200
+    assert (await call(current, alice, body(max_tokens=None)))[0] == 200  # settled: room again
+
+
+# --- rate limits ---------------------------------------------------------------------------------
+
+
+async def test_requests_per_minute(tenants: dict[str, TenantKey], gateway_runtime, backend) -> None:
+    alice, bob = tenants["alice"], tenants["bob"]
+    await asyncio.to_thread(set_limits, alice, rpm_limit=3)
+    current, upstream = install(gateway_runtime, backend)
+    results = [await call(current, alice, body()) for _ in range(4)]
+    assert [status for status, _, _ in results] == [200, 200, 200, 429]
+    _, error, headers = results[3]
+    assert error["error"]["type"] == "rate_limit_error"
+    assert error["error"]["code"] == "rate_limit_exceeded"
+    assert 1 <= int(headers["retry-after"]) <= 60
+    assert headers["x-ratelimit-limit-requests"] == "3"
+    assert headers["x-ratelimit-remaining-requests"] == "0"
+    assert headers["x-ratelimit-reset-requests"].endswith("s")
+    assert len(upstream.calls) == 3
+    assert (await call(current, bob, body()))[0] == 200  # bob has no limit of alice's
+
+
+async def test_a_key_limit_narrows_its_tenant_limit(
+    tenants: dict[str, TenantKey], gateway_runtime
+) -> None:
+    alice = tenants["alice"]
+    await asyncio.to_thread(set_limits, alice, rpm_limit=10)
+    await asyncio.to_thread(set_limits, alice, on="key", rpm_limit=2)
+    current, _ = install(gateway_runtime)
+    statuses = [(await call(current, alice, body()))[0] for _ in range(3)]
+    assert statuses == [200, 200, 429]
+
+
+async def test_tokens_per_minute_count_the_estimate_then_the_real_tokens(
+    tenants: dict[str, TenantKey], gateway_runtime, backend
+) -> None:
+    """Admission counts prompt (100) + max_tokens (1000) = 1100; the call really used 600."""
+    alice = tenants["alice"]
+    await asyncio.to_thread(set_limits, alice, on="key", tpm_limit=2500)
+    current, upstream = install(gateway_runtime, backend)
+    upstream.release = asyncio.Event()
+    caller = await auth.authenticate(alice.raw)
+    service = ProxyService(current)
+    held = [asyncio.create_task(service.chat(caller, body())) for _ in range(2)]
+    await until(lambda: len(upstream.calls) == 2)
+    refused = await service.chat(caller, body())  # 2200 + 1100 > 2500
+    assert refused.status_code == 429
+    assert refused.headers["x-ratelimit-limit-tokens"] == "2500"
+    assert "tokens per minute" in orjson.loads(refused.content)["error"]["message"]
+    upstream.release.set()
+    await asyncio.gather(*held)
+    await current.policy.drain()
+    # Settled at 600 each: 1200 + 1100 <= 2500.
+    assert (await call(current, alice, body()))[0] == 200
+
+
+# --- allow-lists ---------------------------------------------------------------------------------
+
+
+async def test_a_model_off_the_allow_list_is_403_and_never_sent(
+    tenants: dict[str, TenantKey], gateway_runtime
+) -> None:
+    alice, bob = tenants["alice"], tenants["bob"]
+    await asyncio.to_thread(set_limits, alice, allowed_models="gpt-test,echo")
+    current, upstream = install(gateway_runtime)
+    status, data, _ = await call(current, alice, body("slow"))
+    assert status == 403
+    assert data["error"]["code"] == "model_not_allowed" and data["error"]["param"] == "model"
+    assert upstream.calls == []
+    assert (await call(current, alice, body("gpt-test")))[0] == 200
+    assert (await call(current, alice, body("fake/fake-gpt")))[0] == 200  # the same model
+    assert (await call(current, bob, body("slow")))[0] == 200  # bob's list is his own
+    rows = await asyncio.to_thread(ledger_rows, current)
+    assert (rows[0].status_code, rows[0].error_type) == (403, "model_not_allowed")
+
+
+async def test_a_key_list_narrows_the_tenant_list_and_models_lists_only_those(
+    tenants: dict[str, TenantKey], gateway_runtime
+) -> None:
+    alice, bob = tenants["alice"], tenants["bob"]
+    await asyncio.to_thread(set_limits, alice, allowed_models="gpt-test,echo,embed-test")
+    await asyncio.to_thread(set_limits, alice, on="key", allowed_models="echo,embed-test,slow")
+    current, _ = install(gateway_runtime)
+    assert (await call(current, alice, body("gpt-test")))[0] == 403  # not on the key's list
+    assert (await call(current, alice, body("slow")))[0] == 403  # not on the tenant's
+    assert (await call(current, alice, body("echo")))[0] == 200
+    client = AsyncClient()
+    listed = await client.get("/v1/models", headers={"authorization": f"Bearer {alice.raw}"})
+    assert [model["id"] for model in listed.json()["data"]] == ["echo", "embed-test"]
+    everything = await client.get("/v1/models", headers={"authorization": f"Bearer {bob.raw}"})
+    assert len(everything.json()["data"]) > 10
+    hidden = await client.get("/v1/models/slow", headers={"authorization": f"Bearer {alice.raw}"})
+    assert hidden.status_code == 404
+    shown = await client.get("/v1/models/echo", headers={"authorization": f"Bearer {alice.raw}"})
+    assert shown.status_code == 200
+    embed = await client.post(
+        "/v1/embeddings",
+        orjson.dumps({"model": "slow", "input": "hi"}),
+        content_type="application/json",
+        headers={"authorization": f"Bearer {alice.raw}"},
+    )
+    assert embed.status_code == 403
+
+
+async def test_messages_refuses_in_anthropic_shape(
+    tenants: dict[str, TenantKey], gateway_runtime
+) -> None:
+    alice = tenants["alice"]
+    await asyncio.to_thread(set_limits, alice, allowed_models="gpt-test")
+    _, upstream = install(gateway_runtime)
+    response = await AsyncClient().post(
+        "/v1/messages",
+        orjson.dumps(
+            {"model": "echo", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
+        ),
+        content_type="application/json",
+        headers={"x-api-key": alice.raw},
+    )
+    assert response.status_code == 403
+    assert response.json()["type"] == "error"
+    assert upstream.calls == []
