@@ -24,13 +24,14 @@ from gateway.proxy import (
     event_stream_headers,
     parse_chat_request,
     parse_json_object,
+    relay_and_record,
 )
 from gateway.runtime import Runtime
 from providers.anthropic import AnthropicProvider, NativeEvent
 from providers.anthropic_endpoint import anthropic_request_to_openai, openai_response_to_anthropic
 from providers.anthropic_stream import OpenAIToAnthropicStream, anthropic_error_body
 from providers.base import ChatRequest, StreamChunk
-from providers.errors import GatewayError, InternalError, InvalidRequest, UpstreamUnavailable
+from providers.errors import GatewayError, InvalidRequest, UpstreamUnavailable
 from providers.factory import Route
 
 
@@ -93,15 +94,16 @@ class MessagesService:
         call.close_pending = events.aclose
         return self._streaming(self._relay_native(call, events, first), call)
 
-    async def _relay_native(
+    def _relay_native(
         self,
         call: ChatCall,
         events: AsyncGenerator[NativeEvent, None],
         first: NativeEvent,
     ) -> AsyncIterator[bytes]:
+        """Anthropic's own events, as they came; see ``relay_and_record``."""
         meter = StreamMeter()
-        status, error = 200, ""
-        try:
+
+        async def passed_through() -> AsyncGenerator[bytes, None]:
             event: NativeEvent | None = first
             while event is not None:
                 meter.partial = event.usage
@@ -109,19 +111,8 @@ class MessagesService:
                 yield event.raw
                 event = await anext(events, None)
             meter.usage = meter.partial  # message_stop came: the usage is complete
-        except GatewayError as exc:
-            status, error = exc.status, exc.code or exc.type
-            meter.failed(exc)
-            yield error_event(exc)
-        except (asyncio.CancelledError, GeneratorExit):
-            status, error = 499, "client_disconnected"
-            raise
-        except Exception:
-            status, error = 500, "internal_error"
-            yield error_event(InternalError("The gateway failed while streaming the response."))
-        finally:
-            call.record(meter.final_usage(call), status, error)
-            await events.aclose()
+
+        return relay_and_record(call, meter, passed_through(), events, error_event)
 
     # --- any other upstream: through OpenAI's shape ----------------------------------------------
 
@@ -140,16 +131,17 @@ class MessagesService:
         call.close_pending = chunks.aclose
         return self._streaming(self._relay_translated(call, chunks, first), call)
 
-    async def _relay_translated(
+    def _relay_translated(
         self,
         call: ChatCall,
         chunks: AsyncGenerator[StreamChunk, None],
         first: StreamChunk,
     ) -> AsyncIterator[bytes]:
+        """OpenAI chunks as Anthropic's event sequence; see ``relay_and_record``."""
         meter = StreamMeter()
         translator = OpenAIToAnthropicStream(call.requested_model)
-        status, error = 200, ""
-        try:
+
+        async def translated() -> AsyncGenerator[bytes, None]:
             chunk: StreamChunk | None = first
             while chunk is not None:
                 meter.observe(chunk)
@@ -158,19 +150,8 @@ class MessagesService:
                 chunk = await anext(chunks, None)
             for name, data in translator.finish():
                 yield sse(name, data)
-        except GatewayError as exc:
-            status, error = exc.status, exc.code or exc.type
-            meter.failed(exc)
-            yield error_event(exc)
-        except (asyncio.CancelledError, GeneratorExit):
-            status, error = 499, "client_disconnected"
-            raise
-        except Exception:
-            status, error = 500, "internal_error"
-            yield error_event(InternalError("The gateway failed while streaming the response."))
-        finally:
-            call.record(meter.final_usage(call), status, error)
-            await chunks.aclose()
+
+        return relay_and_record(call, meter, translated(), chunks, error_event)
 
     # --- shared --------------------------------------------------------------------------------
 

@@ -300,6 +300,39 @@ class ChatCall:
         return self.record_error(InternalError("The gateway failed to handle the request."))
 
 
+async def relay_and_record(
+    call: ChatCall,
+    meter: StreamMeter,
+    events: AsyncGenerator[bytes, None],
+    upstream: AsyncGenerator[Any, None],
+    error_event: Callable[[GatewayError], bytes],
+) -> AsyncIterator[bytes]:
+    """Relay a stream's ``events`` to the client and, whatever happens, record the call once.
+
+    A failure after the first byte reaches the client in-band (``error_event``); a client that
+    goes away is recorded as 499 with the usage seen so far (``meter``); either way the
+    ``upstream`` stream is closed."""
+    status, error = 200, ""
+    try:
+        async for event in events:
+            yield event
+    except GatewayError as exc:
+        status, error = exc.status, exc.code or exc.type
+        meter.failed(exc)
+        yield error_event(exc)
+    except (asyncio.CancelledError, GeneratorExit):
+        status, error = CLIENT_CLOSED_REQUEST, "client_disconnected"
+        raise
+    except Exception:
+        log.exception("stream %s failed", call.request_id)
+        status, error = 500, "internal_error"
+        yield error_event(InternalError("The gateway failed while streaming the response."))
+    finally:
+        call.record(meter.final_usage(call), status, error)
+        await events.aclose()
+        await upstream.aclose()
+
+
 def event_stream_headers(response: StreamingHttpResponse, call: ChatCall) -> StreamingHttpResponse:
     response["cache-control"] = "no-cache"
     response["x-accel-buffering"] = "no"  # tell nginx not to buffer the stream
@@ -359,18 +392,18 @@ class ProxyService:
         )
         return event_stream_headers(response, call)
 
-    async def _relay(
+    def _relay(
         self,
         call: ChatCall,
         request: ChatRequest,
         chunks: AsyncGenerator[StreamChunk, None],
         first: StreamChunk,
     ) -> AsyncIterator[bytes]:
-        """Forward chunks as SSE; whatever happens, write the ledger row at the end."""
+        """Forward chunks as SSE, ending with ``[DONE]``; see ``relay_and_record``."""
         meter = StreamMeter()
         hide_usage = not request.wants_usage_chunk
-        status, error = 200, ""
-        try:
+
+        async def events() -> AsyncGenerator[bytes, None]:
             chunk: StreamChunk | None = first
             while chunk is not None:
                 meter.observe(chunk)
@@ -378,19 +411,9 @@ class ProxyService:
                     yield event
                 chunk = await anext(chunks, None)
             yield b"data: [DONE]\n\n"
-        except GatewayError as exc:
-            # Mid-stream failure: tell the client in-band and end without [DONE].
-            status, error = exc.status, exc.code or exc.type
-            meter.failed(exc)
-            yield b"data: " + orjson.dumps(exc.to_openai()) + b"\n\n"
-        except (asyncio.CancelledError, GeneratorExit):
-            status, error = CLIENT_CLOSED_REQUEST, "client_disconnected"
-            raise
-        except Exception:
-            log.exception("stream %s failed", call.request_id)
-            status, error = 500, "internal_error"
-            failure = InternalError("The gateway failed while streaming the response.")
-            yield b"data: " + orjson.dumps(failure.to_openai()) + b"\n\n"
-        finally:
-            call.record(meter.final_usage(call), status, error)
-            await chunks.aclose()
+
+        def error_event(error: GatewayError) -> bytes:
+            # A mid-stream failure: the client learns it in-band; the stream ends without [DONE].
+            return b"data: " + orjson.dumps(error.to_openai()) + b"\n\n"
+
+        return relay_and_record(call, meter, events(), chunks, error_event)
