@@ -58,7 +58,14 @@ class MessagesService:
             if not isinstance(model, str) or not model:
                 raise InvalidRequest("model: a model name is required", param="model")
             call.stream = data.get("stream") is True
-            call.prompt = [data.get("system"), *(data.get("messages") or ())]
+            turns = data.get("messages")
+            if not isinstance(turns, list) or not turns:
+                raise InvalidRequest(
+                    "messages: at least one message is required",
+                    param="messages",
+                    code="invalid_value",
+                )
+            call.prompt = [data.get("system"), *turns]
             call.route = route = self.runtime.factory.resolve(model, "chat")
             max_tokens = data.get("max_tokens")
             await call.admit(

@@ -1309,8 +1309,20 @@ def test_messages_unknown_model_is_404_not_found_error(
         (b"[]", "invalid_json"),
         (b'{"model": "gpt-test", "max_tokens": 64, "messages": []}', "invalid_value"),
         (b'{"max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}', "invalid_request"),
+        # Regression: messages that were not a list crashed the call (a 500) before routing.
+        (b'{"model": "claude-test", "max_tokens": 64, "messages": true}', "invalid_value"),
+        (b'{"model": "gpt-test", "max_tokens": 64, "messages": 5}', "invalid_value"),
+        (b'{"model": "claude-test", "max_tokens": 64, "messages": []}', "invalid_value"),
     ],
-    ids=["truncated-json", "array", "translated-no-messages", "no-model"],
+    ids=[
+        "truncated-json",
+        "array",
+        "translated-no-messages",
+        "no-model",
+        "native-messages-not-a-list",
+        "translated-messages-not-a-list",
+        "native-no-messages",
+    ],
 )
 def test_messages_invalid_body_is_400_invalid_request_error(
     server: GatewayServer, tenants: dict[str, TenantKey], body: bytes, code: str
