@@ -226,13 +226,31 @@ class Policy:
         second = int(now.timestamp())
         checks = [self._check(scope, estimate, now) for scope in limits.scopes]
         for _ in range(len(checks) + 1):
-            verdict = await self.store.admit(checks, second)
+            verdict = await self._counted(checks, second)
             if verdict.refusal != "load":
                 break
             await self._load(checks[verdict.index], limits.scopes[verdict.index], now)
         if verdict.refusal is not None:
             self._refuse(verdict, checks, limits.scopes, estimate)
         return Admission(self, checks, second, self._headers(verdict, checks))
+
+    async def _counted(self, checks: list[Check], second: int) -> Verdict:
+        """The store's verdict. Shielded: a caller cancelled while the store counts it (a
+        client gone during a Redis round trip) must not leave its reservation behind, so a
+        count that lands after the cancellation is released at once."""
+        counting = asyncio.ensure_future(self.store.admit(checks, second))
+        try:
+            return await asyncio.shield(counting)
+        except asyncio.CancelledError:
+            counting.add_done_callback(lambda done: self._release_orphan(done, checks, second))
+            raise
+
+    def _release_orphan(
+        self, done: asyncio.Future[Verdict], checks: list[Check], second: int
+    ) -> None:
+        if done.cancelled() or done.exception() is not None or done.result().refusal is not None:
+            return
+        Admission(self, checks, second, {}).settle(0, Decimal(0))
 
     def settle(self, admission: Admission, tokens: int, cost: int) -> None:
         if isinstance(self.store, MemoryCounters):

@@ -316,3 +316,39 @@ async def test_messages_refuses_in_anthropic_shape(
     assert response.status_code == 403
     assert response.json()["type"] == "error"
     assert upstream.calls == []
+
+
+async def test_a_call_cancelled_while_its_admission_is_counted_leaves_no_reservation() -> None:
+    # Regression: a client gone during the counter store's round trip (Redis) left the call's
+    # reservation behind, shrinking the budget until the counter expired.
+    from gateway.counters import Check, Verdict
+    from gateway.policy import CallerLimits, Estimate, ScopeLimits
+
+    class SlowCounters(MemoryCounters):
+        def __init__(self) -> None:
+            super().__init__()
+            self.counting = asyncio.Event()
+            self.finish = asyncio.Event()
+
+        async def admit(self, checks: list[Check], now: int) -> Verdict:
+            verdict = self.admit_now(checks, now)  # counted by the server...
+            self.counting.set()
+            await self.finish.wait()  # ...while its reply is still on the way
+            return verdict
+
+    store = SlowCounters()
+    policy = Policy(store)
+    limits = CallerLimits(scopes=(ScopeLimits("key:1", None, None, Decimal("0.000001"), "total"),))
+    estimate = Estimate(0, Decimal("0.0000006"))  # 60 of the budget's 100 units of 1e-8 USD
+    check = policy._check(limits.scopes[0], estimate, datetime.now(UTC))
+    await store.load_spent(check, 0)
+
+    waiting = asyncio.ensure_future(policy.admit(limits, estimate))
+    await store.counting.wait()
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    store.finish.set()
+    await asyncio.wait_for(until(lambda: store._budgets[check.budget_key] == [0, 0]), 5)
+    store.counting.clear()
+    assert await policy.admit(limits, estimate) is not None  # the whole budget is there again
