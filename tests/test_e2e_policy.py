@@ -1,6 +1,6 @@
 """Tenant controls end to end: gateway processes under uvicorn, the fake upstream, the SDK.
 
-Two gateway processes sharing Redis share one rate limit; a key added or switched off in the
+Two gateway processes sharing Redis share one rate limit and one budget; a key added or switched off in the
 admin reaches a running gateway within TOLLGATE_CREDENTIALS_REFRESH_SECONDS; a gateway refuses to
 start when upstream keys are stored and TOLLGATE_SECRET_KEY is missing."""
 
@@ -10,6 +10,7 @@ import json
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
 from pathlib import Path
 
 import openai
@@ -17,7 +18,8 @@ import pytest
 from django.db import connection
 from policy_support import redis_url  # noqa: F401 - a fixture
 
-from conftest import GatewayServer, TenantKey, start_gateway
+from conftest import GatewayServer, TenantKey, start_gateway, wait_for_rows
+from fake_upstream import run_fake_upstream
 from gateway import secrets
 from gateway.credentials import set_secret
 from gateway.models import ProviderKey
@@ -169,3 +171,51 @@ def test_the_secret_is_not_readable_in_the_database(
     dump = repr(rows)
     assert "sk-plaintext-never-stored" not in dump and "9876" in dump  # last4 only
     assert secrets.decrypt(key.secret_encrypted) == "sk-plaintext-never-stored-9876"
+
+
+def test_two_processes_share_one_budget_under_200_concurrent_calls(
+    tenants: dict[str, TenantKey],
+    redis_url: str,  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    """Each call reserves its worst case: 10 prompt tokens at $1/Mtok + max_tokens 990 at $2/Mtok
+    = $0.00199. The budget leaves room for exactly 7 reservations (and less than an 8th). The
+    upstream holds every admitted call for 8 s, so no reservation is settled (and no room freed)
+    while the 200 calls, spread over two processes sharing Redis, are decided: exactly 7 go
+    upstream, 193 are refused with insufficient_quota, and what is spent stays under the cap."""
+    alice = tenants["alice"]
+    cap = Decimal("0.00199") * 7 + Decimal("0.001")
+    alice.tenant.budget_usd, alice.tenant.budget_period = cap, "total"
+    alice.tenant.save()
+    with run_fake_upstream(slow_seconds=8) as upstream:
+        servers = []
+        try:
+            for name in ("a", "b"):
+                (tmp_path / name).mkdir()
+                servers.append(
+                    start_gateway(tmp_path / name, upstream, env={"REDIS_URL": redis_url})
+                )
+            clients = [sdk(server, alice) for server in servers]
+
+            def budgeted_chat(i: int) -> str:
+                try:
+                    clients[i % 2].chat.completions.create(
+                        model="slow",
+                        messages=[{"role": "user", "content": "x" * 40}],
+                        max_tokens=990,
+                    )
+                except openai.RateLimitError as exc:
+                    return str(exc.body["code"])  # type: ignore[index]
+                return "ok"
+
+            with ThreadPoolExecutor(200) as pool:
+                outcomes = list(pool.map(budgeted_chat, range(200)))
+        finally:
+            for server in servers:
+                server.stop()
+    assert outcomes.count("ok") == 7
+    assert outcomes.count("insufficient_quota") == 193
+    rows = wait_for_rows(200, tenant=alice.tenant)
+    assert len(rows) == 200
+    assert sum(row.cost_usd for row in rows) <= cap
+    assert sorted({row.status_code for row in rows}) == [200, 429]
