@@ -1,8 +1,8 @@
 """Tenant controls end to end: gateway processes under uvicorn, the fake upstream, the SDK.
 
-Two gateway processes sharing Redis share one rate limit and one budget; a key added or switched off in the
-admin reaches a running gateway within TOLLGATE_CREDENTIALS_REFRESH_SECONDS; a gateway refuses to
-start when upstream keys are stored and TOLLGATE_SECRET_KEY is missing."""
+Two gateway processes sharing Redis share one rate limit and one budget; a key added or switched
+off in the admin reaches a running gateway within TOLLGATE_CREDENTIALS_REFRESH_SECONDS; a gateway
+refuses to start when upstream keys are stored and TOLLGATE_SECRET_KEY is missing."""
 
 from __future__ import annotations
 
