@@ -40,7 +40,7 @@ from providers.anthropic_stream import (
 from providers.base import BaseProvider, ChatRequest, ChatResponse, StreamChunk, Usage
 from providers.config import ProviderConfig
 from providers.errors import InvalidRequest, ProviderError, UpstreamUnavailable
-from providers.http import post_json, upstream_errors
+from providers.http import json_object, post_json, read_json_object, upstream_errors
 from providers.sse import iter_sse
 
 SAMPLING_REMOVED_IN = "2026-10-21"
@@ -319,6 +319,10 @@ def from_anthropic(message: dict[str, Any], requested_model: str) -> dict[str, A
 # --- the provider ------------------------------------------------------------------------------
 
 
+def _is_message(data: dict[str, Any]) -> bool:
+    return data.get("type") == "message" and isinstance(data.get("content"), list)
+
+
 @dataclass(slots=True)
 class NativeEvent:
     """One event of a passed-through Anthropic stream: its SSE bytes, the usage reported so far,
@@ -355,16 +359,7 @@ class AnthropicProvider(BaseProvider):
     async def chat(self, request: ChatRequest, upstream_model: str) -> ChatResponse:
         body = to_anthropic(request, upstream_model, self.config)
         async with self._post(body) as response:
-            with upstream_errors(self.name):
-                raw = await response.aread()
-        try:
-            message = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            message = None
-        if not isinstance(message, dict) or not isinstance(message.get("content"), list):
-            raise UpstreamUnavailable(
-                f"The upstream provider '{self.name}' returned a response that is not a message."
-            )
+            _, message = await read_json_object(response, self.name, _is_message, "a message")
         usage = usage_from_anthropic(message.get("usage"))
         return ChatResponse.model_construct(
             body=from_anthropic(message, request.model), usage=usage, raw=None
@@ -396,11 +391,8 @@ class AnthropicProvider(BaseProvider):
             raise
 
     def _parse_event(self, data: bytes) -> dict[str, Any]:
-        try:
-            event = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            event = None
-        if not isinstance(event, dict):
+        event = json_object(data)
+        if event is None:
             raise UpstreamUnavailable(f"The upstream provider '{self.name}' sent an invalid event.")
         return event
 
@@ -413,16 +405,7 @@ class AnthropicProvider(BaseProvider):
         ``headers`` (the client's anthropic-version and anthropic-beta) override ours."""
         body = {**body, "model": upstream_model, "stream": False}
         async with self._post(body, headers) as response:
-            with upstream_errors(self.name):
-                raw = await response.aread()
-        try:
-            message = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            message = None
-        if not isinstance(message, dict) or message.get("type") != "message":
-            raise UpstreamUnavailable(
-                f"The upstream provider '{self.name}' returned a response that is not a message."
-            )
+            raw, message = await read_json_object(response, self.name, _is_message, "a message")
         return raw, usage_from_anthropic(message.get("usage"))
 
     async def messages_stream(

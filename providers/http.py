@@ -6,7 +6,7 @@ Classification is by transport exception and by status code, never by the upstre
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import httpx
@@ -98,3 +98,27 @@ async def post_json(
         yield response
     finally:
         await response.aclose()
+
+
+def json_object(raw: bytes) -> dict[str, Any] | None:
+    """``raw`` decoded, when it is a JSON object; else None."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+async def read_json_object(
+    response: httpx.Response, provider: str, is_answer: Callable[[dict[str, Any]], bool], what: str
+) -> tuple[bytes, dict[str, Any]]:
+    """Read a whole upstream answer: its bytes and its JSON object, which ``is_answer`` must
+    accept; anything else means the upstream broke (502)."""
+    with upstream_errors(provider):
+        raw = await response.aread()
+    data = json_object(raw)
+    if data is None or not is_answer(data):
+        raise UpstreamUnavailable(
+            f"The upstream provider '{provider}' returned a response that is not {what}."
+        )
+    return raw, data

@@ -32,7 +32,13 @@ from providers.base import (
 )
 from providers.config import ProviderConfig
 from providers.errors import ProviderError, UpstreamUnavailable
-from providers.http import post_json, send_checked, upstream_errors
+from providers.http import (
+    json_object,
+    post_json,
+    read_json_object,
+    send_checked,
+    upstream_errors,
+)
 from providers.sse import iter_sse
 
 
@@ -63,14 +69,9 @@ class OpenAIProvider(BaseProvider):
     ) -> tuple[bytes, dict[str, Any]]:
         """POST and read a JSON object whose ``list_key`` is a list; else the upstream broke."""
         async with self._post(body, url) as response:
-            with upstream_errors(self.name):
-                raw = await response.aread()
-        data = _json_object(raw)
-        if data is None or not isinstance(data.get(list_key), list):
-            raise UpstreamUnavailable(
-                f"The upstream provider '{self.name}' returned a response that is not {what}."
+            return await read_json_object(
+                response, self.name, lambda data: isinstance(data.get(list_key), list), what
             )
-        return raw, data
 
     # --- chat ------------------------------------------------------------------------------------
 
@@ -105,11 +106,8 @@ class OpenAIProvider(BaseProvider):
             )
 
     def _parse_chunk(self, data: bytes) -> StreamChunk:
-        try:
-            payload = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            payload = None
-        if not isinstance(payload, dict):
+        payload = json_object(data)
+        if payload is None:
             raise UpstreamUnavailable(f"The upstream provider '{self.name}' sent an invalid chunk.")
         if "error" in payload:
             raise self._stream_error(payload["error"])
@@ -189,7 +187,7 @@ class OpenAIProvider(BaseProvider):
         content_type = response.headers.get("content-type") or "application/json"
         if not content_type.startswith("application/json"):
             return MediaResponse(raw, content_type)  # text, srt, vtt: no usage in the answer
-        data = _json_object(raw)
+        data = json_object(raw)
         if data is None:
             raise UpstreamUnavailable(
                 f"The upstream provider '{self.name}' returned a response that is not a "
@@ -197,14 +195,6 @@ class OpenAIProvider(BaseProvider):
             )
         usage, seconds = transcription_usage(data)
         return MediaResponse(raw, content_type, usage, Units(audio_seconds=seconds))
-
-
-def _json_object(raw: bytes) -> dict[str, Any] | None:
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _text(value: Any) -> str | None:
