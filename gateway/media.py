@@ -117,17 +117,14 @@ class MediaService:
     ) -> HttpResponseBase:
         """Run one call; whatever happens before its answer, it leaves its ledger row."""
         call = MediaCall(self.runtime, caller, operation)
-        try:
-            return await handle(call)
-        except GatewayError as error:
-            return call.record_error(error)
-        except NotImplementedError:  # the model's provider cannot do it (Anthropic: chat only)
-            return call.record_error(unsupported(call.requested_model, operation))
-        except asyncio.CancelledError:
-            call.record_abandoned()
-            raise
-        except Exception:
-            return call.record_unexpected()
+
+        async def handled() -> HttpResponseBase:
+            try:
+                return await handle(call)
+            except NotImplementedError:  # the model's provider cannot (Anthropic: chat only)
+                raise unsupported(call.requested_model, operation) from None
+
+        return await call.answer(handled)
 
     # --- JSON in, JSON out -----------------------------------------------------------------------
 

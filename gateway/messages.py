@@ -9,7 +9,6 @@ lands in the same ledger, and errors come back in Anthropic's error shape.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
@@ -52,38 +51,35 @@ class MessagesService:
     ) -> HttpResponseBase:
         """``forwarded_headers`` (anthropic-version, anthropic-beta) go to Anthropic upstreams."""
         call = ChatCall(self.runtime, caller, "messages", anthropic_error_response)
-        try:
-            data = parse_json_object(body, call)
-            model = data.get("model")
-            if not isinstance(model, str) or not model:
-                raise InvalidRequest("model: a model name is required", param="model")
-            call.stream = data.get("stream") is True
-            turns = data.get("messages")
-            if not isinstance(turns, list) or not turns:
-                raise InvalidRequest(
-                    "messages: at least one message is required",
-                    param="messages",
-                    code="invalid_value",
-                )
-            call.prompt = [data.get("system"), *turns]
-            call.route = route = self.runtime.factory.resolve(model, "chat")
-            max_tokens = data.get("max_tokens")
-            await call.admit(
-                route,
-                call.estimate_prompt_tokens(),
-                max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else None,
+        return await call.answer(lambda: self._create(call, body, forwarded_headers or {}))
+
+    async def _create(
+        self, call: ChatCall, body: bytes, forwarded_headers: dict[str, str]
+    ) -> HttpResponseBase:
+        data = parse_json_object(body, call)
+        model = data.get("model")
+        if not isinstance(model, str) or not model:
+            raise InvalidRequest("model: a model name is required", param="model")
+        call.stream = data.get("stream") is True
+        turns = data.get("messages")
+        if not isinstance(turns, list) or not turns:
+            raise InvalidRequest(
+                "messages: at least one message is required",
+                param="messages",
+                code="invalid_value",
             )
-            if isinstance(route.provider, AnthropicProvider):
-                return await self._native(call, data, route, forwarded_headers or {})
-            request = parse_chat_request(anthropic_request_to_openai(data))
-            return await self._translated(call, request, route)
-        except GatewayError as error:
-            return call.record_error(error)
-        except asyncio.CancelledError:
-            call.record_abandoned()
-            raise
-        except Exception:
-            return call.record_unexpected()
+        call.prompt = [data.get("system"), *turns]
+        call.route = route = self.runtime.factory.resolve(model, "chat")
+        max_tokens = data.get("max_tokens")
+        await call.admit(
+            route,
+            call.estimate_prompt_tokens(),
+            max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else None,
+        )
+        if isinstance(route.provider, AnthropicProvider):
+            return await self._native(call, data, route, forwarded_headers)
+        request = parse_chat_request(anthropic_request_to_openai(data))
+        return await self._translated(call, request, route)
 
     # --- Anthropic upstream: pass through --------------------------------------------------------
 

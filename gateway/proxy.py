@@ -295,6 +295,19 @@ class ChatCall:
         if not self.recorded:
             self.record_abandoned()
 
+    async def answer(self, handle: Callable[[], Awaitable[HttpResponseBase]]) -> HttpResponseBase:
+        """Run the call's handler. Whatever it raises before its answer becomes the call's error
+        answer and ledger row; a client that hangs up meanwhile leaves a 499 row."""
+        try:
+            return await handle()
+        except GatewayError as error:
+            return self.record_error(error)
+        except asyncio.CancelledError:
+            self.record_abandoned()
+            raise
+        except Exception:
+            return self.record_unexpected()
+
     def record_unexpected(self) -> HttpResponse:
         log.exception("call %s failed", self.request_id)
         return self.record_error(InternalError("The gateway failed to handle the request."))
@@ -346,26 +359,21 @@ class ProxyService:
 
     async def chat(self, caller: Caller, body: bytes) -> HttpResponseBase:
         call = ChatCall(self.runtime, caller)
-        try:
-            request = parse_chat_request(body, call)
-            call.requested_model, call.stream = request.model, request.stream
-            call.prompt = [message.content for message in request.messages]
-            call.route = route = self.runtime.factory.resolve(request.model, "chat")
-            await call.admit(
-                route,
-                call.estimate_prompt_tokens(),
-                request.max_completion_tokens or request.max_tokens,
-            )
-            if request.stream:
-                return await self._stream(call, request, route)
-            response = await route.provider.chat(request, route.upstream_model)
-        except GatewayError as error:
-            return call.record_error(error)
-        except asyncio.CancelledError:
-            call.record_abandoned()
-            raise
-        except Exception:
-            return call.record_unexpected()
+        return await call.answer(lambda: self._chat(call, body))
+
+    async def _chat(self, call: ChatCall, body: bytes) -> HttpResponseBase:
+        request = parse_chat_request(body, call)
+        call.requested_model, call.stream = request.model, request.stream
+        call.prompt = [message.content for message in request.messages]
+        call.route = route = self.runtime.factory.resolve(request.model, "chat")
+        await call.admit(
+            route,
+            call.estimate_prompt_tokens(),
+            request.max_completion_tokens or request.max_tokens,
+        )
+        if request.stream:
+            return await self._stream(call, request, route)
+        response = await route.provider.chat(request, route.upstream_model)
         call.record(response.usage, 200)
         http = HttpResponse(
             response.raw if response.raw is not None else orjson.dumps(response.body),
