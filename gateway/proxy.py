@@ -106,12 +106,19 @@ def sse_event(chunk: StreamChunk, hide_usage: bool) -> bytes | None:
     The gateway always asks the upstream for usage; a client that did not ask gets neither the
     usage-only chunk nor the ``"usage": null`` that the upstream then puts on every chunk.
     """
+    raw = chunk.raw
     if hide_usage and "usage" in chunk.payload:
         if chunk.is_usage_only:
             return None
         del chunk.payload["usage"]
-        chunk.raw = None
-    return b"data: " + (chunk.raw or orjson.dumps(chunk.payload)) + b"\n\n"
+        if raw is not None and raw.endswith(_NULL_USAGE):
+            raw = raw[: -len(_NULL_USAGE)] + b"}"  # OpenAI's compact JSON: cut, don't re-encode
+        else:
+            raw = None
+    return b"data: " + (raw or orjson.dumps(chunk.payload)) + b"\n\n"
+
+
+_NULL_USAGE = b',"usage":null}'
 
 
 class StreamMeter:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
+import orjson
+
 from gateway.proxy import StreamMeter, estimate_prompt_tokens
 from providers.base import StreamChunk, Usage
 from providers.errors import UpstreamUnavailable
@@ -54,3 +56,17 @@ def test_a_failed_stream_keeps_the_input_its_upstream_reported() -> None:
     usage = meter.final_usage(call_with_prompt(["ignored"]))
     assert (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (120, 2, 122)
     assert usage.cache_read_tokens == 100 and usage.estimated
+
+
+def test_a_null_usage_is_cut_from_the_upstream_bytes_not_re_encoded() -> None:
+    from gateway.proxy import sse_event
+
+    raw = b'{"id":"c","choices":[{"index":0,"delta":{"content":"\\u00e9 a"}}],"usage":null}'
+    chunk = StreamChunk(orjson.loads(raw), raw)
+    event = sse_event(chunk, hide_usage=True)
+    # The upstream's own escapes survive: the bytes were cut, not re-encoded.
+    assert event == b'data: {"id":"c","choices":[{"index":0,"delta":{"content":"\\u00e9 a"}}]}\n\n'
+    spaced = b'{"choices": [], "usage": null}'
+    other = StreamChunk(orjson.loads(spaced) | {"choices": [{"index": 0}]}, spaced)
+    assert sse_event(other, hide_usage=True) == b'data: {"choices":[{"index":0}]}\n\n'
+    assert sse_event(StreamChunk({"choices": []}, b"x"), hide_usage=False) == b"data: x\n\n"
