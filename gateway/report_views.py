@@ -94,29 +94,18 @@ def ledger_url(report: ReportFilter) -> str:
     params: dict[str, Any] = {
         "created_at__gte": str(_utc_midnight(report.start)),
         "created_at__lt": str(_utc_midnight(report.end + timedelta(days=1))),
+        **report.chosen("tenant__id__exact", "api_key__id__exact", "requested_model", "provider"),
     }
-    if report.tenant_id is not None:
-        params["tenant__id__exact"] = report.tenant_id
-    if report.api_key_id is not None:
-        params["api_key__id__exact"] = report.api_key_id
-    if report.model:
-        params["requested_model"] = report.model
-    if report.provider:
-        params["provider"] = report.provider
     return reverse("admin:gateway_usagerecord_changelist") + "?" + urlencode(params)
 
 
 def report_query(report: ReportFilter, **extra: str) -> str:
     """The query string of the report page (or its CSV) for ``report``."""
-    params: dict[str, Any] = {"start": report.start.isoformat(), "end": report.end.isoformat()}
-    if report.tenant_id is not None:
-        params["tenant"] = report.tenant_id
-    if report.api_key_id is not None:
-        params["key"] = report.api_key_id
-    if report.model:
-        params["model"] = report.model
-    if report.provider:
-        params["provider"] = report.provider
+    params: dict[str, Any] = {
+        "start": report.start.isoformat(),
+        "end": report.end.isoformat(),
+        **report.chosen("tenant", "key", "model", "provider"),
+    }
     return "?" + urlencode({**params, **extra})
 
 
@@ -176,15 +165,8 @@ def ledger_rows(report: ReportFilter) -> Iterator[tuple[Any, ...]]:
     rows = UsageRecord.objects.filter(
         created_at__gte=_utc_midnight(report.start),
         created_at__lt=_utc_midnight(report.end + timedelta(days=1)),
+        **report.chosen("tenant_id", "api_key_id", "requested_model", "provider"),
     )
-    if report.tenant_id is not None:
-        rows = rows.filter(tenant_id=report.tenant_id)
-    if report.api_key_id is not None:
-        rows = rows.filter(api_key_id=report.api_key_id)
-    if report.model:
-        rows = rows.filter(requested_model=report.model)
-    if report.provider:
-        rows = rows.filter(provider=report.provider)
     values = rows.order_by("created_at", "id").values_list(*LEDGER_CSV_COLUMNS)
     return values.iterator(chunk_size=2000)
 

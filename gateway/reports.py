@@ -55,17 +55,22 @@ class ReportFilter:
     model: str = ""
     provider: str = ""
 
+    def chosen(self, tenant: str, key: str, model: str, provider: str) -> dict[str, Any]:
+        """The filters that are set, under the names a query, a URL or a form uses for them."""
+        pairs = (
+            (tenant, self.tenant_id),
+            (key, self.api_key_id),
+            (model, self.model or None),
+            (provider, self.provider or None),
+        )
+        return {name: value for name, value in pairs if value is not None}
+
     def rollups(self) -> QuerySet[UsageDaily]:
-        rows = UsageDaily.objects.filter(day__gte=self.start, day__lte=self.end)
-        if self.tenant_id is not None:
-            rows = rows.filter(tenant_id=self.tenant_id)
-        if self.api_key_id is not None:
-            rows = rows.filter(api_key_id=self.api_key_id)
-        if self.model:
-            rows = rows.filter(model=self.model)
-        if self.provider:
-            rows = rows.filter(provider=self.provider)
-        return rows
+        return UsageDaily.objects.filter(
+            day__gte=self.start,
+            day__lte=self.end,
+            **self.chosen("tenant_id", "api_key_id", "model", "provider"),
+        )
 
     def narrowed(self, **fields: Any) -> ReportFilter:
         return replace(self, **fields)
