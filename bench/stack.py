@@ -73,7 +73,7 @@ def django_env(config: Path, var_dir: Path, settings_module: str) -> dict[str, s
         "DJANGO_DEBUG": "false",
         "TOLLGATE_CONFIG": str(config),
         "TOLLGATE_VAR_DIR": str(var_dir),
-        "TOLLGATE_LEDGER_SPOOL": str(var_dir / "ledger-spool"),
+        "TOLLGATE_LEDGER_DIR": str(var_dir / "ledger"),
         UPSTREAM_KEY_ENV: "sk-bench-upstream",
         "PYTHONUNBUFFERED": "1",
         # As `make serve` runs it: two malloc arenas instead of one per thread (see README).

@@ -1,13 +1,28 @@
-"""The ledger writer: usage rows leave the request path through a queue and land in batches.
+"""The ledger writer: every call's row reaches the ledger exactly once, whatever fails.
 
-A request hands its row to ``LedgerWriter.record`` (a non-blocking queue put) and moves on. One
-writer thread per process drains the queue and inserts the rows (one ``executemany``), one batch at
-most every ``flush_seconds`` or every ``batch_size`` rows. In the same transaction it adds the
-batch to the daily rollup (``UsageDaily``): the batch is summed in Python by day (UTC), tenant,
-key, model and provider, and upserted with one more ``executemany`` (``rollup.py``). A batch the
-database refuses is retried; if it still fails it is appended to a spool file (JSON lines) and
-replayed on the next start, so a row is never dropped. ``stop`` flushes what is queued; the ASGI
-lifespan calls it on shutdown, and an ``atexit`` hook does for processes that have no lifespan.
+A request hands its row to ``LedgerWriter.record``, which cleans it (``clean_row``: what the
+database would refuse, such as a NUL character in a model name, is mended where the row is built),
+appends it to the process's journal (``ledger_files``: a write to the page cache, before the
+call's answer completes) and queues it. One writer thread per process drains the queue and
+inserts the rows in batches, one batch at most every ``flush_seconds`` or every ``batch_size``
+rows, adding them to the daily rollup (``rollup.py``) in the same transaction.
+
+What can go wrong, and what happens then:
+
+- **The database refuses a row** (a value no cleaning foresaw, a tenant deleted meanwhile): the
+  batch is split in halves until the row is alone, every other row lands, and the row goes to
+  ``LedgerDeadLetter`` with the database's reason, for an operator to see in the admin.
+- **The database is down**: after ``retries`` attempts the rows go to a spool file, fsynced; the
+  writer probes the database every ``replay_seconds`` and replays the spool as soon as it answers,
+  while the gateway keeps serving.
+- **The process is killed** (SIGKILL, the OOM killer): its journal is left unclaimed, and any
+  writer (a sibling worker, or the next start) replays it.
+- **A replay is cut short, or happens twice**: inserts skip request ids already in the ledger
+  (``INSERT ... ON CONFLICT (request_id) DO NOTHING RETURNING``) and only what landed is added to
+  the rollup, so nothing is counted twice.
+
+``stop`` writes what is queued and deletes the journal; the ASGI lifespan calls it on shutdown,
+and an ``atexit`` hook does for processes that have no lifespan.
 """
 
 from __future__ import annotations
@@ -18,50 +33,106 @@ import logging
 import queue
 import threading
 import time
-from decimal import Decimal
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-import orjson
-from django.db import DatabaseError, close_old_connections, connection, transaction
+from django.db import InterfaceError, OperationalError, connection, transaction
+from django.db.backends.base.operations import BaseDatabaseOperations
+from django.db.models import DecimalField
 
-from gateway.models import UsageRecord
+from gateway.ledger_files import Claim, HeldFile, Row, adopt, encode, unclaimed
+from gateway.logs import Throttled
+from gateway.models import LedgerDeadLetter, UsageRecord
 from gateway.rollup import add_to_rollup
 
 log = logging.getLogger("tollgate.ledger")
 
-Row = dict[str, Any]
-"""Field values of one ``UsageRecord`` (foreign keys as ``tenant_id`` / ``api_key_id``)."""
+__all__ = ["LedgerWriter", "Row", "clean_row", "insert_rows"]
 
 _STOP = object()
+
+
+@dataclass(frozen=True, slots=True)
+class _Retire:
+    """Queued behind the last row of a journal segment: when the writer reaches it, every row
+    of the segment is in the ledger (or the spool), and the segment can go."""
+
+    segment: HeldFile
+
+
+class DatabaseUnavailable(Exception):
+    """The database did not answer: rows wait in the spool, none is blamed."""
 
 
 class LedgerWriter:
     def __init__(
         self,
-        spool_path: Path,
+        directory: Path,
         flush_seconds: float = 0.5,
         batch_size: int = 500,
         retries: int = 3,
         autostart: bool = True,
+        *,
+        journal: bool = True,
+        fsync: bool = True,
+        replay_seconds: float = 2.0,
+        segment_bytes: int = 8 * 1024 * 1024,
+        segment_seconds: float = 60.0,
+        legacy_spools: Iterable[Path] = (),
     ) -> None:
-        self.spool_path = spool_path
+        self.directory = Path(directory)
         self.flush_seconds = flush_seconds
         self.batch_size = batch_size
         self.retries = retries
         self.autostart = autostart
+        self.journal = journal
+        self.fsync = fsync
+        self.replay_seconds = replay_seconds
+        self.segment_bytes = segment_bytes
+        self.segment_seconds = segment_seconds
+        self.legacy_spools = list(legacy_spools)
         self._queue: queue.SimpleQueue[Row | object] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._order = threading.Lock()  # a row's journal line and its place in the queue agree
         self._backoff = threading.Event()  # never set: its wait() is an interruptible sleep
+        self._segment: HeldFile | None = None
+        self._spool: HeldFile | None = None  # set while the database is down
+        self._replaying: Claim | None = None
+        self._replay_at = 0.0
+        self._unsaved = False  # a row since the last retired segment is only in the journal
+        self._unavailable = Throttled(log)
+        self._disk_trouble = Throttled(log)
 
     # --- request side ------------------------------------------------------------------------
 
     def record(self, row: Row) -> None:
-        """Queue one row. Never blocks, never touches the database."""
-        self._queue.put(row)
+        """Journal and queue one row. Never blocks on the database; a failing disk costs the
+        crash guarantee (logged), never the call."""
+        row = clean_row(row)
+        line = encode(row) if self.journal else b""
+        with self._order:
+            if line:
+                self._journal(line)
+            self._queue.put(row)
         if self._thread is None and self.autostart:
             self.start()
+
+    def _journal(self, line: bytes) -> None:
+        try:
+            if self._segment is None:
+                self._segment = HeldFile(self.directory, "journal")
+            self._segment.append(line)
+        except OSError as error:
+            self._disk_trouble.error(
+                "ledger: cannot write the journal in %s (%s): a crash now would lose rows",
+                self.directory,
+                error,
+            )
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -74,124 +145,380 @@ class LedgerWriter:
             atexit.register(self.stop)
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Write everything queued, then stop the writer thread."""
+        """Write everything queued, then stop the writer thread and let go of its files."""
         with self._lock:
             thread, self._thread = self._thread, None
         if thread is not None:
             self._queue.put(_STOP)
             thread.join(timeout)
         self.flush()
+        with self._order:
+            segment, self._segment = self._segment, None
+        if segment is not None:
+            self._retire(segment)
+        for held in (self._replaying, self._spool):
+            if held is not None:
+                held.release()
+        self._replaying = self._spool = None
 
     def flush(self) -> int:
         """Write every queued row now, in the calling thread. Returns how many were written."""
-        rows: list[Row] = []
+        items: list[object] = []
         with contextlib.suppress(queue.Empty):
             while True:
-                item = self._queue.get_nowait()
-                if item is not _STOP:
-                    rows.append(item)  # type: ignore[arg-type]
-        for start in range(0, len(rows), self.batch_size):
-            self._write(rows[start : start + self.batch_size])
-        return len(rows)
+                items.append(self._queue.get_nowait())
+        return self._handle(items)[0]
 
     # --- writer thread -----------------------------------------------------------------------
 
     def _run(self) -> None:
-        self.replay_spool()
-        stopping = False
-        while not stopping:
-            first = self._queue.get()
-            batch: list[Row] = []
-            if first is _STOP:
+        adopt(self.legacy_spools, self.directory)
+        try:
+            while True:
+                self._replay_some()
+                items = self._take()
+                _, stopping = self._handle(items)
+                if stopping:
+                    break
+                self._rotate()
+        finally:
+            connection.close()
+
+    def _take(self) -> list[object]:
+        """The next batch: rows until ``batch_size`` or ``flush_seconds`` after the first, cut
+        short by a retired segment or the stop sign. Empty when nothing came before the next
+        replay is due."""
+        wait = min(max(self._replay_at - time.monotonic(), 0.05), self.replay_seconds)
+        try:
+            first = self._queue.get(timeout=wait)
+        except queue.Empty:
+            return []
+        items = [first]
+        deadline = time.monotonic() + self.flush_seconds
+        while len(items) < self.batch_size and not isinstance(items[-1], _Retire):
+            if items[-1] is _STOP:
                 break
-            batch.append(first)  # type: ignore[arg-type]
-            deadline = time.monotonic() + self.flush_seconds
-            while len(batch) < self.batch_size:
-                wait = deadline - time.monotonic()
-                if wait <= 0:
-                    break
-                try:
-                    item = self._queue.get(timeout=wait)
-                except queue.Empty:
-                    break
-                if item is _STOP:
-                    stopping = True
-                    break
-                batch.append(item)  # type: ignore[arg-type]
-            self._write(batch)
-        connection.close()
-
-    def _write(self, rows: list[Row]) -> None:
-        if not rows:
-            return
-        for attempt in range(1, self.retries + 1):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
             try:
-                insert_rows(rows)
-                return
-            except DatabaseError:
-                log.warning(
-                    "ledger batch of %d rows failed (attempt %d)", len(rows), attempt, exc_info=True
-                )
-                close_old_connections()
-                connection.close()
-                self._backoff.wait(0.2 * attempt)  # a plain sleep, in the writer thread
-        self._spool(rows)
+                items.append(self._queue.get(timeout=remaining))
+            except queue.Empty:
+                break
+        return items
 
-    # --- spool -------------------------------------------------------------------------------
+    def _handle(self, items: list[object]) -> tuple[int, bool]:
+        """Write the rows among ``items``, retiring journal segments in order. Returns how many
+        rows, and whether the stop sign was among them."""
+        rows: list[Row] = []
+        written, stopping = 0, False
+        for item in items:
+            if item is _STOP:
+                stopping = True
+            elif isinstance(item, _Retire):
+                written += self._write(rows)
+                rows = []
+                self._retire(item.segment)
+            else:
+                rows.append(item)  # type: ignore[arg-type]
+        return written + self._write(rows), stopping
 
-    def _spool(self, rows: list[Row]) -> None:
-        self.spool_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.spool_path.open("ab") as spool:
-            for row in rows:
-                spool.write(orjson.dumps(row, default=_encode) + b"\n")
-        log.error(
-            "ledger: %d rows spooled to %s; they are replayed on the next start",
-            len(rows),
-            self.spool_path,
-        )
-
-    def replay_spool(self) -> int:
-        """Insert rows spooled by an earlier failure. Returns how many were replayed."""
-        if not self.spool_path.exists():
+    def _write(self, rows: list[Row]) -> int:
+        """Put ``rows`` in the ledger, the dead letter or, with the database down, the spool."""
+        if not rows:
             return 0
-        replaying = self.spool_path.with_suffix(".replaying")
-        self.spool_path.rename(replaying)
-        rows = [orjson.loads(line) for line in replaying.read_bytes().splitlines() if line]
-        for start in range(0, len(rows), self.batch_size):
-            self._write(rows[start : start + self.batch_size])
-        replaying.unlink()
-        log.info("ledger: replayed %d spooled rows", len(rows))
+        if self.fsync and self._segment is not None:
+            with contextlib.suppress(OSError):
+                self._segment.sync()  # a machine crash loses at most one flush interval
+        if self._spool is None:
+            try:
+                self._land_retrying(rows)
+                return len(rows)
+            except DatabaseUnavailable as error:
+                self._unavailable.error(
+                    "ledger: database unavailable (%s); rows are spooled in %s and replayed "
+                    "as soon as it answers",
+                    error,
+                    self.directory,
+                )
+        self._to_spool(rows)
         return len(rows)
 
+    def _land_retrying(self, rows: list[Row]) -> None:
+        for attempt in range(1, self.retries + 1):
+            try:
+                self._land(rows)
+                return
+            except DatabaseUnavailable:
+                if attempt == self.retries:
+                    raise
+                self._backoff.wait(0.2 * attempt)  # a plain sleep, in the writer thread
 
-def insert_rows(rows: list[Row]) -> None:
-    """One ``executemany`` for a batch: several times cheaper than ``bulk_create``, which builds a
-    model instance and compiles the SQL for every row. Values are still adapted by each field,
-    so every database backend gets what it expects; missing fields take their defaults."""
+    def _land(self, rows: list[Row]) -> None:
+        """Insert ``rows``; when the database refuses the batch but answers, split it until the
+        row it refuses is alone, and put that row in the dead letter."""
+        try:
+            insert_rows(rows)
+            return
+        except (OperationalError, InterfaceError) as error:
+            connection.close()
+            raise DatabaseUnavailable(str(error).strip()) from error
+        except Exception as error:  # a value refused, by the database or by a field
+            if not database_answers():
+                raise DatabaseUnavailable(str(error).strip()) from error
+            if len(rows) == 1:
+                self._dead_letter(rows[0], error)
+                return
+        half = len(rows) // 2
+        self._land(rows[:half])
+        self._land(rows[half:])
+
+    def _dead_letter(self, row: Row, error: Exception) -> None:
+        request_id = str(row.get("request_id") or "")[:64]
+        tenant_id = row.get("tenant_id")
+        reason = f"{type(error).__name__}: {error}".strip()[:4000]
+        try:
+            if (
+                not request_id
+                or not LedgerDeadLetter.objects.filter(request_id=request_id).exists()
+            ):
+                LedgerDeadLetter.objects.create(
+                    request_id=request_id,
+                    tenant_id=tenant_id if isinstance(tenant_id, int) else None,
+                    reason=reason,
+                    row=_as_text(row),
+                )
+        except Exception as dead:
+            raise DatabaseUnavailable(f"the dead letter failed too: {dead}") from dead
+        log.error(
+            "ledger: the database refused row %s (%s); it is in the dead letter", request_id, reason
+        )
+
+    def _to_spool(self, rows: list[Row]) -> None:
+        try:
+            if self._spool is None:
+                self._spool = HeldFile(self.directory, "spool")
+            self._spool.append(b"".join(encode(row) for row in rows))
+            self._spool.sync()
+        except OSError as error:
+            # The journal still has these rows: its segment is kept for a replay.
+            self._unsaved = True
+            self._disk_trouble.error(
+                "ledger: cannot write the spool in %s (%s); %d rows wait in the journal",
+                self.directory,
+                error,
+                len(rows),
+            )
+
+    # --- the journal -------------------------------------------------------------------------
+
+    def _rotate(self) -> None:
+        """Start a new journal segment when the current one is big or old enough; the old one
+        is retired once the writer has reached its last row."""
+        segment = self._segment
+        if segment is None or segment.size == 0:
+            return
+        if segment.size < self.segment_bytes and time.monotonic() - segment.opened < (
+            self.segment_seconds
+        ):
+            return
+        try:
+            fresh = HeldFile(self.directory, "journal")
+        except OSError:
+            return
+        with self._order:
+            old, self._segment = self._segment, fresh
+            self._queue.put(_Retire(old))  # type: ignore[arg-type]
+
+    def _retire(self, segment: HeldFile) -> None:
+        if self._unsaved:  # some of its rows are nowhere else: leave it to a replay
+            segment.release()
+            self._unsaved = False
+        else:
+            segment.delete()
+
+    # --- replay ------------------------------------------------------------------------------
+
+    def _replay_some(self, batches: int = 20) -> None:
+        """Every ``replay_seconds``: if the database is back, release the spool; then replay up
+        to ``batches`` batches of unclaimed files (this process's spool, dead processes'
+        journals, other workers' spools). Comes back at once while there is more."""
+        now = time.monotonic()
+        if now < self._replay_at:
+            return
+        self._replay_at = now + self.replay_seconds
+        if self._spool is not None:
+            if not database_answers():
+                return
+            log.warning("ledger: the database answers again; replaying the spool")
+            self._spool.release()
+            self._spool = None
+        for _ in range(batches):
+            claim = self._replaying or next(unclaimed(self.directory), None)
+            if claim is None:
+                return
+            self._replaying = claim
+            rows = [clean_row(row) for row in claim.rows(self.batch_size)]
+            if not rows:
+                log.info("ledger: replayed %s", claim.path.name)
+                if claim.torn:
+                    log.warning("ledger: %d torn lines in %s", claim.torn, claim.path.name)
+                claim.done()
+                self._replaying = None
+                continue
+            try:
+                self._land(rows)
+            except DatabaseUnavailable as error:
+                self._unavailable.warning("ledger: replay paused, database unavailable (%s)", error)
+                claim.release()
+                self._replaying = None
+                return
+        self._replay_at = now  # more to do: come back after the next batch of live rows
+
+    def replay(self) -> int:
+        """Replay every unclaimed file now, in the calling thread (tests, tools). Returns how
+        many rows were read."""
+        count = 0
+        while True:
+            claim = next(unclaimed(self.directory), None)
+            if claim is None:
+                return count
+            while rows := claim.rows(self.batch_size):
+                count += len(rows)
+                self._land([clean_row(row) for row in rows])
+            claim.done()
+
+
+def database_answers() -> bool:
+    """Whether the database takes a query now (on a fresh connection if this one broke)."""
+    for _ in range(2):
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1")
+            return True
+        except Exception:
+            with contextlib.suppress(Exception):
+                connection.close()
+    return False
+
+
+# --- rows --------------------------------------------------------------------------------------
+
+_RANGES = BaseDatabaseOperations.integer_field_ranges
+_TEXT_FIELDS = [
+    (field.attname, field.max_length)
+    for field in UsageRecord._meta.concrete_fields
+    if field.get_internal_type() == "CharField"
+]
+_INT_FIELDS = [
+    (field.attname, *_RANGES[field.get_internal_type()])
+    for field in UsageRecord._meta.concrete_fields
+    if field.get_internal_type() in _RANGES and not field.is_relation and not field.primary_key
+]
+_DECIMAL_FIELDS = [
+    (field.attname, Decimal(10) ** (field.max_digits - field.decimal_places) - 1)
+    for field in UsageRecord._meta.concrete_fields
+    if isinstance(field, DecimalField)
+]
+
+
+def clean_row(row: Row) -> Row:
+    """Mend, in place, what the database would refuse in a row: NUL characters and lone
+    surrogates in text (replaced by U+FFFD), text over its column's length (cut), counts
+    outside their column's range (clamped), decimals that are not finite or too large. A row
+    without a request id gets one: the id is what keeps a replayed row from counting twice."""
+    for name, limit in _TEXT_FIELDS:
+        value = row.get(name)
+        if isinstance(value, str):
+            row[name] = _clean_text(value, limit)
+    for name, low, high in _INT_FIELDS:
+        value = row.get(name)
+        if value is not None and not (isinstance(value, int) and low <= value <= high):
+            row[name] = _clamp_int(value, low, high)
+    for name, largest in _DECIMAL_FIELDS:
+        value = row.get(name)
+        if value is not None and not (
+            isinstance(value, Decimal) and value.is_finite() and abs(value) <= largest
+        ):
+            row[name] = _clamp_decimal(value, largest)
+    if not row.get("request_id"):
+        row["request_id"] = "req_" + uuid.uuid4().hex
+    return row
+
+
+def _clean_text(value: str, limit: int | None) -> str:
+    if "\x00" in value:
+        value = value.replace("\x00", "\ufffd")
+    try:
+        value.encode()
+    except UnicodeEncodeError:  # lone surrogates
+        value = "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in value)
+    return value[:limit] if limit else value
+
+
+def _clamp_int(value: object, low: int, high: int) -> int | None:
+    try:
+        number = int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return min(max(number, low), high)
+
+
+def _clamp_decimal(value: object, high: Decimal) -> Decimal:
+    try:
+        number = value if isinstance(value, Decimal) else Decimal(str(value))
+    except (InvalidOperation, ValueError):
+        return Decimal(0)
+    if not number.is_finite():
+        return Decimal(0)
+    return min(max(number, -high), high)
+
+
+def _as_text(row: Row) -> str:
+    try:
+        return encode(row).decode().rstrip("\n")
+    except TypeError:
+        return repr(row)
+
+
+def insert_rows(rows: list[Row]) -> int:
+    """Insert a batch, skipping rows whose request id is already in the ledger, and add the rows
+    that landed to the rollup, in one transaction. Returns how many landed.
+
+    Multi-row ``INSERT ... ON CONFLICT (request_id) DO NOTHING RETURNING request_id``: it tells
+    which rows are new, so that a replay never adds to the rollup twice. Values are adapted by
+    each field, so every database backend gets what it expects; missing fields take defaults."""
+    unique: dict[str, Row] = {}
+    for row in rows:
+        unique.setdefault(row["request_id"], row)
     fields = _insert_fields()
-    table = connection.ops.quote_name(UsageRecord._meta.db_table)
-    columns = ", ".join(connection.ops.quote_name(field.column) for field in fields)
-    placeholders = ", ".join(["%s"] * len(fields))
-    sql = f"INSERT INTO {table} ({columns}) VALUES ({placeholders})"
-    params = [
+    quote = connection.ops.quote_name
+    table = quote(UsageRecord._meta.db_table)
+    columns = ", ".join(quote(field.column) for field in fields)
+    placeholders = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    per_statement = max(1, connection.ops.bulk_batch_size(fields, list(unique.values())))
+    values = [
         [
             field.get_db_prep_save(
                 row[field.attname] if field.attname in row else field.get_default(), connection
             )
             for field in fields
         ]
-        for row in rows
+        for row in unique.values()
     ]
+    landed: set[str] = set()
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.executemany(sql, params)
-        add_to_rollup(cursor, rows)
+        for start in range(0, len(values), per_statement):
+            chunk = values[start : start + per_statement]
+            cursor.execute(
+                f"INSERT INTO {table} ({columns}) VALUES {', '.join([placeholders] * len(chunk))} "
+                f"ON CONFLICT ({quote('request_id')}) DO NOTHING RETURNING {quote('request_id')}",
+                [value for row_values in chunk for value in row_values],
+            )
+            landed.update(request_id for (request_id,) in cursor.fetchall())
+        add_to_rollup(cursor, [row for key, row in unique.items() if key in landed])
+    return len(landed)
 
 
 def _insert_fields() -> list[Any]:
     return [field for field in UsageRecord._meta.concrete_fields if not field.primary_key]
-
-
-def _encode(value: object) -> str:
-    if isinstance(value, Decimal):
-        return str(value)
-    raise TypeError(type(value).__name__)

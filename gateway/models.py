@@ -119,7 +119,11 @@ class UsageRecord(models.Model):
     """The ledger: one row per call, successful or not. Append-only."""
 
     created_at = models.DateTimeField(default=timezone.now)
-    request_id = models.CharField(max_length=64)
+    request_id = models.CharField(
+        max_length=64,
+        unique=True,
+        help_text="The gateway's id of the call: a row is written once, however often replayed.",
+    )
     tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="usage")
     api_key = models.ForeignKey(ApiKey, on_delete=models.PROTECT, related_name="usage")
     endpoint = models.CharField(max_length=40, default="chat.completions")
@@ -160,6 +164,24 @@ class UsageRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.request_id} {self.requested_model} {self.status_code}"
+
+
+class LedgerDeadLetter(models.Model):
+    """A ledger row the database refused on its own (its batch was split until only it failed),
+    kept with the reason so that an operator can see it, fix what it needs and retry it."""
+
+    created_at = models.DateTimeField(default=timezone.now)
+    request_id = models.CharField(max_length=64, blank=True)
+    tenant_id = models.BigIntegerField(null=True, help_text="As the row has it (not checked).")
+    reason = models.TextField()
+    row = models.TextField(help_text="The row as JSON, every value as it was queued.")
+
+    class Meta:
+        verbose_name = "ledger dead letter"
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.request_id or '(no request id)'}: {self.reason[:80]}"
 
 
 class ProviderKey(models.Model):

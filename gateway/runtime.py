@@ -42,8 +42,12 @@ def build_runtime() -> Runtime:
         config=config,
         factory=ProviderFactory(config, credentials=credentials.get),
         ledger=LedgerWriter(
-            spool_path=settings.TOLLGATE_LEDGER_SPOOL,
+            settings.TOLLGATE_LEDGER_DIR,
             flush_seconds=settings.TOLLGATE_LEDGER_FLUSH_SECONDS,
+            journal=settings.TOLLGATE_LEDGER_JOURNAL,
+            fsync=settings.TOLLGATE_LEDGER_FSYNC,
+            replay_seconds=settings.TOLLGATE_LEDGER_REPLAY_SECONDS,
+            legacy_spools=settings.LEGACY_LEDGER_SPOOLS,
         ),
         credentials=credentials,
         policy=Policy.from_settings(settings.REDIS_URL),

@@ -154,8 +154,18 @@ TOLLGATE_MAX_UPLOAD_BYTES = int(env_float("TOLLGATE_MAX_UPLOAD_BYTES", 25 * 1024
 """Largest file an upload endpoint (/v1/audio/transcriptions) accepts (413 beyond). Bodies of
 upload endpoints are capped at this plus room for the form's other fields, not at
 TOLLGATE_MAX_BODY_BYTES."""
-TOLLGATE_LEDGER_SPOOL = Path(env_str("TOLLGATE_LEDGER_SPOOL", str(VAR_DIR / "ledger-spool")))
-"""Rows that could not be written to the database are appended here and replayed later."""
+TOLLGATE_LEDGER_DIR = Path(env_str("TOLLGATE_LEDGER_DIR", str(VAR_DIR / "ledger")))
+"""The ledger's journal (every row, before its call's answer completes) and spool (rows the
+database did not take), replayed by any worker (gateway.ledger). Local to the machine: every
+worker of one gateway must share it, two gateways must not."""
+TOLLGATE_LEDGER_JOURNAL = env_bool("TOLLGATE_LEDGER_JOURNAL", True)
+"""Off: a killed process loses the rows still queued (at most one flush interval)."""
+TOLLGATE_LEDGER_FSYNC = env_bool("TOLLGATE_LEDGER_FSYNC", True)
+"""The writer fsyncs the journal before each batch: a machine crash loses one flush interval."""
+TOLLGATE_LEDGER_REPLAY_SECONDS = env_float("TOLLGATE_LEDGER_REPLAY_SECONDS", 2.0)
+"""How often each writer probes a database that went away, and looks for files to replay."""
+LEGACY_LEDGER_SPOOLS = [VAR_DIR / "ledger-spool", VAR_DIR / "ledger-spool.replaying"]
+"""Where versions before the journal kept their spool: adopted and replayed at start."""
 TOLLGATE_SECRET_KEY = env_str("TOLLGATE_SECRET_KEY", "")
 """Encrypts upstream keys stored in the database (gateway.secrets). Required once any exist."""
 TOLLGATE_CREDENTIALS_REFRESH_SECONDS = env_float("TOLLGATE_CREDENTIALS_REFRESH_SECONDS", 5.0)

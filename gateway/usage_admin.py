@@ -18,14 +18,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from django.contrib import admin
+import orjson
+from django.contrib import admin, messages
 from django.core.paginator import Paginator
 from django.db import connection
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.functional import cached_property
 
-from gateway.models import UsageDaily, UsageRecord
+from gateway.ledger import clean_row, insert_rows
+from gateway.models import LedgerDeadLetter, UsageDaily, UsageRecord
 
 admin.site.index_template = "admin/tollgate_index.html"
 
@@ -194,3 +196,41 @@ class UsageDailyAdmin(ReadOnlyAdmin):
     list_filter = (("day", admin.DateFieldListFilter), ProviderFilter)
     list_select_related = ("tenant", "api_key__tenant")
     ordering = ("-day", "tenant", "api_key", "model")
+
+
+@admin.register(LedgerDeadLetter)
+class LedgerDeadLetterAdmin(admin.ModelAdmin):
+    """Ledger rows the database refused on their own, with its reason. Fix the cause (recreate a
+    deleted tenant, say), then "Insert into the ledger" retries them; rows already in the
+    ledger are skipped, never counted twice."""
+
+    list_display = ("created_at", "request_id", "tenant_id", "short_reason")
+    search_fields = ("=request_id",)
+    readonly_fields = ("created_at", "request_id", "tenant_id", "reason", "row")
+    actions = ("retry",)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description="reason")
+    def short_reason(self, obj: LedgerDeadLetter) -> str:
+        return obj.reason if len(obj.reason) <= 120 else obj.reason[:119] + "…"
+
+    @admin.action(description="Insert into the ledger", permissions=["delete"])
+    def retry(self, request: HttpRequest, queryset: QuerySet[LedgerDeadLetter]) -> None:
+        landed, refused = 0, []
+        for letter in queryset:
+            try:
+                insert_rows([clean_row(orjson.loads(letter.row))])
+            except Exception as error:  # still refused: keep it, say why
+                refused.append(f"{letter.request_id}: {type(error).__name__}: {error}")
+                continue
+            letter.delete()
+            landed += 1
+        if landed:
+            self.message_user(request, f"{landed} row(s) are in the ledger.", messages.SUCCESS)
+        for reason in refused[:10]:
+            self.message_user(request, f"Still refused: {reason}", messages.ERROR)

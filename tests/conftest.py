@@ -193,7 +193,7 @@ def gateway_runtime(
         current = runtime.Runtime(
             config=config,
             factory=ProviderFactory(config, transport=lambda _: httpx.MockTransport(handler)),
-            ledger=LedgerWriter(spool_path=tmp_path / "spool", autostart=False),
+            ledger=LedgerWriter(tmp_path / "ledger", autostart=False),
         )
         runtime.install(current)
         return current
@@ -258,7 +258,7 @@ def start_gateway(
         "DATABASE_URL": database_url(),
         "TOLLGATE_AUTH_CACHE_SECONDS": "0",
         "TOLLGATE_LEDGER_FLUSH_SECONDS": "0.05",
-        "TOLLGATE_LEDGER_SPOOL": str(tmp / "spool"),
+        "TOLLGATE_LEDGER_DIR": str(tmp / "ledger"),
         "FAKE_UPSTREAM_KEY": "sk-upstream-secret",
         **(env or {}),
     }

@@ -1083,4 +1083,4 @@ def test_shutdown_flushes_queued_ledger_rows(
     for row in rows:
         assert (row.tenant_id, row.status_code) == (alice.tenant.pk, 200)
         assert_exact_usage(row)
-    assert not (tmp_path / "spool").exists(), "rows were written, not spooled"
+    assert not list((tmp_path / "ledger").glob("*.jsonl")), "rows were written, not spooled"

@@ -1,4 +1,4 @@
-"""The ledger writer: batched, off the request path, never dropping a row."""
+"""The ledger writer: batched, off the request path, never dropping a row nor counting one twice."""
 
 from __future__ import annotations
 
@@ -6,16 +6,20 @@ import time
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
-from django.db import DatabaseError
+from django.db import DatabaseError, OperationalError, connection
 
 from conftest import TenantKey
-from gateway.ledger import LedgerWriter
-from gateway.models import UsageRecord
+from gateway import ledger as ledger_module
+from gateway.ledger import LedgerWriter, clean_row, insert_rows
+from gateway.ledger_files import Claim, HeldFile, encode
+from gateway.models import LedgerDeadLetter, UsageDaily, UsageRecord
 
 
-def row(who: TenantKey, n: int) -> dict[str, object]:
+def row(who: TenantKey, n: int, **fields: Any) -> dict[str, Any]:
     return {
         "created_at": datetime.now(UTC),
         "request_id": f"req_{n}",
@@ -28,25 +32,40 @@ def row(who: TenantKey, n: int) -> dict[str, object]:
         "cost_usd": Decimal("0.000001") * n,
         "status_code": 200,
         "latency_ms": 3,
+        **fields,
     }
+
+
+def files(directory: Path) -> list[str]:
+    return sorted(path.name for path in directory.glob("*.jsonl"))
+
+
+def rollup_calls() -> int:
+    return sum(UsageDaily.objects.values_list("calls", flat=True))
+
+
+def wait_until(condition: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
 
 
 def test_rows_are_written_by_the_thread_in_batches(
     tenants: dict[str, TenantKey], tmp_path: Path
 ) -> None:
-    writer = LedgerWriter(tmp_path / "spool", flush_seconds=0.05, batch_size=100)
+    writer = LedgerWriter(tmp_path / "ledger", flush_seconds=0.05, batch_size=100)
     for n in range(250):
         writer.record(row(tenants["alice"], n))
-    deadline = time.monotonic() + 10
-    while UsageRecord.objects.count() < 250 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: UsageRecord.objects.count() >= 250)
     writer.stop()
-    assert UsageRecord.objects.count() == 250
+    assert UsageRecord.objects.count() == 250 == rollup_calls()
     assert UsageRecord.objects.get(request_id="req_7").cost_usd == Decimal("0.000007")
+    assert files(tmp_path / "ledger") == [], "a clean stop leaves no journal behind"
 
 
 def test_stop_flushes_what_is_queued(tenants: dict[str, TenantKey], tmp_path: Path) -> None:
-    writer = LedgerWriter(tmp_path / "spool", flush_seconds=60)
+    writer = LedgerWriter(tmp_path / "ledger", flush_seconds=60)
     writer.start()
     for n in range(5):
         writer.record(row(tenants["bob"], n))
@@ -54,26 +73,230 @@ def test_stop_flushes_what_is_queued(tenants: dict[str, TenantKey], tmp_path: Pa
     assert UsageRecord.objects.filter(tenant=tenants["bob"].tenant).count() == 5
 
 
-def test_a_failing_database_spools_rows_and_they_are_replayed(
+def test_rows_are_mended_where_they_are_built() -> None:
+    mended = clean_row(
+        {
+            "requested_model": "x\x00y" + "m" * 300,
+            "provider": "p\udc80",
+            "prompt_tokens": -5,
+            "completion_tokens": 10**12,
+            "status_code": 200,
+            "cost_usd": Decimal("1e30"),
+            "audio_seconds": Decimal("NaN"),
+        }
+    )
+    assert (
+        mended["requested_model"].startswith("x\ufffdy") and len(mended["requested_model"]) == 200
+    )
+    assert mended["provider"] == "p\ufffd"
+    assert (mended["prompt_tokens"], mended["completion_tokens"]) == (0, 2**31 - 1)
+    assert mended["cost_usd"] == Decimal(10) ** 8 - 1
+    assert mended["audio_seconds"] == 0
+    assert mended["request_id"].startswith("req_"), "every row has a request id"
+
+
+def test_a_poisoned_row_is_mended_and_lands_with_every_other_row(
+    tenants: dict[str, TenantKey], tmp_path: Path
+) -> None:
+    """The NUL character PostgreSQL refuses in text (it poisoned whole batches, for good)."""
+    writer = LedgerWriter(tmp_path / "ledger", autostart=False)
+    for n in range(300):
+        model = "x\x00y" if n == 150 else "m"
+        writer.record(row(tenants["alice"], n, requested_model=model))
+    assert writer.flush() == 300
+    assert UsageRecord.objects.count() == 300 == rollup_calls()
+    assert UsageRecord.objects.get(request_id="req_150").requested_model == "x\ufffdy"
+    assert not LedgerDeadLetter.objects.exists()
+
+
+def test_a_row_the_database_refuses_goes_to_the_dead_letter_alone(
+    tenants: dict[str, TenantKey], tmp_path: Path
+) -> None:
+    """A row no cleaning can mend (its tenant was deleted meanwhile): the batch is split until the
+    row is alone; the other 499 land."""
+    writer = LedgerWriter(tmp_path / "ledger", autostart=False)
+    for n in range(500):
+        orphan = {"tenant_id": 987654} if n == 321 else {}
+        writer.record(row(tenants["alice"], n, **orphan))
+    writer.flush()
+    assert UsageRecord.objects.count() == 499 == rollup_calls()
+    assert not UsageRecord.objects.filter(request_id="req_321").exists()
+    dead = LedgerDeadLetter.objects.get()
+    assert dead.request_id == "req_321" and dead.tenant_id == 987654
+    assert "IntegrityError" in dead.reason or "foreign key" in dead.reason.lower()
+    assert orjson.loads(dead.row)["prompt_tokens"] == 321
+
+
+def test_inserts_are_idempotent_and_the_rollup_counts_each_row_once(
+    tenants: dict[str, TenantKey],
+) -> None:
+    rows = [row(tenants["charlie"], n) for n in range(10)]
+    assert insert_rows(rows[:6]) == 6
+    assert insert_rows(rows) == 4, "the six already there are skipped"
+    assert insert_rows(rows + rows) == 0
+    assert UsageRecord.objects.count() == 10 == rollup_calls()
+    total = sum(UsageDaily.objects.values_list("prompt_tokens", flat=True))
+    assert total == sum(range(10))
+
+
+def test_a_failing_database_spools_rows_and_the_running_writer_replays_them_when_it_answers(
     tenants: dict[str, TenantKey], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    spool = tmp_path / "spool"
-    writer = LedgerWriter(spool, retries=2, autostart=False)
+    directory = tmp_path / "ledger"
+    writer = LedgerWriter(directory, flush_seconds=0.02, retries=2, replay_seconds=0.1)
     writer._backoff.set()  # no waiting between retries in this test
+    real_insert = ledger_module.insert_rows
 
-    def broken(*args: object, **kwargs: object) -> None:
-        raise DatabaseError("database is down")
+    def down(*args: object, **kwargs: object) -> None:
+        raise OperationalError("connection refused")
 
     with monkeypatch.context() as patch:
-        patch.setattr("gateway.ledger.insert_rows", broken)
-        for n in range(3):
+        patch.setattr(ledger_module, "insert_rows", down)
+        patch.setattr(ledger_module, "database_answers", lambda: False)
+        for n in range(30):
             writer.record(row(tenants["charlie"], n))
-        writer.flush()
-    assert UsageRecord.objects.count() == 0
-    assert len(spool.read_bytes().splitlines()) == 3
+        wait_until(lambda: any(name.startswith("spool-") for name in files(directory)))
+        for n in range(30, 40):
+            writer.record(row(tenants["charlie"], n))
+        time.sleep(0.3)
+        assert UsageRecord.objects.count() == 0
+    assert ledger_module.insert_rows is real_insert
+    wait_until(lambda: UsageRecord.objects.count() == 40)  # replayed while the writer runs
+    wait_until(lambda: not any(name.startswith("spool-") for name in files(directory)))
+    writer.stop()
+    assert UsageRecord.objects.count() == 40 == rollup_calls()
+    assert files(directory) == []
 
-    assert LedgerWriter(spool).replay_spool() == 3
-    assert not spool.exists()
-    replayed = UsageRecord.objects.order_by("request_id")
-    assert [r.request_id for r in replayed] == ["req_0", "req_1", "req_2"]
-    assert replayed[2].cost_usd == Decimal("0.000002")
+
+def test_a_database_that_answers_but_fails_every_insert_spools_rather_than_blames(
+    tenants: dict[str, TenantKey], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refused batch is only split when the database still answers a query: an outage never
+    sends good rows to the dead letter."""
+    writer = LedgerWriter(tmp_path / "ledger", retries=1, autostart=False)
+
+    def refused(*args: object, **kwargs: object) -> None:
+        raise DatabaseError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(ledger_module, "insert_rows", refused)
+    monkeypatch.setattr(ledger_module, "database_answers", lambda: False)
+    for n in range(8):
+        writer.record(row(tenants["alice"], n))
+    writer.flush()
+    assert not LedgerDeadLetter.objects.exists()
+    spool = writer._spool
+    assert spool is not None and len(spool.path.read_bytes().splitlines()) == 8
+
+
+def test_the_journal_of_a_killed_process_is_replayed_once(
+    tenants: dict[str, TenantKey], tmp_path: Path
+) -> None:
+    """A process that dies leaves its journal unclaimed (its lock dies with it); another writer
+    replays it. Rows the dead process had already written are not counted again."""
+    directory = tmp_path / "ledger"
+    dead = LedgerWriter(directory, autostart=False, batch_size=100)
+    for n in range(250):
+        dead.record(row(tenants["alice"], n))
+    dead._handle([dead._queue.get() for _ in range(100)])  # it wrote 100 rows, then died
+    assert dead._segment is not None
+    with dead._segment.path.open("ab") as segment:
+        segment.write(b'{"request_id": "req_torn", "tena')  # killed in the middle of a line
+    assert Claim.take(dead._segment.path) is None, "a live process's journal is not claimable"
+    dead._segment.release()  # what the kernel does when the process dies
+
+    survivor = LedgerWriter(directory, autostart=False)
+    assert survivor.replay() == 250
+    assert UsageRecord.objects.count() == 250 == rollup_calls()
+    assert files(directory) == []
+
+
+def test_an_unclaimed_file_is_replayed_by_one_writer_only(
+    tenants: dict[str, TenantKey], tmp_path: Path
+) -> None:
+    directory = tmp_path / "ledger"
+    spool = HeldFile(directory, "spool")
+    spool.append(b"".join(encode(row(tenants["bob"], n)) for n in range(20)))
+    spool.release()
+    first = Claim.take(spool.path)
+    assert first is not None
+    assert Claim.take(spool.path) is None, "held by the first replay"
+    assert len(first.rows(100)) == 20
+    first.done()
+    assert Claim.take(spool.path) is None, "gone once replayed"
+
+
+def test_a_replay_cut_short_resumes_without_counting_twice(
+    tenants: dict[str, TenantKey], tmp_path: Path
+) -> None:
+    directory = tmp_path / "ledger"
+    spool = HeldFile(directory, "spool")
+    spool.append(b"".join(encode(row(tenants["bob"], n)) for n in range(50)))
+    spool.release()
+    claim = Claim.take(spool.path)
+    assert claim is not None
+    insert_rows(claim.rows(30))
+    claim.release()  # the replaying process died here
+    assert LedgerWriter(directory, autostart=False).replay() == 50
+    assert UsageRecord.objects.count() == 50 == rollup_calls()
+
+
+def test_the_spool_of_an_earlier_version_is_adopted(
+    tenants: dict[str, TenantKey], tmp_path: Path
+) -> None:
+    old = tmp_path / "ledger-spool.replaying"
+    old.write_bytes(b"".join(encode(row(tenants["alice"], n)) for n in range(3)))
+    writer = LedgerWriter(tmp_path / "ledger", flush_seconds=0.02, legacy_spools=[old])
+    writer.start()
+    wait_until(lambda: UsageRecord.objects.count() == 3)
+    writer.stop()
+    assert not old.exists()
+
+
+def test_journal_segments_rotate_and_retire(tenants: dict[str, TenantKey], tmp_path: Path) -> None:
+    directory = tmp_path / "ledger"
+    writer = LedgerWriter(directory, autostart=False, segment_bytes=1)
+    writer.record(row(tenants["alice"], 1))
+    first = writer._segment
+    writer._rotate()
+    writer.record(row(tenants["alice"], 2))
+    assert first is not None and first.path.exists() and len(files(directory)) == 2
+    writer.flush()
+    assert not first.path.exists(), "every row of the retired segment is in the ledger"
+    writer.stop()
+    assert files(directory) == [] and UsageRecord.objects.count() == 2
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL refuses NUL in text")
+def test_postgresql_takes_the_mended_row(tenants: dict[str, TenantKey]) -> None:
+    with pytest.raises(DatabaseError):
+        insert_rows([row(tenants["alice"], 1, requested_model="x\x00y")])
+    assert insert_rows([clean_row(row(tenants["alice"], 1, requested_model="x\x00y"))]) == 1
+
+
+def test_an_operator_sees_a_dead_letter_and_retries_it_once_fixed(
+    tenants: dict[str, TenantKey], admin_client: Any
+) -> None:
+    good = row(tenants["alice"], 7)
+    LedgerDeadLetter.objects.create(
+        request_id="req_7",
+        tenant_id=good["tenant_id"],
+        reason="IntegrityError: fk",
+        row=_json(good),
+    )
+    page = admin_client.get("/admin/gateway/ledgerdeadletter/")
+    assert (
+        page.status_code == 200 and b"req_7" in page.content and b"IntegrityError" in page.content
+    )
+    letter = LedgerDeadLetter.objects.get()
+    answer = admin_client.post(
+        "/admin/gateway/ledgerdeadletter/",
+        {"action": "retry", "_selected_action": [letter.pk]},
+        follow=True,
+    )
+    assert b"1 row(s) are in the ledger" in answer.content
+    assert not LedgerDeadLetter.objects.exists()
+    assert UsageRecord.objects.get().request_id == "req_7" and rollup_calls() == 1
+
+
+def _json(value: dict[str, Any]) -> str:
+    return encode(value).decode()

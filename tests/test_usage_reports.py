@@ -110,9 +110,10 @@ def test_the_writer_keeps_the_rollup_and_a_rebuild_gives_identical_rows(
 ) -> None:
     rows = sample_rows(tenants)
     insert_rows(rows[:4])  # two batches: the second adds to the rows of the first
-    writer = LedgerWriter(tmp_path / "spool", autostart=False)
-    writer._spool(rows[4:6])  # spooled rows come back with strings for dates and decimals
-    writer.replay_spool()
+    writer = LedgerWriter(tmp_path / "ledger", autostart=False)
+    writer._to_spool(rows[4:6])  # spooled rows come back with strings for dates and decimals
+    writer.stop()
+    assert writer.replay() == 2
     insert_rows(rows[6:])
     written = rollup_snapshot()
 
