@@ -192,8 +192,9 @@ def test_sigkill_under_load_loses_no_answered_call(
     server = start_gateway(tmp_path, fake_upstream, env=env)
 
     async def load_then_kill() -> Load:
+        # The clients stop starting calls at 2.5 s, the moment of the kill: calls in flight die.
         running = asyncio.create_task(
-            hammer(server.base_url, alice.raw, seconds=30, concurrency=24)
+            hammer(server.base_url, alice.raw, seconds=2.5, concurrency=24)
         )
         await asyncio.sleep(2.5)
         server.process.kill()
@@ -277,7 +278,7 @@ def test_a_process_killed_during_replay_strands_and_doubles_nothing(
     assert UsageRecord.objects.count() == 60_000
     assert rollup_calls(alice.tenant) == 60_000
     spent = UsageDaily.objects.aggregate(cost=Sum("cost_usd"))["cost"]
-    assert spent == Decimal("0.000014") * 60_000
+    assert abs(spent - Decimal("0.84")) < Decimal("1e-9"), spent  # SQLite sums in floats
 
 
 def test_two_workers_share_one_ledger_directory_without_doubling_a_row(
