@@ -17,6 +17,7 @@ TARGET_TITLES = {
     "bare": "bare django-ninja",
     "gateway": "gateway",
     "gateway-stream": "gateway, streaming",
+    "gateway-nojournal": "gateway, ledger journal off",
 }
 
 
@@ -167,6 +168,17 @@ class Results:
                 None if st is None else st.rps >= 430,
             )
         )
+        for c in (1, 50):
+            on, off = self.get("gateway", c), self.get("gateway-nojournal", c)
+            cost = 1 - on.rps / off.rps if on and off and off.rps else None
+            out.append(
+                Check(
+                    f"ledger journal's cost at c{c} (req/s, journal on vs off)",
+                    f"{cost:+.1%}" if cost is not None else "n/a",
+                    "<= 3%",
+                    None if cost is None else cost <= 0.03,
+                )
+            )
         growth = self.memory.get("leak", {}).get("growth_pct")
         out.append(
             Check(

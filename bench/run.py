@@ -38,7 +38,7 @@ from bench.stack import (
 )
 from bench.stream_client import measure_stream
 
-TARGETS = ("upstream", "bare", "gateway", "gateway-stream")
+TARGETS = ("upstream", "bare", "gateway", "gateway-nojournal", "gateway-stream")
 """wrk targets, in the order each round visits them."""
 SELECTABLE = (*TARGETS, "ttfb")
 PATH = "/v1/chat/completions"
@@ -112,6 +112,7 @@ class Bench:
         self.tmp = tmp
         self.upstream: Service | None = None
         self.gateway: Service | None = None
+        self.nojournal: Service | None = None  # the gateway with TOLLGATE_LEDGER_JOURNAL=false
         self.bare: Service | None = None
         self.ledger: Ledger | None = None
         self.key = ""
@@ -131,7 +132,9 @@ class Bench:
         env = django_env(config, var_dir, "gateway.settings")
         database_url = os.environ.get("DATABASE_URL")
         need_gateway = (
-            bool(only & {"gateway", "gateway-stream", "ttfb"}) or a.leak_calls or a.profile
+            bool(only & {"gateway", "gateway-nojournal", "gateway-stream", "ttfb"})
+            or a.leak_calls
+            or a.profile
         )
         if need_gateway:
             self.key = prepare_database(env)
@@ -147,6 +150,22 @@ class Bench:
                 "/v1/models",
             )
             log(f"gateway on {self.gateway.base_url}, workers {self.gateway.worker_pids()}")
+        if "gateway-nojournal" in only:
+            # The same gateway without the ledger's journal: what the journal costs a call.
+            self.nojournal = start_uvicorn(
+                self.processes,
+                "gateway-nojournal",
+                "gateway.asgi:application",
+                {
+                    **env,
+                    "TOLLGATE_LEDGER_JOURNAL": "false",
+                    "TOLLGATE_LEDGER_DIR": str(var_dir / "ledger-off"),
+                },
+                a.workers,
+                self.tmp,
+                "/v1/models",
+            )
+            log(f"gateway without journal on {self.nojournal.base_url}")
         if "bare" in only:
             bare_env = django_env(config, var_dir, "bench.bare.settings")
             self.bare = start_uvicorn(
@@ -169,7 +188,11 @@ class Bench:
         return rss_snapshot(service.worker_pids()) if service else {}
 
     def _service(self, target: str) -> Service:
-        service = {"upstream": self.upstream, "bare": self.bare}.get(target, self.gateway)
+        service = {
+            "upstream": self.upstream,
+            "bare": self.bare,
+            "gateway-nojournal": self.nojournal,
+        }.get(target, self.gateway)
         assert service is not None
         return service
 
