@@ -8,7 +8,7 @@ OpenAI ``type`` and ``code``, the offending ``param`` when there is one, and whe
     GatewayError
     ├── CallerError         the request is wrong (4xx)
     │   ├── InvalidRequest, AuthenticationFailed, PermissionDenied, ModelNotFound,
-    │   │   UnsupportedOperation, PayloadTooLarge
+    │   │   UnsupportedOperation, PayloadTooLarge, HeadersTooLarge
     ├── PolicyError         the request is fine, the tenant's limits say no (429)
     ├── ProviderError       the upstream said no, timed out or broke
     │   ├── UpstreamRejected (upstream 4xx/429, status kept), UpstreamUnavailable (502),
@@ -99,6 +99,11 @@ class UnsupportedOperation(CallerError):
 class PayloadTooLarge(CallerError):
     status = 413
     code = "payload_too_large"
+
+
+class HeadersTooLarge(CallerError):
+    status = 431
+    code = "request_header_fields_too_large"
 
 
 # --- policy ---------------------------------------------------------------------------------
