@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from providers.redaction import redact
+
 if TYPE_CHECKING:
     from providers.base import Usage
 
@@ -157,8 +159,16 @@ class InternalError(GatewayError):
     code = "internal_error"
 
 
-def error_for_upstream_status(status: int, message: str) -> ProviderError:
-    """Classify an upstream HTTP failure by its status code (never by parsing its text)."""
+def error_for_upstream_status(status: int, message: str, param: str | None = None) -> ProviderError:
+    """Classify an upstream HTTP failure by its status code (never by parsing its text). The
+    upstream's ``message`` and ``param`` reach the tenant, so credentials are redacted from them
+    here, the one place every upstream failure passes."""
+    error = _classified(status, redact(message))
+    error.param = redact(param) if param is not None else None
+    return error
+
+
+def _classified(status: int, message: str) -> ProviderError:
     if status == 429:
         return UpstreamRejected(
             message,
