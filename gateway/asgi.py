@@ -46,7 +46,12 @@ from gateway import runtime  # noqa: E402 - needs the app registry loaded by the
 from gateway.credentials import check_secret_key  # noqa: E402
 from gateway.errors import ResponseAborted, error_response_for  # noqa: E402
 from gateway.proxy import ACTIVE_CALLS, ChatCall  # noqa: E402
-from providers.errors import PayloadTooLarge  # noqa: E402
+from providers.errors import (  # noqa: E402
+    CallerError,
+    HeadersTooLarge,
+    InvalidRequest,
+    PayloadTooLarge,
+)
 
 log = logging.getLogger("tollgate")
 
@@ -76,6 +81,30 @@ def too_large(path: str, limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(f"The request body is larger than {limit} bytes.")
 
 
+ASCII_HEADERS = frozenset(
+    {b"authorization", b"x-api-key", b"anthropic-version", b"anthropic-beta", b"content-type"}
+)
+"""Headers the gateway reads or sends upstream: their values must be ASCII (a key or a version
+never is anything else, and httpx cannot send anything else)."""
+
+
+def header_problem(scope: Scope) -> CallerError | None:
+    """A 431 when the headers add up to more than TOLLGATE_MAX_HEADER_BYTES, a 400 naming the
+    header when one the gateway uses is not ASCII; None for every normal request. One pass over
+    a dozen headers: it runs on every request."""
+    size = 0
+    for name, value in scope.get("headers", ()):
+        size += len(name) + len(value)
+        if name in ASCII_HEADERS and not value.isascii():
+            return InvalidRequest(
+                f"The header '{name.decode()}' must be ASCII.", code="invalid_header"
+            )
+    limit = settings.TOLLGATE_MAX_HEADER_BYTES
+    if size > limit:
+        return HeadersTooLarge(f"The request's headers are larger than {limit} bytes.")
+    return None
+
+
 def declared_length(scope: Scope) -> int | None:
     for name, value in scope.get("headers", ()):
         if name == b"content-length":
@@ -97,6 +126,9 @@ class ApiHandler(ASGIHandler):
         await self.handle(scope, receive, send)  # no ThreadSensitiveContext: see the docstring
 
     async def handle(self, scope: Scope, receive: Any, send: Any) -> None:
+        if (problem := header_problem(scope)) is not None:
+            await self.send_response(error_response_for(scope["path"], problem), send)
+            return
         try:
             body = await self._read_body(receive, scope)
         except RequestAborted:

@@ -129,7 +129,7 @@ class MediaService:
     # --- JSON in, JSON out -----------------------------------------------------------------------
 
     async def _embeddings(self, call: MediaCall, body: bytes) -> HttpResponseBase:
-        request = validate_request(EmbeddingRequest, parse_json_object(body, call))
+        request = validate_request(EmbeddingRequest, await parse_json_object(body, call))
         route = call.resolve(request.model)
         call.expected_usage = Usage(
             prompt_tokens=estimate_embedding_tokens(request.input), estimated=True
@@ -142,7 +142,7 @@ class MediaService:
         return _answer(answer, call)
 
     async def _images(self, call: MediaCall, body: bytes) -> HttpResponseBase:
-        request = validate_request(ImageRequest, parse_json_object(body, call))
+        request = validate_request(ImageRequest, await parse_json_object(body, call))
         route = call.resolve(request.model)
         call.expected_units = Units(
             images=request.n or 1, image_size=request.size, image_quality=request.quality
@@ -155,7 +155,7 @@ class MediaService:
     # --- speech: audio streamed through ----------------------------------------------------------
 
     async def _speech(self, call: MediaCall, body: bytes) -> HttpResponseBase:
-        request = validate_request(SpeechRequest, parse_json_object(body, call))
+        request = validate_request(SpeechRequest, await parse_json_object(body, call))
         route = call.resolve(request.model)
         call.stream = True
         units = call.expected_units = Units(characters=len(request.input))

@@ -21,9 +21,9 @@ from gateway.proxy import (
     ChatCall,
     StreamMeter,
     event_stream_headers,
-    parse_chat_request,
     parse_json_object,
     relay_and_record,
+    validate_request,
 )
 from gateway.runtime import Runtime
 from providers.anthropic import AnthropicProvider, NativeEvent
@@ -56,7 +56,7 @@ class MessagesService:
     async def _create(
         self, call: ChatCall, body: bytes, forwarded_headers: dict[str, str]
     ) -> HttpResponseBase:
-        data = parse_json_object(body, call)
+        data = await parse_json_object(body, call)
         model = data.get("model")
         if not isinstance(model, str) or not model:
             raise InvalidRequest("model: a model name is required", param="model")
@@ -78,7 +78,7 @@ class MessagesService:
         )
         if isinstance(route.provider, AnthropicProvider):
             return await self._native(call, data, route, forwarded_headers)
-        request = parse_chat_request(anthropic_request_to_openai(data))
+        request = validate_request(ChatRequest, anthropic_request_to_openai(data))
         return await self._translated(call, request, route)
 
     # --- Anthropic upstream: pass through --------------------------------------------------------

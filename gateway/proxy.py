@@ -22,6 +22,7 @@ from django.http import HttpResponse, HttpResponseBase, StreamingHttpResponse
 from pydantic import ValidationError
 
 from gateway.auth import Caller
+from gateway.body_limits import check_body_shape
 from gateway.errors import error_response
 from gateway.policy import Admission, Estimate
 from gateway.runtime import Runtime
@@ -44,8 +45,10 @@ CLIENT_CLOSED_REQUEST = 499
 """Status recorded for a call the client abandoned (nginx's convention; never sent)."""
 
 
-def parse_json_object(body: bytes, call: ChatCall | None = None) -> dict[str, Any]:
-    """Decode a JSON object body; ``call`` learns the model even if the rest is bad."""
+async def parse_json_object(body: bytes, call: ChatCall | None = None) -> dict[str, Any]:
+    """Decode a JSON object body; ``call`` learns the model even if the rest is bad. A body
+    over the nesting and item limits is refused before it is parsed (``gateway.body_limits``)."""
+    await check_body_shape(body)
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -58,12 +61,6 @@ def parse_json_object(body: bytes, call: ChatCall | None = None) -> dict[str, An
     if call is not None and isinstance(data.get("model"), str):
         call.requested_model = data["model"]
     return data
-
-
-def parse_chat_request(body: bytes | dict[str, Any], call: ChatCall | None = None) -> ChatRequest:
-    """Decode and validate a chat request (bytes, or a body already decoded)."""
-    data = body if isinstance(body, dict) else parse_json_object(body, call)
-    return validate_request(ChatRequest, data)
 
 
 def validate_request(request_class: type[RequestT], data: dict[str, Any]) -> RequestT:
@@ -369,7 +366,7 @@ class ProxyService:
         return await call.answer(lambda: self._chat(call, body))
 
     async def _chat(self, call: ChatCall, body: bytes) -> HttpResponseBase:
-        request = parse_chat_request(body, call)
+        request = validate_request(ChatRequest, await parse_json_object(body, call))
         call.requested_model, call.stream = request.model, request.stream
         call.prompt = [message.content for message in request.messages]
         call.route = route = self.runtime.factory.resolve(request.model, "chat")

@@ -154,6 +154,13 @@ TOLLGATE_MAX_UPLOAD_BYTES = int(env_float("TOLLGATE_MAX_UPLOAD_BYTES", 25 * 1024
 """Largest file an upload endpoint (/v1/audio/transcriptions) accepts (413 beyond). Bodies of
 upload endpoints are capped at this plus room for the form's other fields, not at
 TOLLGATE_MAX_BODY_BYTES."""
+TOLLGATE_MAX_JSON_DEPTH = int(env_float("TOLLGATE_MAX_JSON_DEPTH", 128))
+"""Deepest JSON nesting a request body may have (400 beyond). Tool schemas nest to 64 and more."""
+TOLLGATE_MAX_ITEMS = int(env_float("TOLLGATE_MAX_ITEMS", 10_000))
+"""Most items any JSON array (or keys any object) of a request body may hold (400 beyond):
+messages, tools, embedding inputs. Coding agents send hundreds of messages, not ten thousand."""
+TOLLGATE_MAX_HEADER_BYTES = int(env_float("TOLLGATE_MAX_HEADER_BYTES", 64 * 1024))
+"""Largest total size of a request's headers, names and values (431 beyond)."""
 TOLLGATE_LEDGER_DIR = Path(env_str("TOLLGATE_LEDGER_DIR", str(VAR_DIR / "ledger")))
 """The ledger's journal (every row, before its call's answer completes) and spool (rows the
 database did not take), replayed by any worker (gateway.ledger). Local to the machine: every

@@ -32,6 +32,7 @@ from providers.errors import (  # noqa: F401 - re-exported: the error tree is pa
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from providers.redaction import remember_secret
 
 if TYPE_CHECKING:
     from providers.config import ProviderConfig
@@ -280,6 +281,7 @@ class BaseProvider(abc.ABC):
     """An upstream. One instance per configured provider, created and owned by the factory."""
 
     def __init__(self, name: str, config: ProviderConfig, client: httpx.AsyncClient) -> None:
+        remember_secret(config.api_key)  # config.toml's key, redacted from upstream errors
         self.name = name
         self.config = config
         self.client = client
@@ -292,7 +294,10 @@ class BaseProvider(abc.ABC):
     def with_credential(self, headers: dict[str, str]) -> dict[str, str]:
         """``headers`` for one call, with the key the credential source picks for it (if any)."""
         key = self.credentials(self.name) if self.credentials is not None else None
-        return headers if key is None else {**headers, **self.credential_headers(key)}
+        if key is None:
+            return headers
+        remember_secret(key)  # an upstream that echoes it in an error: redacted
+        return {**headers, **self.credential_headers(key)}
 
     @abc.abstractmethod
     async def chat(self, request: ChatRequest, upstream_model: str) -> ChatResponse:

@@ -8,7 +8,7 @@ OpenAI ``type`` and ``code``, the offending ``param`` when there is one, and whe
     GatewayError
     ├── CallerError         the request is wrong (4xx)
     │   ├── InvalidRequest, AuthenticationFailed, PermissionDenied, ModelNotFound,
-    │   │   UnsupportedOperation, PayloadTooLarge
+    │   │   UnsupportedOperation, PayloadTooLarge, HeadersTooLarge
     ├── PolicyError         the request is fine, the tenant's limits say no (429)
     ├── ProviderError       the upstream said no, timed out or broke
     │   ├── UpstreamRejected (upstream 4xx/429, status kept), UpstreamUnavailable (502),
@@ -19,6 +19,8 @@ OpenAI ``type`` and ``code``, the offending ``param`` when there is one, and whe
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
+
+from providers.redaction import redact
 
 if TYPE_CHECKING:
     from providers.base import Usage
@@ -101,6 +103,11 @@ class PayloadTooLarge(CallerError):
     code = "payload_too_large"
 
 
+class HeadersTooLarge(CallerError):
+    status = 431
+    code = "request_header_fields_too_large"
+
+
 # --- policy ---------------------------------------------------------------------------------
 
 
@@ -152,8 +159,16 @@ class InternalError(GatewayError):
     code = "internal_error"
 
 
-def error_for_upstream_status(status: int, message: str) -> ProviderError:
-    """Classify an upstream HTTP failure by its status code (never by parsing its text)."""
+def error_for_upstream_status(status: int, message: str, param: str | None = None) -> ProviderError:
+    """Classify an upstream HTTP failure by its status code (never by parsing its text). The
+    upstream's ``message`` and ``param`` reach the tenant, so credentials are redacted from them
+    here, the one place every upstream failure passes."""
+    error = _classified(status, redact(message))
+    error.param = redact(param) if param is not None else None
+    return error
+
+
+def _classified(status: int, message: str) -> ProviderError:
     if status == 429:
         return UpstreamRejected(
             message,

@@ -62,9 +62,7 @@ async def raise_for_upstream_status(provider: str, response: httpx.Response) -> 
     detail, param = upstream_error_detail(body) if 400 <= status < 500 else (None, None)
     if status in (401, 403) or not detail:
         detail, param = f"The upstream provider '{provider}' answered with HTTP {status}.", None
-    error = error_for_upstream_status(status, detail)
-    error.param = param
-    raise error
+    raise error_for_upstream_status(status, detail, param)
 
 
 async def send_checked(

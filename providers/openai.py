@@ -31,7 +31,7 @@ from providers.base import (
     Usage,
 )
 from providers.config import ProviderConfig
-from providers.errors import ProviderError, UpstreamUnavailable
+from providers.errors import ProviderError, UpstreamUnavailable, error_for_upstream_status
 from providers.http import (
     json_object,
     post_json,
@@ -116,9 +116,10 @@ class OpenAIProvider(BaseProvider):
 
     def _stream_error(self, error: Any) -> ProviderError:
         message = error.get("message") if isinstance(error, dict) else None
-        return UpstreamUnavailable(
+        return error_for_upstream_status(
+            502,
             f"The upstream provider '{self.name}' failed mid-stream"
-            + (f": {message}" if isinstance(message, str) else ".")
+            + (f": {message}" if isinstance(message, str) else "."),
         )
 
     # --- embeddings, images ----------------------------------------------------------------------

@@ -41,6 +41,7 @@ from fake_wire import (
     chunk,
     compact,
     dumps,
+    echo_auth_answer,
     error_body,
     failure_answer,
     full,
@@ -96,6 +97,8 @@ def media_plan(
     failure = FAILURES.get(model)
     if failure:
         return [failure_answer(failure, False, keep, extra)]
+    if (echoed := echo_auth_answer(model, False, headers, keep, extra)) is not None:
+        return [echoed]
     if model == "garbage":
         return [full(200, b"not json", keep, extra)]
     if model == "drop-mid-stream" and path != SPEECH:

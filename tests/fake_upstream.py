@@ -37,6 +37,10 @@ messages (both APIs unless noted):
   (stop_reason tool_use; streamed input as two ``input_json_delta`` fragments).
 - ``stream-error`` (Anthropic streaming): an ``error`` event (overloaded_error) after 2 text
   deltas, then the stream ends and the connection closes.
+- ``echo-auth-<status>`` (400, 401, 403, 404, 422, 429, 500; every endpoint): that status, with
+  an error whose message (and OpenAI ``param``) quotes the request's Authorization and x-api-key
+  headers. ``echo-auth-stream`` (streaming): opens the stream, then fails in-band with such an
+  error (OpenAI: a ``data: {"error"}`` event; Anthropic: an ``error`` event).
 
 Responses carry ``x-request-id`` (OpenAI) or ``request-id`` (Anthropic).
 """
@@ -59,6 +63,7 @@ from typing import Any
 
 from fake_media import MEDIA_PATHS, media_plan
 from fake_wire import (
+    ECHO_AUTH,
     FAILURES,
     LAST_CHUNK,
     SSE_HEADERS,
@@ -68,6 +73,8 @@ from fake_wire import (
     chunk,
     compact,
     dumps,
+    echo_auth_answer,
+    echo_auth_message,
     error_body,
     failure_answer,
     full,
@@ -118,6 +125,7 @@ class Call:
     tokens: int  # completion/output tokens reported in usage
     pre: Plan  # pauses before the response starts
     gap: float  # pause between content pieces, seconds
+    headers: dict[str, str]  # the request's, for echo-auth-stream
 
 
 # --------------------------------------------------------------------------- wire helpers
@@ -170,6 +178,9 @@ def _openai_plan(c: Call) -> Plan:
         plan += [c.gap if i else 0.0, event({"content": text})]
     if c.model == "drop-mid-stream":
         return [*plan, None]
+    if c.model == ECHO_AUTH + "stream":
+        error = error_body(False, "invalid_request_error", echo_auth_message(c.headers))
+        return [*plan, _oa_event(error), LAST_CHUNK, None]
     plan.append(event({}, "stop"))
     if c.include_usage:
         plan.append(_oa_event({**base, "choices": [], "usage": usage}))
@@ -214,7 +225,7 @@ def _anthropic_plan(c: Call) -> Plan:
             {"type": "content_block_delta", "index": index, "delta": {"type": kind, key: value}}
         )
 
-    failing = c.model == "stream-error"
+    failing = c.model in ("stream-error", ECHO_AUTH + "stream")
     start: dict[str, Any] = {
         **message,
         "content": [],
@@ -242,7 +253,11 @@ def _anthropic_plan(c: Call) -> Plan:
     if failing:
         return [
             *plan,
-            _an_event(error_body(True, "overloaded_error", "Overloaded")),
+            _an_event(
+                error_body(True, "invalid_request_error", echo_auth_message(c.headers))
+                if c.model.startswith(ECHO_AUTH)
+                else error_body(True, "overloaded_error", "Overloaded")
+            ),
             LAST_CHUNK,
             None,
         ]
@@ -299,7 +314,7 @@ class FakeUpstream:
             stream = body.get("stream") is True
             options = body.get("stream_options")
             usage = stream and isinstance(options, dict) and options.get("include_usage") is True
-            if model == "echo":  # depends on the whole request: never cached
+            if model == "echo" or model.startswith(ECHO_AUTH):  # depend on the request: uncached
                 return self._build(anthropic, model, stream, usage, keep, body, req.headers)
             key = (anthropic, model, stream, usage, keep)
             plan = self._cache.get(key)
@@ -332,6 +347,8 @@ class FakeUpstream:
         failure = FAILURES.get(model) or (_ANTHROPIC_ONLY.get(model) if anthropic else None)
         if failure:
             return [failure_answer(failure, anthropic, keep, extra)]
+        if (echoed := echo_auth_answer(model, anthropic, headers or {}, keep, extra)) is not None:
+            return [echoed]
         if model == "garbage":
             return [full(200, b"not json", keep, extra)]
         if model == "drop-mid-stream" and not stream:
@@ -348,7 +365,7 @@ class FakeUpstream:
             texts = [json.dumps({"body": body, "headers": headers})]
         elif model == "drop-mid-stream":
             texts = texts[:2]
-        call = Call(model, stream, usage, keep, texts, n, [pre], gap)
+        call = Call(model, stream, usage, keep, texts, n, [pre], gap, headers or {})
         return compact((_anthropic_plan if anthropic else _openai_plan)(call))
 
 

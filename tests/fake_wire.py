@@ -18,7 +18,9 @@ REASONS = {
     200: "OK",
     400: "Bad Request",
     401: "Unauthorized",
+    403: "Forbidden",
     404: "Not Found",
+    422: "Unprocessable Entity",
     429: "Too Many Requests",
     500: "Internal Server Error",
     529: "Overloaded",
@@ -59,6 +61,41 @@ FAILURES: dict[str, Failure] = {
         "Incorrect API key provided: sk-fake***",
     ),
 }
+
+
+ECHO_AUTH = "echo-auth-"
+"""Models ``echo-auth-<status>`` answer that status with an error that quotes the request's
+credentials; ``echo-auth-stream`` streams, then fails in-band with such an error."""
+ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "api_error",
+}
+
+
+def echo_auth_message(headers: dict[str, str]) -> str:
+    """An error message that quotes the credentials the request came with."""
+    return (
+        f"Invalid request. You sent Authorization: {headers.get('authorization')} "
+        f"x-api-key: {headers.get('x-api-key')}"
+    )
+
+
+def echo_auth_answer(
+    model: str, anthropic: bool, headers: dict[str, str], keep: bool, extra: Headers
+) -> bytes | None:
+    """The answer of an ``echo-auth-<status>`` model, None for other models (and the stream)."""
+    status = model.removeprefix(ECHO_AUTH)
+    if not model.startswith(ECHO_AUTH) or not status.isdigit():
+        return None
+    code = int(status)
+    kind = ANTHROPIC_TYPES.get(code, "api_error") if anthropic else "invalid_request_error"
+    message = echo_auth_message(headers)
+    return full(code, error_body(anthropic, kind, message, message), keep, extra)
 
 
 def error_body(

@@ -451,7 +451,8 @@ async def test_upstream_statuses_are_classified(
     assert (info.value.status, info.value.code) == (client_status, code)
     assert info.value.usage_so_far is None
     passes_message = status in (400, 404, 413, 429)
-    assert ("sk-ant-up" in info.value.message) is passes_message
+    assert ("says no" in info.value.message) is passes_message
+    assert "sk-ant-up" not in info.value.message  # even a masked key is redacted
     validate("ErrorResponse", info.value.to_openai())
 
 
