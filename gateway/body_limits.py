@@ -29,7 +29,7 @@ from django.conf import settings
 
 from providers.errors import InvalidRequest
 
-INLINE_BYTES = 1024 * 1024
+INLINE_BYTES = 256 * 1024
 """Bodies up to this size are checked on the event loop (a few ms at most); larger ones that
 pass neither upper bound are scanned in a worker thread."""
 
@@ -47,17 +47,27 @@ _LEAVES = re.compile(rb"\[,*\]|\{,*\}")
 class BodyLimits:
     max_depth: int
     max_items: int
+    max_values: int = 50_000
+    """Values in the whole body (containers and commas outside strings): what bounds the time
+    ``orjson.loads`` and validation hold the event loop, whatever the shape."""
 
     @classmethod
     def from_settings(cls) -> BodyLimits:
-        return cls(int(settings.TOLLGATE_MAX_JSON_DEPTH), int(settings.TOLLGATE_MAX_ITEMS))
+        return cls(
+            int(settings.TOLLGATE_MAX_JSON_DEPTH),
+            int(settings.TOLLGATE_MAX_ITEMS),
+            int(settings.TOLLGATE_MAX_JSON_VALUES),
+        )
 
 
 def within_upper_bounds(body: bytes, limits: BodyLimits) -> bool:
-    """True when no array can be too long and no nesting too deep, by counting bytes."""
+    """True when no array can be too long, no nesting too deep and the whole not too big, by
+    counting bytes."""
+    commas, opens = body.count(b","), body.count(b"[") + body.count(b"{")
     return (
-        body.count(b",") < limits.max_items
-        and body.count(b"[") + body.count(b"{") <= limits.max_depth
+        commas < limits.max_items
+        and opens <= limits.max_depth
+        and commas + opens <= limits.max_values
     )
 
 
@@ -68,6 +78,8 @@ def skeleton_within(body: bytes, limits: BodyLimits) -> bool:
     if b"\\" in body:
         body = body.replace(b"\\\\", b"").replace(b'\\"', b"")
     skeleton = _STRINGS.sub(b"", body.translate(None, _NOT_STRUCTURE))
+    if len(skeleton) - skeleton.count(b"]") - skeleton.count(b"}") > limits.max_values:
+        return False
     too_many = b"," * limits.max_items
     for _ in range(limits.max_depth):
         if too_many in skeleton:
@@ -90,9 +102,14 @@ def find_violation(body: bytes, limits: BodyLimits) -> ShapeViolation | None:
     commas: list[int] = []  # per open container: the commas seen so far in it
     field: str | None = None  # the top-level field being read
     top_is_object = expect_field = False
+    values = 0  # commas and opening brackets so far
     for match in _TOKENS.finditer(body):
         token = match.group()
         kind = token[0]
+        if kind == _COMMA or kind in _OPEN:
+            values += 1
+            if values > limits.max_values:
+                return _too_many_values(field, limits)
         if kind == _QUOTE:
             if expect_field and len(commas) == 1:
                 field, expect_field = _field_name(token), False
@@ -126,6 +143,15 @@ def _too_deep(field: str | None, limits: BodyLimits) -> ShapeViolation:
     return ShapeViolation(
         f"The request body nests JSON deeper than {limits.max_depth} levels{where} "
         f"(TOLLGATE_MAX_JSON_DEPTH).",
+        field,
+    )
+
+
+def _too_many_values(field: str | None, limits: BodyLimits) -> ShapeViolation:
+    where = f" ('{field}' among them)" if field else ""
+    return ShapeViolation(
+        f"The request body holds more than {limits.max_values} JSON values{where} "
+        f"(TOLLGATE_MAX_JSON_VALUES).",
         field,
     )
 

@@ -159,6 +159,9 @@ TOLLGATE_MAX_JSON_DEPTH = int(env_float("TOLLGATE_MAX_JSON_DEPTH", 128))
 TOLLGATE_MAX_ITEMS = int(env_float("TOLLGATE_MAX_ITEMS", 10_000))
 """Most items any JSON array (or keys any object) of a request body may hold (400 beyond):
 messages, tools, embedding inputs. Coding agents send hundreds of messages, not ten thousand."""
+TOLLGATE_MAX_JSON_VALUES = int(env_float("TOLLGATE_MAX_JSON_VALUES", 50_000))
+"""Most JSON values a request body may hold in all (400 beyond): bounds how long its parse holds
+the event loop (~20 ms at the limit). A long coding session sends a few tens of thousands."""
 TOLLGATE_MAX_HEADER_BYTES = int(env_float("TOLLGATE_MAX_HEADER_BYTES", 64 * 1024))
 """Largest total size of a request's headers, names and values (431 beyond)."""
 TOLLGATE_LEDGER_DIR = Path(env_str("TOLLGATE_LEDGER_DIR", str(VAR_DIR / "ledger")))

@@ -123,12 +123,12 @@ def test_a_poisoned_request_among_a_thousand_calls_loses_no_row(
         mallory_id = mallory.pk
         mallory.delete()  # the gateway still knows the key for 300 s
 
-        async def traffic() -> list[Load]:
+        async def traffic() -> tuple[list[Load], list[str]]:
             poisoned = httpx.AsyncClient(base_url=server.base_url, timeout=10)
             async with poisoned:
 
-                async def poison() -> list[int]:
-                    statuses = []
+                async def poison() -> tuple[list[int], list[str]]:
+                    statuses, orphans = [], []
                     for _ in range(5):
                         await asyncio.sleep(0.1)
                         answer = await poisoned.post(
@@ -146,17 +146,19 @@ def test_a_poisoned_request_among_a_thousand_calls_loses_no_row(
                             headers=_bearer(mallory_raw),
                         )
                         statuses.append(orphan.status_code)
-                    return statuses
+                        orphans.append(orphan.headers["x-request-id"])
+                    return statuses, orphans
 
                 results = await asyncio.gather(
                     hammer(server.base_url, alice.raw, calls=500),
                     hammer(server.base_url, bob.raw, calls=500),
                     poison(),
                 )
-            assert all(status < 500 for status in results[2]), results[2]
-            return [results[0], results[1]]
+            statuses, orphans = results[2]
+            assert all(status < 500 for status in statuses), statuses
+            return [results[0], results[1]], orphans
 
-        loads = asyncio.run(traffic())
+        loads, orphans = asyncio.run(traffic())
     finally:
         stop(server)
 
@@ -170,10 +172,12 @@ def test_a_poisoned_request_among_a_thousand_calls_loses_no_row(
         assert rows == set(load.completed), "every call of the others has its row"
     poisoned_rows = UsageRecord.objects.filter(requested_model="x\ufffdy")
     assert poisoned_rows.count() == 5 and {r.status_code for r in poisoned_rows} == {404}
-    assert UsageRecord.objects.count() == 1005
+    assert UsageRecord.objects.filter(tenant__in=[alice.tenant, bob.tenant]).count() == 1005
     assert rollup_calls(alice.tenant) == 505 and rollup_calls(bob.tenant) == 500
-    dead = list(LedgerDeadLetter.objects.all())
-    assert len(dead) == 5 and {d.tenant_id for d in dead} == {mallory_id}
+    # (Only mallory's: a gateway of an earlier test module may still be writing the rows of
+    # tenants that the test database's flush removed; they land here too, as they should.)
+    dead = list(LedgerDeadLetter.objects.filter(tenant_id=mallory_id))
+    assert sorted(d.request_id for d in dead) == sorted(orphans)
     assert all("IntegrityError" in d.reason for d in dead)
     assert not list((tmp_path / "ledger").glob("*.jsonl")), "nothing left to replay"
 

@@ -118,6 +118,25 @@ async def test_a_million_messages_are_refused_before_parsing(
     assert await rows(current) == [(400, "body_too_complex")]
 
 
+@pytest.mark.parametrize("path", ["/v1/chat/completions", ANTHROPIC_PATH])
+async def test_a_body_of_too_many_values_in_all_is_400_though_no_array_is_too_long(
+    tenants: dict[str, TenantKey], gateway_runtime: Any, path: str
+) -> None:
+    """Each array under TOLLGATE_MAX_ITEMS, but 9,000 messages of two parts each: their parse
+    alone would hold the event loop for tens of milliseconds, so the whole is bounded too."""
+    current = gateway_runtime(answer_everything)
+    part = {"type": "text", "text": "x"}
+    message = {"role": "user", "content": [part, part]}
+    body = {"model": "echo", "max_tokens": 5, "messages": [message] * 9_000}
+    response = await send(tenants["alice"], path, body)
+    assert response.status_code == 400
+    assert_error_shape(path, response)
+    assert "50000 JSON values" in response.json()["error"]["message"]
+    assert await rows(current) == [(400, "body_too_complex")]
+    fits = {**body, "messages": [message] * 4_000}
+    assert (await send(tenants["alice"], path, fits)).status_code == 200
+
+
 @pytest.mark.parametrize("path", ["/v1/chat/completions", ANTHROPIC_PATH, "/v1/embeddings"])
 @pytest.mark.parametrize(
     "header", ["authorization", "x-api-key", "anthropic-version", "anthropic-beta"]
