@@ -159,8 +159,8 @@ class ResilientCounters:
         if epoch == IN_MEMORY:
             self.memory.settle_now(checks, second, tokens, cost)
             return
-        if self.outage.down:
-            return  # Redis's counters are rebuilt from the ledger when it is back
+        if self._rebuild:
+            return  # Redis failed: its budgets are rebuilt from the ledger, which has the call
         try:
             await self.redis.settle_in(epoch, checks, second, tokens, cost)
         except REDIS_DOWN_ERRORS as exc:
