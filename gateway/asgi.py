@@ -45,12 +45,14 @@ django_application = get_asgi_application()
 from gateway import runtime  # noqa: E402 - needs the app registry loaded by the line above
 from gateway.credentials import check_secret_key  # noqa: E402
 from gateway.errors import ResponseAborted, error_response_for  # noqa: E402
+from gateway.outage import read_database  # noqa: E402
 from gateway.proxy import ACTIVE_CALLS, ChatCall  # noqa: E402
 from providers.errors import (  # noqa: E402
     CallerError,
     HeadersTooLarge,
     InvalidRequest,
     PayloadTooLarge,
+    ServiceUnavailable,
 )
 
 log = logging.getLogger("tollgate")
@@ -206,6 +208,19 @@ def _load_credentials(current: runtime.Runtime) -> None:
     current.credentials.load()
 
 
+async def _load_credentials_unless_database_down(current: runtime.Runtime) -> None:
+    """Read the upstream keys at startup; with the database down, start without them (the
+    refresh task reads them once it is back) rather than refuse to start: the gateway then
+    serves what it can (``gateway.outage``)."""
+    try:
+        await read_database(lambda: _load_credentials(current), "the upstream keys")
+    except ServiceUnavailable:
+        log.warning(
+            "starting without the upstream keys stored in the admin: the database is "
+            "unavailable; they are read as soon as it is back"
+        )
+
+
 async def _lifespan(receive: Any, send: Any) -> None:
     while True:
         message = await receive()
@@ -214,7 +229,7 @@ async def _lifespan(receive: Any, send: Any) -> None:
                 current = runtime.get_runtime()
                 # Upstream keys from the admin: a missing or wrong TOLLGATE_SECRET_KEY stops
                 # the server here, with a message naming it.
-                await sync_to_async(_load_credentials)(current)
+                await _load_credentials_unless_database_down(current)
                 current.credentials.start(settings.TOLLGATE_CREDENTIALS_REFRESH_SECONDS)
                 current.ledger.start()
             except Exception as exc:  # reported to the server, which refuses to start

@@ -6,24 +6,31 @@ database round trip; a revoked or expired key, or a deactivated tenant, stops wo
 bound, and at once in the process that made the change (``forget``). The cached entry carries the
 tenant's and the key's limits (allow-lists, rate limits, budgets): a change in the admin applies
 within the same bound.
+
+While the database is down, a known key keeps working from its cached entry however old
+(stale-while-error: a revocation needs the database anyway), and a key the cache cannot vouch
+for is a 503 with Retry-After (``gateway.outage``). Failed authentications are throttled per
+client address (``gateway.auth_throttle``); unknown prefixes are cached apart from the known
+keys, so a flood of random keys can evict only other unknown prefixes.
 """
 
 from __future__ import annotations
 
 import hmac
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import close_old_connections
 from django.http import HttpRequest
 from django.utils import timezone
 
+from gateway import auth_throttle
 from gateway.models import PREFIX_LENGTH, ApiKey, hash_key
+from gateway.outage import read_database
 from gateway.policy import NO_LIMITS, CallerLimits
-from providers.errors import AuthenticationFailed
+from providers.errors import AuthenticationFailed, GatewayError
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,15 +47,51 @@ class Caller:
 
 @dataclass(frozen=True, slots=True)
 class _CachedKey:
-    caller: Caller | None  # None: no such key
+    caller: Caller
     key_hash: str
     usable: bool
     expires_at: datetime | None
     fetched_at: float
 
 
-_key_cache: dict[str, _CachedKey] = {}
-_KEY_CACHE_MAX = 100_000
+class KeyCache:
+    """Known keys by prefix, and prefixes recently looked up in vain, each bounded on its own
+    (the oldest entry goes first): a flood of random keys fills only the second, and never
+    sends the known keys back to the database."""
+
+    def __init__(self, known_max: int = 100_000, unknown_max: int = 10_000) -> None:
+        self.known: dict[str, _CachedKey] = {}
+        self.unknown: OrderedDict[str, float] = OrderedDict()  # prefix -> when looked up
+        self.known_max = known_max
+        self.unknown_max = unknown_max
+        self.lookups = 0
+        """Database lookups so far (tests count them)."""
+
+    def is_unknown(self, prefix: str, now: float) -> bool:
+        at = self.unknown.get(prefix)
+        return at is not None and now - at <= settings.TOLLGATE_AUTH_CACHE_SECONDS
+
+    def store(self, prefix: str, entry: _CachedKey | None, now: float) -> None:
+        self.forget(prefix)
+        if entry is None:
+            self.unknown[prefix] = now
+            if len(self.unknown) > self.unknown_max:
+                self.unknown.popitem(last=False)
+        else:
+            self.known[prefix] = entry
+            if len(self.known) > self.known_max:
+                del self.known[next(iter(self.known))]
+
+    def forget(self, prefix: str) -> None:
+        self.known.pop(prefix, None)
+        self.unknown.pop(prefix, None)
+
+    def clear(self) -> None:
+        self.known.clear()
+        self.unknown.clear()
+
+
+_key_cache = KeyCache()
 
 
 def bearer_token(request: HttpRequest) -> str | None:
@@ -59,49 +102,80 @@ def bearer_token(request: HttpRequest) -> str | None:
     return None
 
 
-@sync_to_async
-def _fetch(prefix: str) -> _CachedKey:
-    # The API skips Django's per-request connection housekeeping (gateway.asgi): do it here,
-    # in the thread that owns the connection, right before using it.
-    close_old_connections()
+def client_address(request: HttpRequest) -> str:
+    """The ASGI scope's client host (uvicorn's; behind a proxy, see --proxy-headers)."""
+    return str(request.META.get("REMOTE_ADDR") or "")
+
+
+def _fetch(prefix: str) -> _CachedKey | None:
     key = ApiKey.objects.select_related("tenant").filter(prefix=prefix).first()
-    now = time.monotonic()
     if key is None:
-        return _CachedKey(None, "", False, None, now)
+        return None
     caller = Caller(key.tenant_id, key.tenant.name, key.pk, key.prefix, CallerLimits.of(key))
     usable = key.revoked_at is None and key.tenant.is_active
-    return _CachedKey(caller, key.key_hash, usable, key.expires_at, now)
+    return _CachedKey(caller, key.key_hash, usable, key.expires_at, time.monotonic())
 
 
-async def authenticate(raw_key: str | None) -> Caller:
+async def _lookup(
+    prefix: str, raw_key: str, stale: _CachedKey | None, client: str
+) -> _CachedKey | None:
+    """The key's entry, from the database unless the negative cache knows it is unknown. A
+    client out of its allowance of failures gets no lookup, unless its key is the one a stale
+    entry vouches for. A database outage keeps a stale entry in service."""
+    now = time.monotonic()
+    if _key_cache.is_unknown(prefix, now):
+        return None
+    vouched = stale is not None and _matches(stale, raw_key)
+    if not vouched and (refusal := auth_throttle.refused(client)) is not None:
+        raise refusal
+    try:
+        _key_cache.lookups += 1
+        fetched = await read_database(lambda: _fetch(prefix), "the API key")
+    except GatewayError:
+        if stale is not None:
+            return stale
+        raise
+    if fetched is None:
+        auth_throttle.failure_summary.looked_up()
+    _key_cache.store(prefix, fetched, now)
+    return fetched
+
+
+def _matches(cached: _CachedKey, raw_key: str) -> bool:
+    return hmac.compare_digest(cached.key_hash, hash_key(raw_key))
+
+
+async def authenticate(raw_key: str | None, client: str = "") -> Caller:
+    """The caller of ``raw_key``, or ``AuthenticationFailed`` (429 ``TooManyAuthenticationFailures``
+    past the ``client`` address's allowance of failures, 503 ``ServiceUnavailable`` when the
+    database is needed and down)."""
     if not raw_key:
         raise AuthenticationFailed(
             "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'."
         )
     prefix = raw_key[:PREFIX_LENGTH]
-    cached = _key_cache.get(prefix)
+    cached = _key_cache.known.get(prefix)
     if (
         cached is None
         or time.monotonic() - cached.fetched_at > settings.TOLLGATE_AUTH_CACHE_SECONDS
     ):
-        cached = await _fetch(prefix)
-        if len(_key_cache) >= _KEY_CACHE_MAX:
-            _key_cache.clear()
-        _key_cache[prefix] = cached
-    if cached.caller is None or not hmac.compare_digest(cached.key_hash, hash_key(raw_key)):
-        raise AuthenticationFailed("Incorrect API key provided.")
+        cached = await _lookup(prefix, raw_key, cached, client)
+    if cached is None or not _matches(cached, raw_key):
+        raise auth_throttle.failed(client, AuthenticationFailed("Incorrect API key provided."))
     if not cached.usable or (cached.expires_at is not None and cached.expires_at <= timezone.now()):
-        raise AuthenticationFailed("This API key has been revoked or has expired.")
+        raise auth_throttle.failed(
+            client, AuthenticationFailed("This API key has been revoked or has expired.")
+        )
     return cached.caller
 
 
 def forget(prefix: str) -> None:
     """Drop a key from this process's cache (after revoking it, say)."""
-    _key_cache.pop(prefix, None)
+    _key_cache.forget(prefix)
 
 
 def forget_tenant(tenant_id: int) -> None:
     """Drop a tenant's keys from this process's cache (after changing its limits, say)."""
-    for prefix, cached in list(_key_cache.items()):
-        if cached.caller is not None and cached.caller.tenant_id == tenant_id:
-            _key_cache.pop(prefix, None)
+    for prefix, cached in list(_key_cache.known.items()):
+        if cached.caller.tenant_id == tenant_id:
+            _key_cache.forget(prefix)

@@ -17,8 +17,11 @@ the call's real tokens and cost are known.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from redis.exceptions import RedisError
 
 WINDOW_SECONDS = 60
 
@@ -59,6 +62,8 @@ class Verdict:
     spent: int = 0
     reserved: int = 0
     windows: list[Window] = field(default_factory=list)  # one per check, when admitted
+    hold: int = 0  # the admitted call's handle, for a store that tracks its calls in flight
+    epoch: str = ""  # Redis: the epoch of the budget counters that counted the call
 
 
 class CounterStore(Protocol):
@@ -67,9 +72,12 @@ class CounterStore(Protocol):
     async def load_spent(self, check: Check, spent: int) -> None:
         """Start the budget counter at ``spent`` unless another caller did meanwhile."""
 
-    async def settle(self, checks: list[Check], second: int, tokens: int, cost: int) -> None:
+    async def settle(
+        self, checks: list[Check], second: int, tokens: int, cost: int, hold: int = 0
+    ) -> None:
         """The call admitted at ``second`` used ``tokens`` (vs ``check.tokens``) and cost
-        ``cost``: release its reservation and count what it really used."""
+        ``cost``: release its reservation and count what it really used. ``hold`` is the
+        verdict's (a store that tracks its calls in flight uses it)."""
 
     async def aclose(self) -> None: ...
 
@@ -141,7 +149,9 @@ class MemoryCounters:
             del self._budgets[key]  # an earlier period's
         self._budgets.setdefault(check.budget_key, [spent, 0])
 
-    async def settle(self, checks: list[Check], second: int, tokens: int, cost: int) -> None:
+    async def settle(
+        self, checks: list[Check], second: int, tokens: int, cost: int, hold: int = 0
+    ) -> None:
         self.settle_now(checks, second, tokens, cost)
 
     def settle_now(self, checks: list[Check], second: int, tokens: int, cost: int) -> None:
@@ -153,6 +163,16 @@ class MemoryCounters:
             if check.cap is not None and (budget := self._budgets.get(check.budget_key)):
                 budget[0] += cost
                 budget[1] -= check.reserve
+
+    def recent_counts(self, now: int) -> list[tuple[str, int, int]]:
+        """(window, second, count) of the rate windows' last 60 seconds."""
+        oldest = now - WINDOW_SECONDS + 1
+        return [
+            (window, second, count)
+            for window, buckets in self._windows.items()
+            for second, count in buckets.items()
+            if second >= oldest and count
+        ]
 
     async def aclose(self) -> None:
         pass
@@ -189,30 +209,31 @@ end
 ADMIT_LUA = (
     _LUA_WINDOW
     + """
--- KEYS: per check, its request window, token window and budget hash.
--- ARGV: now, then per check: rpm, tpm, tokens, cap, reserve, ttl (-1: no such limit).
+-- KEYS: the epoch marker, then per check its request window, token window and budget hash.
+-- ARGV: now, epoch, then per check: rpm, tpm, tokens, cap, reserve, ttl (-1: no such limit).
+if redis.call('GET', KEYS[1]) ~= ARGV[2] then return {'epoch', 0} end
 local now = tonumber(ARGV[1])
 local oldest = now - 59
-local n = #KEYS / 3
+local n = (#KEYS - 1) / 3
 for i = 0, n - 1 do
-  local a = 2 + i * 6
+  local k, a = 1 + i * 3, 3 + i * 6
   local rpm, tpm, tokens = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
   local cap, reserve = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
   if cap >= 0 then
-    local spent = redis.call('HGET', KEYS[i * 3 + 3], 'spent')
+    local spent = redis.call('HGET', KEYS[k + 3], 'spent')
     if not spent then return {'load', i} end
     spent = tonumber(spent)
-    local reserved = tonumber(redis.call('HGET', KEYS[i * 3 + 3], 'reserved') or '0')
+    local reserved = tonumber(redis.call('HGET', KEYS[k + 3], 'reserved') or '0')
     if spent + reserved >= cap or spent + reserved + reserve > cap then
       return {'budget', i, 0, spent, reserved}
     end
   end
   if rpm >= 0 then
-    local total, buckets = window(KEYS[i * 3 + 1], oldest)
+    local total, buckets = window(KEYS[k + 1], oldest)
     if total + 1 > rpm then return {'rpm', i, retry_after(buckets, total, rpm, 1, now)} end
   end
   if tpm >= 0 then
-    local total, buckets = window(KEYS[i * 3 + 2], oldest)
+    local total, buckets = window(KEYS[k + 2], oldest)
     if total + tokens > tpm then
       return {'tpm', i, retry_after(buckets, total, tpm, tokens, now)}
     end
@@ -220,16 +241,16 @@ for i = 0, n - 1 do
 end
 local result = {'ok'}
 for i = 0, n - 1 do
-  local a = 2 + i * 6
+  local k, a = 1 + i * 3, 3 + i * 6
   local rpm, tpm, tokens = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
   local cap, reserve, ttl = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])
   if cap >= 0 then
-    redis.call('HINCRBY', KEYS[i * 3 + 3], 'reserved', reserve)
-    redis.call('EXPIRE', KEYS[i * 3 + 3], ttl)
+    redis.call('HINCRBY', KEYS[k + 3], 'reserved', reserve)
+    redis.call('EXPIRE', KEYS[k + 3], ttl)
   end
-  for k, spec in ipairs({{rpm, 1}, {tpm, tokens}}) do
+  for j, spec in ipairs({{rpm, 1}, {tpm, tokens}}) do
     if spec[1] >= 0 then
-      local key = KEYS[i * 3 + k]
+      local key = KEYS[k + j]
       redis.call('HINCRBY', key, tostring(now), spec[2])
       redis.call('EXPIRE', key, 61)
       local total, buckets = window(key, oldest)
@@ -246,53 +267,133 @@ return result
 )
 
 SETTLE_LUA = """
--- KEYS: per check, its token window and budget hash.
--- ARGV: second, tokens, cost, then per check: tpm?, estimated tokens, cap?, reserve, ttl.
-local second, tokens, cost = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-for i = 0, #KEYS / 2 - 1 do
-  local a = 4 + i * 5
+-- KEYS: the epoch marker, then per check its token window and budget hash.
+-- ARGV: epoch, second, tokens, cost, then per check: tpm?, estimated tokens, cap?, reserve, ttl.
+-- A budget of another epoch is left alone: it was rebuilt from the ledger, which has the call.
+-- The reservation is released even before the counter is loaded, since a process re-adds the
+-- reservations of its calls in flight to a new epoch's counters before loading them.
+local same_epoch = redis.call('GET', KEYS[1]) == ARGV[1]
+local second, tokens, cost = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+for i = 0, (#KEYS - 1) / 2 - 1 do
+  local k, a = 1 + i * 2, 5 + i * 5
   if tonumber(ARGV[a]) >= 0 and tokens ~= tonumber(ARGV[a + 1])
-     and redis.call('HEXISTS', KEYS[i * 2 + 1], second) == 1 then
-    redis.call('HINCRBY', KEYS[i * 2 + 1], second, tokens - tonumber(ARGV[a + 1]))
+     and redis.call('HEXISTS', KEYS[k + 1], second) == 1 then
+    redis.call('HINCRBY', KEYS[k + 1], second, tokens - tonumber(ARGV[a + 1]))
   end
-  if tonumber(ARGV[a + 2]) >= 0 and redis.call('EXISTS', KEYS[i * 2 + 2]) == 1 then
-    redis.call('HINCRBY', KEYS[i * 2 + 2], 'spent', cost)
-    redis.call('HINCRBY', KEYS[i * 2 + 2], 'reserved', -tonumber(ARGV[a + 3]))
-    redis.call('EXPIRE', KEYS[i * 2 + 2], tonumber(ARGV[a + 4]))
+  if same_epoch and tonumber(ARGV[a + 2]) >= 0 then
+    redis.call('HINCRBY', KEYS[k + 2], 'reserved', -tonumber(ARGV[a + 3]))
+    if redis.call('HEXISTS', KEYS[k + 2], 'spent') == 1 then
+      redis.call('HINCRBY', KEYS[k + 2], 'spent', cost)
+    end
+    redis.call('EXPIRE', KEYS[k + 2], tonumber(ARGV[a + 4]))
   end
 end
 return 1
 """
 
 LOAD_LUA = """
-if redis.call('HSETNX', KEYS[1], 'spent', ARGV[1]) == 1 then
-  redis.call('HSET', KEYS[1], 'reserved', 0)
-end
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+-- KEYS: the epoch marker, the budget hash. ARGV: epoch, spent, ttl.
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('HSETNX', KEYS[2], 'spent', ARGV[2])
+redis.call('HSETNX', KEYS[2], 'reserved', 0)
+redis.call('EXPIRE', KEYS[2], tonumber(ARGV[3]))
 return 1
 """
+
+RESERVE_LUA = """
+-- KEYS: the epoch marker, then budget hashes. ARGV: epoch, then per hash: reserve, ttl.
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+for i = 2, #KEYS do
+  redis.call('HINCRBY', KEYS[i], 'reserved', ARGV[i * 2 - 2])
+  redis.call('EXPIRE', KEYS[i], tonumber(ARGV[i * 2 - 1]))
+end
+return 1
+"""
+
+RENEW_EPOCH_LUA = """
+-- KEYS: the epoch marker. ARGV: the epoch the caller knew, a new one.
+-- No marker (Redis lost its data) or still the one the caller knew: the new one. Else, another
+-- process renewed it already: that one.
+local current = redis.call('GET', KEYS[1])
+if not current or current == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2])
+  return ARGV[2]
+end
+return current
+"""
+
+EPOCH_KEY = "tg:epoch"
 
 
 def _opt(value: int | None) -> int:
     return -1 if value is None else value
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 class RedisCounters:
-    """Counters in Redis, shared by every gateway process; each operation is one Lua script."""
+    """Counters in Redis, shared by every gateway process; each operation is one Lua script.
 
-    def __init__(self, url: str) -> None:
+    Budget counters are named after an epoch kept in ``tg:epoch``. A Redis that lost its data
+    has no marker: the first process to notice starts a new epoch, and every process then
+    loads the budgets of the new epoch from the ledger, as for a scope seen the first time.
+    A process back from a Redis outage starts one too (``gateway.resilient_counters``).
+    ``timeout`` bounds each operation (connect and reply), with no retry."""
+
+    def __init__(self, url: str, timeout: float | None = None) -> None:
         import redis.asyncio as redis  # only when REDIS_URL is set
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
 
-        self.client: Any = redis.from_url(url)
+        self.client: Any = redis.from_url(
+            url, socket_connect_timeout=timeout, socket_timeout=timeout, retry=Retry(NoBackoff(), 0)
+        )
+        self.epoch = ""
         self._admit = self.client.register_script(ADMIT_LUA)
         self._settle = self.client.register_script(SETTLE_LUA)
         self._load = self.client.register_script(LOAD_LUA)
+        self._reserve = self.client.register_script(RESERVE_LUA)
+        self._renew = self.client.register_script(RENEW_EPOCH_LUA)
+
+    def budget_key(self, check: Check, epoch: str) -> str:
+        return f"tg:budget:{epoch}:{check.scope}:{check.period}"
+
+    async def renew_epoch(self, known: str) -> str:
+        """Start a new epoch if Redis has none or still has ``known``; else adopt the current
+        one (another call or process renewed it already)."""
+        self.epoch = _text(await self._renew(keys=[EPOCH_KEY], args=[known, uuid.uuid4().hex]))
+        return self.epoch
 
     async def admit(self, checks: list[Check], now: int) -> Verdict:
-        keys: list[str] = []
-        args: list[int] = [now]
+        for _ in range(3):  # another process may renew the epoch meanwhile: follow it
+            epoch = self.epoch
+            keys, args = self._admit_args(checks, now, epoch)
+            reply = await self._admit(keys=keys, args=args)
+            kind = _text(reply[0])
+            if kind == "epoch":
+                await self.renew_epoch(epoch)
+                continue
+            numbers = [int(value) for value in reply[1:]]
+            if kind != "ok":
+                index, retry_after, spent, reserved = [*numbers, 0, 0, 0][:4]
+                return Verdict(kind, index, retry_after, spent, reserved, epoch=epoch)
+            windows = [Window(*numbers[i : i + 4]) for i in range(0, len(numbers), 4)]
+            return Verdict(windows=windows, epoch=epoch)
+        raise RedisError("the counters' epoch kept changing")
+
+    def _admit_args(
+        self, checks: list[Check], now: int, epoch: str
+    ) -> tuple[list[str], list[int | str]]:
+        keys = [EPOCH_KEY]
+        args: list[int | str] = [now, epoch]
         for check in checks:
-            keys += [f"tg:rl:{check.scope}:rpm", f"tg:rl:{check.scope}:tpm", check.budget_key]
+            keys += [
+                f"tg:rl:{check.scope}:rpm",
+                f"tg:rl:{check.scope}:tpm",
+                self.budget_key(check, epoch),
+            ]
             args += [
                 _opt(check.rpm),
                 _opt(check.tpm),
@@ -301,25 +402,47 @@ class RedisCounters:
                 check.reserve,
                 check.ttl,
             ]
-        reply = await self._admit(keys=keys, args=args)
-        kind = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
-        numbers = [int(value) for value in reply[1:]]
-        if kind != "ok":
-            index, retry_after, spent, reserved = [*numbers, 0, 0, 0][:4]
-            return Verdict(kind, index, retry_after, spent, reserved)
-        windows = [Window(*numbers[i : i + 4]) for i in range(0, len(numbers), 4)]
-        return Verdict(windows=windows)
+        return keys, args
 
     async def load_spent(self, check: Check, spent: int) -> None:
-        await self._load(keys=[check.budget_key], args=[spent, check.ttl])
+        await self._load(
+            keys=[EPOCH_KEY, self.budget_key(check, self.epoch)],
+            args=[self.epoch, spent, check.ttl],
+        )
 
-    async def settle(self, checks: list[Check], second: int, tokens: int, cost: int) -> None:
-        keys: list[str] = []
-        args: list[int] = [second, tokens, cost]
+    async def settle(
+        self, checks: list[Check], second: int, tokens: int, cost: int, hold: int = 0
+    ) -> None:
+        await self.settle_in(self.epoch, checks, second, tokens, cost)
+
+    async def settle_in(
+        self, epoch: str, checks: list[Check], second: int, tokens: int, cost: int
+    ) -> None:
+        """``settle`` for a call admitted in ``epoch`` (its budgets are left alone if Redis has
+        moved on to another)."""
+        keys = [EPOCH_KEY]
+        args: list[int | str] = [epoch, second, tokens, cost]
         for check in checks:
-            keys += [f"tg:rl:{check.scope}:tpm", check.budget_key]
+            keys += [f"tg:rl:{check.scope}:tpm", self.budget_key(check, epoch)]
             args += [_opt(check.tpm), check.tokens, _opt(check.cap), check.reserve, check.ttl]
         await self._settle(keys=keys, args=args)
+
+    async def reserve(self, checks: list[Check]) -> None:
+        """Add the reservations of a call in flight to the current epoch's budgets."""
+        budgets = [check for check in checks if check.cap is not None]
+        if budgets:
+            await self._reserve(
+                keys=[EPOCH_KEY, *(self.budget_key(check, self.epoch) for check in budgets)],
+                args=[self.epoch, *(n for c in budgets for n in (c.reserve, c.ttl))],
+            )
+
+    async def add_to_windows(self, counts: list[tuple[str, int, int]]) -> None:
+        """Add (window, second, count) to the rate windows (named as MemoryCounters names them)."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for window, second, count in counts:
+                pipe.hincrby(f"tg:rl:{window}", str(second), count)
+                pipe.expire(f"tg:rl:{window}", 61)
+            await pipe.execute()
 
     async def aclose(self) -> None:
         await self.client.aclose()

@@ -5,6 +5,9 @@ every ``TOLLGATE_CREDENTIALS_REFRESH_SECONDS`` (default 5) in a background task 
 ASGI lifespan: an admin change (a new key, a deactivated one, a new weight) reaches every process
 within that bound, and no request waits on the database for its upstream key. A provider with no
 active key falls back to config.toml's ``api_key_env``.
+
+While the database is down the keys last read stay in use. A process that started while it was
+down (so has read none yet) tries every second until it has them.
 """
 
 from __future__ import annotations
@@ -17,12 +20,13 @@ import logging
 import random
 from dataclasses import dataclass
 
-from asgiref.sync import sync_to_async
 from django.core.exceptions import ImproperlyConfigured
-from django.db import DatabaseError, close_old_connections
+from django.db import DatabaseError
 
 from gateway import secrets
 from gateway.models import ProviderKey
+from gateway.outage import read_database
+from providers.errors import ServiceUnavailable
 
 log = logging.getLogger("tollgate.credentials")
 
@@ -79,6 +83,8 @@ class CredentialPool:
 
     def __init__(self) -> None:
         self._pools: dict[str, WeightedKeys] = {}
+        self.loaded = False
+        """Whether the keys were read at least once (not yet, after a start without database)."""
         self._task: asyncio.Task[None] | None = None
 
     def get(self, provider: str) -> str | None:
@@ -91,9 +97,12 @@ class CredentialPool:
     def load(self) -> None:
         """Sync, from the database: at startup, from a management command or a test."""
         self.replace(load_active_keys())
+        self.loaded = True
 
     async def refresh(self) -> None:
-        self.replace(await sync_to_async(_load_with_fresh_connection)())
+        """Re-read the keys; ``ServiceUnavailable`` (the keys kept) when the database is down."""
+        self.replace(await read_database(load_active_keys, "the upstream keys"))
+        self.loaded = True
 
     def start(self, interval: float) -> None:
         """Refresh every ``interval`` seconds in the background, on the running loop."""
@@ -109,17 +118,14 @@ class CredentialPool:
 
     async def _refresh_forever(self, interval: float) -> None:
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(interval if self.loaded else min(interval, 1.0))
             try:
                 await self.refresh()
+            except ServiceUnavailable:
+                pass  # gateway.outage logs the outage, once per interval; the keys are kept
             except (DatabaseError, ImproperlyConfigured) as exc:
                 # Keep the keys we have; say why (never the secrets: the message has none).
                 log.error("could not refresh the upstream keys: %s", exc)
-
-
-def _load_with_fresh_connection() -> dict[str, WeightedKeys]:
-    close_old_connections()
-    return load_active_keys()
 
 
 def set_secret(key: ProviderKey, plaintext: str) -> None:

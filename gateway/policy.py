@@ -10,6 +10,11 @@ reservations of the calls in flight, plus this call's reservation (its worst-cas
 within the cap. So spending overshoots the cap only when a call's real cost exceeds its
 reservation (a prompt longer than its 4-characters-a-token estimate, say), and never because of
 calls admitted after the cap was reached.
+
+A scope's spending is read from the ledger the first time it is counted; while the database is
+down that read fails, and the call gets 503 with Retry-After (``ServiceUnavailable``) rather than
+being admitted against a budget nobody can check. Scopes already counted are not affected. When
+the counters live in Redis, its outages are ``gateway.resilient_counters``'s concern.
 """
 
 from __future__ import annotations
@@ -22,13 +27,14 @@ from datetime import UTC, datetime
 from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
 from typing import TYPE_CHECKING
 
-from asgiref.sync import sync_to_async
-from django.db import close_old_connections
+from django.conf import settings
 from django.db.models import Sum
 
 from gateway.counters import Check, CounterStore, MemoryCounters, RedisCounters, Verdict
 from gateway.models import UsageRecord
-from providers.errors import GatewayError, PermissionDenied, PolicyError
+from gateway.outage import read_database
+from gateway.resilient_counters import ResilientCounters
+from providers.errors import GatewayError, PermissionDenied, PolicyError, ServiceUnavailable
 
 if TYPE_CHECKING:
     from gateway.models import ApiKey, Limits
@@ -183,15 +189,21 @@ class Estimate:
 class Admission:
     """A call let through: its counted checks, to be settled exactly once with what it used."""
 
-    __slots__ = ("checks", "headers", "policy", "second", "settled")
+    __slots__ = ("checks", "headers", "hold", "policy", "second", "settled")
 
     def __init__(
-        self, policy: Policy, checks: list[Check], second: int, headers: dict[str, str]
+        self,
+        policy: Policy,
+        checks: list[Check],
+        second: int,
+        headers: dict[str, str],
+        hold: int = 0,
     ) -> None:
         self.policy = policy
         self.checks = checks
         self.second = second
         self.headers = headers
+        self.hold = hold  # the store's handle on the call in flight
         self.settled = False
 
     def settle(self, tokens: int, cost: Decimal) -> None:
@@ -209,7 +221,10 @@ class Policy:
 
     @classmethod
     def from_settings(cls, redis_url: str) -> Policy:
-        return cls(RedisCounters(redis_url) if redis_url else MemoryCounters())
+        if not redis_url:
+            return cls(MemoryCounters())
+        redis = RedisCounters(redis_url, timeout=settings.TOLLGATE_REDIS_TIMEOUT_SECONDS)
+        return cls(ResilientCounters(redis, fail_open=settings.TOLLGATE_REDIS_FAILURE == "open"))
 
     def check_model(
         self, limits: CallerLimits, model: str, factory: ProviderFactory, route: Route
@@ -225,14 +240,17 @@ class Policy:
         now = datetime.now(UTC)
         second = int(now.timestamp())
         checks = [self._check(scope, estimate, now) for scope in limits.scopes]
-        for _ in range(len(checks) + 1):
+        # Each scope may ask to be loaded, twice when the store falls back meanwhile (Redis).
+        for _ in range(2 * len(checks) + 1):
             verdict = await self._counted(checks, second)
             if verdict.refusal != "load":
                 break
             await self._load(checks[verdict.index], limits.scopes[verdict.index], now)
+        else:
+            raise ServiceUnavailable("The gateway could not load this call's budget counters.")
         if verdict.refusal is not None:
             self._refuse(verdict, checks, limits.scopes, estimate)
-        return Admission(self, checks, second, self._headers(verdict, checks))
+        return Admission(self, checks, second, self._headers(verdict, checks), verdict.hold)
 
     async def _counted(self, checks: list[Check], second: int) -> Verdict:
         """The store's verdict. Shielded: a caller cancelled while the store counts it (a
@@ -250,7 +268,7 @@ class Policy:
     ) -> None:
         if done.cancelled() or done.exception() is not None or done.result().refusal is not None:
             return
-        Admission(self, checks, second, {}).settle(0, Decimal(0))
+        Admission(self, checks, second, {}, done.result().hold).settle(0, Decimal(0))
 
     def settle(self, admission: Admission, tokens: int, cost: int) -> None:
         if isinstance(self.store, MemoryCounters):
@@ -261,7 +279,9 @@ class Policy:
         except RuntimeError:
             log.error("a call was settled outside the event loop; its counters are not updated")
             return
-        task = loop.create_task(self.store.settle(admission.checks, admission.second, tokens, cost))
+        task = loop.create_task(
+            self.store.settle(admission.checks, admission.second, tokens, cost, admission.hold)
+        )
         self._pending.add(task)
         task.add_done_callback(self._settled)
 
@@ -307,7 +327,9 @@ class Policy:
         self._loading[key] = future
         try:
             _, start = period_of(scope.period, now)
-            spent = await _spent_since(scope.scope, start)
+            spent = await read_database(
+                lambda: _spent_since(scope.scope, start), "this call's budget spending"
+            )
             await self.store.load_spent(check, to_units(spent))
             future.set_result(None)
         except BaseException as exc:
@@ -371,9 +393,7 @@ class Policy:
         return headers
 
 
-@sync_to_async
 def _spent_since(scope: str, start: datetime | None) -> Decimal:
-    close_old_connections()
     kind, _, pk = scope.partition(":")
     rows = UsageRecord.objects.filter(**{"tenant_id" if kind == "tenant" else "api_key_id": pk})
     if start is not None:

@@ -38,6 +38,14 @@ def env_float(name: str, default: float) -> float:
         raise ImproperlyConfigured(f"{name} must be a number, got {value!r}") from None
 
 
+def env_choice(name: str, choices: tuple[str, ...]) -> str:
+    """One of ``choices``; the first is the default."""
+    value = (os.environ.get(name) or choices[0]).lower()
+    if value not in choices:
+        raise ImproperlyConfigured(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
 def env_list(name: str, default: list[str]) -> list[str]:
     value = os.environ.get(name)
     if not value:
@@ -125,6 +133,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # gateway process they start; one per test process, so that two runs never share one.
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"test-tollgate-{os.getpid()}.sqlite3")}
 else:
+    # A database that does not answer must not hold the API's shared sync thread for long
+    # (gateway.outage backs off after a failure): libpq's shortest connect timeout.
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 2)
     # One test database per test process here too: two suites never share (and drop) one.
     DATABASES["default"]["TEST"] = {"NAME": f"test_{DATABASES['default']['NAME']}_{os.getpid()}"}
 
@@ -184,14 +195,27 @@ TOLLGATE_DEFAULT_RESERVE_TOKENS = int(env_float("TOLLGATE_DEFAULT_RESERVE_TOKENS
 """Output tokens a budget reserves for a chat call that sets no max_tokens."""
 REDIS_URL = env_str("REDIS_URL", "")
 """Rate-limit and budget counters shared by every gateway process; empty: in process memory."""
+TOLLGATE_REDIS_FAILURE = env_choice("TOLLGATE_REDIS_FAILURE", ("open", "closed"))
+"""While Redis is unreachable: ``open`` counts in process memory, ``closed`` answers 503."""
+TOLLGATE_REDIS_TIMEOUT_SECONDS = env_float("TOLLGATE_REDIS_TIMEOUT_SECONDS", 0.5)
+"""Connect and read timeout of each Redis operation: an outage must not stall calls."""
+TOLLGATE_OUTAGE_LOG_SECONDS = env_float("TOLLGATE_OUTAGE_LOG_SECONDS", 10.0)
+"""At most one log line per this interval about an unavailable database or Redis, and one
+summary of failed authentications."""
+TOLLGATE_AUTH_FAILURE_BURST = int(env_float("TOLLGATE_AUTH_FAILURE_BURST", 20))
+"""Failed authentications a client address may make in a burst before it gets 429."""
+TOLLGATE_AUTH_FAILURE_RATE = env_float("TOLLGATE_AUTH_FAILURE_RATE", 1.0)
+"""Failed authentications per second a client address is allowed after its burst."""
 
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "filters": {"skip_api_responses": {"()": "gateway.log_filters.SkipApiResponses"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "loggers": {
         "tollgate": {"handlers": ["console"], "level": env_str("TOLLGATE_LOG_LEVEL", "INFO")},
         "django": {"handlers": ["console"], "level": "WARNING"},
+        "django.request": {"filters": ["skip_api_responses"]},
     },
 }

@@ -13,6 +13,7 @@ OpenAI ``type`` and ``code``, the offending ``param`` when there is one, and whe
     ├── ProviderError       the upstream said no, timed out or broke
     │   ├── UpstreamRejected (upstream 4xx/429, status kept), UpstreamUnavailable (502),
     │   │   UpstreamTimeout (504)
+    ├── ServiceUnavailable  a service the gateway needs is down (503, with Retry-After)
     └── InternalError       our bug (500)
 """
 
@@ -151,6 +152,20 @@ class UpstreamTimeout(ProviderError):
 
 
 # --- gateway --------------------------------------------------------------------------------
+
+
+class ServiceUnavailable(GatewayError):
+    """The gateway cannot decide on the call now: its database or its shared counters are down.
+    Retryable, with ``Retry-After``: the client should come back, not give up."""
+
+    status = 503
+    type = "server_error"
+    code = "service_unavailable"
+    retryable = True
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.headers = {"retry-after": str(max(retry_after, 1))}
 
 
 class InternalError(GatewayError):

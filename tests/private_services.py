@@ -1,0 +1,183 @@
+"""A private PostgreSQL and a private Redis for fault tests: started by the test on spare ports,
+stopped and started again at will (same data, same port), always stopped at the end. The
+machine's shared services (127.0.0.1:5432 and :6379) are never touched.
+
+    with private_postgres() as pg:               # pg.url has the gateway's schema migrated
+        pg.stop(); ...; pg.start()
+    with private_redis(tmp_path) as redis:       # redis.start() comes back empty (no persistence)
+        ...
+
+Locally a missing binary skips the test; with CI=true it fails.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, free_port
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def require(binary: Path | str) -> str:
+    found = shutil.which(str(binary))
+    if found is None:
+        message = f"{binary} is not installed"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message + ", and CI=true: the fault tests must run")
+        pytest.skip(message)
+    return found
+
+
+class PrivatePostgres:
+    """PostgreSQL 15 in ``data_dir``, owned by the postgres user, on ``port``, trust auth."""
+
+    def __init__(self, data_dir: Path, port: int) -> None:
+        self.data_dir = data_dir
+        self.port = port
+        self.url = f"postgres://postgres@127.0.0.1:{port}/tollgate"
+
+    def _as_postgres(self, *args: str) -> None:
+        subprocess.run(
+            ["runuser", "-u", "postgres", "--", *args],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            timeout=60,
+        )
+
+    def init(self) -> None:
+        self._as_postgres(
+            str(PG_BIN / "initdb"), "-D", str(self.data_dir), "-A", "trust", "-U", "postgres"
+        )
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.data_dir} -c listen_addresses=127.0.0.1"
+        log = str(self.data_dir / "server.log")
+        self._as_postgres(
+            str(PG_BIN / "pg_ctl"),
+            "-D",
+            str(self.data_dir),
+            "-o",
+            options,
+            "-l",
+            log,
+            "-w",
+            "start",
+        )
+
+    def stop(self, mode: str = "immediate") -> None:
+        """``immediate``: as a crash would (connections cut at once); ``fast`` is orderly."""
+        self._as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.data_dir), "-m", mode, "stop")
+
+    def running(self) -> bool:
+        return (self.data_dir / "postmaster.pid").exists()
+
+    def migrate(self) -> None:
+        """Create the database and the gateway's schema in it (``manage.py migrate``)."""
+        self._as_postgres(
+            str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "tollgate"
+        )
+        subprocess.run(
+            [sys.executable, "manage.py", "migrate", "--noinput"],
+            cwd=ROOT,
+            env={**os.environ, "DATABASE_URL": self.url},
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+
+
+class PrivateRedis:
+    """redis-server on ``port``, without persistence: after ``stop`` and ``start`` it is empty,
+    as a Redis restarted without its data."""
+
+    def __init__(self, directory: Path, port: int) -> None:
+        self.directory = directory
+        self.port = port
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [
+                require("redis-server"),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+            ],
+            stdout=(self.directory / "redis.log").open("ab"),
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 10
+        while not self._answers():
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise RuntimeError(f"redis-server did not start on port {self.port}")
+            time.sleep(0.05)
+
+    def _answers(self) -> bool:
+        import redis
+
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        try:
+            return bool(client.ping())
+        except redis.RedisError:
+            return False
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        self.process = None
+
+
+@contextmanager
+def private_postgres() -> Iterator[PrivatePostgres]:
+    """A migrated private PostgreSQL; stopped and removed at the end whatever happened. Its
+    data lives under /tmp, not pytest's tmp_path, which the postgres user may not enter."""
+    for name in ("initdb", "pg_ctl", "createdb"):
+        require(PG_BIN / name)
+    require("runuser")
+    home = Path(tempfile.mkdtemp(prefix="tollgate-pg-"))
+    shutil.chown(home, "postgres", "postgres")
+    server = PrivatePostgres(home / "data", free_port())
+    try:
+        server.init()
+        server.start()
+        server.migrate()
+        yield server
+    finally:
+        if server.running():
+            server.stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@contextmanager
+def private_redis(tmp: Path) -> Iterator[PrivateRedis]:
+    """A private Redis; stopped at the end whatever happened."""
+    server = PrivateRedis(tmp / "redis", free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
