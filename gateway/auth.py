@@ -16,6 +16,7 @@ keys, so a flood of random keys can evict only other unknown prefixes.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
 from collections import OrderedDict
@@ -118,27 +119,54 @@ def _fetch(prefix: str) -> _CachedKey | None:
 
 async def _lookup(
     prefix: str, raw_key: str, stale: _CachedKey | None, client: str
-) -> _CachedKey | None:
-    """The key's entry, from the database unless the negative cache knows it is unknown. A
-    client out of its allowance of failures gets no lookup, unless its key is the one a stale
-    entry vouches for. A database outage keeps a stale entry in service."""
+) -> tuple[_CachedKey | None, bool]:
+    """The key's entry, from the database unless the negative cache knows it is unknown, and
+    whether a failure was charged to ``client`` in advance (charging before the lookup keeps
+    concurrent guesses from one address on one allowance). A client out of its allowance gets
+    no lookup, unless its key is the one a stale entry vouches for, or a lookup of the same
+    prefix is already under way (it costs nothing more). A database outage keeps a stale entry
+    in service."""
     now = time.monotonic()
     if _key_cache.is_unknown(prefix, now):
-        return None
-    vouched = stale is not None and _matches(stale, raw_key)
-    if not vouched and (refusal := auth_throttle.refused(client)) is not None:
+        return None, False
+    joining = prefix in _pending
+    charged = not joining and not (stale is not None and _matches(stale, raw_key))
+    if charged and (refusal := auth_throttle.charge(client)) is not None:
         raise refusal
     try:
-        _key_cache.lookups += 1
-        fetched = await read_database(lambda: _fetch(prefix), "the API key")
+        fetched = await asyncio.shield(_shared_fetch(prefix))
     except GatewayError:
+        if charged:
+            auth_throttle.refund(client)  # an outage is no failure of the client's
         if stale is not None:
-            return stale
+            return stale, False
         raise
-    if fetched is None:
-        auth_throttle.failure_summary.looked_up()
-    _key_cache.store(prefix, fetched, now)
-    return fetched
+    if not joining:
+        if fetched is None:
+            auth_throttle.failure_summary.looked_up()
+        _key_cache.store(prefix, fetched, now)
+    return fetched, charged
+
+
+_pending: dict[str, asyncio.Future[_CachedKey | None]] = {}
+"""Lookups under way, by prefix: concurrent calls with a key not cached yet (a cold start under
+load) share one database lookup, which a caller that hangs up does not cancel for the others."""
+
+
+def _shared_fetch(prefix: str) -> asyncio.Future[_CachedKey | None]:
+    lookup = _pending.get(prefix)
+    if lookup is None:
+        _key_cache.lookups += 1
+        lookup = asyncio.ensure_future(read_database(lambda: _fetch(prefix), "the API key"))
+        _pending[prefix] = lookup
+        lookup.add_done_callback(lambda done: _settled(prefix, done))
+    return lookup
+
+
+def _settled(prefix: str, lookup: asyncio.Future[_CachedKey | None]) -> None:
+    _pending.pop(prefix, None)
+    if not lookup.cancelled():
+        lookup.exception()  # retrieved: every caller waiting on it raises it on its own
 
 
 def _matches(cached: _CachedKey, raw_key: str) -> bool:
@@ -155,17 +183,20 @@ async def authenticate(raw_key: str | None, client: str = "") -> Caller:
         )
     prefix = raw_key[:PREFIX_LENGTH]
     cached = _key_cache.known.get(prefix)
+    charged = False
     if (
         cached is None
         or time.monotonic() - cached.fetched_at > settings.TOLLGATE_AUTH_CACHE_SECONDS
     ):
-        cached = await _lookup(prefix, raw_key, cached, client)
+        cached, charged = await _lookup(prefix, raw_key, cached, client)
     if cached is None or not _matches(cached, raw_key):
-        raise auth_throttle.failed(client, AuthenticationFailed("Incorrect API key provided."))
+        error = AuthenticationFailed("Incorrect API key provided.")
+        raise auth_throttle.failed(client, error, charged)
     if not cached.usable or (cached.expires_at is not None and cached.expires_at <= timezone.now()):
-        raise auth_throttle.failed(
-            client, AuthenticationFailed("This API key has been revoked or has expired.")
-        )
+        error = AuthenticationFailed("This API key has been revoked or has expired.")
+        raise auth_throttle.failed(client, error, charged)
+    if charged:
+        auth_throttle.refund(client)
     return cached.caller
 
 

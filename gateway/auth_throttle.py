@@ -76,6 +76,11 @@ class FailureThrottle:
             self._buckets.popitem(last=False)
         return waited
 
+    def refund(self, address: str) -> None:
+        """Give back a failure charged in advance (the key turned out good)."""
+        now = time.monotonic()
+        self._buckets[address] = (min(float(self.burst), self._tokens(address, now) + 1), now)
+
     def clear(self) -> None:
         self._buckets.clear()
 
@@ -127,17 +132,24 @@ failure_throttle = FailureThrottle(
 failure_summary = FailureSummary()
 
 
-def refused(address: str) -> TooManyAuthenticationFailures | None:
-    """The 429 for an address out of allowance (before a database lookup), else ``None``."""
-    wait = failure_throttle.wait(address)
+def charge(address: str) -> TooManyAuthenticationFailures | None:
+    """Before a database lookup: the 429 for an address out of allowance, else ``None`` with
+    one failure charged in advance (``refund`` it when the key is good). Charging first means
+    that concurrent lookups from one address cannot all pass on the same allowance."""
+    wait = failure_throttle.fail(address)
     if wait:
         failure_summary.record(address, refused=True)
         return TooManyAuthenticationFailures(wait)
     return None
 
 
-def failed(address: str, error: GatewayError) -> GatewayError:
-    """Count a failed authentication: ``error`` (401) within the allowance, else a 429."""
-    wait = failure_throttle.fail(address)
+def refund(address: str) -> None:
+    failure_throttle.refund(address)
+
+
+def failed(address: str, error: GatewayError, charged: bool = False) -> GatewayError:
+    """Count a failed authentication: ``error`` (401) within the allowance, else a 429. A
+    failure already ``charged`` before its lookup is only counted in the log's summary."""
+    wait = 0 if charged else failure_throttle.fail(address)
     failure_summary.record(address, refused=bool(wait))
     return TooManyAuthenticationFailures(wait) if wait else error

@@ -40,13 +40,13 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from django.db import InterfaceError, OperationalError, connection, transaction
+from django.db import connection, transaction
 from django.db.backends.base.operations import BaseDatabaseOperations
 from django.db.models import DecimalField
 
 from gateway.ledger_files import Claim, HeldFile, Row, adopt, encode, unclaimed
-from gateway.logs import Throttled
 from gateway.models import LedgerDeadLetter, UsageRecord
+from gateway.outage import DATABASE_DOWN_ERRORS, Outage
 from gateway.rollup import add_to_rollup
 
 log = logging.getLogger("tollgate.ledger")
@@ -105,8 +105,8 @@ class LedgerWriter:
         self._replaying: Claim | None = None
         self._replay_at = 0.0
         self._unsaved = False  # a row since the last retired segment is only in the journal
-        self._unavailable = Throttled(log)
-        self._disk_trouble = Throttled(log)
+        self._database = Outage("database (ledger writer)")  # one log line per interval
+        self._disk = Outage(f"ledger directory {self.directory}")
 
     # --- request side ------------------------------------------------------------------------
 
@@ -127,12 +127,8 @@ class LedgerWriter:
             if self._segment is None:
                 self._segment = HeldFile(self.directory, "journal")
             self._segment.append(line)
-        except OSError as error:
-            self._disk_trouble.error(
-                "ledger: cannot write the journal in %s (%s): a crash now would lose rows",
-                self.directory,
-                error,
-            )
+        except OSError as error:  # a crash now would lose the rows still queued
+            self._disk.failed(error)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -235,12 +231,7 @@ class LedgerWriter:
                 self._land_retrying(rows)
                 return len(rows)
             except DatabaseUnavailable as error:
-                self._unavailable.error(
-                    "ledger: database unavailable (%s); rows are spooled in %s and replayed "
-                    "as soon as it answers",
-                    error,
-                    self.directory,
-                )
+                self._database.failed(error)
         self._to_spool(rows)
         return len(rows)
 
@@ -260,7 +251,7 @@ class LedgerWriter:
         try:
             insert_rows(rows)
             return
-        except (OperationalError, InterfaceError) as error:
+        except DATABASE_DOWN_ERRORS as error:
             connection.close()
             raise DatabaseUnavailable(str(error).strip()) from error
         except Exception as error:  # a value refused, by the database or by a field
@@ -298,17 +289,15 @@ class LedgerWriter:
         try:
             if self._spool is None:
                 self._spool = HeldFile(self.directory, "spool")
+                log.warning(
+                    "ledger: rows are spooled to %s until the database answers", self._spool.path
+                )
             self._spool.append(b"".join(encode(row) for row in rows))
             self._spool.sync()
         except OSError as error:
             # The journal still has these rows: its segment is kept for a replay.
             self._unsaved = True
-            self._disk_trouble.error(
-                "ledger: cannot write the spool in %s (%s); %d rows wait in the journal",
-                self.directory,
-                error,
-                len(rows),
-            )
+            self._disk.failed(error)
 
     # --- the journal -------------------------------------------------------------------------
 
@@ -350,7 +339,7 @@ class LedgerWriter:
         if self._spool is not None:
             if not database_answers():
                 return
-            log.warning("ledger: the database answers again; replaying the spool")
+            self._database.recovered()
             self._spool.release()
             self._spool = None
         for _ in range(batches):
@@ -369,7 +358,7 @@ class LedgerWriter:
             try:
                 self._land(rows)
             except DatabaseUnavailable as error:
-                self._unavailable.warning("ledger: replay paused, database unavailable (%s)", error)
+                self._database.failed(error)  # the replay resumes when it answers
                 claim.release()
                 self._replaying = None
                 return

@@ -131,6 +131,38 @@ async def test_3000_random_keys_from_one_address_are_throttled_without_reaching_
     assert len(lines) == 1
 
 
+async def test_concurrent_guesses_from_one_address_share_one_allowance(
+    tenants: dict[str, TenantKey],
+) -> None:
+    """A failure is charged before its lookup: 200 random keys at once from one address cost
+    at most the burst in database lookups, not one each."""
+    lookups = auth._key_cache.lookups
+
+    async def guess() -> int:
+        try:
+            await auth.authenticate(random_key(), "10.0.0.7")
+        except (AuthenticationFailed, auth_throttle.TooManyAuthenticationFailures) as exc:
+            return exc.status
+        return 200
+
+    statuses = await asyncio.gather(*(guess() for _ in range(200)))
+    assert statuses.count(401) == 20 and statuses.count(429) == 180
+    assert auth._key_cache.lookups - lookups == 20
+
+
+async def test_a_cold_key_called_200_times_at_once_is_looked_up_once_and_never_throttled(
+    tenants: dict[str, TenantKey],
+) -> None:
+    """A gateway started under load: every concurrent call of a key not cached yet shares one
+    lookup, and the address is charged (then refunded) once, so no good call gets a 429."""
+    alice = tenants["alice"]
+    lookups = auth._key_cache.lookups
+    callers = await asyncio.gather(*(auth.authenticate(alice.raw, "10.0.0.8") for _ in range(200)))
+    assert {caller.tenant_name for caller in callers} == {"alice"}
+    assert auth._key_cache.lookups - lookups == 1
+    assert auth_throttle.failure_throttle.wait("10.0.0.8") == 0
+
+
 def test_the_throttle_refills_and_its_table_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = [1000.0]
     monkeypatch.setattr(auth_throttle.time, "monotonic", lambda: clock[0])
