@@ -140,29 +140,31 @@ def _field_name(token: bytes) -> str | None:
 
 def _too_deep(field: str | None, limits: BodyLimits) -> ShapeViolation:
     where = f" in '{field}'" if field else ""
-    return ShapeViolation(
-        f"The request body nests JSON deeper than {limits.max_depth} levels{where} "
-        f"(TOLLGATE_MAX_JSON_DEPTH).",
+    return _violation(
+        f"nests JSON deeper than {limits.max_depth} levels{where}",
+        "TOLLGATE_MAX_JSON_DEPTH",
         field,
     )
 
 
 def _too_many_values(field: str | None, limits: BodyLimits) -> ShapeViolation:
     where = f" ('{field}' among them)" if field else ""
-    return ShapeViolation(
-        f"The request body holds more than {limits.max_values} JSON values{where} "
-        f"(TOLLGATE_MAX_JSON_VALUES).",
-        field,
+    return _violation(
+        f"holds more than {limits.max_values} JSON values{where}", "TOLLGATE_MAX_JSON_VALUES", field
     )
 
 
 def _too_many_items(field: str | None, limits: BodyLimits) -> ShapeViolation:
-    where = f"'{field}' holds" if field else "The request body holds"
-    return ShapeViolation(
-        f"{where} a JSON array or object of more than {limits.max_items} items "
-        f"(TOLLGATE_MAX_ITEMS).",
-        field,
-    )
+    what = f"a JSON array or object of more than {limits.max_items} items"
+    return _violation(f"holds {what}", "TOLLGATE_MAX_ITEMS", field, subject=field)
+
+
+def _violation(
+    problem: str, setting: str, field: str | None, subject: str | None = None
+) -> ShapeViolation:
+    """``"<subject> <problem> (<setting>)."``, the subject being the request body or a field."""
+    who = f"'{subject}'" if subject else "The request body"
+    return ShapeViolation(f"{who} {problem} ({setting}).", field)
 
 
 async def check_body_shape(body: bytes, limits: BodyLimits | None = None) -> None:

@@ -40,6 +40,14 @@ def files(directory: Path) -> list[str]:
     return sorted(path.name for path in directory.glob("*.jsonl"))
 
 
+def spooled(directory: Path, rows: list[dict[str, Any]]) -> Path:
+    """A spool file of ``rows`` that nobody holds, as a writer leaves it."""
+    spool = HeldFile(directory, "spool")
+    spool.append(b"".join(encode(r) for r in rows))
+    spool.release()
+    return spool.path
+
+
 def rollup_calls() -> int:
     return sum(UsageDaily.objects.values_list("calls", flat=True))
 
@@ -213,26 +221,20 @@ def test_the_journal_of_a_killed_process_is_replayed_once(
 def test_an_unclaimed_file_is_replayed_by_one_writer_only(
     tenants: dict[str, TenantKey], tmp_path: Path
 ) -> None:
-    directory = tmp_path / "ledger"
-    spool = HeldFile(directory, "spool")
-    spool.append(b"".join(encode(row(tenants["bob"], n)) for n in range(20)))
-    spool.release()
-    first = Claim.take(spool.path)
+    spool = spooled(tmp_path / "ledger", [row(tenants["bob"], n) for n in range(20)])
+    first = Claim.take(spool)
     assert first is not None
-    assert Claim.take(spool.path) is None, "held by the first replay"
+    assert Claim.take(spool) is None, "held by the first replay"
     assert len(first.rows(100)) == 20
     first.done()
-    assert Claim.take(spool.path) is None, "gone once replayed"
+    assert Claim.take(spool) is None, "gone once replayed"
 
 
 def test_a_replay_cut_short_resumes_without_counting_twice(
     tenants: dict[str, TenantKey], tmp_path: Path
 ) -> None:
     directory = tmp_path / "ledger"
-    spool = HeldFile(directory, "spool")
-    spool.append(b"".join(encode(row(tenants["bob"], n)) for n in range(50)))
-    spool.release()
-    claim = Claim.take(spool.path)
+    claim = Claim.take(spooled(directory, [row(tenants["bob"], n) for n in range(50)]))
     assert claim is not None
     insert_rows(claim.rows(30))
     claim.release()  # the replaying process died here
