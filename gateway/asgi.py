@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import io
 import logging
 import os
@@ -232,6 +233,11 @@ async def _lifespan(receive: Any, send: Any) -> None:
                 await _load_credentials_unless_database_down(current)
                 current.credentials.start(settings.TOLLGATE_CREDENTIALS_REFRESH_SECONDS)
                 current.ledger.start()
+                # What startup loaded (Django, the app, config) lives as long as the process:
+                # out of the collector's sight, a full collection (which a large request body's
+                # parse can trigger) walks only what requests allocate: milliseconds, not tens.
+                gc.collect()
+                gc.freeze()
             except Exception as exc:  # reported to the server, which refuses to start
                 log.error("startup failed: %s", exc)
                 await send({"type": "lifespan.startup.failed", "message": str(exc)})

@@ -40,9 +40,13 @@ class Probe:
         return statistics.quantiles(self.latencies, n=100)[98] * 1000
 
 
-def probe(base_url: str, key: str, model: str) -> Probe:
-    """Send the huge body while small calls are timed, from before it starts until after."""
-    body = huge_body(model)
+def probe(
+    base_url: str, key: str, model: str, body: bytes | None = None, upstream: bool = True
+) -> Probe:
+    """Send the huge body (or ``body``) while small calls are timed, from before it starts until
+    after. The small calls are chat calls, or with ``upstream=False`` ``GET /v1/models``, which
+    times the gateway alone (the fake upstream, one process, also has the big body to read)."""
+    body = body if body is not None else huge_body(model)
     small = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
     headers = {"authorization": f"Bearer {key}"}
     done = threading.Event()
@@ -53,7 +57,11 @@ def probe(base_url: str, key: str, model: str) -> Probe:
         with httpx.Client(base_url=base_url, headers=headers, timeout=30) as client:
             while not done.is_set():
                 started = time.perf_counter()
-                statuses.add(client.post("/v1/chat/completions", json=small).status_code)
+                if upstream:
+                    answer = client.post("/v1/chat/completions", json=small)
+                else:
+                    answer = client.get("/v1/models")
+                statuses.add(answer.status_code)
                 latencies.append(time.perf_counter() - started)
 
     prober = threading.Thread(target=small_calls)
