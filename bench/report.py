@@ -170,7 +170,14 @@ class Results:
         )
         for c in (1, 50):
             on, off = self.get("gateway", c), self.get("gateway-nojournal", c)
-            cost = 1 - on.rps / off.rps if on and off and off.rps else None
+            # Each round measures both back to back: the median of the rounds' own ratios
+            # is steadier than a ratio of medians when the machine's speed drifts.
+            ratios = (
+                [a.rps / b.rps for a, b in zip(on.rounds, off.rounds, strict=False) if b.rps]
+                if on and off
+                else []
+            )
+            cost = 1 - statistics.median(ratios) if ratios else None
             out.append(
                 Check(
                     f"ledger journal's cost at c{c} (req/s, journal on vs off)",
