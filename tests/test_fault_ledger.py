@@ -196,9 +196,10 @@ def test_sigkill_under_load_loses_no_answered_call(
     server = start_gateway(tmp_path, fake_upstream, env=env)
 
     async def load_then_kill() -> Load:
-        # The clients stop starting calls at 2.5 s, the moment of the kill: calls in flight die.
+        # The kill comes at 2.5 s, while the clients are still calling (until 3.5 s): the calls
+        # in flight die, and the ones after it are refused at once.
         running = asyncio.create_task(
-            hammer(server.base_url, alice.raw, seconds=2.5, concurrency=24)
+            hammer(server.base_url, alice.raw, seconds=3.5, concurrency=24)
         )
         await asyncio.sleep(2.5)
         server.process.kill()
