@@ -37,20 +37,16 @@ from gateway.proxy import (
 )
 from gateway.runtime import Runtime
 from providers.base import (
-    AudioStream,
     EmbeddingRequest,
     FormFile,
     ImageRequest,
-    MediaResponse,
-    Operation,
     SpeechRequest,
     TranscriptionRequest,
-    Units,
-    Usage,
 )
 from providers.errors import GatewayError, InvalidRequest, PayloadTooLarge
 from providers.factory import Route, unsupported
 from providers.pricing import estimate_audio_seconds, estimate_embedding_tokens
+from providers.types import AudioStream, MediaResponse, Operation, Units, Usage
 
 log = logging.getLogger("tollgate.media")
 

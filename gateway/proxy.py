@@ -26,7 +26,7 @@ from gateway.body_limits import INLINE_BYTES, check_body_shape
 from gateway.errors import error_response
 from gateway.policy import Admission, Estimate
 from gateway.runtime import Runtime
-from providers.base import ChatRequest, PassThroughRequest, StreamChunk, Units, Usage
+from providers.base import ChatRequest, PassThroughRequest
 from providers.errors import (
     GatewayError,
     InternalError,
@@ -36,6 +36,7 @@ from providers.errors import (
 )
 from providers.factory import Route
 from providers.pricing import cost_of
+from providers.types import StreamChunk, Units, Usage
 
 log = logging.getLogger("tollgate.proxy")
 

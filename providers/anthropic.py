@@ -37,11 +37,19 @@ from providers.anthropic_stream import (
     stream_error,
     usage_from_anthropic,
 )
-from providers.base import BaseProvider, ChatRequest, ChatResponse, StreamChunk, Usage
+from providers.base import (
+    BaseProvider,
+    ChatRequest,
+    EmbeddingRequest,
+    ImageRequest,
+    SpeechRequest,
+    TranscriptionRequest,
+)
 from providers.config import ProviderConfig
 from providers.errors import InvalidRequest, ProviderError, UpstreamUnavailable
 from providers.http import json_object, post_json, read_json_object, upstream_errors
 from providers.sse import iter_sse
+from providers.types import AudioStream, ChatResponse, MediaResponse, StreamChunk, Usage
 
 SAMPLING_REMOVED_IN = "2026-10-21"
 """The first ``anthropic-version`` that rejects ``temperature``, ``top_p`` and ``top_k``."""
@@ -334,8 +342,10 @@ class NativeEvent:
 
 
 class AnthropicProvider(BaseProvider):
-    """Chat only: ``embed``, ``image_gen``, ``text_to_speech`` and ``transcribe`` keep
-    ``BaseProvider``'s ``NotImplementedError`` (the API answers 400 ``unsupported_operation``)."""
+    """Chat only: ``embed``, ``image_gen``, ``text_to_speech`` and ``transcribe`` raise
+    ``NotImplementedError`` (the API answers 400 ``unsupported_operation``)."""
+
+    operations = ("chat",)
 
     def __init__(self, name: str, config: ProviderConfig, client: httpx.AsyncClient) -> None:
         super().__init__(name, config, client)
@@ -389,6 +399,18 @@ class AnthropicProvider(BaseProvider):
             if failure.usage_so_far is None:
                 failure.usage_so_far = translator.usage
             raise
+
+    async def embed(self, request: EmbeddingRequest, upstream_model: str) -> MediaResponse:
+        raise NotImplementedError
+
+    async def image_gen(self, request: ImageRequest, upstream_model: str) -> MediaResponse:
+        raise NotImplementedError
+
+    async def text_to_speech(self, request: SpeechRequest, upstream_model: str) -> AudioStream:
+        raise NotImplementedError
+
+    async def transcribe(self, request: TranscriptionRequest, upstream_model: str) -> MediaResponse:
+        raise NotImplementedError
 
     def _parse_event(self, data: bytes) -> dict[str, Any]:
         event = json_object(data)

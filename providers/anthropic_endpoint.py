@@ -15,8 +15,8 @@ import orjson
 
 from providers.anthropic import invalid_request
 from providers.anthropic_stream import anthropic_usage, as_dict, stop_reason_for
-from providers.base import Usage
 from providers.errors import UpstreamUnavailable
+from providers.types import Usage
 
 # --- Anthropic request -> OpenAI request (POST /v1/messages to any model) -----------------------
 

@@ -18,8 +18,8 @@ import time
 import uuid
 from typing import Any
 
-from providers.base import Usage
 from providers.errors import ProviderError, UpstreamUnavailable, error_for_upstream_status
+from providers.types import Usage
 
 FINISH_REASONS = {
     "end_turn": "stop",

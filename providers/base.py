@@ -8,38 +8,26 @@ sees another shape. Nothing here imports Django.
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
-from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Literal, Self, get_args
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 from pydantic_core import PydanticCustomError
 
-from providers.errors import (  # noqa: F401 - re-exported: the error tree is part of the contract
-    AuthenticationFailed,
-    CallerError,
-    GatewayError,
-    InternalError,
-    InvalidRequest,
-    ModelNotFound,
-    PermissionDenied,
-    PolicyError,
-    ProviderError,
-    UnsupportedOperation,
-    UpstreamRejected,
-    UpstreamTimeout,
-    UpstreamUnavailable,
-)
 from providers.redaction import remember_secret
+from providers.types import (
+    AudioStream,
+    ChatResponse,
+    CredentialSource,
+    MediaResponse,
+    Operation,
+    StreamChunk,
+)
 
 if TYPE_CHECKING:
     from providers.config import ProviderConfig
-
-Operation = Literal["chat", "embeddings", "images", "speech", "transcription"]
-"""What a model can be called for; config.toml's ``operations`` lists a model's."""
-OPERATIONS: tuple[Operation, ...] = get_args(Operation)
 
 
 class PassThroughRequest(BaseModel):
@@ -171,114 +159,11 @@ class TranscriptionRequest:
         return [(name, upstream_model if name == "model" else value) for name, value in self.fields]
 
 
-class Usage(BaseModel):
-    """Token usage of one call; ``None`` where the upstream did not say.
-
-    ``prompt_tokens`` counts all input tokens, cached ones included; ``cache_read_tokens`` and
-    ``cache_write_tokens`` say how many of them were read from or written to a prompt cache.
-    ``reasoning_tokens`` are part of ``completion_tokens``.
-    """
-
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    total_tokens: int | None = None
-    cache_read_tokens: int | None = None
-    cache_write_tokens: int | None = None
-    reasoning_tokens: int | None = None
-    estimated: bool = False
-    """True when the gateway counted the usage itself: a stream cut off before its usage, a call
-    abandoned before its answer, a transcription whose upstream did not say how long it was."""
-
-    @classmethod
-    def from_openai(cls, usage: dict[str, Any] | None) -> Usage:
-        """Read OpenAI's ``usage`` object (CompletionUsage)."""
-        if not usage:
-            return cls()
-        prompt_details = usage.get("prompt_tokens_details") or {}
-        completion_details = usage.get("completion_tokens_details") or {}
-        return cls.model_construct(
-            prompt_tokens=usage.get("prompt_tokens"),
-            completion_tokens=usage.get("completion_tokens"),
-            total_tokens=usage.get("total_tokens"),
-            cache_read_tokens=prompt_details.get("cached_tokens"),
-            cache_write_tokens=None,
-            reasoning_tokens=completion_details.get("reasoning_tokens"),
-            estimated=False,
-        )
-
-
-class ChatResponse(BaseModel):
-    """A complete (non-streamed) answer.
-
-    ``body`` is the ``chat.completion`` object the client receives. ``raw`` holds the upstream's
-    own bytes when they can go to the client unchanged, so the gateway does not re-encode them.
-    """
-
-    model_config = ConfigDict(arbitrary_types_allowed=True)
-
-    body: dict[str, Any]
-    usage: Usage
-    raw: bytes | None = None
-
-
-@dataclass(slots=True)
-class StreamChunk:
-    """One ``chat.completion.chunk`` of a stream.
-
-    ``raw`` is the chunk's JSON as the upstream sent it, when it can be forwarded unchanged.
-    ``usage`` is set on the chunk that carries the totals (OpenAI's final ``choices: []`` chunk).
-    """
-
-    payload: dict[str, Any]
-    raw: bytes | None = None
-    usage: Usage | None = None
-
-    @property
-    def is_usage_only(self) -> bool:
-        return self.usage is not None and not self.payload.get("choices")
-
-
-@dataclass(frozen=True, slots=True)
-class Units:
-    """What a call is billed by besides tokens; ``None`` where a unit does not apply.
-
-    ``image_size`` and ``image_quality`` pick the price of an image (config.toml's
-    ``image_prices``)."""
-
-    images: int | None = None
-    image_size: str | None = None
-    image_quality: str | None = None
-    characters: int | None = None
-    audio_seconds: Decimal | None = None
-
-
-@dataclass(slots=True)
-class MediaResponse:
-    """A complete answer of ``embed``, ``image_gen`` or ``transcribe``: the upstream's bytes
-    and content type, which go to the client unchanged, and what the call is billed by."""
-
-    raw: bytes
-    content_type: str = "application/json"
-    usage: Usage = field(default_factory=Usage)
-    units: Units | None = None
-
-
-@dataclass(slots=True)
-class AudioStream:
-    """Speech as it arrives: iterate ``chunks`` once, then ``aclose`` (always, even unread)."""
-
-    content_type: str
-    chunks: AsyncIterator[bytes]
-    aclose: Callable[[], Awaitable[None]]
-
-
-CredentialSource = Callable[[str], str | None]
-"""Gives the upstream key for a provider name, per call, or ``None``: use config.toml's
-``api_key_env`` (already in the provider's headers). The gateway's comes from ProviderKey rows."""
-
-
 class BaseProvider(abc.ABC):
     """An upstream. One instance per configured provider, created and owned by the factory."""
+
+    operations: ClassVar[tuple[Operation, ...]]
+    """What the upstream can be called for; the others raise ``NotImplementedError``."""
 
     def __init__(self, name: str, config: ProviderConfig, client: httpx.AsyncClient) -> None:
         remember_secret(config.api_key)  # config.toml's key, redacted from upstream errors
@@ -313,26 +198,27 @@ class BaseProvider(abc.ABC):
         sees the usage chunk. A failure after the first chunk raises a ``ProviderError``.
         """
 
-    # The other operations. A provider whose upstream cannot do one keeps the
-    # NotImplementedError, which the API answers with a 400 naming the model and the operation.
+    # The other operations: every provider implements each one itself, if only to raise
+    # NotImplementedError (the API answers it with a 400 naming the model and the operation), so
+    # that a provider type which forgets one cannot even be created.
 
+    @abc.abstractmethod
     async def embed(self, request: EmbeddingRequest, upstream_model: str) -> MediaResponse:
         """Embeddings; ``usage`` holds the upstream's prompt tokens."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     async def image_gen(self, request: ImageRequest, upstream_model: str) -> MediaResponse:
         """Generated images; ``units`` holds their count, size and quality, ``usage`` the tokens
         the upstream reports for token-priced image models."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     async def text_to_speech(self, request: SpeechRequest, upstream_model: str) -> AudioStream:
         """Speech, streamed: the upstream's status is checked before this returns, so a
         failure that comes before any audio raises here."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     async def transcribe(self, request: TranscriptionRequest, upstream_model: str) -> MediaResponse:
         """A transcription; ``units.audio_seconds`` holds the duration when the upstream says."""
-        raise NotImplementedError
 
     async def aclose(self) -> None:
         """Release pooled connections."""

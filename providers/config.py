@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from providers.base import Operation
+from providers.types import Operation
 
 DEFAULT_CONFIG_PATH = "config.toml"
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from providers.redaction import redact
 
 if TYPE_CHECKING:
-    from providers.base import Usage
+    from providers.types import Usage
 
 
 class GatewayError(Exception):

@@ -15,10 +15,11 @@ import httpx
 from httpx_aiohttp import AiohttpTransport
 
 from providers.anthropic import AnthropicProvider
-from providers.base import OPERATIONS, BaseProvider, CredentialSource, Operation
+from providers.base import BaseProvider
 from providers.config import GatewayConfig, ModelConfig, ProviderConfig
 from providers.errors import ModelNotFound, UnsupportedOperation
 from providers.openai import OpenAIProvider
+from providers.types import OPERATIONS, CredentialSource, Operation
 
 ProviderClass = Callable[[str, ProviderConfig, httpx.AsyncClient], BaseProvider]
 
@@ -62,7 +63,7 @@ def default_transport(config: ProviderConfig) -> httpx.AsyncBaseTransport:
 
 
 class ProviderFactory:
-    _registry: ClassVar[dict[str, ProviderClass]] = {
+    _registry: ClassVar[dict[str, ProviderClass]] = {  # a new provider type is added here
         "openai": OpenAIProvider,
         "anthropic": AnthropicProvider,
     }
@@ -82,10 +83,6 @@ class ProviderFactory:
             (model.provider, model.upstream_model or alias): model
             for alias, model in config.models.items()
         }
-
-    @classmethod
-    def register(cls, provider_type: str, provider_class: ProviderClass) -> None:
-        cls._registry[provider_type] = provider_class
 
     def get(self, name: str) -> BaseProvider:
         """The one instance of provider ``name``, created on first use."""
@@ -130,10 +127,6 @@ class ProviderFactory:
             f"The model `{model}` does not exist or you do not have access to it.",
             param="model",
         )
-
-    def model_names(self) -> list[str]:
-        """The aliases declared in config.toml, in file order."""
-        return list(self.config.models)
 
     async def aclose(self) -> None:
         instances, self._instances = self._instances, {}

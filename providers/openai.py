@@ -17,18 +17,12 @@ import httpx
 import orjson
 
 from providers.base import (
-    AudioStream,
     BaseProvider,
     ChatRequest,
-    ChatResponse,
     EmbeddingRequest,
     ImageRequest,
-    MediaResponse,
     SpeechRequest,
-    StreamChunk,
     TranscriptionRequest,
-    Units,
-    Usage,
 )
 from providers.config import ProviderConfig
 from providers.errors import ProviderError, UpstreamUnavailable, error_for_upstream_status
@@ -40,9 +34,22 @@ from providers.http import (
     upstream_errors,
 )
 from providers.sse import iter_sse
+from providers.types import (
+    OPERATIONS,
+    AudioStream,
+    ChatResponse,
+    MediaResponse,
+    StreamChunk,
+    Units,
+    Usage,
+)
 
 
 class OpenAIProvider(BaseProvider):
+    """OpenAI and every OpenAI-compatible backend: every operation, passed through."""
+
+    operations = OPERATIONS
+
     def __init__(self, name: str, config: ProviderConfig, client: httpx.AsyncClient) -> None:
         super().__init__(name, config, client)
         root = config.base_url.rstrip("/")

@@ -20,7 +20,7 @@ import struct
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from providers.base import Units, Usage
+from providers.types import Units, Usage
 
 if TYPE_CHECKING:
     from providers.config import ModelConfig

@@ -9,13 +9,13 @@ import pytest
 
 from providers.anthropic_endpoint import openai_response_to_anthropic
 from providers.anthropic_stream import AnthropicToOpenAIStream, OpenAIToAnthropicStream
-from providers.base import Usage
 from providers.errors import (
     ProviderError,
     UpstreamRejected,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from providers.types import Usage
 
 Event = tuple[str, dict[str, Any]]
 

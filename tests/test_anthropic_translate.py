@@ -9,9 +9,10 @@ import pytest
 from providers.anthropic import from_anthropic, to_anthropic
 from providers.anthropic_endpoint import anthropic_request_to_openai, openai_response_to_anthropic
 from providers.anthropic_stream import anthropic_error_body, usage_from_anthropic
-from providers.base import ChatRequest, Usage
+from providers.base import ChatRequest
 from providers.config import ProviderConfig
 from providers.errors import InvalidRequest, UpstreamUnavailable
+from providers.types import Usage
 
 CONFIG = ProviderConfig(type="anthropic", base_url="http://up.test/v1", default_max_tokens=1234)
 HI = {"role": "user", "content": "hi"}

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from providers.base import Units, Usage
 from providers.config import ConfigError, GatewayConfig, ModelConfig, load_config
 from providers.errors import ModelNotFound, UnsupportedOperation
 from providers.factory import ProviderFactory
 from providers.pricing import cost_of, estimate_audio_seconds
+from providers.types import Units, Usage
 
 ROOT = Path(__file__).resolve().parent.parent
 

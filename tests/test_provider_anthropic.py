@@ -22,9 +22,7 @@ from providers.base import (
     FormFile,
     ImageRequest,
     SpeechRequest,
-    StreamChunk,
     TranscriptionRequest,
-    Usage,
 )
 from providers.config import GatewayConfig, ProviderConfig
 from providers.errors import (
@@ -35,6 +33,7 @@ from providers.errors import (
     UpstreamUnavailable,
 )
 from providers.factory import ProviderFactory, default_transport
+from providers.types import StreamChunk, Usage
 
 SCHEMAS = json.loads(
     Path(

@@ -17,7 +17,6 @@ from providers.base import (
     ImageRequest,
     SpeechRequest,
     TranscriptionRequest,
-    Units,
 )
 from providers.config import ProviderConfig
 from providers.errors import (
@@ -27,6 +26,7 @@ from providers.errors import (
     UpstreamUnavailable,
 )
 from providers.openai import OpenAIProvider
+from providers.types import Units
 
 COMPLETION = {
     "id": "chatcmpl-1",

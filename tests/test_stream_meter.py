@@ -8,8 +8,8 @@ from typing import Any
 import orjson
 
 from gateway.proxy import StreamMeter, estimate_prompt_tokens
-from providers.base import StreamChunk, Usage
 from providers.errors import UpstreamUnavailable
+from providers.types import StreamChunk, Usage
 
 
 def content_chunk(text: str) -> StreamChunk:

@@ -1,0 +1,122 @@
+"""The plain types of the provider layer: what a model can be called for, what a call used and is
+billed by, what a provider answers. This module imports nothing else of ``providers/``, so every
+other module can import it without a circle."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict
+
+Operation = Literal["chat", "embeddings", "images", "speech", "transcription"]
+"""What a model can be called for; config.toml's ``operations`` lists a model's."""
+OPERATIONS: tuple[Operation, ...] = get_args(Operation)
+
+
+class Usage(BaseModel):
+    """Token usage of one call; ``None`` where the upstream did not say.
+
+    ``prompt_tokens`` counts all input tokens, cached ones included; ``cache_read_tokens`` and
+    ``cache_write_tokens`` say how many of them were read from or written to a prompt cache.
+    ``reasoning_tokens`` are part of ``completion_tokens``.
+    """
+
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+    cache_read_tokens: int | None = None
+    cache_write_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    estimated: bool = False
+    """True when the gateway counted the usage itself: a stream cut off before its usage, a call
+    abandoned before its answer, a transcription whose upstream did not say how long it was."""
+
+    @classmethod
+    def from_openai(cls, usage: dict[str, Any] | None) -> Usage:
+        """Read OpenAI's ``usage`` object (CompletionUsage)."""
+        if not usage:
+            return cls()
+        prompt_details = usage.get("prompt_tokens_details") or {}
+        completion_details = usage.get("completion_tokens_details") or {}
+        return cls.model_construct(
+            prompt_tokens=usage.get("prompt_tokens"),
+            completion_tokens=usage.get("completion_tokens"),
+            total_tokens=usage.get("total_tokens"),
+            cache_read_tokens=prompt_details.get("cached_tokens"),
+            cache_write_tokens=None,
+            reasoning_tokens=completion_details.get("reasoning_tokens"),
+            estimated=False,
+        )
+
+
+class ChatResponse(BaseModel):
+    """A complete (non-streamed) answer.
+
+    ``body`` is the ``chat.completion`` object the client receives. ``raw`` holds the upstream's
+    own bytes when they can go to the client unchanged, so the gateway does not re-encode them.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    body: dict[str, Any]
+    usage: Usage
+    raw: bytes | None = None
+
+
+@dataclass(slots=True)
+class StreamChunk:
+    """One ``chat.completion.chunk`` of a stream.
+
+    ``raw`` is the chunk's JSON as the upstream sent it, when it can be forwarded unchanged.
+    ``usage`` is set on the chunk that carries the totals (OpenAI's final ``choices: []`` chunk).
+    """
+
+    payload: dict[str, Any]
+    raw: bytes | None = None
+    usage: Usage | None = None
+
+    @property
+    def is_usage_only(self) -> bool:
+        return self.usage is not None and not self.payload.get("choices")
+
+
+@dataclass(frozen=True, slots=True)
+class Units:
+    """What a call is billed by besides tokens; ``None`` where a unit does not apply.
+
+    ``image_size`` and ``image_quality`` pick the price of an image (config.toml's
+    ``image_prices``)."""
+
+    images: int | None = None
+    image_size: str | None = None
+    image_quality: str | None = None
+    characters: int | None = None
+    audio_seconds: Decimal | None = None
+
+
+@dataclass(slots=True)
+class MediaResponse:
+    """A complete answer of ``embed``, ``image_gen`` or ``transcribe``: the upstream's bytes
+    and content type, which go to the client unchanged, and what the call is billed by."""
+
+    raw: bytes
+    content_type: str = "application/json"
+    usage: Usage = field(default_factory=Usage)
+    units: Units | None = None
+
+
+@dataclass(slots=True)
+class AudioStream:
+    """Speech as it arrives: iterate ``chunks`` once, then ``aclose`` (always, even unread)."""
+
+    content_type: str
+    chunks: AsyncIterator[bytes]
+    aclose: Callable[[], Awaitable[None]]
+
+
+CredentialSource = Callable[[str], str | None]
+"""Gives the upstream key for a provider name, per call, or ``None``: use config.toml's
+``api_key_env`` (already in the provider's headers). The gateway's comes from ProviderKey rows."""

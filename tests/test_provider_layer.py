@@ -1,0 +1,109 @@
+"""The provider layer stands on its own: it imports without Django, without an import circle, and
+every provider type implements the whole contract."""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from conftest import ROOT
+from providers.base import BaseProvider
+from providers.config import ProviderConfig
+from providers.factory import ProviderFactory
+from providers.types import OPERATIONS
+
+PROVIDERS = ROOT / "providers"
+MODULES = sorted(
+    f"providers.{path.stem}" for path in PROVIDERS.glob("*.py") if path.stem != "__init__"
+)
+
+
+def test_every_provider_module_imports_without_django() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    code = "import importlib, sys\n" + "".join(f"importlib.import_module({m!r})\n" for m in MODULES)
+    code += "assert 'django' not in sys.modules, 'the provider layer imported Django'\n"
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def _imports(path: Path) -> set[str]:
+    """The ``providers.*`` modules ``path`` imports anywhere, for type checking too."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("providers."):
+            found.add(node.module or "")
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("providers."))
+    return found
+
+
+def test_the_provider_modules_import_each_other_without_a_circle() -> None:
+    graph = {f"providers.{p.stem}": _imports(p) for p in PROVIDERS.glob("*.py")}
+    assert graph["providers.types"] == set(), "the plain types import nothing of providers/"
+    visiting: set[str] = set()
+    done: set[str] = set()
+
+    def visit(module: str, path: list[str]) -> None:
+        assert module not in visiting, f"import circle: {' -> '.join([*path, module])}"
+        if module in done:
+            return
+        visiting.add(module)
+        for imported in graph.get(module, ()):
+            visit(imported, [*path, module])
+        visiting.discard(module)
+        done.add(module)
+
+    for module in graph:
+        visit(module, [])
+
+
+REQUESTS: dict[str, Any] = {
+    "embed": None,
+    "image_gen": None,
+    "text_to_speech": None,
+    "transcribe": None,
+}
+METHODS = {
+    "embeddings": "embed",
+    "images": "image_gen",
+    "speech": "text_to_speech",
+    "transcription": "transcribe",
+}
+
+
+@pytest.mark.parametrize("provider_type", sorted(ProviderFactory._registry))
+def test_each_provider_type_says_what_it_serves_and_refuses_the_rest(provider_type: str) -> None:
+    provider_class = ProviderFactory._registry[provider_type]
+    expected = {"openai": OPERATIONS, "anthropic": ("chat",)}[provider_type]
+    assert provider_class.operations == expected
+    config = ProviderConfig(type=provider_type, base_url="http://upstream.test/v1")
+    provider = provider_class("p", config, httpx.AsyncClient())
+    for operation, method in METHODS.items():
+        if operation not in provider_class.operations:
+            with pytest.raises(NotImplementedError):
+                asyncio.run(getattr(provider, method)(None, "m"))
+        else:
+            assert method in vars(provider_class), f"{provider_type} implements {method} itself"
+
+
+def test_a_provider_type_that_forgets_an_operation_cannot_be_created() -> None:
+    class Forgetful(BaseProvider):
+        operations = ("chat",)
+
+        async def chat(self, request: Any, upstream_model: str) -> Any: ...
+
+        def stream(self, request: Any, upstream_model: str) -> Any: ...
+
+    config = ProviderConfig(type="openai", base_url="http://upstream.test/v1")
+    with pytest.raises(TypeError, match="abstract"):
+        Forgetful("p", config, httpx.AsyncClient())  # type: ignore[abstract]
