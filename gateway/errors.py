@@ -12,7 +12,7 @@ from __future__ import annotations
 import orjson
 from django.http import HttpResponse
 
-from providers.anthropic_stream import anthropic_error_body
+from providers.anthropic.stream import anthropic_error_body
 from providers.errors import GatewayError
 
 ANTHROPIC_PATH = "/v1/messages"

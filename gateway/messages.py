@@ -27,8 +27,8 @@ from gateway.proxy import (
 )
 from gateway.runtime import Runtime
 from providers.anthropic import AnthropicProvider, NativeEvent
-from providers.anthropic_endpoint import anthropic_request_to_openai, openai_response_to_anthropic
-from providers.anthropic_stream import OpenAIToAnthropicStream, anthropic_error_body
+from providers.anthropic.endpoint import anthropic_request_to_openai, openai_response_to_anthropic
+from providers.anthropic.stream import OpenAIToAnthropicStream, anthropic_error_body
 from providers.base import ChatRequest
 from providers.errors import GatewayError, InvalidRequest, UpstreamUnavailable
 from providers.factory import Route

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from providers.anthropic_endpoint import openai_response_to_anthropic
-from providers.anthropic_stream import AnthropicToOpenAIStream, OpenAIToAnthropicStream
+from providers.anthropic.endpoint import openai_response_to_anthropic
+from providers.anthropic.stream import AnthropicToOpenAIStream, OpenAIToAnthropicStream
 from providers.errors import (
     ProviderError,
     UpstreamRejected,

@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from providers.anthropic import from_anthropic, to_anthropic
-from providers.anthropic_endpoint import anthropic_request_to_openai, openai_response_to_anthropic
-from providers.anthropic_stream import anthropic_error_body, usage_from_anthropic
+from providers.anthropic.endpoint import anthropic_request_to_openai, openai_response_to_anthropic
+from providers.anthropic.stream import anthropic_error_body, usage_from_anthropic
+from providers.anthropic.translate import from_anthropic, to_anthropic
 from providers.base import ChatRequest
 from providers.config import ProviderConfig
 from providers.errors import InvalidRequest, UpstreamUnavailable

@@ -8,7 +8,7 @@ The gateway here has two providers on the same fake upstream (tests/fake_upstrea
   ways by ``providers.anthropic``);
 - Anthropic clients calling a model routed to Anthropic (``/v1/messages``, passed through);
 - Anthropic clients calling a model routed to an OpenAI upstream (``/v1/messages``, translated by
-  ``providers.anthropic_endpoint`` and ``providers.anthropic_stream``).
+  ``providers.anthropic.endpoint`` and ``providers.anthropic.stream``).
 
 Assertions are what a user or an accountant would notice: the answer as the SDK gives it, the
 error as the SDK raises it, what the upstream received (its ``echo`` model), and the ledger row

@@ -21,9 +21,16 @@ from providers.factory import ProviderFactory
 from providers.types import OPERATIONS
 
 PROVIDERS = ROOT / "providers"
-MODULES = sorted(
-    f"providers.{path.stem}" for path in PROVIDERS.glob("*.py") if path.stem != "__init__"
-)
+
+
+def module_name(path: Path) -> str:
+    """``providers/anthropic/stream.py`` -> ``providers.anthropic.stream``."""
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+FILES = sorted(PROVIDERS.rglob("*.py"))
+MODULES = [module_name(path) for path in FILES]
 
 
 def test_every_provider_module_imports_without_django() -> None:
@@ -48,7 +55,7 @@ def _imports(path: Path) -> set[str]:
 
 
 def test_the_provider_modules_import_each_other_without_a_circle() -> None:
-    graph = {f"providers.{p.stem}": _imports(p) for p in PROVIDERS.glob("*.py")}
+    graph = {module_name(path): _imports(path) for path in FILES}
     assert graph["providers.types"] == set(), "the plain types import nothing of providers/"
     visiting: set[str] = set()
     done: set[str] = set()

@@ -15,9 +15,9 @@ Also here, the vocabulary both directions share: stop reasons, usage, and error 
 from __future__ import annotations
 
 import time
-import uuid
 from typing import Any
 
+from providers.anthropic.ids import new_id, translated_id
 from providers.errors import ProviderError, UpstreamUnavailable, error_for_upstream_status
 from providers.types import Usage
 
@@ -243,9 +243,7 @@ class AnthropicToOpenAIStream:
     def _start(self, message: dict[str, Any]) -> list[dict[str, Any]]:
         if self.id:
             return []
-        message_id = message.get("id")
-        suffix = message_id.removeprefix("msg_") if isinstance(message_id, str) else ""
-        self.id = "chatcmpl-" + (suffix or uuid.uuid4().hex)
+        self.id = translated_id(message.get("id"), "msg_", "chatcmpl-")
         self._report(message.get("usage"))
         return [self._chunk({"role": "assistant", "content": "", "refusal": None})]
 
@@ -370,9 +368,7 @@ class OpenAIToAnthropicStream:
     def _start(self, chunk: dict[str, Any]) -> list[Event]:
         if self.id:
             return []
-        chunk_id = chunk.get("id")
-        suffix = chunk_id.removeprefix("chatcmpl-") if isinstance(chunk_id, str) else ""
-        self.id = "msg_" + (suffix or uuid.uuid4().hex)
+        self.id = translated_id(chunk.get("id"), "chatcmpl-", "msg_")
         message: dict[str, Any] = {
             "id": self.id,
             "type": "message",
@@ -418,7 +414,7 @@ class OpenAIToAnthropicStream:
         events: list[Event] = []
         block = self._tool_blocks.get(call_index)
         if block is None:
-            tool_id = call.get("id") or f"toolu_{uuid.uuid4().hex}"
+            tool_id = call.get("id") or new_id("toolu_")
             block_start: dict[str, Any] = {
                 "type": "tool_use",
                 "id": tool_id,

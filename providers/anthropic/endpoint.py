@@ -2,19 +2,19 @@
 
 An Anthropic Messages request routed to an OpenAI-compatible model is translated to an OpenAI chat
 request (``anthropic_request_to_openai``) and the answer back (``openai_response_to_anthropic``;
-streams: ``providers.anthropic_stream.OpenAIToAnthropicStream``). Requests routed to Anthropic
+streams: ``providers.anthropic.stream.OpenAIToAnthropicStream``). Requests routed to Anthropic
 itself are not translated at all: ``AnthropicProvider.messages`` passes them through.
 """
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import orjson
 
-from providers.anthropic import invalid_request
-from providers.anthropic_stream import anthropic_usage, as_dict, stop_reason_for
+from providers.anthropic.ids import translated_id
+from providers.anthropic.stream import anthropic_usage, as_dict, stop_reason_for
+from providers.anthropic.translate import invalid_request
 from providers.errors import UpstreamUnavailable
 from providers.types import Usage
 
@@ -188,10 +188,8 @@ def openai_response_to_anthropic(
     stop_reason = (
         "refusal" if reply.get("refusal") else stop_reason_for(choice.get("finish_reason"))
     )
-    body_id = body.get("id")
-    suffix = body_id.removeprefix("chatcmpl-") if isinstance(body_id, str) else ""
     return {
-        "id": "msg_" + (suffix or uuid.uuid4().hex),
+        "id": translated_id(body.get("id"), "chatcmpl-", "msg_"),
         "type": "message",
         "role": "assistant",
         "model": requested_model,

@@ -1,0 +1,168 @@
+"""``AnthropicProvider``: the Messages API over HTTP, for OpenAI-shaped calls (translated by
+``translate.py`` and ``stream.py``) and for the gateway's native ``/v1/messages`` pass-through."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from providers.anthropic.stream import (
+    AnthropicToOpenAIStream,
+    UsageReport,
+    stream_error,
+    usage_from_anthropic,
+)
+from providers.anthropic.translate import _OUR_HEADERS, from_anthropic, to_anthropic
+from providers.base import (
+    BaseProvider,
+    ChatRequest,
+    EmbeddingRequest,
+    ImageRequest,
+    SpeechRequest,
+    TranscriptionRequest,
+)
+from providers.config import ProviderConfig
+from providers.errors import ProviderError, UpstreamUnavailable
+from providers.http import json_object, post_json, read_json_object, upstream_errors
+from providers.sse import iter_sse
+from providers.types import AudioStream, ChatResponse, MediaResponse, StreamChunk, Usage
+
+
+def _is_message(data: dict[str, Any]) -> bool:
+    return data.get("type") == "message" and isinstance(data.get("content"), list)
+
+
+@dataclass(slots=True)
+class NativeEvent:
+    """One event of a passed-through Anthropic stream: its SSE bytes, the usage reported so far,
+    and whether it carried output (a content delta), for counting if the stream is cut off."""
+
+    raw: bytes
+    usage: Usage | None
+    is_delta: bool
+
+
+class AnthropicProvider(BaseProvider):
+    """Chat only: ``embed``, ``image_gen``, ``text_to_speech`` and ``transcribe`` raise
+    ``NotImplementedError`` (the API answers 400 ``unsupported_operation``)."""
+
+    operations = ("chat",)
+
+    def __init__(self, name: str, config: ProviderConfig, client: httpx.AsyncClient) -> None:
+        super().__init__(name, config, client)
+        self.url = httpx.URL(config.base_url.rstrip("/") + "/messages")
+        headers = {k: v for k, v in config.headers.items() if k.lower() not in _OUR_HEADERS}
+        headers["content-type"] = "application/json"
+        headers["anthropic-version"] = config.anthropic_version
+        if config.api_key:
+            headers["x-api-key"] = config.api_key
+        self.headers = headers
+
+    def _post(
+        self, body: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> contextlib.AbstractAsyncContextManager[httpx.Response]:
+        merged = {**self.headers, **headers} if headers else self.headers
+        return post_json(self.client, self.name, self.url, self.with_credential(merged), body)
+
+    def credential_headers(self, key: str) -> dict[str, str]:
+        return {"x-api-key": key}
+
+    async def chat(self, request: ChatRequest, upstream_model: str) -> ChatResponse:
+        body = to_anthropic(request, upstream_model, self.config)
+        async with self._post(body) as response:
+            _, message = await read_json_object(response, self.name, _is_message, "a message")
+        usage = usage_from_anthropic(message.get("usage"))
+        return ChatResponse.model_construct(
+            body=from_anthropic(message, request.model), usage=usage, raw=None
+        )
+
+    async def stream(
+        self, request: ChatRequest, upstream_model: str
+    ) -> AsyncGenerator[StreamChunk, None]:
+        """Translate Anthropic's events as they come. Any failure after ``message_start``
+        carries ``usage_so_far``: the input tokens are known from the start of the stream."""
+        body = to_anthropic(request, upstream_model, self.config)
+        body["stream"] = True
+        translator = AnthropicToOpenAIStream(request.model, provider=self.name)
+        try:
+            async with self._post(body) as response:
+                with upstream_errors(self.name):
+                    async for event, data in iter_sse(response.aiter_bytes()):
+                        for payload in translator.feed(event, self._parse_event(data)):
+                            usage = None if payload["choices"] else translator.usage
+                            yield StreamChunk(payload, None, usage)
+                        if translator.finished:
+                            return
+            raise UpstreamUnavailable(
+                f"The upstream provider '{self.name}' ended the stream before it finished."
+            )
+        except ProviderError as failure:
+            if failure.usage_so_far is None:
+                failure.usage_so_far = translator.usage
+            raise
+
+    async def embed(self, request: EmbeddingRequest, upstream_model: str) -> MediaResponse:
+        raise NotImplementedError
+
+    async def image_gen(self, request: ImageRequest, upstream_model: str) -> MediaResponse:
+        raise NotImplementedError
+
+    async def text_to_speech(self, request: SpeechRequest, upstream_model: str) -> AudioStream:
+        raise NotImplementedError
+
+    async def transcribe(self, request: TranscriptionRequest, upstream_model: str) -> MediaResponse:
+        raise NotImplementedError
+
+    def _parse_event(self, data: bytes) -> dict[str, Any]:
+        event = json_object(data)
+        if event is None:
+            raise UpstreamUnavailable(f"The upstream provider '{self.name}' sent an invalid event.")
+        return event
+
+    # --- native pass-through, for Anthropic-speaking clients (POST /v1/messages) ---------------
+
+    async def messages(
+        self, body: dict[str, Any], upstream_model: str, headers: dict[str, str] | None = None
+    ) -> tuple[bytes, Usage]:
+        """Send an Anthropic Messages request as it is; return the answer's bytes and usage.
+        ``headers`` (the client's anthropic-version and anthropic-beta) override ours."""
+        body = {**body, "model": upstream_model, "stream": False}
+        async with self._post(body, headers) as response:
+            raw, message = await read_json_object(response, self.name, _is_message, "a message")
+        return raw, usage_from_anthropic(message.get("usage"))
+
+    async def messages_stream(
+        self, body: dict[str, Any], upstream_model: str, headers: dict[str, str] | None = None
+    ) -> AsyncGenerator[NativeEvent, None]:
+        """Stream an Anthropic Messages request as it is, event by event, with the usage reported
+        so far. A failure carries ``usage_so_far`` like ``stream`` does."""
+        report = UsageReport()
+        try:
+            body = {**body, "model": upstream_model, "stream": True}
+            async with self._post(body, headers) as response:
+                with upstream_errors(self.name):
+                    async for event, data in iter_sse(response.aiter_bytes()):
+                        payload = self._parse_event(data)
+                        kind = event or payload.get("type")
+                        if kind == "error":
+                            raise stream_error(payload.get("error"), self.name, report.usage)
+                        report.observe(kind, payload)
+                        name = f"event: {kind}\n".encode() if kind else b""
+                        yield NativeEvent(
+                            name + b"data: " + data + b"\n\n",
+                            report.usage,
+                            kind == "content_block_delta",
+                        )
+                        if kind == "message_stop":
+                            return
+            raise UpstreamUnavailable(
+                f"The upstream provider '{self.name}' ended the stream before it finished."
+            )
+        except ProviderError as failure:
+            if failure.usage_so_far is None:
+                failure.usage_so_far = report.usage
+            raise
