@@ -12,7 +12,13 @@ from typing import Any
 import httpx
 import orjson
 
-from providers.errors import UpstreamTimeout, UpstreamUnavailable, error_for_upstream_status
+from providers.errors import (
+    ProviderError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    error_for_upstream_status,
+)
+from providers.types import Usage
 
 _ERROR_BODY_LIMIT = 64 * 1024
 
@@ -120,3 +126,22 @@ async def read_json_object(
             f"The upstream provider '{provider}' returned a response that is not {what}."
         )
     return raw, data
+
+
+def ended_early(provider: str) -> UpstreamUnavailable:
+    """A stream that stopped before its last event: the call failed, whatever came before."""
+    return UpstreamUnavailable(
+        f"The upstream provider '{provider}' ended the stream before it finished."
+    )
+
+
+@contextlib.contextmanager
+def keeping_usage(usage: Callable[[], Usage | None]) -> Iterator[None]:
+    """Around a stream: a failure carries the usage counted so far (``usage_so_far``), so that
+    the ledger bills what the upstream will."""
+    try:
+        yield
+    except ProviderError as failure:
+        if failure.usage_so_far is None:
+            failure.usage_so_far = usage()
+        raise

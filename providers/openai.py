@@ -27,6 +27,7 @@ from providers.base import (
 from providers.config import ProviderConfig
 from providers.errors import ProviderError, UpstreamUnavailable, error_for_upstream_status
 from providers.http import (
+    ended_early,
     json_object,
     post_json,
     read_json_object,
@@ -108,9 +109,7 @@ class OpenAIProvider(BaseProvider):
                     )
                     yield chunk
         if not finished:
-            raise UpstreamUnavailable(
-                f"The upstream provider '{self.name}' ended the stream before it finished."
-            )
+            raise ended_early(self.name)
 
     def _parse_chunk(self, data: bytes) -> StreamChunk:
         payload = json_object(data)

@@ -26,8 +26,15 @@ from providers.base import (
     TranscriptionRequest,
 )
 from providers.config import ProviderConfig
-from providers.errors import ProviderError, UpstreamUnavailable
-from providers.http import json_object, post_json, read_json_object, upstream_errors
+from providers.errors import UpstreamUnavailable
+from providers.http import (
+    ended_early,
+    json_object,
+    keeping_usage,
+    post_json,
+    read_json_object,
+    upstream_errors,
+)
 from providers.sse import iter_sse
 from providers.types import AudioStream, ChatResponse, MediaResponse, StreamChunk, Usage
 
@@ -88,7 +95,7 @@ class AnthropicProvider(BaseProvider):
         body = to_anthropic(request, upstream_model, self.config)
         body["stream"] = True
         translator = AnthropicToOpenAIStream(request.model, provider=self.name)
-        try:
+        with keeping_usage(lambda: translator.usage):
             async with self._post(body) as response:
                 with upstream_errors(self.name):
                     async for event, data in iter_sse(response.aiter_bytes()):
@@ -97,13 +104,7 @@ class AnthropicProvider(BaseProvider):
                             yield StreamChunk(payload, None, usage)
                         if translator.finished:
                             return
-            raise UpstreamUnavailable(
-                f"The upstream provider '{self.name}' ended the stream before it finished."
-            )
-        except ProviderError as failure:
-            if failure.usage_so_far is None:
-                failure.usage_so_far = translator.usage
-            raise
+            raise ended_early(self.name)
 
     async def embed(self, request: EmbeddingRequest, upstream_model: str) -> MediaResponse:
         raise NotImplementedError
@@ -141,7 +142,7 @@ class AnthropicProvider(BaseProvider):
         """Stream an Anthropic Messages request as it is, event by event, with the usage reported
         so far. A failure carries ``usage_so_far`` like ``stream`` does."""
         report = UsageReport()
-        try:
+        with keeping_usage(lambda: report.usage):
             body = {**body, "model": upstream_model, "stream": True}
             async with self._post(body, headers) as response:
                 with upstream_errors(self.name):
@@ -159,10 +160,4 @@ class AnthropicProvider(BaseProvider):
                         )
                         if kind == "message_stop":
                             return
-            raise UpstreamUnavailable(
-                f"The upstream provider '{self.name}' ended the stream before it finished."
-            )
-        except ProviderError as failure:
-            if failure.usage_so_far is None:
-                failure.usage_so_far = report.usage
-            raise
+            raise ended_early(self.name)
