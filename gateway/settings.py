@@ -46,6 +46,16 @@ def env_choice(name: str, choices: tuple[str, ...]) -> str:
     return value
 
 
+def env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a whole number, got {value!r}") from None
+
+
 def env_list(name: str, default: list[str]) -> list[str]:
     value = os.environ.get(name)
     if not value:
@@ -158,22 +168,22 @@ TOLLGATE_AUTH_CACHE_SECONDS = env_float("TOLLGATE_AUTH_CACHE_SECONDS", 5.0)
 """How long a key lookup is cached in process: a revoked key stops working within this bound."""
 TOLLGATE_LEDGER_FLUSH_SECONDS = env_float("TOLLGATE_LEDGER_FLUSH_SECONDS", 0.5)
 """Longest time a ledger row waits in memory before its batch is written."""
-TOLLGATE_MAX_BODY_BYTES = int(env_float("TOLLGATE_MAX_BODY_BYTES", 32 * 1024 * 1024))
+TOLLGATE_MAX_BODY_BYTES = env_int("TOLLGATE_MAX_BODY_BYTES", 32 * 1024 * 1024)
 """Largest request body the API accepts (413 beyond): chat requests may carry images."""
 DATA_UPLOAD_MAX_MEMORY_SIZE = TOLLGATE_MAX_BODY_BYTES
-TOLLGATE_MAX_UPLOAD_BYTES = int(env_float("TOLLGATE_MAX_UPLOAD_BYTES", 25 * 1024 * 1024))
+TOLLGATE_MAX_UPLOAD_BYTES = env_int("TOLLGATE_MAX_UPLOAD_BYTES", 25 * 1024 * 1024)
 """Largest file an upload endpoint (/v1/audio/transcriptions) accepts (413 beyond). Bodies of
 upload endpoints are capped at this plus room for the form's other fields, not at
 TOLLGATE_MAX_BODY_BYTES."""
-TOLLGATE_MAX_JSON_DEPTH = int(env_float("TOLLGATE_MAX_JSON_DEPTH", 128))
+TOLLGATE_MAX_JSON_DEPTH = env_int("TOLLGATE_MAX_JSON_DEPTH", 128)
 """Deepest JSON nesting a request body may have (400 beyond). Tool schemas nest to 64 and more."""
-TOLLGATE_MAX_ITEMS = int(env_float("TOLLGATE_MAX_ITEMS", 10_000))
+TOLLGATE_MAX_ITEMS = env_int("TOLLGATE_MAX_ITEMS", 10_000)
 """Most items any JSON array (or keys any object) of a request body may hold (400 beyond):
 messages, tools, embedding inputs. Coding agents send hundreds of messages, not ten thousand."""
-TOLLGATE_MAX_JSON_VALUES = int(env_float("TOLLGATE_MAX_JSON_VALUES", 50_000))
+TOLLGATE_MAX_JSON_VALUES = env_int("TOLLGATE_MAX_JSON_VALUES", 50_000)
 """Most JSON values a request body may hold in all (400 beyond): bounds how long its parse holds
 the event loop (~20 ms at the limit). A long coding session sends a few tens of thousands."""
-TOLLGATE_MAX_HEADER_BYTES = int(env_float("TOLLGATE_MAX_HEADER_BYTES", 64 * 1024))
+TOLLGATE_MAX_HEADER_BYTES = env_int("TOLLGATE_MAX_HEADER_BYTES", 64 * 1024)
 """Largest total size of a request's headers, names and values (431 beyond)."""
 TOLLGATE_LEDGER_DIR = Path(env_str("TOLLGATE_LEDGER_DIR", str(VAR_DIR / "ledger")))
 """The ledger's journal (every row, before its call's answer completes) and spool (rows the
@@ -191,7 +201,7 @@ TOLLGATE_SECRET_KEY = env_str("TOLLGATE_SECRET_KEY", "")
 """Encrypts upstream keys stored in the database (gateway.secrets). Required once any exist."""
 TOLLGATE_CREDENTIALS_REFRESH_SECONDS = env_float("TOLLGATE_CREDENTIALS_REFRESH_SECONDS", 5.0)
 """How often each gateway process re-reads the upstream keys (ProviderKey) from the database."""
-TOLLGATE_DEFAULT_RESERVE_TOKENS = int(env_float("TOLLGATE_DEFAULT_RESERVE_TOKENS", 4096))
+TOLLGATE_DEFAULT_RESERVE_TOKENS = env_int("TOLLGATE_DEFAULT_RESERVE_TOKENS", 4096)
 """Output tokens a budget reserves for a chat call that sets no max_tokens."""
 REDIS_URL = env_str("REDIS_URL", "")
 """Rate-limit and budget counters shared by every gateway process; empty: in process memory."""
@@ -202,7 +212,7 @@ TOLLGATE_REDIS_TIMEOUT_SECONDS = env_float("TOLLGATE_REDIS_TIMEOUT_SECONDS", 0.5
 TOLLGATE_OUTAGE_LOG_SECONDS = env_float("TOLLGATE_OUTAGE_LOG_SECONDS", 10.0)
 """At most one log line per this interval about an unavailable database or Redis, and one
 summary of failed authentications."""
-TOLLGATE_AUTH_FAILURE_BURST = int(env_float("TOLLGATE_AUTH_FAILURE_BURST", 20))
+TOLLGATE_AUTH_FAILURE_BURST = env_int("TOLLGATE_AUTH_FAILURE_BURST", 20)
 """Failed authentications a client address may make in a burst before it gets 429."""
 TOLLGATE_AUTH_FAILURE_RATE = env_float("TOLLGATE_AUTH_FAILURE_RATE", 1.0)
 """Failed authentications per second a client address is allowed after its burst."""

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import Group, User
-from test_usage_reports import call
+from support.rows import call
 
 from conftest import ROOT, GatewayServer, TenantKey, start_gateway
 from gateway.groups import USAGE_VIEWER_GROUP

@@ -30,7 +30,7 @@ import httpx
 import openai
 import pytest
 from anthropic.types.shared import ErrorResponse as AnthropicErrorResponse
-from test_e2e_chat import (
+from support.e2e import (
     GPT_TEST_COST,
     HELLO,
     STREAM_TEXT,

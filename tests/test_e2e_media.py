@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from test_e2e_chat import check_error, rows_of, settle, validate
+from support.e2e import check_error, rows_of, settle, validate
 
 from conftest import GatewayServer, TenantKey, start_gateway, wait_for_rows
 from fake_media import (

@@ -17,6 +17,7 @@ from django.contrib.auth.models import Group, Permission, User
 from django.core.management import call_command
 from django.forms.models import model_to_dict
 from django.test import Client
+from support.rows import call
 
 from conftest import TenantKey
 from gateway.groups import USAGE_VIEWER_GROUP
@@ -28,25 +29,6 @@ DAY = date(2026, 3, 14)
 
 def at(day: date, hour: int = 12, minute: int = 0) -> datetime:
     return datetime(day.year, day.month, day.day, hour, minute, tzinfo=UTC)
-
-
-def call(who: TenantKey, when: datetime, model: str = "gpt-test", **fields: Any) -> dict[str, Any]:
-    row: dict[str, Any] = {
-        "created_at": when,
-        "request_id": f"req_{who.tenant.name}_{when.timestamp()}_{model}",
-        "tenant_id": who.tenant.pk,
-        "api_key_id": who.key.pk,
-        "requested_model": model,
-        "provider": "fake",
-        "prompt_tokens": 100,
-        "completion_tokens": 20,
-        "total_tokens": 120,
-        "cost_usd": Decimal("0.0001400000"),
-        "status_code": 200,
-        "latency_ms": 5,
-    }
-    row.update(fields)
-    return row
 
 
 def sample_rows(tenants: dict[str, TenantKey]) -> list[dict[str, Any]]:

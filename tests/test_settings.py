@@ -1,0 +1,26 @@
+"""Settings read from the environment say what is wrong with a value, naming the variable."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+
+from gateway.settings import env_float, env_int
+
+
+def test_whole_numbers_are_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TOLLGATE_X", "2048")
+    assert env_int("TOLLGATE_X", 1) == 2048
+    monkeypatch.setenv("TOLLGATE_X", "")
+    assert env_int("TOLLGATE_X", 7) == 7
+    monkeypatch.setenv("TOLLGATE_X", "1.5")
+    with pytest.raises(ImproperlyConfigured, match="TOLLGATE_X must be a whole number"):
+        env_int("TOLLGATE_X", 1)
+
+
+def test_numbers_are_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TOLLGATE_Y", "0.25")
+    assert env_float("TOLLGATE_Y", 1.0) == 0.25
+    monkeypatch.setenv("TOLLGATE_Y", "soon")
+    with pytest.raises(ImproperlyConfigured, match="TOLLGATE_Y must be a number"):
+        env_float("TOLLGATE_Y", 1.0)
