@@ -159,11 +159,17 @@ class LedgerWriter:
 
     def flush(self) -> int:
         """Write every queued row now, in the calling thread. Returns how many were written."""
+        written = 0
+        while items := self._drain():  # writing may queue a retired segment: until none is left
+            written += self._handle(items)[0]
+        return written
+
+    def _drain(self) -> list[object]:
         items: list[object] = []
         with contextlib.suppress(queue.Empty):
             while True:
                 items.append(self._queue.get_nowait())
-        return self._handle(items)[0]
+        return items
 
     # --- writer thread -----------------------------------------------------------------------
 
@@ -223,9 +229,8 @@ class LedgerWriter:
         """Put ``rows`` in the ledger, the dead letter or, with the database down, the spool."""
         if not rows:
             return 0
-        if self.fsync and self._segment is not None:
-            with contextlib.suppress(OSError):
-                self._segment.sync()  # a machine crash loses at most one flush interval
+        if self.fsync:
+            self._sync_journal()  # a machine crash loses at most one flush interval
         if self._spool is None:
             try:
                 self._land_retrying(rows)
@@ -301,23 +306,35 @@ class LedgerWriter:
 
     # --- the journal -------------------------------------------------------------------------
 
-    def _rotate(self) -> None:
-        """Start a new journal segment when the current one is big or old enough; the old one
-        is retired once the writer has reached its last row."""
+    def _rotate(self, now: bool = False) -> HeldFile | None:
+        """Start a new journal segment when the current one has rows and is big or old enough
+        (or ``now``); the old one, returned, is retired once the writer reaches its last row."""
         segment = self._segment
         if segment is None or segment.size == 0:
-            return
-        if segment.size < self.segment_bytes and time.monotonic() - segment.opened < (
-            self.segment_seconds
+            return None
+        if (
+            not now
+            and segment.size < self.segment_bytes
+            and time.monotonic() - segment.opened < (self.segment_seconds)
         ):
-            return
+            return None
         try:
             fresh = HeldFile(self.directory, "journal")
         except OSError:
-            return
+            return None
         with self._order:
             old, self._segment = self._segment, fresh
             self._queue.put(_Retire(old))  # type: ignore[arg-type]
+        return old
+
+    def _sync_journal(self) -> None:
+        """Make the rows journaled so far survive a machine crash: fsync them in a segment that
+        nobody writes to any more. Not the live one: a write to a page the kernel is writing back
+        waits for it, and that write is the event loop's (measured: +20-34% latency at c1)."""
+        old = self._rotate(now=True)
+        if old is not None:
+            with contextlib.suppress(OSError):
+                old.sync()
 
     def _retire(self, segment: HeldFile) -> None:
         if self._unsaved:  # some of its rows are nowhere else: leave it to a replay

@@ -14,7 +14,7 @@ from django.db import DatabaseError, OperationalError, connection
 
 from conftest import TenantKey
 from gateway import ledger as ledger_module
-from gateway.ledger import LedgerWriter, clean_row, insert_rows
+from gateway.ledger import LedgerWriter, _Retire, clean_row, insert_rows
 from gateway.ledger_files import Claim, HeldFile, encode
 from gateway.models import LedgerDeadLetter, UsageDaily, UsageRecord
 
@@ -210,12 +210,22 @@ def test_the_journal_of_a_killed_process_is_replayed_once(
     with dead._segment.path.open("ab") as segment:
         segment.write(b'{"request_id": "req_torn", "tena')  # killed in the middle of a line
     assert Claim.take(dead._segment.path) is None, "a live process's journal is not claimable"
-    dead._segment.release()  # what the kernel does when the process dies
+    die(dead)
 
     survivor = LedgerWriter(directory, autostart=False)
     assert survivor.replay() == 250
     assert UsageRecord.objects.count() == 250 == rollup_calls()
     assert files(directory) == []
+
+
+def die(writer: LedgerWriter) -> None:
+    """What the kernel does when a process dies: every file it held is let go (its live journal
+    segment, and the segments waiting to be retired)."""
+    for item in writer._drain():
+        if isinstance(item, _Retire):
+            item.segment.release()
+    assert writer._segment is not None
+    writer._segment.release()
 
 
 def test_an_unclaimed_file_is_replayed_by_one_writer_only(
@@ -302,3 +312,20 @@ def test_an_operator_sees_a_dead_letter_and_retries_it_once_fixed(
 
 def _json(value: dict[str, Any]) -> str:
     return encode(value).decode()
+
+
+def test_the_journal_is_fsynced_in_a_segment_nobody_writes_to(
+    tenants: dict[str, TenantKey], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write to a page the kernel is writing back waits for it: the event loop's appends must
+    never meet an fsync, so the writer rotates first and fsyncs the segment it left."""
+    writer = LedgerWriter(tmp_path / "ledger", autostart=False)
+    synced: list[tuple[HeldFile, HeldFile | None]] = []
+    monkeypatch.setattr(HeldFile, "sync", lambda self: synced.append((self, writer._segment)))
+    writer.record(row(tenants["alice"], 1))
+    journaled = writer._segment
+    writer.flush()
+    assert [segment for segment, _ in synced] == [journaled]
+    assert all(live is not segment for segment, live in synced), "never the live segment"
+    assert journaled is not None and not journaled.path.exists(), "retired once written"
+    writer.stop()
