@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Iterable, Iterator
-from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
@@ -25,6 +24,7 @@ from gateway import reports
 from gateway.chart import daily_chart
 from gateway.models import ApiKey, Tenant, UsageRecord
 from gateway.reports import ReportFilter
+from gateway.rollup import days_of_ledger
 
 PERMISSION = "gateway.view_usage_report"
 
@@ -85,15 +85,10 @@ def _bound_form(request: HttpRequest) -> ReportForm:
 # --- links ----------------------------------------------------------------------------------------
 
 
-def _utc_midnight(day: date) -> datetime:
-    return datetime.combine(day, time.min, tzinfo=UTC)
-
-
 def ledger_url(report: ReportFilter) -> str:
     """The ledger changelist filtered like ``report`` (the parameters its filters use)."""
     params: dict[str, Any] = {
-        "created_at__gte": str(_utc_midnight(report.start)),
-        "created_at__lt": str(_utc_midnight(report.end + timedelta(days=1))),
+        **{name: str(at) for name, at in days_of_ledger(report.start, report.end).items()},
         **report.chosen("tenant__id__exact", "api_key__id__exact", "requested_model", "provider"),
     }
     return reverse("admin:gateway_usagerecord_changelist") + "?" + urlencode(params)
@@ -163,8 +158,7 @@ LEDGER_CSV_COLUMNS = (
 def ledger_rows(report: ReportFilter) -> Iterator[tuple[Any, ...]]:
     """The ledger rows matching ``report``, oldest first, fetched in chunks."""
     rows = UsageRecord.objects.filter(
-        created_at__gte=_utc_midnight(report.start),
-        created_at__lt=_utc_midnight(report.end + timedelta(days=1)),
+        **days_of_ledger(report.start, report.end),
         **report.chosen("tenant_id", "api_key_id", "requested_model", "provider"),
     )
     values = rows.order_by("created_at", "id").values_list(*LEDGER_CSV_COLUMNS)

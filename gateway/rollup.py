@@ -116,16 +116,19 @@ def add_to_rollup(cursor: Any, rows: Iterable[Mapping[str, Any]]) -> None:
         cursor.executemany(_upsert_sql(), params)
 
 
-def _utc_midnight(day: date) -> datetime:
-    return datetime.combine(day, time.min, tzinfo=UTC)
+def days_of_ledger(start: date, end: date) -> dict[str, datetime]:
+    """The ledger filter for the UTC days ``start`` to ``end`` (inclusive): ``created_at__gte``
+    and ``created_at__lt``, as the rollup, the reports and the ledger's admin links count days."""
+    return {
+        "created_at__gte": datetime.combine(start, time.min, tzinfo=UTC),
+        "created_at__lt": datetime.combine(end + timedelta(days=1), time.min, tzinfo=UTC),
+    }
 
 
 def rollup_query(start: date, end: date) -> QuerySet[UsageRecord, dict[str, Any]]:
     """The ledger summed by rollup key for the days ``start`` to ``end`` (inclusive), as a
     ``SELECT`` whose columns are ``KEY_COLUMNS`` then ``SUM_COLUMNS``."""
-    ledger = UsageRecord.objects.filter(
-        created_at__gte=_utc_midnight(start), created_at__lt=_utc_midnight(end + timedelta(1))
-    )
+    ledger = UsageRecord.objects.filter(**days_of_ledger(start, end))
     whole: IntegerField[int, int] = IntegerField()
     sums: dict[str, Any] = {
         "calls": Count("id"),
