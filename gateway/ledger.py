@@ -34,7 +34,7 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -174,17 +174,26 @@ class LedgerWriter:
     # --- writer thread -----------------------------------------------------------------------
 
     def _run(self) -> None:
-        adopt(self.legacy_spools, self.directory)
+        self._guarded(lambda: adopt(self.legacy_spools, self.directory))
         try:
             while True:
-                self._replay_some()
+                self._guarded(self._replay_some)
                 items = self._take()
                 _, stopping = self._handle(items)
                 if stopping:
                     break
-                self._rotate()
+                self._guarded(self._rotate)
         finally:
             connection.close()
+
+    def _guarded(self, step: Callable[[], object]) -> None:
+        """Run a housekeeping step (replay, rotation) whose failure, a disk fault or a file it
+        cannot read, must not stop the thread that writes everyone's rows: it is logged (once per
+        interval) and tried again on the next round."""
+        try:
+            step()
+        except Exception as error:
+            self._disk.failed(error)
 
     def _take(self) -> list[object]:
         """The next batch: rows until ``batch_size`` or ``flush_seconds`` after the first, cut

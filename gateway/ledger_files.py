@@ -127,8 +127,12 @@ class Claim:
             if not line:
                 break
             try:
-                rows.append(orjson.loads(line))
+                row = orjson.loads(line)
             except orjson.JSONDecodeError:
+                row = None
+            if isinstance(row, dict):
+                rows.append(row)
+            else:
                 self.torn += 1
         return rows
 

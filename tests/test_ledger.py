@@ -329,3 +329,33 @@ def test_the_journal_is_fsynced_in_a_segment_nobody_writes_to(
     assert all(live is not segment for segment, live in synced), "never the live segment"
     assert journaled is not None and not journaled.path.exists(), "retired once written"
     writer.stop()
+
+
+def test_a_replay_that_fails_does_not_stop_the_writer(
+    tenants: dict[str, TenantKey], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A directory the writer cannot read (or any fault of its housekeeping) is logged and tried
+    again; the thread that writes everyone's rows keeps writing them."""
+
+    def unreadable(directory: Path) -> Any:
+        raise PermissionError(13, "Permission denied", str(directory))
+
+    monkeypatch.setattr(ledger_module, "unclaimed", unreadable)
+    writer = LedgerWriter(tmp_path / "ledger", flush_seconds=0.02, replay_seconds=0.05)
+    for n in range(20):
+        writer.record(row(tenants["bob"], n))
+        time.sleep(0.01)
+    wait_until(lambda: UsageRecord.objects.count() == 20)
+    writer.stop()
+
+
+def test_lines_that_are_not_rows_are_skipped_as_torn(
+    tenants: dict[str, TenantKey], tmp_path: Path
+) -> None:
+    path = spooled(tmp_path / "ledger", [row(tenants["bob"], 1)])
+    with path.open("ab") as spool:
+        spool.write(b'[1, 2]\n"text"\n')
+    claim = Claim.take(path)
+    assert claim is not None
+    assert [r["request_id"] for r in claim.rows(10)] == ["req_1"] and claim.torn == 2
+    claim.release()
