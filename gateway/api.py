@@ -17,7 +17,7 @@ from ninja import NinjaAPI
 from ninja.errors import HttpError
 from ninja.errors import ValidationError as NinjaValidationError
 
-from gateway.auth import authenticate, bearer_token, client_address
+from gateway.auth import caller_of
 from gateway.errors import anthropic_error_response, error_response, error_response_for
 from gateway.media import MediaService
 from gateway.messages import MessagesService
@@ -45,33 +45,33 @@ def _json(data: object, status: int = 200) -> HttpResponse:
 
 @api.post("/chat/completions")
 async def chat_completions(request: HttpRequest) -> HttpResponseBase:
-    caller = await authenticate(bearer_token(request), client_address(request))
+    caller = await caller_of(request)
     return await ProxyService(get_runtime()).chat(caller, request.body)
 
 
 @api.post("/embeddings")
 async def embeddings(request: HttpRequest) -> HttpResponseBase:
-    caller = await authenticate(bearer_token(request), client_address(request))
+    caller = await caller_of(request)
     return await MediaService(get_runtime()).embeddings(caller, request.body)
 
 
 @api.post("/images/generations")
 async def image_generations(request: HttpRequest) -> HttpResponseBase:
-    caller = await authenticate(bearer_token(request), client_address(request))
+    caller = await caller_of(request)
     return await MediaService(get_runtime()).images(caller, request.body)
 
 
 @api.post("/audio/speech")
 async def speech(request: HttpRequest) -> HttpResponseBase:
     """The audio streams through with the upstream's content type."""
-    caller = await authenticate(bearer_token(request), client_address(request))
+    caller = await caller_of(request)
     return await MediaService(get_runtime()).speech(caller, request.body)
 
 
 @api.post("/audio/transcriptions")
 async def transcriptions(request: HttpRequest) -> HttpResponseBase:
     """A multipart upload (``file``, ``model``, ...), forwarded as multipart."""
-    caller = await authenticate(bearer_token(request), client_address(request))
+    caller = await caller_of(request)
     return await MediaService(get_runtime()).transcriptions(caller, request)
 
 
@@ -84,9 +84,7 @@ was written for, and the beta features it asks for."""
 async def messages(request: HttpRequest) -> HttpResponseBase:
     """Anthropic's Messages API; the key may come as ``x-api-key`` (Anthropic's SDKs) or Bearer."""
     try:
-        caller = await authenticate(
-            request.headers.get("x-api-key") or bearer_token(request), client_address(request)
-        )
+        caller = await caller_of(request, x_api_key=True)
     except GatewayError as error:
         return anthropic_error_response(error)
     forwarded = {
@@ -109,7 +107,7 @@ def _model_entry(name: str, owner: str, operations: Sequence[str]) -> dict[str, 
 @api.get("/models")
 async def list_models(request: HttpRequest) -> HttpResponse:
     """The models the caller may use (its tenant's and its key's allow-lists)."""
-    caller = await authenticate(bearer_token(request), client_address(request))
+    caller = await caller_of(request)
     current = get_runtime()
     data = [
         _model_entry(name, model.provider, model.operations)
@@ -121,7 +119,7 @@ async def list_models(request: HttpRequest) -> HttpResponse:
 
 @api.get("/models/{path:model}")
 async def retrieve_model(request: HttpRequest, model: str) -> HttpResponse:
-    caller = await authenticate(bearer_token(request), client_address(request))
+    caller = await caller_of(request)
     factory = get_runtime().factory
     route = factory.resolve(model)
     if not caller.limits.allows(model, factory, route):  # as if it did not exist
@@ -135,7 +133,7 @@ async def retrieve_model(request: HttpRequest, model: str) -> HttpResponse:
 async def usage(request: HttpRequest) -> HttpResponse:
     """The calling tenant's own usage from the daily rollup: ``start``, ``end`` (YYYY-MM-DD,
     default this month, UTC) and ``group_by`` (day, model or key)."""
-    caller = await authenticate(bearer_token(request), client_address(request))
+    caller = await caller_of(request)
     return _json(await usage_response(caller.tenant_id, request.GET))
 
 

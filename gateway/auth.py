@@ -103,6 +103,13 @@ def bearer_token(request: HttpRequest) -> str | None:
     return None
 
 
+async def caller_of(request: HttpRequest, *, x_api_key: bool = False) -> Caller:
+    """Who sent ``request``: its key as Bearer (or, on Anthropic's API, ``x-api-key``, which
+    wins), checked against its client address's allowance of failures."""
+    key = request.headers.get("x-api-key") if x_api_key else None
+    return await authenticate(key or bearer_token(request), client_address(request))
+
+
 def client_address(request: HttpRequest) -> str:
     """The ASGI scope's client host (uvicorn's; behind a proxy, see --proxy-headers)."""
     return str(request.META.get("REMOTE_ADDR") or "")
