@@ -26,7 +26,7 @@ run: install
 # MALLOC_ARENA_MAX=2: glibc otherwise gives the ledger writer thread malloc arenas of its own,
 # which hold ~20 MB more resident memory per worker for nothing (bench/README.md).
 serve: install
-	MALLOC_ARENA_MAX=2 $(BIN)/uvicorn gateway.asgi:application --host $(HOST) --port $(PORT) --workers $(WORKERS) \
+	MALLOC_ARENA_MAX=2 $(BIN)/uvicorn tollgate.asgi:application --host $(HOST) --port $(PORT) --workers $(WORKERS) \
 		--loop uvloop --http httptools --no-access-log
 
 # The whole suite on SQLite, then again on PostgreSQL + Redis. Locally a missing service skips
@@ -65,7 +65,7 @@ browser:
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy gateway providers
+	$(BIN)/mypy tollgate gateway providers
 
 format: install
 	$(BIN)/ruff format .

@@ -39,7 +39,7 @@ def main() -> None:
 
     import django
 
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gateway.settings")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tollgate.settings")
     django.setup()
     from django.core.management import call_command
 

@@ -129,7 +129,7 @@ class Bench:
         log(f"fake upstream on {self.upstream.base_url}")
         config = write_config(self.tmp / "config.toml", self.upstream.base_url)
         var_dir = self.tmp / "var"
-        env = django_env(config, var_dir, "gateway.settings")
+        env = django_env(config, var_dir, "tollgate.settings")
         database_url = os.environ.get("DATABASE_URL")
         need_gateway = (
             bool(only & {"gateway", "gateway-nojournal", "gateway-stream", "ttfb"})
@@ -143,7 +143,7 @@ class Bench:
             self.gateway = start_uvicorn(
                 self.processes,
                 "gateway",
-                "gateway.asgi:application",
+                "tollgate.asgi:application",
                 env,
                 a.workers,
                 self.tmp,
@@ -155,7 +155,7 @@ class Bench:
             self.nojournal = start_uvicorn(
                 self.processes,
                 "gateway-nojournal",
-                "gateway.asgi:application",
+                "tollgate.asgi:application",
                 {
                     **env,
                     "TOLLGATE_LEDGER_JOURNAL": "false",

@@ -10,8 +10,8 @@ class GatewayConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from gateway import checks  # noqa: F401 - registers the system checks
-        from gateway.groups import ensure_usage_viewer_group
+        from gateway.upstream_keys import checks  # noqa: F401 - registers the system checks
+        from gateway.usage.groups import ensure_usage_viewer_group
 
         # After django.contrib.auth's handler (auth is listed first), so the permissions exist.
         post_migrate.connect(ensure_usage_viewer_group, sender=self)

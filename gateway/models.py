@@ -185,7 +185,7 @@ class LedgerDeadLetter(models.Model):
 
 
 class ProviderKey(models.Model):
-    """An upstream credential, encrypted at rest (``gateway.secrets``)."""
+    """An upstream credential, encrypted at rest (``gateway.upstream_keys.secrets``)."""
 
     provider = models.CharField(max_length=100, help_text="A provider name from config.toml.")
     label = models.CharField(max_length=100)

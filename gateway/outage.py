@@ -114,7 +114,7 @@ async def read_database(query: Callable[[], T], what: str) -> T:
 
 
 def _fresh_connection_then(query: Callable[[], T]) -> T:
-    # The API skips Django's per-request connection housekeeping (gateway.asgi): do it here,
+    # The API skips Django's per-request connection housekeeping (gateway.api.handler): do it here,
     # in the thread that owns the connection, right before using it. It also drops a
     # connection that broke in an outage, so the next try connects afresh.
     close_old_connections()

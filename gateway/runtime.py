@@ -1,20 +1,26 @@
 """The process-wide singletons: config, provider factory, ledger writer, upstream keys and policy.
 
-Created on first use and torn down by the ASGI lifespan (``gateway.asgi``). Tests swap them with
-``install`` to fake the upstream or to flush the ledger by hand.
+Created on first use, started and torn down by the ASGI lifespan (``tollgate.asgi``). Tests swap
+them with ``install`` to fake the upstream or to flush the ledger by hand.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 
-from gateway.credentials import CredentialPool
-from gateway.ledger import LedgerWriter
-from gateway.policy import Policy
+from gateway.limits.policy import Policy
+from gateway.outage import read_database
+from gateway.upstream_keys.credentials import CredentialPool, check_secret_key
+from gateway.usage.ledger import LedgerWriter
 from providers.config import GatewayConfig, load_config
+from providers.errors import ServiceUnavailable
 from providers.factory import ProviderFactory
+
+log = logging.getLogger("tollgate")
 
 
 @dataclass
@@ -25,11 +31,35 @@ class Runtime:
     credentials: CredentialPool = field(default_factory=CredentialPool)
     policy: Policy = field(default_factory=Policy)
 
+    async def start(self) -> None:
+        """Read the upstream keys stored in the admin (a missing or wrong TOLLGATE_SECRET_KEY
+        raises, naming it), keep them fresh, and start the ledger writer."""
+        await self._load_credentials_unless_database_down()
+        self.credentials.start(settings.TOLLGATE_CREDENTIALS_REFRESH_SECONDS)
+        self.ledger.start()
+
     async def aclose(self) -> None:
+        """Close the upstream clients, send pending counter updates, write every queued row."""
         await self.credentials.stop()
         await self.factory.aclose()
         await self.policy.aclose()
-        self.ledger.stop()
+        await sync_to_async(self.ledger.stop, thread_sensitive=False)()
+
+    async def _load_credentials_unless_database_down(self) -> None:
+        """With the database down, start without the stored keys (the refresh task reads them
+        once it is back) rather than refuse to start: the gateway serves what it can."""
+
+        def load() -> None:
+            check_secret_key()
+            self.credentials.load()
+
+        try:
+            await read_database(load, "the upstream keys")
+        except ServiceUnavailable:
+            log.warning(
+                "starting without the upstream keys stored in the admin: the database is "
+                "unavailable; they are read as soon as it is back"
+            )
 
 
 _runtime_cache: Runtime | None = None

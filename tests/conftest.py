@@ -22,9 +22,10 @@ import httpx
 import pytest
 from django.db import connection
 
-from gateway import auth, runtime
-from gateway.ledger import LedgerWriter
+from gateway import runtime
 from gateway.models import ApiKey, Tenant, UsageRecord
+from gateway.tenants import auth
+from gateway.usage.ledger import LedgerWriter
 from providers.config import GatewayConfig, load_config
 from providers.factory import ProviderFactory
 
@@ -253,7 +254,7 @@ def start_gateway(
     config = write_config(tmp / "config.toml", upstream, **provider_options)
     process_env = {
         **os.environ,
-        "DJANGO_SETTINGS_MODULE": "gateway.settings",
+        "DJANGO_SETTINGS_MODULE": "tollgate.settings",
         "TOLLGATE_CONFIG": str(config),
         "DATABASE_URL": database_url(),
         "TOLLGATE_AUTH_CACHE_SECONDS": "0",
@@ -268,7 +269,7 @@ def start_gateway(
             sys.executable,
             "-m",
             "uvicorn",
-            "gateway.asgi:application",
+            "tollgate.asgi:application",
             "--host",
             "127.0.0.1",
             "--port",

@@ -1,4 +1,4 @@
-"""Drive the gateway's real ASGI application (``gateway.asgi.application``: ``ApiHandler`` for
+"""Drive the gateway's real ASGI application (``tollgate.asgi.application``: ``ApiHandler`` for
 ``/v1``) in process, with an upstream faked at the HTTP boundary that answers every endpoint.
 
 Django's test client would bypass ``ApiHandler`` (its header checks, its body limits); this does
@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import orjson
 
-from gateway.asgi import application
+from tollgate.asgi import application
 
 BASE_URL = "http://127.0.0.1"
 OPENAI_PATHS = (

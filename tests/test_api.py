@@ -10,8 +10,8 @@ import pytest
 from django.test import AsyncClient
 
 from conftest import TenantKey, ledger_rows
-from gateway import auth
 from gateway.models import UsageRecord
+from gateway.tenants import auth
 
 COMPLETION = {
     "id": "chatcmpl-1",

@@ -10,7 +10,7 @@ import orjson
 from asgiref.sync import sync_to_async
 
 from conftest import TenantKey, ledger_rows
-from gateway.asgi import api_application
+from gateway.api.handler import api_application
 
 CHUNK = {
     "id": "c",

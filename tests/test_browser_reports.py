@@ -22,8 +22,8 @@ from django.contrib.auth.models import Group, User
 from support.rows import call
 
 from conftest import ROOT, GatewayServer, TenantKey, start_gateway
-from gateway.groups import USAGE_VIEWER_GROUP
-from gateway.ledger import insert_rows
+from gateway.usage.groups import USAGE_VIEWER_GROUP
+from gateway.usage.ledger import insert_rows
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

@@ -20,9 +20,9 @@ from policy_support import redis_url  # noqa: F401 - a fixture
 
 from conftest import GatewayServer, TenantKey, start_gateway, wait_for_rows
 from fake_upstream import run_fake_upstream
-from gateway import secrets
-from gateway.credentials import set_secret
 from gateway.models import ProviderKey
+from gateway.upstream_keys import secrets
+from gateway.upstream_keys.credentials import set_secret
 
 pytestmark = pytest.mark.e2e
 SECRET_KEY = "test-secret-key-for-tollgate"

@@ -14,8 +14,8 @@ import pytest
 from django.conf import settings
 
 from conftest import GatewayServer, TenantKey, start_gateway_with_config
-from gateway.credentials import set_secret
 from gateway.models import ProviderKey
+from gateway.upstream_keys.credentials import set_secret
 
 pytestmark = pytest.mark.e2e
 

@@ -21,8 +21,8 @@ import pytest
 from django.db.models import Sum
 
 from conftest import GatewayServer, TenantKey, start_gateway
-from gateway.ledger_files import encode
 from gateway.models import ApiKey, LedgerDeadLetter, Tenant, UsageDaily, UsageRecord
+from gateway.usage.ledger_files import encode
 
 pytestmark = pytest.mark.e2e
 

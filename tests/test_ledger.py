@@ -13,10 +13,10 @@ import pytest
 from django.db import DatabaseError, OperationalError, connection
 
 from conftest import TenantKey
-from gateway import ledger as ledger_module
-from gateway.ledger import LedgerWriter, _Retire, clean_row, insert_rows
-from gateway.ledger_files import Claim, HeldFile, encode
 from gateway.models import LedgerDeadLetter, UsageDaily, UsageRecord
+from gateway.usage import ledger as ledger_module
+from gateway.usage.ledger import LedgerWriter, _Retire, clean_row, insert_rows
+from gateway.usage.ledger_files import Claim, HeldFile, encode
 
 
 def row(who: TenantKey, n: int, **fields: Any) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from django.test import AsyncClient
 
 from conftest import TenantKey, ledger_rows
 from fake_media import parse_form
-from gateway.errors import ResponseAborted
+from gateway.api.errors import ResponseAborted
 from gateway.models import UsageRecord
 from gateway.runtime import Runtime
 

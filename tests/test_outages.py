@@ -17,11 +17,12 @@ from django.db import OperationalError
 from policy_support import redis_url  # noqa: F401 - a fixture
 
 from conftest import TenantKey, free_port
-from gateway import auth, auth_throttle, outage
-from gateway.counters import Check, RedisCounters
+from gateway import outage
+from gateway.limits.counters import Check, RedisCounters
+from gateway.limits.policy import CallerLimits, Estimate, Policy
+from gateway.limits.resilient_counters import IN_MEMORY, ResilientCounters
 from gateway.models import UsageRecord
-from gateway.policy import CallerLimits, Estimate, Policy
-from gateway.resilient_counters import IN_MEMORY, ResilientCounters
+from gateway.tenants import auth, auth_throttle
 from providers.errors import AuthenticationFailed, ServiceUnavailable
 
 

@@ -15,12 +15,12 @@ from django.test import AsyncClient
 from policy_support import redis_url  # noqa: F401 - a fixture
 
 from conftest import TenantKey, ledger_rows
-from gateway import auth
-from gateway.counters import MemoryCounters, RedisCounters
+from gateway.calls.pipeline import ProxyService
+from gateway.limits.counters import MemoryCounters, RedisCounters
+from gateway.limits.policy import Policy
 from gateway.models import UsageRecord
-from gateway.policy import Policy
-from gateway.proxy import ProxyService
 from gateway.runtime import Runtime
+from gateway.tenants import auth
 
 USAGE = {"prompt_tokens": 100, "completion_tokens": 500, "total_tokens": 600}
 COMPLETION = {
@@ -321,8 +321,8 @@ async def test_messages_refuses_in_anthropic_shape(
 async def test_a_call_cancelled_while_its_admission_is_counted_leaves_no_reservation() -> None:
     # Regression: a client gone during the counter store's round trip (Redis) left the call's
     # reservation behind, shrinking the budget until the counter expired.
-    from gateway.counters import Check, Verdict
-    from gateway.policy import CallerLimits, Estimate, ScopeLimits
+    from gateway.limits.counters import Check, Verdict
+    from gateway.limits.policy import CallerLimits, Estimate, ScopeLimits
 
     class SlowCounters(MemoryCounters):
         def __init__(self) -> None:

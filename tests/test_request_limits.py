@@ -14,7 +14,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import TenantKey, ledger_rows
-from gateway.body_limits import BodyLimits, find_violation, skeleton_within, within_upper_bounds
+from gateway.calls.body_limits import (
+    BodyLimits,
+    find_violation,
+    skeleton_within,
+    within_upper_bounds,
+)
 from inprocess import ANTHROPIC_PATH, answer_everything, api_client, assert_error_shape
 
 LIMITS = BodyLimits(max_depth=128, max_items=10_000)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from gateway.settings import env_float, env_int
+from tollgate.settings import env_float, env_int
 
 
 def test_whole_numbers_are_whole(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from gateway.proxy import StreamMeter, estimate_prompt_tokens
+from gateway.calls.pipeline import StreamMeter, estimate_prompt_tokens
 from providers.errors import UpstreamUnavailable
 from providers.types import StreamChunk, Usage
 
@@ -59,7 +59,7 @@ def test_a_failed_stream_keeps_the_input_its_upstream_reported() -> None:
 
 
 def test_a_null_usage_is_cut_from_the_upstream_bytes_not_re_encoded() -> None:
-    from gateway.proxy import sse_event
+    from gateway.calls.pipeline import sse_event
 
     raw = b'{"id":"c","choices":[{"index":0,"delta":{"content":"\\u00e9 a"}}],"usage":null}'
     chunk = StreamChunk(orjson.loads(raw), raw)

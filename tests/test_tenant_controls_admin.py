@@ -12,9 +12,9 @@ from django.core.management.base import CommandError, SystemCheckError
 from django.test import Client
 
 from conftest import TenantKey
-from gateway import secrets
-from gateway.credentials import CredentialPool
 from gateway.models import ApiKey, ProviderKey, Tenant
+from gateway.upstream_keys import secrets
+from gateway.upstream_keys.credentials import CredentialPool
 
 SECRET_KEY = "test-secret-key-for-tollgate"
 

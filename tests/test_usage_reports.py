@@ -20,9 +20,9 @@ from django.test import Client
 from support.rows import call
 
 from conftest import TenantKey
-from gateway.groups import USAGE_VIEWER_GROUP
-from gateway.ledger import LedgerWriter, insert_rows
 from gateway.models import UsageDaily, UsageRecord
+from gateway.usage.groups import USAGE_VIEWER_GROUP
+from gateway.usage.ledger import LedgerWriter, insert_rows
 
 DAY = date(2026, 3, 14)
 
@@ -344,7 +344,7 @@ def test_the_ledger_list_takes_the_planners_estimate_for_large_results(
 ) -> None:
     from django.db import connection
 
-    from gateway import usage_admin
+    from gateway.usage import admin as usage_admin
 
     monkeypatch.setattr(usage_admin, "EXACT_COUNT_BELOW", 0)  # every result counts as large
     paginator = usage_admin.EstimatedCountPaginator(UsageRecord.objects.all(), 100)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.settings import *  # noqa: F403
+from tollgate.settings import *  # noqa: F403
 
 ROOT_URLCONF = "bench.bare.urls"
 ASGI_APPLICATION = "bench.bare.asgi.application"

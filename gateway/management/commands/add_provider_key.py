@@ -15,10 +15,10 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from gateway import secrets
-from gateway.credentials import set_secret
 from gateway.models import ProviderKey
 from gateway.runtime import get_runtime
+from gateway.upstream_keys import secrets
+from gateway.upstream_keys.credentials import set_secret
 
 
 class Command(BaseCommand):

@@ -20,9 +20,9 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import connection, transaction
 
-from gateway.ledger import _insert_fields
 from gateway.models import ApiKey, Tenant, UsageRecord
-from gateway.rollup import rebuild_rollup
+from gateway.usage.ledger import _insert_fields
+from gateway.usage.rollup import rebuild_rollup
 
 MODELS = (  # (requested model, provider, USD per Mtok in, out)
     ("gpt-4o-mini", "openai", 0.15, 0.6),

@@ -12,7 +12,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from gateway.rollup import rebuild_rollup
+from gateway.usage.rollup import rebuild_rollup
 
 
 def _day(value: str) -> date:

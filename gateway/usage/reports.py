@@ -19,7 +19,7 @@ from django.db import close_old_connections
 from django.db.models import F, QuerySet, Sum
 
 from gateway.models import UsageDaily
-from gateway.rollup import DECIMAL_COLUMNS, INT_COLUMNS
+from gateway.usage.rollup import DECIMAL_COLUMNS, INT_COLUMNS
 from providers.errors import InvalidRequest
 
 COUNTERS = ("calls", "errors", *INT_COLUMNS, *DECIMAL_COLUMNS)
@@ -202,7 +202,7 @@ def _usage_query(params: Mapping[str, str]) -> tuple[date, date, str]:
 
 @sync_to_async
 def _tenant_usage_off_loop(tenant_id: int, start: date, end: date, group_by: str) -> Any:
-    close_old_connections()  # the API skips Django's per-request housekeeping (gateway.asgi)
+    close_old_connections()  # the API skips Django's per-request housekeeping (gateway.api.handler)
     return tenant_usage(tenant_id, start, end, group_by)
 
 

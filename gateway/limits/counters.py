@@ -339,7 +339,7 @@ class RedisCounters:
     Budget counters are named after an epoch kept in ``tg:epoch``. A Redis that lost its data
     has no marker: the first process to notice starts a new epoch, and every process then
     loads the budgets of the new epoch from the ledger, as for a scope seen the first time.
-    A process back from a Redis outage starts one too (``gateway.resilient_counters``).
+    A process back from a Redis outage starts one too (``gateway.limits.resilient_counters``).
     ``timeout`` bounds each operation (connect and reply), with no retry."""
 
     def __init__(self, url: str, timeout: float | None = None) -> None:

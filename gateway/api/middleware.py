@@ -8,7 +8,7 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest, HttpResponseBase
 from django.utils.decorators import sync_and_async_middleware
 
-from gateway.errors import error_response_for
+from gateway.api.errors import error_response_for
 from providers.errors import GatewayError
 
 Handler = Callable[[HttpRequest], Awaitable[HttpResponseBase]]

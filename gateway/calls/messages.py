@@ -15,9 +15,8 @@ from typing import Any
 import orjson
 from django.http import HttpResponse, HttpResponseBase, StreamingHttpResponse
 
-from gateway.auth import Caller
-from gateway.errors import anthropic_error_response
-from gateway.proxy import (
+from gateway.api.errors import anthropic_error_response
+from gateway.calls.pipeline import (
     ChatCall,
     StreamMeter,
     event_stream_headers,
@@ -26,6 +25,7 @@ from gateway.proxy import (
     validate_request,
 )
 from gateway.runtime import Runtime
+from gateway.tenants.auth import Caller
 from providers.anthropic import AnthropicProvider, NativeEvent
 from providers.anthropic.endpoint import anthropic_request_to_openai, openai_response_to_anthropic
 from providers.anthropic.stream import OpenAIToAnthropicStream, anthropic_error_body

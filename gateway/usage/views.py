@@ -20,11 +20,11 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHt
 from django.shortcuts import render
 from django.urls import reverse
 
-from gateway import reports
-from gateway.chart import daily_chart
 from gateway.models import ApiKey, Tenant, UsageRecord
-from gateway.reports import ReportFilter
-from gateway.rollup import days_of_ledger
+from gateway.usage import reports
+from gateway.usage.chart import daily_chart
+from gateway.usage.reports import ReportFilter
+from gateway.usage.rollup import days_of_ledger
 
 PERMISSION = "gateway.view_usage_report"
 

@@ -26,8 +26,8 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.functional import cached_property
 
-from gateway.ledger import clean_row, insert_rows
 from gateway.models import LedgerDeadLetter, UsageDaily, UsageRecord
+from gateway.usage.ledger import clean_row, insert_rows
 
 admin.site.index_template = "admin/tollgate_index.html"
 

@@ -44,10 +44,10 @@ from django.db import connection, transaction
 from django.db.backends.base.operations import BaseDatabaseOperations
 from django.db.models import DecimalField
 
-from gateway.ledger_files import Claim, HeldFile, Row, adopt, encode, unclaimed
 from gateway.models import LedgerDeadLetter, UsageRecord
 from gateway.outage import DATABASE_DOWN_ERRORS, Outage
-from gateway.rollup import add_to_rollup
+from gateway.usage.ledger_files import Claim, HeldFile, Row, adopt, encode, unclaimed
+from gateway.usage.rollup import add_to_rollup
 
 log = logging.getLogger("tollgate.ledger")
 

@@ -1,6 +1,5 @@
-"""The ASGI application: Django, a lean handler for the ``/v1`` API, and lifespan events.
+"""The lean ASGI handler of the ``/v1`` API (``tollgate.asgi`` sends it every ``/v1`` request).
 
-``/v1`` requests go to ``ApiHandler``, everything else (the admin) to Django's stock handler.
 ``ApiHandler`` is Django's ``ASGIHandler`` without three per-request costs that a profile showed to
 dominate a gateway call, none of which the API needs:
 
@@ -13,54 +12,40 @@ dominate a gateway call, none of which the API needs:
   ``API_MIDDLEWARE``.
 - ``request_started`` / ``request_finished`` run ``close_old_connections`` around every request.
   The API instead checks its connection's age and health right before it uses it
-  (``gateway.auth``), which on the hot path is never.
+  (``gateway.outage``), which on the hot path is never.
 
-Lifespan: on startup the ledger writer starts (replaying any spooled rows), config.toml is
-validated, so a bad file stops the server at once with a message naming the key, and the upstream
-keys stored in the admin are decrypted (a missing or wrong TOLLGATE_SECRET_KEY stops the server)
-and then re-read every TOLLGATE_CREDENTIALS_REFRESH_SECONDS; on shutdown the upstream HTTP clients
-are closed, pending counter updates are sent and every queued ledger row is written.
+Before Django sees a request, the handler refuses what no view should parse: headers over
+TOLLGATE_MAX_HEADER_BYTES (431) or not ASCII where the gateway reads them (400), and bodies over
+the path's limit (413, as soon as it is known). After the view, it settles the calls the request
+left without a ledger row (``gateway.calls.pipeline``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import io
 import logging
-import os
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.core.asgi import get_asgi_application
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler
 from django.urls import set_script_prefix
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gateway.settings")
-
-django_application = get_asgi_application()
-
-from gateway import runtime  # noqa: E402 - needs the app registry loaded by the line above
-from gateway.credentials import check_secret_key  # noqa: E402
-from gateway.errors import ResponseAborted, error_response_for  # noqa: E402
-from gateway.outage import read_database  # noqa: E402
-from gateway.proxy import ACTIVE_CALLS, ChatCall  # noqa: E402
-from providers.errors import (  # noqa: E402
+from gateway.api.errors import ResponseAborted, error_response_for
+from gateway.calls.pipeline import ACTIVE_CALLS, ChatCall
+from providers.errors import (
     CallerError,
     HeadersTooLarge,
     InvalidRequest,
     PayloadTooLarge,
-    ServiceUnavailable,
 )
 
 log = logging.getLogger("tollgate")
 
 Scope = dict[str, Any]
-API_PREFIX = "/v1/"
-API_MIDDLEWARE = ["gateway.middleware.openai_errors"]
+API_MIDDLEWARE = ["gateway.api.middleware.openai_errors"]
 UPLOAD_PATHS = frozenset({"/v1/audio/transcriptions"})
 """Endpoints that take a file: their bodies are capped by TOLLGATE_MAX_UPLOAD_BYTES."""
 FORM_ROOM_BYTES = 1024 * 1024
@@ -202,61 +187,3 @@ class ApiHandler(ASGIHandler):
 
 
 api_application = ApiHandler()
-
-
-def _load_credentials(current: runtime.Runtime) -> None:
-    check_secret_key()
-    current.credentials.load()
-
-
-async def _load_credentials_unless_database_down(current: runtime.Runtime) -> None:
-    """Read the upstream keys at startup; with the database down, start without them (the
-    refresh task reads them once it is back) rather than refuse to start: the gateway then
-    serves what it can (``gateway.outage``)."""
-    try:
-        await read_database(lambda: _load_credentials(current), "the upstream keys")
-    except ServiceUnavailable:
-        log.warning(
-            "starting without the upstream keys stored in the admin: the database is "
-            "unavailable; they are read as soon as it is back"
-        )
-
-
-async def _lifespan(receive: Any, send: Any) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            try:
-                current = runtime.get_runtime()
-                # Upstream keys from the admin: a missing or wrong TOLLGATE_SECRET_KEY stops
-                # the server here, with a message naming it.
-                await _load_credentials_unless_database_down(current)
-                current.credentials.start(settings.TOLLGATE_CREDENTIALS_REFRESH_SECONDS)
-                current.ledger.start()
-                # What startup loaded (Django, the app, config) lives as long as the process:
-                # out of the collector's sight, a full collection (which a large request body's
-                # parse can trigger) walks only what requests allocate: milliseconds, not tens.
-                gc.collect()
-                gc.freeze()
-            except Exception as exc:  # reported to the server, which refuses to start
-                log.error("startup failed: %s", exc)
-                await send({"type": "lifespan.startup.failed", "message": str(exc)})
-                return
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            current = runtime.get_runtime()
-            await current.credentials.stop()
-            await current.factory.aclose()
-            await current.policy.aclose()
-            await sync_to_async(current.ledger.stop, thread_sensitive=False)()
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-
-
-async def application(scope: Scope, receive: Any, send: Any) -> None:
-    if scope["type"] == "http" and scope["path"].startswith(API_PREFIX):
-        await api_application(scope, receive, send)
-    elif scope["type"] == "lifespan":
-        await _lifespan(receive, send)
-    else:
-        await django_application(scope, receive, send)

@@ -1,7 +1,7 @@
 """Embeddings, images, speech and transcriptions: the non-chat endpoints, metered like chat.
 
-A call goes the way of a chat call (gateway/proxy.py): the body is validated (400 naming the
-param), the model resolved and held to the operations config.toml declares for it (400
+A call goes the way of a chat call (gateway/calls/pipeline.py): the body is validated (400
+naming the param), the model resolved and held to the operations config.toml declares for it (400
 ``unsupported_operation`` before anything is sent upstream), the provider called, and ``ChatCall``
 writes the call's one ledger row: tokens for embeddings (and for token-priced image or
 transcription models), the image count, the characters of speech, the seconds of audio
@@ -26,9 +26,8 @@ from django.core.files.uploadhandler import MemoryFileUploadHandler
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHttpResponse
 from django.http.multipartparser import MultiPartParserError
 
-from gateway.auth import Caller
-from gateway.errors import ResponseAborted
-from gateway.proxy import (
+from gateway.api.errors import ResponseAborted
+from gateway.calls.pipeline import (
     CLIENT_CLOSED_REQUEST,
     ChatCall,
     invalid_param,
@@ -36,6 +35,7 @@ from gateway.proxy import (
     validate_request,
 )
 from gateway.runtime import Runtime
+from gateway.tenants.auth import Caller
 from providers.base import (
     EmbeddingRequest,
     FormFile,

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from redis.exceptions import RedisError
 
-from gateway.counters import Check, MemoryCounters, RedisCounters, Verdict
+from gateway.limits.counters import Check, MemoryCounters, RedisCounters, Verdict
 from gateway.outage import Outage
 from providers.errors import ServiceUnavailable
 

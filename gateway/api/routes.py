@@ -17,13 +17,13 @@ from ninja import NinjaAPI
 from ninja.errors import HttpError
 from ninja.errors import ValidationError as NinjaValidationError
 
-from gateway.auth import caller_of
-from gateway.errors import anthropic_error_response, error_response, error_response_for
-from gateway.media import MediaService
-from gateway.messages import MessagesService
-from gateway.proxy import ProxyService
-from gateway.reports import usage_response
+from gateway.api.errors import anthropic_error_response, error_response, error_response_for
+from gateway.calls.media import MediaService
+from gateway.calls.messages import MessagesService
+from gateway.calls.pipeline import ProxyService
 from gateway.runtime import get_runtime
+from gateway.tenants.auth import caller_of
+from gateway.usage.reports import usage_response
 from providers.errors import GatewayError, InternalError, InvalidRequest, ModelNotFound
 
 log = logging.getLogger("tollgate.api")

@@ -10,7 +10,7 @@ within the same bound.
 While the database is down, a known key keeps working from its cached entry however old
 (stale-while-error: a revocation needs the database anyway), and a key the cache cannot vouch
 for is a 503 with Retry-After (``gateway.outage``). Failed authentications are throttled per
-client address (``gateway.auth_throttle``); unknown prefixes are cached apart from the known
+client address (``gateway.tenants.auth_throttle``); unknown prefixes are cached apart from the known
 keys, so a flood of random keys can evict only other unknown prefixes.
 """
 
@@ -27,10 +27,10 @@ from django.conf import settings
 from django.http import HttpRequest
 from django.utils import timezone
 
-from gateway import auth_throttle
+from gateway.limits.policy import NO_LIMITS, CallerLimits
 from gateway.models import PREFIX_LENGTH, ApiKey, hash_key
 from gateway.outage import read_database
-from gateway.policy import NO_LIMITS, CallerLimits
+from gateway.tenants import auth_throttle
 from providers.errors import AuthenticationFailed, GatewayError
 
 
@@ -43,7 +43,7 @@ class Caller:
     key_id: int
     key_prefix: str
     limits: CallerLimits = NO_LIMITS
-    """Allow-lists, rate limits and budgets of the tenant and the key (``gateway.policy``)."""
+    """Allow-lists, rate limits and budgets of tenant and key (``gateway.limits.policy``)."""
 
 
 @dataclass(frozen=True, slots=True)

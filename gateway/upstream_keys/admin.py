@@ -1,8 +1,9 @@
 """The admin page of upstream keys (``ProviderKey``): the secret is write-only.
 
-It is typed into a password field, encrypted before it is saved (``gateway.secrets``) and never
-shown again: the list and the page show its last 4 characters. Leaving it blank when editing keeps
-the stored one. Running gateways pick changes up within TOLLGATE_CREDENTIALS_REFRESH_SECONDS.
+It is typed into a password field, encrypted before it is saved
+(``gateway.upstream_keys.secrets``) and never shown again: the list and the page show its last 4
+characters. Leaving it blank when editing keeps the stored one. Running gateways pick changes up
+within TOLLGATE_CREDENTIALS_REFRESH_SECONDS.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from django import forms
 from django.contrib import admin
 from django.http import HttpRequest
 
-from gateway import secrets
-from gateway.credentials import set_secret
 from gateway.models import ProviderKey
 from gateway.runtime import get_runtime
+from gateway.upstream_keys import secrets
+from gateway.upstream_keys.credentials import set_secret
 
 
 def provider_names() -> list[str]:

@@ -1,9 +1,10 @@
 """What a caller may do: model allow-lists, budgets and rate limits, checked before any call goes
 upstream (``Policy.admit``) and settled after it (``Admission.settle``).
 
-The limits of a tenant and of its key come with the cached key lookup (``gateway.auth``), so a
-call costs no database round trip; the counters live in process memory or in Redis
-(``gateway.counters``). A caller with no rate limit and no budget skips the counters entirely.
+The limits of a tenant and of its key come with the cached key lookup (``gateway.tenants.auth``),
+so a call costs no database round trip; the counters live in process memory or in Redis
+(``gateway.limits.counters``). A caller with no rate limit and no budget skips the counters
+entirely.
 
 The budget guarantee: a call is admitted only if the scope's settled spending, plus the
 reservations of the calls in flight, plus this call's reservation (its worst-case cost) stay
@@ -14,7 +15,7 @@ calls admitted after the cap was reached.
 A scope's spending is read from the ledger the first time it is counted; while the database is
 down that read fails, and the call gets 503 with Retry-After (``ServiceUnavailable``) rather than
 being admitted against a budget nobody can check. Scopes already counted are not affected. When
-the counters live in Redis, its outages are ``gateway.resilient_counters``'s concern.
+the counters live in Redis, its outages are ``gateway.limits.resilient_counters``'s concern.
 """
 
 from __future__ import annotations
@@ -30,10 +31,10 @@ from typing import TYPE_CHECKING
 from django.conf import settings
 from django.db.models import Sum
 
-from gateway.counters import Check, CounterStore, MemoryCounters, RedisCounters, Verdict
+from gateway.limits.counters import Check, CounterStore, MemoryCounters, RedisCounters, Verdict
+from gateway.limits.resilient_counters import ResilientCounters
 from gateway.models import UsageRecord
 from gateway.outage import read_database
-from gateway.resilient_counters import ResilientCounters
 from providers.errors import GatewayError, PermissionDenied, PolicyError, ServiceUnavailable
 
 if TYPE_CHECKING:

@@ -11,7 +11,7 @@ class SkipApiResponses(logging.Filter):
     Why: Django logs each such response ("Unauthorized: /v1/chat/completions", and a second
     traceback for a 500), so a flood of bad keys or an outage wrote a line or two per call. The
     API logs what it must itself: a summary of failed authentications per interval, outages
-    once per interval, its own bugs with one traceback (``gateway.api``)."""
+    once per interval, its own bugs with one traceback (``gateway.api.routes``)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         request = getattr(record, "request", None)

@@ -21,11 +21,11 @@ from django.conf import settings
 from django.http import HttpResponse, HttpResponseBase, StreamingHttpResponse
 from pydantic import ValidationError
 
-from gateway.auth import Caller
-from gateway.body_limits import INLINE_BYTES, check_body_shape
-from gateway.errors import error_response
-from gateway.policy import Admission, Estimate
+from gateway.api.errors import error_response
+from gateway.calls.body_limits import INLINE_BYTES, check_body_shape
+from gateway.limits.policy import Admission, Estimate
 from gateway.runtime import Runtime
+from gateway.tenants.auth import Caller
 from providers.base import ChatRequest, PassThroughRequest
 from providers.errors import (
     GatewayError,
@@ -48,7 +48,8 @@ CLIENT_CLOSED_REQUEST = 499
 
 async def parse_json_object(body: bytes, call: ChatCall | None = None) -> dict[str, Any]:
     """Decode a JSON object body; ``call`` learns the model even if the rest is bad. A body
-    over the nesting and item limits is refused before it is parsed (``gateway.body_limits``)."""
+    over the nesting and item limits is refused before it is parsed
+    (``gateway.calls.body_limits``)."""
     await check_body_shape(body)
     try:
         data = orjson.loads(body)
@@ -174,7 +175,7 @@ ErrorRenderer = Callable[[GatewayError, str | None], HttpResponse]
 ACTIVE_CALLS: contextvars.ContextVar[list[ChatCall] | None] = contextvars.ContextVar(
     "tollgate_active_calls", default=None
 )
-"""The calls of the request being handled: ``gateway.asgi.ApiHandler`` settles any it leaves
+"""The calls of the request being handled: ``gateway.api.handler.ApiHandler`` settles any it leaves
 without a ledger row."""
 
 
@@ -219,7 +220,7 @@ class ChatCall:
         units: Units | None = None,
     ) -> None:
         """Hold the call to its caller's allow-lists, rate limits and budgets before it goes
-        upstream (``gateway.policy``). Tokens per minute count the prompt and ``max_tokens``;
+        upstream (``gateway.limits.policy``). Tokens per minute count the prompt and ``max_tokens``;
         the budget reserves the worst case: ``max_tokens``, else TOLLGATE_DEFAULT_RESERVE_TOKENS."""
         limits = self.caller.limits
         policy = self.runtime.policy

@@ -3,8 +3,8 @@ from __future__ import annotations
 from django.contrib import admin
 from django.urls import path
 
-from gateway import report_views
-from gateway.api import api
+from gateway.api.routes import api
+from gateway.usage import views as report_views
 
 urlpatterns = [
     # Before admin/: the admin's catch-all would answer these paths.
@@ -14,5 +14,5 @@ urlpatterns = [
     path("v1/", api.urls),
 ]
 
-handler404 = "gateway.api.not_found"
-handler500 = "gateway.api.server_error"
+handler404 = "gateway.api.routes.not_found"
+handler500 = "gateway.api.routes.server_error"

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError
 
-from gateway import secrets
 from gateway.models import ProviderKey
 from gateway.outage import read_database
+from gateway.upstream_keys import secrets
 from providers.errors import ServiceUnavailable
 
 log = logging.getLogger("tollgate.credentials")

@@ -8,7 +8,7 @@ from django.core.checks import CheckMessage, Error, register
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError
 
-from gateway.credentials import check_secret_key
+from gateway.upstream_keys.credentials import check_secret_key
 
 
 @register("tollgate", deploy=False)

@@ -96,7 +96,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
-    "gateway.middleware.openai_errors",
+    "gateway.api.middleware.openai_errors",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",  # the admin's CSS and JS, no web server needed
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -107,7 +107,7 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
-ROOT_URLCONF = "gateway.urls"
+ROOT_URLCONF = "tollgate.urls"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
@@ -122,7 +122,7 @@ TEMPLATES = [
         },
     },
 ]
-ASGI_APPLICATION = "gateway.asgi.application"
+ASGI_APPLICATION = "tollgate.asgi.application"
 
 _sqlite_path = VAR_DIR / "tollgate.sqlite3"
 DATABASES = {
@@ -188,7 +188,7 @@ TOLLGATE_MAX_HEADER_BYTES = env_int("TOLLGATE_MAX_HEADER_BYTES", 64 * 1024)
 """Largest total size of a request's headers, names and values (431 beyond)."""
 TOLLGATE_LEDGER_DIR = Path(env_str("TOLLGATE_LEDGER_DIR", str(VAR_DIR / "ledger")))
 """The ledger's journal (every row, before its call's answer completes) and spool (rows the
-database did not take), replayed by any worker (gateway.ledger). Local to the machine: every
+database did not take), replayed by any worker (gateway.usage.ledger). Local to the machine: every
 worker of one gateway must share it, two gateways must not."""
 TOLLGATE_LEDGER_JOURNAL = env_bool("TOLLGATE_LEDGER_JOURNAL", True)
 """Off: a killed process loses the rows still queued (at most one flush interval)."""
@@ -199,7 +199,8 @@ TOLLGATE_LEDGER_REPLAY_SECONDS = env_float("TOLLGATE_LEDGER_REPLAY_SECONDS", 2.0
 LEGACY_LEDGER_SPOOLS = [VAR_DIR / "ledger-spool", VAR_DIR / "ledger-spool.replaying"]
 """Where versions before the journal kept their spool: adopted and replayed at start."""
 TOLLGATE_SECRET_KEY = env_str("TOLLGATE_SECRET_KEY", "")
-"""Encrypts upstream keys stored in the database (gateway.secrets). Required once any exist."""
+"""Encrypts upstream keys stored in the database (gateway.upstream_keys.secrets). Required once
+any exist."""
 TOLLGATE_CREDENTIALS_REFRESH_SECONDS = env_float("TOLLGATE_CREDENTIALS_REFRESH_SECONDS", 5.0)
 """How often each gateway process re-reads the upstream keys (ProviderKey) from the database."""
 TOLLGATE_DEFAULT_RESERVE_TOKENS = env_int("TOLLGATE_DEFAULT_RESERVE_TOKENS", 4096)
@@ -222,7 +223,7 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "filters": {"skip_api_responses": {"()": "gateway.log_filters.SkipApiResponses"}},
+    "filters": {"skip_api_responses": {"()": "tollgate.log_filters.SkipApiResponses"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "loggers": {
         "tollgate": {"handlers": ["console"], "level": env_str("TOLLGATE_LOG_LEVEL", "INFO")},

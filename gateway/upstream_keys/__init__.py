@@ -1,0 +1,1 @@
+"""The gateway's own keys to its upstreams: stored encrypted, rotated, checked, administered."""
