@@ -9,6 +9,8 @@ import secrets
 from django.db import models
 from django.utils import timezone
 
+from gateway.usage.endpoints import Endpoint
+
 KEY_PREFIX = "tg-"
 PREFIX_LENGTH = 12
 """Characters of a raw key kept in clear: the lookup prefix, also how the admin names a key."""
@@ -126,7 +128,7 @@ class UsageRecord(models.Model):
     )
     tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="usage")
     api_key = models.ForeignKey(ApiKey, on_delete=models.PROTECT, related_name="usage")
-    endpoint = models.CharField(max_length=40, default="chat.completions")
+    endpoint = models.CharField(max_length=40, default=Endpoint.CHAT_COMPLETIONS.value)
     requested_model = models.CharField(max_length=200)
     provider = models.CharField(max_length=100, blank=True)
     upstream_model = models.CharField(max_length=200, blank=True)

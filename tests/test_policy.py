@@ -13,9 +13,9 @@ import orjson
 import pytest
 from django.test import AsyncClient
 from policy_support import redis_url  # noqa: F401 - a fixture
+from support.calls import ChatCalls
 
 from conftest import TenantKey, ledger_rows
-from gateway.calls.pipeline import ProxyService
 from gateway.limits.counters import MemoryCounters, RedisCounters
 from gateway.limits.policy import Policy
 from gateway.models import UsageRecord
@@ -79,7 +79,7 @@ def install(
 
 async def call(current: Runtime, who: TenantKey, data: bytes) -> tuple[int, dict, dict]:
     caller = await auth.authenticate(who.raw)
-    response = await ProxyService(current).chat(caller, data)
+    response = await ChatCalls(current).chat(caller, data)
     await current.policy.drain()  # Redis settles in the background; a client may not wait
     content = b"".join([response.content]) if hasattr(response, "content") else b""
     return response.status_code, orjson.loads(content), dict(response.headers)
@@ -127,7 +127,7 @@ async def test_budget_holds_under_200_concurrent_calls(
     current, upstream = install(gateway_runtime, backend)
     upstream.release = asyncio.Event()
     caller = await auth.authenticate(alice.raw)
-    service = ProxyService(current)
+    service = ChatCalls(current)
     tasks = [asyncio.create_task(service.chat(caller, body())) for _ in range(200)]
     await until(lambda: len(upstream.calls) + sum(task.done() for task in tasks) == 200)
     assert len(upstream.calls) == 7
@@ -188,9 +188,9 @@ async def test_a_total_budget_without_max_tokens_reserves_the_default(
     current, upstream = install(gateway_runtime)
     upstream.release = asyncio.Event()
     caller = await auth.authenticate(alice.raw)
-    first = asyncio.create_task(ProxyService(current).chat(caller, body(max_tokens=None)))
+    first = asyncio.create_task(ChatCalls(current).chat(caller, body(max_tokens=None)))
     await until(lambda: len(upstream.calls) == 1)
-    second = await ProxyService(current).chat(caller, body(max_tokens=None))
+    second = await ChatCalls(current).chat(caller, body(max_tokens=None))
     assert second.status_code == 429
     upstream.release.set()
     assert (await first).status_code == 200
@@ -237,7 +237,7 @@ async def test_tokens_per_minute_count_the_estimate_then_the_real_tokens(
     current, upstream = install(gateway_runtime, backend)
     upstream.release = asyncio.Event()
     caller = await auth.authenticate(alice.raw)
-    service = ProxyService(current)
+    service = ChatCalls(current)
     held = [asyncio.create_task(service.chat(caller, body())) for _ in range(2)]
     await until(lambda: len(upstream.calls) == 2)
     refused = await service.chat(caller, body())  # 2200 + 1100 > 2500

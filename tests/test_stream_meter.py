@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any
 
 import orjson
 
-from gateway.calls.pipeline import StreamMeter, estimate_prompt_tokens
+from gateway.calls.metering import StreamMeter, estimate_prompt_tokens
 from providers.errors import UpstreamUnavailable
 from providers.types import StreamChunk, Usage
 
@@ -16,8 +15,8 @@ def content_chunk(text: str) -> StreamChunk:
     return StreamChunk({"choices": [{"index": 0, "delta": {"content": text}}]})
 
 
-def call_with_prompt(prompt: Any) -> Any:
-    return SimpleNamespace(estimate_prompt_tokens=lambda: estimate_prompt_tokens(prompt))
+def meter_of(prompt: Any) -> StreamMeter:
+    return StreamMeter(lambda: estimate_prompt_tokens(prompt))
 
 
 def test_estimate_counts_text_and_structured_content() -> None:
@@ -31,35 +30,35 @@ def test_estimate_counts_text_and_structured_content() -> None:
 
 
 def test_the_upstreams_usage_wins() -> None:
-    meter = StreamMeter()
+    meter = meter_of(["x" * 400])
     meter.observe(content_chunk("a"))
     meter.observe(StreamChunk({"choices": []}, usage=Usage(prompt_tokens=5, completion_tokens=9)))
-    usage = meter.final_usage(call_with_prompt(["x" * 400]))
+    usage = meter.final_usage()
     assert (usage.prompt_tokens, usage.completion_tokens, usage.estimated) == (5, 9, False)
 
 
 def test_without_usage_the_chunks_are_counted() -> None:
-    meter = StreamMeter()
+    meter = meter_of(["x" * 40])
     for text in ("a", "", "b", "c"):
         meter.observe(content_chunk(text))
-    usage = meter.final_usage(call_with_prompt(["x" * 40]))
+    usage = meter.final_usage()
     assert (usage.prompt_tokens, usage.completion_tokens, usage.estimated) == (10, 3, True)
 
 
 def test_a_failed_stream_keeps_the_input_its_upstream_reported() -> None:
-    meter = StreamMeter()
+    meter = meter_of(["ignored"])
     meter.observe(content_chunk("a"))
     meter.observe(content_chunk("b"))
     error = UpstreamUnavailable("overloaded")
     error.usage_so_far = Usage(prompt_tokens=120, completion_tokens=1, cache_read_tokens=100)
     meter.failed(error)
-    usage = meter.final_usage(call_with_prompt(["ignored"]))
+    usage = meter.final_usage()
     assert (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (120, 2, 122)
     assert usage.cache_read_tokens == 100 and usage.estimated
 
 
 def test_a_null_usage_is_cut_from_the_upstream_bytes_not_re_encoded() -> None:
-    from gateway.calls.pipeline import sse_event
+    from gateway.calls.chat import sse_event
 
     raw = b'{"id":"c","choices":[{"index":0,"delta":{"content":"\\u00e9 a"}}],"usage":null}'
     chunk = StreamChunk(orjson.loads(raw), raw)

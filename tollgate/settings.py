@@ -96,7 +96,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
-    "gateway.api.middleware.openai_errors",
+    "gateway.api.middleware.api_responses",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",  # the admin's CSS and JS, no web server needed
     "django.contrib.sessions.middleware.SessionMiddleware",

@@ -2,12 +2,14 @@
 
 ``/v1/messages`` speaks Anthropic's error shape ``{"type": "error", "error": {"type",
 "message"}}``; every other ``/v1`` path speaks OpenAI's ``{"error": {"message", "type", "param",
-"code"}}``. Both carry the same headers: the request id, ``x-should-retry`` (which the official
+"code"}}``. Both carry the same headers: ``x-should-retry`` (which the official
 SDKs obey over their own status-based retry policy) and ``retry-after`` on 429, with the
 ``x-ratelimit-*`` headers when the gateway's own rate limit refused the call.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import orjson
 from django.http import HttpResponse
@@ -23,12 +25,13 @@ class ResponseAborted(Exception):
     the server then drops the connection, so the client sees a cut-off body, not a short one."""
 
 
-def _response(body: object, error: GatewayError, request_id: str | None) -> HttpResponse:
+ErrorRenderer = Callable[[GatewayError], HttpResponse]
+
+
+def _response(body: object, error: GatewayError) -> HttpResponse:
     response = HttpResponse(
         orjson.dumps(body), status=error.status, content_type="application/json"
     )
-    if request_id:
-        response["x-request-id"] = request_id
     response["x-should-retry"] = "true" if error.retryable else "false"
     if error.status == 429:
         response["retry-after"] = "1"
@@ -37,21 +40,25 @@ def _response(body: object, error: GatewayError, request_id: str | None) -> Http
     return response
 
 
-def error_response(error: GatewayError, request_id: str | None = None) -> HttpResponse:
+def error_response(error: GatewayError) -> HttpResponse:
     """OpenAI's error shape."""
-    return _response(error.to_openai(), error, request_id)
+    return _response(error.to_openai(), error)
 
 
-def anthropic_error_response(error: GatewayError, request_id: str | None = None) -> HttpResponse:
+def anthropic_error_response(error: GatewayError) -> HttpResponse:
     """Anthropic's error shape, for ``/v1/messages``."""
-    response = _response(anthropic_error_body(error.status, error.message), error, request_id)
-    if request_id:
-        response["request-id"] = request_id
-    return response
+    return _response(anthropic_error_body(error.status, error.message), error)
+
+
+def is_anthropic_path(path: str) -> bool:
+    return path == ANTHROPIC_PATH or path.startswith(ANTHROPIC_PATH + "/")
+
+
+def error_renderer_for(path: str) -> ErrorRenderer:
+    """How errors are answered on the API at ``path``."""
+    return anthropic_error_response if is_anthropic_path(path) else error_response
 
 
 def error_response_for(path: str, error: GatewayError) -> HttpResponse:
     """The error in the shape of the API at ``path``."""
-    if path == ANTHROPIC_PATH or path.startswith(ANTHROPIC_PATH + "/"):
-        return anthropic_error_response(error)
-    return error_response(error)
+    return error_renderer_for(path)(error)

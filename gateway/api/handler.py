@@ -34,7 +34,8 @@ from django.core.handlers.asgi import ASGIHandler
 from django.urls import set_script_prefix
 
 from gateway.api.errors import ResponseAborted, error_response_for
-from gateway.calls.pipeline import ACTIVE_CALLS, ChatCall
+from gateway.api.middleware import stamp
+from gateway.calls.pipeline import ACTIVE_CALLS, Call
 from providers.errors import (
     CallerError,
     HeadersTooLarge,
@@ -45,7 +46,7 @@ from providers.errors import (
 log = logging.getLogger("tollgate")
 
 Scope = dict[str, Any]
-API_MIDDLEWARE = ["gateway.api.middleware.openai_errors"]
+API_MIDDLEWARE = ["gateway.api.middleware.api_responses"]
 UPLOAD_PATHS = frozenset({"/v1/audio/transcriptions"})
 """Endpoints that take a file: their bodies are capped by TOLLGATE_MAX_UPLOAD_BYTES."""
 FORM_ROOM_BYTES = 1024 * 1024
@@ -115,14 +116,14 @@ class ApiHandler(ASGIHandler):
 
     async def handle(self, scope: Scope, receive: Any, send: Any) -> None:
         if (problem := header_problem(scope)) is not None:
-            await self.send_response(error_response_for(scope["path"], problem), send)
+            await self._refuse(scope["path"], problem, send)
             return
         try:
             body = await self._read_body(receive, scope)
         except RequestAborted:
             return
         except PayloadTooLarge as exc:
-            await self.send_response(error_response_for(scope["path"], exc), send)
+            await self._refuse(scope["path"], exc, send)
             return
         set_script_prefix(settings.FORCE_SCRIPT_NAME or scope.get("root_path", "") or "/")
         request, early_response = self.create_request(scope, body)
@@ -133,10 +134,6 @@ class ApiHandler(ASGIHandler):
 
         async def process_request() -> None:
             response = await self.run_get_response(request)
-            for call in calls:  # a rate-limited caller learns where it stands
-                if call.admission is not None:
-                    for name, value in call.admission.headers.items():
-                        response[name] = value
             try:
                 await self.send_response(response, send)
             except asyncio.CancelledError:  # the client went away meanwhile
@@ -147,7 +144,7 @@ class ApiHandler(ASGIHandler):
         # As Django does: a client that disconnects cancels the request, and with it the
         # upstream call or stream, whose ledger row then records the disconnect.
         listener = asyncio.create_task(self.listen_for_disconnect(receive))
-        calls: list[ChatCall] = []
+        calls: list[Call] = []
         token = ACTIVE_CALLS.set(calls)  # the worker's calls register here
         try:
             worker = asyncio.create_task(process_request())
@@ -162,6 +159,12 @@ class ApiHandler(ASGIHandler):
         for call in calls:
             if not call.recorded:
                 await call.settle_unrecorded()
+
+    async def _refuse(self, path: str, error: CallerError, send: Any) -> None:
+        """Answer a request refused before Django sees it."""
+        response = error_response_for(path, error)
+        stamp(response, path)
+        await self.send_response(response, send)
 
     async def _read_body(self, receive: Any, scope: Scope) -> io.BytesIO:
         """The whole body, or ``PayloadTooLarge`` as soon as it is known to exceed the path's

@@ -1,51 +1,76 @@
-"""Keep ``/v1`` errors in OpenAI's shape even where Django answers on its own (e.g. 405)."""
+"""The API's one middleware, run by both handlers (``ApiHandler`` and Django's, for tests that
+use Django's client): every ``/v1`` answer gets its request id and the caller's rate-limit
+headers here, and keeps OpenAI's (or Anthropic's) error shape even where Django answers on its
+own (e.g. 405)."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable, Callable
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest, HttpResponseBase
 from django.utils.decorators import sync_and_async_middleware
 
-from gateway.api.errors import error_response_for
+from gateway.api.errors import error_response_for, is_anthropic_path
 from providers.errors import GatewayError
 
 Handler = Callable[[HttpRequest], Awaitable[HttpResponseBase]]
 
 
-def _reshape(request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
-    if (
-        response.status_code >= 400
-        and request.path.startswith("/v1/")
-        and not response.get("content-type", "").startswith("application/json")
+def stamp(response: HttpResponseBase, path: str, request_id: str | None = None) -> None:
+    """The request id every answer carries (``x-request-id``, and Anthropic's ``request-id`` on
+    ``/v1/messages``): the call's, which its ledger row keeps, or a new one."""
+    request_id = request_id or "req_" + uuid.uuid4().hex
+    response["x-request-id"] = request_id
+    if is_anthropic_path(path):
+        response["request-id"] = request_id
+
+
+def _finish(request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
+    if not request.path.startswith("/v1/"):
+        return response
+    if response.status_code >= 400 and not response.get("content-type", "").startswith(
+        "application/json"
     ):
-        error = GatewayError(
-            f"{request.method} is not allowed on {request.path}."
-            if response.status_code == 405
-            else f"The request failed with HTTP {response.status_code}.",
-            status=response.status_code,
-            type="invalid_request_error",
-            code="method_not_allowed" if response.status_code == 405 else None,
-        )
-        reshaped = error_response_for(request.path, error)
-        if allow := response.get("allow"):
-            reshaped["allow"] = allow
-        return reshaped
+        response = _reshaped(request, response)
+    call = getattr(request, "call", None)  # set by gateway.calls.pipeline.serve
+    if call is None:
+        stamp(response, request.path)
+        return response
+    stamp(response, request.path, call.request_id)
+    if call.admission is not None:  # a rate-limited caller learns where it stands
+        for name, value in call.admission.headers.items():
+            response[name] = value
     return response
 
 
+def _reshaped(request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
+    error = GatewayError(
+        f"{request.method} is not allowed on {request.path}."
+        if response.status_code == 405
+        else f"The request failed with HTTP {response.status_code}.",
+        status=response.status_code,
+        type="invalid_request_error",
+        code="method_not_allowed" if response.status_code == 405 else None,
+    )
+    reshaped = error_response_for(request.path, error)
+    if allow := response.get("allow"):
+        reshaped["allow"] = allow
+    return reshaped
+
+
 @sync_and_async_middleware
-def openai_errors(get_response: Handler) -> Handler:
+def api_responses(get_response: Handler) -> Handler:
     if iscoroutinefunction(get_response):
 
         async def middleware(request: HttpRequest) -> HttpResponseBase:
-            return _reshape(request, await get_response(request))
+            return _finish(request, await get_response(request))
 
         markcoroutinefunction(middleware)
         return middleware
 
     def sync_middleware(request: HttpRequest) -> HttpResponseBase:
-        return _reshape(request, get_response(request))  # type: ignore[arg-type]
+        return _finish(request, get_response(request))  # type: ignore[arg-type]
 
     return sync_middleware  # type: ignore[return-value]

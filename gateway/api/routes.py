@@ -1,8 +1,11 @@
-"""The OpenAI-compatible REST API under ``/v1``.
+"""The REST API under ``/v1``: OpenAI's endpoints, and Anthropic's ``/v1/messages``.
 
-Every error leaves as OpenAI's JSON shape ``{"error": {"message", "type", "param", "code"}}`` with
-the status OpenAI would use, including errors Django or django-ninja raise on their own (unknown
-path, wrong method) and our own bugs (500, logged, never a traceback).
+Each route names its endpoint and the module of its dialect (``gateway.calls``), which the call
+pipeline runs; the tenant key is checked once for every route (``TenantKey``, the API's auth).
+Every error leaves in the API's shape (Anthropic's on ``/v1/messages``, else OpenAI's
+``{"error": {"message", "type", "param", "code"}}``) with the status OpenAI would use, including
+errors Django or django-ninja raise on their own (unknown path, wrong method) and our own bugs
+(500, logged, never a traceback).
 """
 
 from __future__ import annotations
@@ -10,23 +13,45 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import orjson
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase
 from ninja import NinjaAPI
 from ninja.errors import HttpError
 from ninja.errors import ValidationError as NinjaValidationError
+from ninja.security.base import AuthBase
 
-from gateway.api.errors import anthropic_error_response, error_response, error_response_for
-from gateway.calls.media import MediaService
-from gateway.calls.messages import MessagesService
-from gateway.calls.pipeline import ProxyService
+from gateway.api.errors import error_response, error_response_for
+from gateway.calls import chat, media, messages
+from gateway.calls.pipeline import serve
 from gateway.runtime import get_runtime
-from gateway.tenants.auth import caller_of
+from gateway.tenants.auth import Caller, caller_of
+from gateway.usage.endpoints import Endpoint
 from gateway.usage.reports import usage_response
 from providers.errors import GatewayError, InternalError, InvalidRequest, ModelNotFound
 
 log = logging.getLogger("tollgate.api")
+
+
+class TenantKey(AuthBase):
+    """A tenant's API key, as ``Authorization: Bearer``; with ``x_api_key`` (Anthropic's API)
+    also as ``x-api-key``, which wins. A refusal (401, 429 past the address's allowance of
+    failures, 503 while the database is needed and down) is answered in the API's error shape."""
+
+    openapi_type = "http"
+    openapi_scheme = "bearer"
+
+    def __init__(self, x_api_key: bool = False) -> None:
+        self.x_api_key = x_api_key
+        super().__init__()
+
+    async def authenticate(self, request: HttpRequest) -> Caller:
+        return await caller_of(request, x_api_key=self.x_api_key)
+
+    def __call__(self, request: HttpRequest) -> Any:
+        return self.authenticate(request)
+
 
 api = NinjaAPI(
     title="Tollgate",
@@ -34,6 +59,7 @@ api = NinjaAPI(
     description="A multi-tenant, OpenAI-compatible LLM gateway.",
     urls_namespace="v1",
     docs_url=None,
+    auth=TenantKey(),
 )
 
 _STARTED = int(time.time())
@@ -45,52 +71,34 @@ def _json(data: object, status: int = 200) -> HttpResponse:
 
 @api.post("/chat/completions")
 async def chat_completions(request: HttpRequest) -> HttpResponseBase:
-    caller = await caller_of(request)
-    return await ProxyService(get_runtime()).chat(caller, request.body)
+    return await serve(request, Endpoint.CHAT_COMPLETIONS, chat.completions)
+
+
+@api.post("/messages", auth=TenantKey(x_api_key=True))
+async def create_message(request: HttpRequest) -> HttpResponseBase:
+    """Anthropic's Messages API; the key may come as ``x-api-key`` (Anthropic's SDKs) or Bearer."""
+    return await serve(request, Endpoint.MESSAGES, messages.create)
 
 
 @api.post("/embeddings")
 async def embeddings(request: HttpRequest) -> HttpResponseBase:
-    caller = await caller_of(request)
-    return await MediaService(get_runtime()).embeddings(caller, request.body)
+    return await serve(request, Endpoint.EMBEDDINGS, media.embeddings)
 
 
 @api.post("/images/generations")
 async def image_generations(request: HttpRequest) -> HttpResponseBase:
-    caller = await caller_of(request)
-    return await MediaService(get_runtime()).images(caller, request.body)
+    return await serve(request, Endpoint.IMAGES, media.images)
 
 
 @api.post("/audio/speech")
 async def speech(request: HttpRequest) -> HttpResponseBase:
     """The audio streams through with the upstream's content type."""
-    caller = await caller_of(request)
-    return await MediaService(get_runtime()).speech(caller, request.body)
+    return await serve(request, Endpoint.SPEECH, media.speech)
 
 
 @api.post("/audio/transcriptions")
 async def transcriptions(request: HttpRequest) -> HttpResponseBase:
-    """A multipart upload (``file``, ``model``, ...), forwarded as multipart."""
-    caller = await caller_of(request)
-    return await MediaService(get_runtime()).transcriptions(caller, request)
-
-
-FORWARDED_HEADERS = ("anthropic-version", "anthropic-beta")
-"""Client headers that a call passed through to Anthropic keeps: the API version the client
-was written for, and the beta features it asks for."""
-
-
-@api.post("/messages")
-async def messages(request: HttpRequest) -> HttpResponseBase:
-    """Anthropic's Messages API; the key may come as ``x-api-key`` (Anthropic's SDKs) or Bearer."""
-    try:
-        caller = await caller_of(request, x_api_key=True)
-    except GatewayError as error:
-        return anthropic_error_response(error)
-    forwarded = {
-        name: request.headers[name] for name in FORWARDED_HEADERS if name in request.headers
-    }
-    return await MessagesService(get_runtime()).create(caller, request.body, forwarded)
+    return await serve(request, Endpoint.TRANSCRIPTIONS, media.transcriptions)
 
 
 def _model_entry(name: str, owner: str, operations: Sequence[str]) -> dict[str, object]:
@@ -107,7 +115,7 @@ def _model_entry(name: str, owner: str, operations: Sequence[str]) -> dict[str, 
 @api.get("/models")
 async def list_models(request: HttpRequest) -> HttpResponse:
     """The models the caller may use (its tenant's and its key's allow-lists)."""
-    caller = await caller_of(request)
+    caller: Caller = request.auth  # type: ignore[attr-defined]
     current = get_runtime()
     data = [
         _model_entry(name, model.provider, model.operations)
@@ -119,7 +127,7 @@ async def list_models(request: HttpRequest) -> HttpResponse:
 
 @api.get("/models/{path:model}")
 async def retrieve_model(request: HttpRequest, model: str) -> HttpResponse:
-    caller = await caller_of(request)
+    caller: Caller = request.auth  # type: ignore[attr-defined]
     factory = get_runtime().factory
     route = factory.resolve(model)
     if not caller.limits.allows(model, factory, route):  # as if it did not exist
@@ -133,13 +141,13 @@ async def retrieve_model(request: HttpRequest, model: str) -> HttpResponse:
 async def usage(request: HttpRequest) -> HttpResponse:
     """The calling tenant's own usage from the daily rollup: ``start``, ``end`` (YYYY-MM-DD,
     default this month, UTC) and ``group_by`` (day, model or key)."""
-    caller = await caller_of(request)
+    caller: Caller = request.auth  # type: ignore[attr-defined]
     return _json(await usage_response(caller.tenant_id, request.GET))
 
 
 @api.exception_handler(GatewayError)
 def _gateway_error(request: HttpRequest, exc: GatewayError) -> HttpResponse:
-    return error_response(exc)
+    return error_response_for(request.path, exc)
 
 
 @api.exception_handler(NinjaValidationError)

@@ -1,7 +1,21 @@
-"""ProxyService: one call from the tenant's request to the upstream's answer and a ledger row.
+"""The call pipeline: what every endpoint does with one call, from its caller to its ledger row.
 
-Every call that got past authentication leaves exactly one ``UsageRecord``: successes, upstream
+An endpoint module (``chat``, ``messages``, ``media``) holds only its dialect: how to read its
+request, what to send upstream and how to render the answer. The steps they share are here:
+
+1. ``serve(request, endpoint, steps)``: the caller, authenticated by the API
+   (``gateway.api.routes``), gets a ``Call``; ``steps`` are the endpoint's.
+2. ``call.parse_json(body)``: the body, refused before it is parsed when too large or too complex;
+   the call learns the requested model even when the rest of the body is bad.
+3. ``call.resolve(model, operation)``: the route (provider, upstream model, prices); 404, or 400
+   when the model does not serve the operation.
+4. ``call.admit(...)``: allow-lists, rate limits and budgets (``gateway.limits.policy``).
+5. ``call.upstream(attempt)``: the one place an upstream is called.
+6. ``call.answer_json(...)`` or ``call.answer_stream(...)``: the answer, and the call's ledger row.
+
+Every call that got past authentication leaves exactly one ledger row: successes, upstream
 failures, invalid bodies, and streams the client walked away from (with the tokens seen so far).
+Whatever the steps raise becomes the error answer, in the endpoint's shape, and its row.
 """
 
 from __future__ import annotations
@@ -9,186 +23,109 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-import math
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
-import orjson
 from django.conf import settings
-from django.http import HttpResponse, HttpResponseBase, StreamingHttpResponse
-from pydantic import ValidationError
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHttpResponse
 
-from gateway.api.errors import error_response
-from gateway.calls.body_limits import INLINE_BYTES, check_body_shape
+from gateway.api.errors import ErrorRenderer, ResponseAborted, error_renderer_for
+from gateway.calls.metering import StreamMeter, estimate_prompt_tokens
+from gateway.calls.parsing import parse_json_object
 from gateway.limits.policy import Admission, Estimate
-from gateway.runtime import Runtime
+from gateway.runtime import Runtime, get_runtime
 from gateway.tenants.auth import Caller
-from providers.base import ChatRequest, PassThroughRequest
-from providers.errors import (
-    GatewayError,
-    InternalError,
-    InvalidRequest,
-    ProviderError,
-    UpstreamUnavailable,
-)
-from providers.factory import Route
+from gateway.usage.endpoints import Endpoint
+from providers.errors import GatewayError, InternalError, UpstreamUnavailable
+from providers.factory import Route, unsupported
 from providers.pricing import cost_of
-from providers.types import StreamChunk, Units, Usage
+from providers.types import Operation, Units, Usage
 
-log = logging.getLogger("tollgate.proxy")
+log = logging.getLogger("tollgate.calls")
 
-RequestT = TypeVar("RequestT", bound=PassThroughRequest)
+T = TypeVar("T")
+ItemT = TypeVar("ItemT")
 
 CLIENT_CLOSED_REQUEST = 499
 """Status recorded for a call the client abandoned (nginx's convention; never sent)."""
 
-
-async def parse_json_object(body: bytes, call: ChatCall | None = None) -> dict[str, Any]:
-    """Decode a JSON object body; ``call`` learns the model even if the rest is bad. A body
-    over the nesting and item limits is refused before it is parsed
-    (``gateway.calls.body_limits``)."""
-    await check_body_shape(body)
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise InvalidRequest(
-            "We could not parse the JSON body of your request. Send a JSON object.",
-            code="invalid_json",
-        ) from None
-    if len(body) > INLINE_BYTES:
-        # Its parse held the event loop for up to ~45 ms (32 MB): let the other callers run
-        # before the next stretch (validation, encoding the body for the upstream).
-        await asyncio.sleep(0)
-    if not isinstance(data, dict):
-        raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
-    if call is not None and isinstance(data.get("model"), str):
-        call.requested_model = data["model"]
-    return data
-
-
-def validate_request(request_class: type[RequestT], data: dict[str, Any]) -> RequestT:
-    """Validate a decoded body; the first problem becomes a 400 naming its ``param``."""
-    try:
-        return request_class.from_body(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        param = ".".join(str(part) for part in first["loc"]) or None
-        raise invalid_param(param, None if first["type"] == "missing" else first["msg"]) from None
-
-
-def invalid_param(param: str | None, problem: str | None = None) -> InvalidRequest:
-    """A 400 naming ``param``: missing when there is no ``problem``, else invalid."""
-    if problem is None:
-        return InvalidRequest(
-            f"Missing required parameter: '{param}'.",
-            param=param,
-            code="missing_required_parameter",
-        )
-    return InvalidRequest(
-        f"Invalid value for '{param}': {problem}.", param=param, code="invalid_value"
-    )
-
-
-def estimate_prompt_tokens(messages: Any) -> int:
-    """A rough count (4 characters a token) for calls whose upstream never reported usage."""
-    chars = 0
-    for message in messages or ():
-        content = message.get("content") if isinstance(message, dict) else message
-        chars += (
-            len(content) if isinstance(content, str) else len(orjson.dumps(content, default=str))
-        )
-    return math.ceil(chars / 4)
-
-
-def sse_event(chunk: StreamChunk, hide_usage: bool) -> bytes | None:
-    """The chunk as an SSE event for the client, or None when the client must not see it.
-
-    The gateway always asks the upstream for usage; a client that did not ask gets neither the
-    usage-only chunk nor the ``"usage": null`` that the upstream then puts on every chunk.
-    """
-    raw = chunk.raw
-    if hide_usage and "usage" in chunk.payload:
-        if chunk.is_usage_only:
-            return None
-        del chunk.payload["usage"]
-        if raw is not None and raw.endswith(_NULL_USAGE):
-            raw = raw[: -len(_NULL_USAGE)] + b"}"  # OpenAI's compact JSON: cut, don't re-encode
-        else:
-            raw = None
-    return b"data: " + (raw or orjson.dumps(chunk.payload)) + b"\n\n"
-
-
-_NULL_USAGE = b',"usage":null}'
-
-
-class StreamMeter:
-    """Follows a stream to know its usage, or to estimate it if the stream is cut off."""
-
-    __slots__ = ("content_chunks", "partial", "usage")
-
-    def __init__(self) -> None:
-        self.usage: Usage | None = None
-        self.partial: Usage | None = None
-        self.content_chunks = 0
-
-    def observe(self, chunk: StreamChunk) -> None:
-        if chunk.usage is not None:
-            self.usage = chunk.usage
-        for choice in chunk.payload.get("choices") or ():
-            delta = choice.get("delta") or {}
-            if delta.get("content") or delta.get("tool_calls") or delta.get("reasoning_content"):
-                self.content_chunks += 1
-
-    def failed(self, error: GatewayError) -> None:
-        """Keep what a failed stream's upstream had reported (Anthropic reports input early)."""
-        if isinstance(error, ProviderError) and error.usage_so_far is not None:
-            self.partial = error.usage_so_far
-
-    def final_usage(self, call: ChatCall) -> Usage:
-        """The upstream's usage; else what it reported before failing, completed with our own
-        count of the output; else an estimate: prompt at 4 characters, output one per chunk."""
-        if self.usage is not None:
-            return self.usage
-        partial = self.partial
-        if partial is not None and partial.prompt_tokens is not None:
-            completion = max(partial.completion_tokens or 0, self.content_chunks)
-            return Usage(
-                prompt_tokens=partial.prompt_tokens,
-                completion_tokens=completion,
-                total_tokens=partial.prompt_tokens + completion,
-                cache_read_tokens=partial.cache_read_tokens,
-                cache_write_tokens=partial.cache_write_tokens,
-                estimated=True,
-            )
-        return Usage(
-            prompt_tokens=call.estimate_prompt_tokens(),
-            completion_tokens=self.content_chunks,
-            estimated=True,
-        )
-
-
-ErrorRenderer = Callable[[GatewayError, str | None], HttpResponse]
-
-ACTIVE_CALLS: contextvars.ContextVar[list[ChatCall] | None] = contextvars.ContextVar(
+ACTIVE_CALLS: contextvars.ContextVar[list[Call] | None] = contextvars.ContextVar(
     "tollgate_active_calls", default=None
 )
-"""The calls of the request being handled: ``gateway.api.handler.ApiHandler`` settles any it leaves
-without a ledger row."""
+"""The calls of the request being handled: ``gateway.api.handler.ApiHandler`` stamps their
+headers on the answer and settles any call left without a ledger row."""
+
+Steps = Callable[["Call", HttpRequest], Awaitable[HttpResponseBase]]
 
 
-class ChatCall:
-    """The state of one call, from authentication to its ledger row: who, what, where to, since
-    when. ``render_error`` answers in the shape of the endpoint that was called."""
+async def serve(request: HttpRequest, endpoint: Endpoint, steps: Steps) -> HttpResponseBase:
+    """Run one call of ``endpoint`` for the request's authenticated caller (``request.auth``)."""
+    caller: Caller = request.auth  # type: ignore[attr-defined]
+    call = Call(get_runtime(), caller, endpoint, error_renderer_for(request.path))
+    request.call = call  # type: ignore[attr-defined]  # its headers: gateway.api.middleware
+    return await call.run(lambda: steps(call, request))
+
+
+@dataclass(slots=True)
+class OpenStream(Generic[ItemT]):
+    """An upstream stream whose first item has arrived: a failure before it is answered as a
+    plain error (and may be retried); ``first`` is None for a stream that may be empty (audio)."""
+
+    first: ItemT | None
+    rest: AsyncIterator[ItemT]
+    aclose: Callable[[], Awaitable[None]]
+
+
+async def open_stream(
+    items: AsyncIterator[ItemT],
+    route: Route,
+    aclose: Callable[[], Awaitable[None]] | None = None,
+    may_be_empty: bool = False,
+) -> OpenStream[ItemT]:
+    """Wait for the first item of ``items`` (an async generator, or closed by ``aclose``)."""
+    close: Callable[[], Awaitable[None]] = aclose or items.aclose  # type: ignore[attr-defined]
+    try:
+        first: ItemT | None = await anext(items)
+    except StopAsyncIteration:
+        if not may_be_empty:
+            raise UpstreamUnavailable(
+                f"The upstream provider '{route.provider_name}' sent an empty stream."
+            ) from None
+        first = None
+    except BaseException:
+        await close()
+        raise
+    return OpenStream(first, items, close)
+
+
+@dataclass(slots=True)
+class Relay:
+    """A stream ready for the client: the upstream's, its ``events`` rendered in the endpoint's
+    dialect, and the ``meter`` that learns its usage on the way."""
+
+    stream: OpenStream[Any]
+    events: AsyncGenerator[bytes, None]
+    meter: StreamMeter
+    content_type: str = "text/event-stream"
+
+
+ErrorEvent = Callable[[GatewayError], bytes]
+
+
+class Call:
+    """The state of one call, from its caller to its ledger row: who, what, where to, since when.
+    ``render_error`` answers in the shape of the endpoint that was called."""
 
     def __init__(
         self,
         runtime: Runtime,
         caller: Caller,
-        endpoint: str = "chat.completions",
-        render_error: ErrorRenderer = error_response,
+        endpoint: Endpoint,
+        render_error: ErrorRenderer,
     ) -> None:
         self.runtime = runtime
         self.caller = caller
@@ -197,10 +134,15 @@ class ChatCall:
         self.request_id = "req_" + uuid.uuid4().hex
         self.started = time.perf_counter()
         self.route: Route | None = None
+        self.operation: Operation = "chat"
         self.requested_model = ""
         self.stream = False
         self.prompt: Any = None
         """The input messages, for an estimate of the prompt tokens if the upstream never says."""
+        self.abandoned_usage: Usage | None = None
+        self.abandoned_units: Units | None = None
+        """What the call is billed if the client hangs up before the answer (the upstream does
+        the work all the same); by default, the prompt's estimate."""
         self.recorded = False
         self.close_pending: Callable[[], Awaitable[None]] | None = None
         """Closes the upstream stream handed to a streaming response, should it never be read."""
@@ -209,19 +151,34 @@ class ChatCall:
         if (calls := ACTIVE_CALLS.get()) is not None:
             calls.append(self)
 
+    # --- the steps -------------------------------------------------------------------------------
+
+    async def parse_json(self, body: bytes) -> dict[str, Any]:
+        """The body as a JSON object; the call learns its model even if the rest is bad."""
+        data = await parse_json_object(body)
+        if isinstance(model := data.get("model"), str):
+            self.requested_model = model
+        return data
+
+    def resolve(self, model: str, operation: Operation = "chat") -> Route:
+        """Route ``model`` for ``operation``: 404 if it does not exist, 400 if it does not
+        declare the operation."""
+        self.requested_model, self.operation = model, operation
+        self.route = self.runtime.factory.resolve(model, operation)
+        return self.route
+
     def estimate_prompt_tokens(self) -> int:
         return estimate_prompt_tokens(self.prompt)
 
     async def admit(
-        self,
-        route: Route,
-        prompt_tokens: int,
-        max_tokens: int | None = None,
-        units: Units | None = None,
+        self, prompt_tokens: int, max_tokens: int | None = None, units: Units | None = None
     ) -> None:
         """Hold the call to its caller's allow-lists, rate limits and budgets before it goes
-        upstream (``gateway.limits.policy``). Tokens per minute count the prompt and ``max_tokens``;
-        the budget reserves the worst case: ``max_tokens``, else TOLLGATE_DEFAULT_RESERVE_TOKENS."""
+        upstream (``gateway.limits.policy``). Tokens per minute count the prompt and
+        ``max_tokens``; the budget reserves the worst case: ``max_tokens``, else
+        TOLLGATE_DEFAULT_RESERVE_TOKENS (none for a call billed by ``units``)."""
+        route = self.route
+        assert route is not None, "resolve the call's model before admitting it"
         limits = self.caller.limits
         policy = self.runtime.policy
         policy.check_model(limits, self.requested_model, self.runtime.factory, route)
@@ -235,6 +192,73 @@ class ChatCall:
         )
         estimate = Estimate(prompt_tokens + (max_tokens or 0), cost_of(worst, route.prices, units))
         self.admission = await policy.admit(limits, estimate)
+
+    async def upstream(self, attempt: Callable[[Route], Awaitable[T]]) -> T:
+        """The one place a call reaches its upstream: ``attempt`` sends it along one route and
+        returns the answer (for a stream, ``open_stream``'s: the first item has arrived). The
+        choice of route, and any retry on another, belong here and nowhere else."""
+        route = self.route
+        assert route is not None, "resolve the call's model before calling its upstream"
+        try:
+            return await attempt(route)
+        except NotImplementedError:  # a provider that cannot (Anthropic serves chat only)
+            raise unsupported(self.requested_model, self.operation) from None
+
+    def answer_json(
+        self,
+        content: bytes,
+        usage: Usage,
+        units: Units | None = None,
+        content_type: str = "application/json",
+    ) -> HttpResponse:
+        """The upstream's answer, complete: record the call and answer it."""
+        self.record(usage, 200, units=units)
+        return HttpResponse(content, content_type=content_type)
+
+    def answer_stream(
+        self, relay: Relay, error_event: ErrorEvent | None, units: Units | None = None
+    ) -> StreamingHttpResponse:
+        """Stream the relay's events; the call is recorded when the stream ends, however it
+        ends. A failure after the first byte reaches the client in-band (``error_event``), or,
+        for a body that cannot carry one (audio), cuts the response off (``ResponseAborted``)
+        so that the client sees a broken download, not a short file."""
+        self.close_pending = relay.stream.aclose
+        response = StreamingHttpResponse(
+            self._relay(relay, error_event, units), content_type=relay.content_type
+        )
+        if relay.content_type == "text/event-stream":
+            response["cache-control"] = "no-cache"
+        response["x-accel-buffering"] = "no"  # tell nginx not to buffer the stream
+        return response
+
+    async def _relay(
+        self, relay: Relay, error_event: ErrorEvent | None, units: Units | None
+    ) -> AsyncIterator[bytes]:
+        status, error = 200, ""
+        try:
+            async for event in relay.events:
+                yield event
+        except GatewayError as exc:
+            status, error = exc.status, exc.code or exc.type
+            relay.meter.failed(exc)
+            if error_event is None:
+                raise ResponseAborted(exc.message) from exc
+            yield error_event(exc)
+        except (asyncio.CancelledError, GeneratorExit):
+            status, error = CLIENT_CLOSED_REQUEST, "client_disconnected"
+            raise
+        except Exception as exc:
+            log.exception("stream %s failed", self.request_id)
+            status, error = 500, "internal_error"
+            if error_event is None:
+                raise ResponseAborted("internal error") from exc
+            yield error_event(InternalError("The gateway failed while streaming the response."))
+        finally:
+            self.record(relay.meter.final_usage(), status, error, units)
+            await relay.events.aclose()
+            await relay.stream.aclose()
+
+    # --- the ledger row ---------------------------------------------------------------------------
 
     def record(
         self, usage: Usage, status: int, error: str = "", units: Units | None = None
@@ -258,7 +282,7 @@ class ChatCall:
             "request_id": self.request_id,
             "tenant_id": self.caller.tenant_id,
             "api_key_id": self.caller.key_id,
-            "endpoint": self.endpoint,
+            "endpoint": self.endpoint.value,
             "requested_model": self.requested_model[:200],
             "provider": route.provider_name if route else "",
             "upstream_model": route.upstream_model[:200] if route else "",
@@ -285,16 +309,16 @@ class ChatCall:
 
     def record_error(self, error: GatewayError) -> HttpResponse:
         self.record(Usage(), error.status, error.code or error.type)
-        return self.render_error(error, self.request_id)
+        return self.render_error(error)
 
     def record_abandoned(self) -> None:
-        """The client hung up before any answer: the upstream may still bill the prompt."""
-        usage = Usage(
+        """The client hung up before any answer: the upstream may still bill the request."""
+        usage = self.abandoned_usage or Usage(
             prompt_tokens=self.estimate_prompt_tokens() if self.prompt else None,
             completion_tokens=0,
             estimated=True,
         )
-        self.record(usage, CLIENT_CLOSED_REQUEST, "client_disconnected")
+        self.record(usage, CLIENT_CLOSED_REQUEST, "client_disconnected", self.abandoned_units)
 
     async def settle_unrecorded(self) -> None:
         """For a call its request left behind without a row: the client went away after the
@@ -305,133 +329,16 @@ class ChatCall:
         if not self.recorded:
             self.record_abandoned()
 
-    async def answer(self, handle: Callable[[], Awaitable[HttpResponseBase]]) -> HttpResponseBase:
-        """Run the call's handler. Whatever it raises before its answer becomes the call's error
+    async def run(self, steps: Callable[[], Awaitable[HttpResponseBase]]) -> HttpResponseBase:
+        """Run the call's steps. Whatever they raise before the answer becomes the call's error
         answer and ledger row; a client that hangs up meanwhile leaves a 499 row."""
         try:
-            return await handle()
+            return await steps()
         except GatewayError as error:
             return self.record_error(error)
         except asyncio.CancelledError:
             self.record_abandoned()
             raise
         except Exception:
-            return self.record_unexpected()
-
-    def record_unexpected(self) -> HttpResponse:
-        log.exception("call %s failed", self.request_id)
-        return self.record_error(InternalError("The gateway failed to handle the request."))
-
-
-async def relay_and_record(
-    call: ChatCall,
-    meter: StreamMeter,
-    events: AsyncGenerator[bytes, None],
-    upstream: AsyncGenerator[Any, None],
-    error_event: Callable[[GatewayError], bytes],
-) -> AsyncIterator[bytes]:
-    """Relay a stream's ``events`` to the client and, whatever happens, record the call once.
-
-    A failure after the first byte reaches the client in-band (``error_event``); a client that
-    goes away is recorded as 499 with the usage seen so far (``meter``); either way the
-    ``upstream`` stream is closed."""
-    status, error = 200, ""
-    try:
-        async for event in events:
-            yield event
-    except GatewayError as exc:
-        status, error = exc.status, exc.code or exc.type
-        meter.failed(exc)
-        yield error_event(exc)
-    except (asyncio.CancelledError, GeneratorExit):
-        status, error = CLIENT_CLOSED_REQUEST, "client_disconnected"
-        raise
-    except Exception:
-        log.exception("stream %s failed", call.request_id)
-        status, error = 500, "internal_error"
-        yield error_event(InternalError("The gateway failed while streaming the response."))
-    finally:
-        call.record(meter.final_usage(call), status, error)
-        await events.aclose()
-        await upstream.aclose()
-
-
-def event_stream_headers(response: StreamingHttpResponse, call: ChatCall) -> StreamingHttpResponse:
-    response["cache-control"] = "no-cache"
-    response["x-accel-buffering"] = "no"  # tell nginx not to buffer the stream
-    response["x-request-id"] = call.request_id
-    return response
-
-
-class ProxyService:
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
-
-    async def chat(self, caller: Caller, body: bytes) -> HttpResponseBase:
-        call = ChatCall(self.runtime, caller)
-        return await call.answer(lambda: self._chat(call, body))
-
-    async def _chat(self, call: ChatCall, body: bytes) -> HttpResponseBase:
-        request = validate_request(ChatRequest, await parse_json_object(body, call))
-        call.requested_model, call.stream = request.model, request.stream
-        call.prompt = [message.content for message in request.messages]
-        call.route = route = self.runtime.factory.resolve(request.model, "chat")
-        await call.admit(
-            route,
-            call.estimate_prompt_tokens(),
-            request.max_completion_tokens or request.max_tokens,
-        )
-        if request.stream:
-            return await self._stream(call, request, route)
-        response = await route.provider.chat(request, route.upstream_model)
-        call.record(response.usage, 200)
-        http = HttpResponse(
-            response.raw if response.raw is not None else orjson.dumps(response.body),
-            content_type="application/json",
-        )
-        http["x-request-id"] = call.request_id
-        return http
-
-    async def _stream(self, call: ChatCall, request: ChatRequest, route: Route) -> HttpResponseBase:
-        """Open the upstream stream; answer errors that come before the first chunk as JSON."""
-        chunks = route.provider.stream(request, route.upstream_model)
-        try:
-            first = await anext(chunks)
-        except StopAsyncIteration:
-            raise UpstreamUnavailable(
-                f"The upstream provider '{route.provider_name}' sent an empty stream."
-            ) from None
-        except BaseException:
-            await chunks.aclose()
-            raise
-        call.close_pending = chunks.aclose
-        response = StreamingHttpResponse(
-            self._relay(call, request, chunks, first), content_type="text/event-stream"
-        )
-        return event_stream_headers(response, call)
-
-    def _relay(
-        self,
-        call: ChatCall,
-        request: ChatRequest,
-        chunks: AsyncGenerator[StreamChunk, None],
-        first: StreamChunk,
-    ) -> AsyncIterator[bytes]:
-        """Forward chunks as SSE, ending with ``[DONE]``; see ``relay_and_record``."""
-        meter = StreamMeter()
-        hide_usage = not request.wants_usage_chunk
-
-        async def events() -> AsyncGenerator[bytes, None]:
-            chunk: StreamChunk | None = first
-            while chunk is not None:
-                meter.observe(chunk)
-                if (event := sse_event(chunk, hide_usage)) is not None:
-                    yield event
-                chunk = await anext(chunks, None)
-            yield b"data: [DONE]\n\n"
-
-        def error_event(error: GatewayError) -> bytes:
-            # A mid-stream failure: the client learns it in-band; the stream ends without [DONE].
-            return b"data: " + orjson.dumps(error.to_openai()) + b"\n\n"
-
-        return relay_and_record(call, meter, events(), chunks, error_event)
+            log.exception("call %s failed", self.request_id)
+            return self.record_error(InternalError("The gateway failed to handle the request."))

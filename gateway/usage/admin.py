@@ -27,6 +27,7 @@ from django.http import HttpRequest
 from django.utils.functional import cached_property
 
 from gateway.models import LedgerDeadLetter, UsageDaily, UsageRecord
+from gateway.usage.endpoints import Endpoint
 from gateway.usage.ledger import clean_row, insert_rows
 
 admin.site.index_template = "admin/tollgate_index.html"
@@ -75,17 +76,9 @@ class StatusClassFilter(admin.SimpleListFilter):
 class EndpointFilter(admin.SimpleListFilter):
     title = "endpoint"
     parameter_name = "endpoint"
-    ENDPOINTS = (
-        "chat.completions",
-        "messages",
-        "embeddings",
-        "images.generations",
-        "audio.speech",
-        "audio.transcriptions",
-    )
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return [(name, name) for name in self.ENDPOINTS]
+        return [(endpoint.value, endpoint.value) for endpoint in Endpoint]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
         return queryset.filter(endpoint=self.value()) if self.value() else queryset

@@ -1,0 +1,84 @@
+"""What a call used when its upstream did not say: the usage of streams, followed chunk by chunk
+and estimated if the stream is cut off, and the gateway's own rough count of a prompt."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from providers.errors import GatewayError, ProviderError
+from providers.types import StreamChunk, Usage
+
+
+def estimate_prompt_tokens(messages: Any) -> int:
+    """A rough count (4 characters a token) for calls whose upstream never reported usage."""
+    chars = 0
+    for message in messages or ():
+        content = message.get("content") if isinstance(message, dict) else message
+        chars += (
+            len(content) if isinstance(content, str) else len(orjson.dumps(content, default=str))
+        )
+    return math.ceil(chars / 4)
+
+
+class StreamMeter:
+    """Follows a stream to know its usage, or to estimate it if the stream is cut off.
+    ``estimate_prompt`` counts the prompt when the upstream never said."""
+
+    __slots__ = ("content_chunks", "estimate_prompt", "partial", "usage")
+
+    def __init__(self, estimate_prompt: Callable[[], int]) -> None:
+        self.estimate_prompt = estimate_prompt
+        self.usage: Usage | None = None
+        self.partial: Usage | None = None
+        self.content_chunks = 0
+
+    def observe(self, chunk: StreamChunk) -> None:
+        if chunk.usage is not None:
+            self.usage = chunk.usage
+        for choice in chunk.payload.get("choices") or ():
+            delta = choice.get("delta") or {}
+            if delta.get("content") or delta.get("tool_calls") or delta.get("reasoning_content"):
+                self.content_chunks += 1
+
+    def failed(self, error: GatewayError) -> None:
+        """Keep what a failed stream's upstream had reported (Anthropic reports input early)."""
+        if isinstance(error, ProviderError) and error.usage_so_far is not None:
+            self.partial = error.usage_so_far
+
+    def final_usage(self) -> Usage:
+        """The upstream's usage; else what it reported before failing, completed with our own
+        count of the output; else an estimate: prompt at 4 characters, output one per chunk."""
+        if self.usage is not None:
+            return self.usage
+        partial = self.partial
+        if partial is not None and partial.prompt_tokens is not None:
+            completion = max(partial.completion_tokens or 0, self.content_chunks)
+            return Usage(
+                prompt_tokens=partial.prompt_tokens,
+                completion_tokens=completion,
+                total_tokens=partial.prompt_tokens + completion,
+                cache_read_tokens=partial.cache_read_tokens,
+                cache_write_tokens=partial.cache_write_tokens,
+                estimated=True,
+            )
+        return Usage(
+            prompt_tokens=self.estimate_prompt(),
+            completion_tokens=self.content_chunks,
+            estimated=True,
+        )
+
+
+class Unmetered(StreamMeter):
+    """A stream billed by its units, not tokens (speech: the characters of its input)."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        super().__init__(lambda: 0)
+
+    def final_usage(self) -> Usage:
+        return Usage()
