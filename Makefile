@@ -18,16 +18,21 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-run: install
+run: install var/secret_key
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py bootstrap_demo --host $(HOST):$(PORT)
 	$(MAKE) --no-print-directory serve
 
 # MALLOC_ARENA_MAX=2: glibc otherwise gives the ledger writer thread malloc arenas of its own,
 # which hold ~20 MB more resident memory per worker for nothing (bench/README.md).
-serve: install
+serve: install var/secret_key
 	MALLOC_ARENA_MAX=2 $(BIN)/uvicorn tollgate.asgi:application --host $(HOST) --port $(PORT) --workers $(WORKERS) \
 		--loop uvloop --http httptools --no-access-log
+
+# Django's SECRET_KEY for local use (admin sessions), made once; production sets DJANGO_SECRET_KEY.
+var/secret_key:
+	@mkdir -p var
+	@umask 077 && $(PYTHON) -c "import secrets; print(secrets.token_urlsafe(50))" > $@
 
 # The whole suite on SQLite, then again on PostgreSQL + Redis. Locally a missing service skips
 # its run; with CI=true it fails.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from datetime import datetime
 
 from django.db import models
 from django.utils import timezone
@@ -22,6 +23,15 @@ def hash_key(raw_key: str) -> str:
 
 
 BUDGET_PERIODS = [("daily", "daily"), ("monthly", "monthly"), ("total", "total")]
+
+
+def key_matches(key_hash: str, raw_key: str) -> bool:
+    """Whether ``raw_key`` is the key of ``key_hash``, in constant time."""
+    return hmac.compare_digest(key_hash, hash_key(raw_key))
+
+
+def has_expired(expires_at: datetime | None) -> bool:
+    return expires_at is not None and expires_at <= timezone.now()
 
 
 class Limits(models.Model):
@@ -102,15 +112,14 @@ class ApiKey(Limits):
         return raw
 
     def matches(self, raw_key: str) -> bool:
-        return hmac.compare_digest(self.key_hash, hash_key(raw_key))
+        return key_matches(self.key_hash, raw_key)
+
+    def is_enabled(self) -> bool:
+        """Neither revoked nor of a deactivated tenant (expiry aside: it depends on the time)."""
+        return self.revoked_at is None and self.tenant.is_active
 
     def is_usable(self) -> bool:
-        now = timezone.now()
-        return (
-            self.revoked_at is None
-            and (self.expires_at is None or self.expires_at > now)
-            and self.tenant.is_active
-        )
+        return self.is_enabled() and not has_expired(self.expires_at)
 
     def revoke(self) -> None:
         self.revoked_at = timezone.now()

@@ -69,15 +69,15 @@ VAR_DIR = Path(env_str("TOLLGATE_VAR_DIR", str(BASE_DIR / "var")))
 
 
 def _secret_key() -> str:
-    """DJANGO_SECRET_KEY, or a key generated once and kept in var/ for local use."""
+    """DJANGO_SECRET_KEY; else the development key that ``make run`` writes to var/secret_key;
+    else a key for this process only (tests, one-off commands): admin sessions then end with the
+    process and are not shared between workers. Settings never write files."""
     if key := os.environ.get("DJANGO_SECRET_KEY"):
         return key
     path = VAR_DIR / "secret_key"
-    if not path.exists():
-        VAR_DIR.mkdir(parents=True, exist_ok=True)
-        path.touch(mode=0o600)
-        path.write_text(secrets.token_urlsafe(50))
-    return path.read_text().strip()
+    if path.exists():
+        return path.read_text().strip()
+    return secrets.token_urlsafe(50)
 
 
 DEBUG = env_bool("DJANGO_DEBUG", False)
@@ -131,7 +131,7 @@ DATABASES = {
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    VAR_DIR.mkdir(parents=True, exist_ok=True)  # SQLite creates its file, not its folder
     DATABASES["default"]["CONN_MAX_AGE"] = 0
     DATABASES["default"]["OPTIONS"] = {
         # WAL lets the admin read while the ledger writer writes; IMMEDIATE avoids
@@ -160,7 +160,8 @@ USE_I18N = False
 USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
-STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # collectstatic's target, optional in development
+# collectstatic's target, optional in development; WhiteNoise warns on every start without it.
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 WHITENOISE_USE_FINDERS = True  # serve from the apps' static folders: no collectstatic step
 
 # --- Tollgate -----------------------------------------------------------------------------

@@ -4,12 +4,12 @@ from django.contrib import admin
 from django.urls import path
 
 from gateway.api.routes import api
-from gateway.usage import views as report_views
+from gateway.usage import views
 
 urlpatterns = [
     # Before admin/: the admin's catch-all would answer these paths.
-    path("admin/reports/usage/", report_views.usage_report, name="usage-report"),
-    path("admin/reports/ledger.csv", report_views.ledger_csv, name="usage-ledger-csv"),
+    path("admin/reports/usage/", views.usage_report, name="usage-report"),
+    path("admin/reports/ledger.csv", views.ledger_csv, name="usage-ledger-csv"),
     path("admin/", admin.site.urls),
     path("v1/", api.urls),
 ]

@@ -17,7 +17,6 @@ keys, so a flood of random keys can evict only other unknown prefixes.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -25,10 +24,9 @@ from datetime import datetime
 
 from django.conf import settings
 from django.http import HttpRequest
-from django.utils import timezone
 
 from gateway.limits.policy import NO_LIMITS, CallerLimits
-from gateway.models import PREFIX_LENGTH, ApiKey, hash_key
+from gateway.models import PREFIX_LENGTH, ApiKey, has_expired, key_matches
 from gateway.outage import read_database
 from gateway.tenants import auth_throttle
 from providers.errors import AuthenticationFailed, GatewayError
@@ -50,7 +48,7 @@ class Caller:
 class _CachedKey:
     caller: Caller
     key_hash: str
-    usable: bool
+    enabled: bool
     expires_at: datetime | None
     fetched_at: float
 
@@ -120,8 +118,7 @@ def _fetch(prefix: str) -> _CachedKey | None:
     if key is None:
         return None
     caller = Caller(key.tenant_id, key.tenant.name, key.pk, key.prefix, CallerLimits.of(key))
-    usable = key.revoked_at is None and key.tenant.is_active
-    return _CachedKey(caller, key.key_hash, usable, key.expires_at, time.monotonic())
+    return _CachedKey(caller, key.key_hash, key.is_enabled(), key.expires_at, time.monotonic())
 
 
 async def _lookup(
@@ -177,7 +174,7 @@ def _settled(prefix: str, lookup: asyncio.Future[_CachedKey | None]) -> None:
 
 
 def _matches(cached: _CachedKey, raw_key: str) -> bool:
-    return hmac.compare_digest(cached.key_hash, hash_key(raw_key))
+    return key_matches(cached.key_hash, raw_key)
 
 
 async def authenticate(raw_key: str | None, client: str = "") -> Caller:
@@ -199,7 +196,7 @@ async def authenticate(raw_key: str | None, client: str = "") -> Caller:
     if cached is None or not _matches(cached, raw_key):
         error = AuthenticationFailed("Incorrect API key provided.")
         raise auth_throttle.failed(client, error, charged)
-    if not cached.usable or (cached.expires_at is not None and cached.expires_at <= timezone.now()):
+    if not cached.enabled or has_expired(cached.expires_at):
         error = AuthenticationFailed("This API key has been revoked or has expired.")
         raise auth_throttle.failed(client, error, charged)
     if charged:

@@ -9,7 +9,7 @@ read-only, built to stay fast on a ledger of millions of rows:
 - no filter whose choices come from ``SELECT DISTINCT`` over the ledger: status classes and
   endpoints are fixed lists, models and providers are read from the (much smaller) rollup.
 
-The usage report page (``report_views``) is linked from the admin index
+The usage report page (``gateway.usage.views``) is linked from the admin index
 (``admin/tollgate_index.html``).
 """
 

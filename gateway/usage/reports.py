@@ -2,8 +2,8 @@
 month's report costs the same at a thousand calls as at millions.
 
 ``ReportFilter`` is what a report is about (a date range and optional tenant, key, model,
-provider); the admin report page (``report_views``) and the tenants' ``GET /v1/usage`` both build
-one and ask the functions below.
+provider); the admin report page (``gateway.usage.views``) and the tenants' ``GET /v1/usage``
+both build one and ask the functions below.
 """
 
 from __future__ import annotations

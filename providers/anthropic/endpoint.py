@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
 from providers.anthropic.ids import translated_id
 from providers.anthropic.stream import anthropic_usage, as_dict, stop_reason_for
+from providers.anthropic.tools import tool_call_of, tool_input_of, tool_use_of
 from providers.anthropic.translate import invalid_request
 from providers.errors import UpstreamUnavailable
 from providers.types import Usage
@@ -89,9 +88,7 @@ def _openai_messages(turn: Any, where: str) -> list[dict[str, Any]]:
                 {"type": "image_url", "image_url": {"url": _image_url(block, block_where)}}
             )
         elif kind == "tool_use" and role == "assistant":
-            arguments = orjson.dumps(block.get("input") or {}).decode()
-            function = {"name": block.get("name"), "arguments": arguments}
-            tool_calls.append({"id": block.get("id"), "type": "function", "function": function})
+            tool_calls.append(tool_call_of(block))
         elif kind == "tool_result" and role == "user":
             tool_messages.append(_tool_message(block, block_where))
         elif kind not in ("thinking", "redacted_thinking"):
@@ -177,14 +174,10 @@ def openai_response_to_anthropic(
             content.append({"type": "text", "text": reply[key]})
     for call in reply.get("tool_calls") or ():
         function = as_dict(as_dict(call).get("function"))
-        try:
-            tool_input = orjson.loads(function.get("arguments") or "{}")
-        except orjson.JSONDecodeError:
-            tool_input = None
-        if not isinstance(tool_input, dict):
+        tool_input = tool_input_of(function.get("arguments"))
+        if tool_input is None:
             raise UpstreamUnavailable("The model returned tool call arguments that are not JSON.")
-        tool_use = {"type": "tool_use", "id": call.get("id"), "name": function.get("name")}
-        content.append({**tool_use, "input": tool_input})
+        content.append(tool_use_of(as_dict(call).get("id"), function.get("name"), tool_input))
     stop_reason = (
         "refusal" if reply.get("refusal") else stop_reason_for(choice.get("finish_reason"))
     )

@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 from providers.anthropic.ids import new_id, translated_id
+from providers.anthropic.tools import tool_use_of
 from providers.errors import ProviderError, UpstreamUnavailable, error_for_upstream_status
 from providers.types import Usage
 
@@ -415,13 +416,7 @@ class OpenAIToAnthropicStream:
         block = self._tool_blocks.get(call_index)
         if block is None:
             tool_id = call.get("id") or new_id("toolu_")
-            block_start: dict[str, Any] = {
-                "type": "tool_use",
-                "id": tool_id,
-                "name": function.get("name") or "",
-                "input": {},
-            }
-            events = self._open_block(block_start)
+            events = self._open_block(tool_use_of(tool_id, function.get("name") or "", {}))
             self._tool_blocks[call_index] = self._next_index - 1
         elif block != self._open:
             raise UpstreamUnavailable(

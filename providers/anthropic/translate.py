@@ -18,14 +18,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import orjson
-
 from providers.anthropic.ids import translated_id
 from providers.anthropic.stream import (
     finish_reason_for,
     openai_usage,
     usage_from_anthropic,
 )
+from providers.anthropic.tools import tool_call_of, tool_input_of, tool_use_of
 from providers.base import (
     ChatRequest,
 )
@@ -163,18 +162,12 @@ def _tool_use(call: Any, where: str) -> dict[str, Any]:
         raise invalid_request("A tool call needs an 'id' and a 'function'.", where)
     if not isinstance(function.get("name"), str):
         raise invalid_request("A tool call's function needs a 'name'.", f"{where}.function.name")
-    arguments = function.get("arguments")
-    if arguments is None or (isinstance(arguments, str) and not arguments.strip()):
-        arguments = "{}"
-    try:
-        tool_input = orjson.loads(arguments) if isinstance(arguments, str) else arguments
-    except orjson.JSONDecodeError:
-        tool_input = None
-    if not isinstance(tool_input, dict):
+    tool_input = tool_input_of(function.get("arguments"))
+    if tool_input is None:
         raise invalid_request(
             "The tool call's arguments are not a valid JSON object.", f"{where}.function.arguments"
         )
-    return {"type": "tool_use", "id": call["id"], "name": function["name"], "input": tool_input}
+    return tool_use_of(call["id"], function["name"], tool_input)
 
 
 def _tool_result(message: dict[str, Any], where: str) -> dict[str, Any]:
@@ -272,9 +265,7 @@ def from_anthropic(message: dict[str, Any], requested_model: str) -> dict[str, A
         if kind == "text" and isinstance(block.get("text"), str):
             texts.append(block["text"])
         elif kind == "tool_use":
-            arguments = orjson.dumps(block.get("input") or {}).decode()
-            function = {"name": block.get("name"), "arguments": arguments}
-            tool_calls.append({"id": block.get("id"), "type": "function", "function": function})
+            tool_calls.append(tool_call_of(block))
         # thinking, redacted_thinking and server tool blocks have no OpenAI counterpart
     text = "".join(texts)
     reply: dict[str, Any] = {
