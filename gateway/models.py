@@ -139,6 +139,11 @@ class UsageRecord(models.Model):
     api_key = models.ForeignKey(ApiKey, on_delete=models.PROTECT, related_name="usage")
     endpoint = models.CharField(max_length=40, default=Endpoint.CHAT_COMPLETIONS.value)
     requested_model = models.CharField(max_length=200)
+    served_model = models.CharField(
+        max_length=200,
+        blank=True,
+        help_text="The model alias that served the call: the requested one, or a fallback.",
+    )
     provider = models.CharField(max_length=100, blank=True)
     upstream_model = models.CharField(max_length=200, blank=True)
     stream = models.BooleanField(default=False)
@@ -164,6 +169,11 @@ class UsageRecord(models.Model):
     status_code = models.PositiveSmallIntegerField()
     error_type = models.CharField(max_length=64, blank=True)
     latency_ms = models.PositiveIntegerField()
+    attempts = models.PositiveSmallIntegerField(
+        default=1,
+        help_text="Upstream attempts, retries and fallbacks included (failed ones unbilled).",
+    )
+    fallback = models.BooleanField(default=False, help_text="Served by a fallback model.")
 
     class Meta:
         ordering = ["-created_at"]

@@ -14,6 +14,9 @@ from django.conf import settings
 
 from gateway.limits.policy import Policy
 from gateway.outage import read_database
+from gateway.routing.health import Health
+from gateway.routing.router import Router
+from gateway.routing.shared import SharedHealth
 from gateway.upstream_keys.credentials import CredentialPool, check_secret_key
 from gateway.usage.ledger import LedgerWriter
 from providers.config import GatewayConfig, load_config
@@ -30,6 +33,20 @@ class Runtime:
     ledger: LedgerWriter
     credentials: CredentialPool = field(default_factory=CredentialPool)
     policy: Policy = field(default_factory=Policy)
+    router: Router = field(init=False)
+    """Chooses each attempt's deployment, retries and falls back (``gateway.routing``)."""
+    shared_health_url: str = ""
+    """REDIS_URL: the routers' health is shared by every process (``gateway.routing.shared``)."""
+    shared_health: SharedHealth | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        health = Health(self.config.router)
+        self.router = Router(self.config.router, health, self.config.models)
+        self.credentials.health = health
+        if self.shared_health_url:
+            self.shared_health = SharedHealth(
+                health, self.shared_health_url, settings.TOLLGATE_REDIS_TIMEOUT_SECONDS
+            )
 
     async def start(self) -> None:
         """Read the upstream keys stored in the admin (a missing or wrong TOLLGATE_SECRET_KEY
@@ -37,10 +54,14 @@ class Runtime:
         await self._load_credentials_unless_database_down()
         self.credentials.start(settings.TOLLGATE_CREDENTIALS_REFRESH_SECONDS)
         self.ledger.start()
+        if self.shared_health is not None:
+            self.shared_health.start()
 
     async def aclose(self) -> None:
         """Close the upstream clients, send pending counter updates, write every queued row."""
         await self.credentials.stop()
+        if self.shared_health is not None:
+            await self.shared_health.stop()
         await self.factory.aclose()
         await self.policy.aclose()
         await sync_to_async(self.ledger.stop, thread_sensitive=False)()
@@ -81,6 +102,7 @@ def build_runtime() -> Runtime:
         ),
         credentials=credentials,
         policy=Policy.from_settings(settings.REDIS_URL),
+        shared_health_url=settings.REDIS_URL,
     )
 
 

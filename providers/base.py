@@ -8,6 +8,7 @@ sees another shape. Nothing here imports Django.
 from __future__ import annotations
 
 import abc
+import contextvars
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
@@ -159,6 +160,12 @@ class TranscriptionRequest:
         return [(name, upstream_model if name == "model" else value) for name, value in self.fields]
 
 
+CREDENTIAL_USED: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "tollgate_credential_used", default=None
+)
+"""The upstream key the current attempt was sent with, for the router to cool a bad key down."""
+
+
 class BaseProvider(abc.ABC):
     """An upstream. One instance per configured provider, created and owned by the factory."""
 
@@ -181,6 +188,7 @@ class BaseProvider(abc.ABC):
         key = self.credentials(self.name) if self.credentials is not None else None
         if key is None:
             return headers
+        CREDENTIAL_USED.set(key)
         remember_secret(key)  # an upstream that echoes it in an error: redacted
         return {**headers, **self.credential_headers(key)}
 

@@ -35,8 +35,14 @@ class ProviderConfig(_Strict):
     api_key_env: str | None = None
     """Environment variable holding the upstream key. None for keyless backends (local Ollama)."""
     timeout_seconds: float = Field(default=600.0, gt=0)
-    """Longest wait for the upstream's next byte."""
+    """Idle timeout: the longest wait for the upstream's next byte (between stream chunks too)."""
     connect_timeout_seconds: float = Field(default=10.0, gt=0)
+    first_byte_timeout_seconds: float | None = Field(default=None, gt=0)
+    """Longest wait for the start of an answer: a stream's first chunk, a JSON answer whole.
+    None: ``timeout_seconds``. Past it, the attempt fails as a timeout and may be retried."""
+    total_timeout_seconds: float | None = Field(default=None, gt=0)
+    """Longest a call may take in all, streams included (None: no limit). A stream cut by it
+    ends with an in-band error and its ledger row."""
     max_connections: int = Field(default=200, ge=1)
     keepalive_seconds: float = Field(default=4.0, gt=0)
     """How long an idle pooled connection is kept. Keep it below the upstream's own idle timeout."""
@@ -56,13 +62,9 @@ class ProviderConfig(_Strict):
 _IMAGE_PRICE_KEY = re.compile(r"[^/]+/[^/]+")
 
 
-class ModelConfig(_Strict):
-    """One model: where it goes, what it may be called for, and its prices, each modality in
-    its own unit (providers/pricing.py applies them)."""
+class Prices(_Strict):
+    """What a model costs, each modality in its own unit (providers/pricing.py applies them)."""
 
-    provider: str
-    upstream_model: str | None = None
-    operations: tuple[Operation, ...] = ("chat",)
     input_per_mtok: Decimal = Decimal(0)
     output_per_mtok: Decimal = Decimal(0)
     cache_read_per_mtok: Decimal | None = None
@@ -76,13 +78,6 @@ class ModelConfig(_Strict):
     per_minute: Decimal = Field(default=Decimal(0), ge=0)
     """Transcription: USD per minute of audio."""
 
-    @field_validator("operations")
-    @classmethod
-    def _some_operation(cls, operations: tuple[Operation, ...]) -> tuple[Operation, ...]:
-        if not operations:
-            raise ValueError("must list at least one operation")
-        return operations
-
     @field_validator("image_prices")
     @classmethod
     def _image_price_keys(cls, prices: dict[str, Decimal]) -> dict[str, Decimal]:
@@ -92,6 +87,73 @@ class ModelConfig(_Strict):
             if price < 0:
                 raise ValueError(f'"{key}" must not be negative')
         return prices
+
+
+PRICE_FIELDS = tuple(Prices.model_fields)
+
+
+class DeploymentConfig(_Strict):
+    """One place a model alias is served: a provider and the name it knows the model by.
+    ``priority``: lower is tried first; within a priority, ``weight`` shares the calls. Prices
+    are the alias's unless the deployment sets its own (any of the alias's price keys)."""
+
+    provider: str
+    upstream_model: str | None = None
+    weight: float = Field(default=1.0, gt=0)
+    priority: int = Field(default=0, ge=0)
+    input_per_mtok: Decimal | None = None
+    output_per_mtok: Decimal | None = None
+    cache_read_per_mtok: Decimal | None = None
+    cache_write_per_mtok: Decimal | None = None
+    per_image: Decimal | None = Field(default=None, ge=0)
+    per_mchar: Decimal | None = Field(default=None, ge=0)
+    per_minute: Decimal | None = Field(default=None, ge=0)
+
+    def price_overrides(self) -> dict[str, Decimal]:
+        return {
+            name: value for name in PRICE_FIELDS if (value := getattr(self, name, None)) is not None
+        }
+
+
+class ModelConfig(Prices):
+    """One model alias: where it is served (one ``provider``, or several ``deployments``), what
+    it may be called for, where its calls go when it fails (``fallbacks``), and its prices, each
+    modality in its own unit (providers/pricing.py applies them)."""
+
+    provider: str | None = None
+    upstream_model: str | None = None
+    deployments: tuple[DeploymentConfig, ...] = ()
+    fallbacks: tuple[str, ...] = ()
+    """Other aliases, tried in order when every deployment failed with a retryable error."""
+    context_window_fallbacks: tuple[str, ...] = ()
+    """Other aliases, tried in order when the upstream said the prompt is too long."""
+    first_byte_timeout_seconds: float | None = Field(default=None, gt=0)
+    total_timeout_seconds: float | None = Field(default=None, gt=0)
+    """The model's own timeouts, over its providers' (``ProviderConfig``; the idle timeout,
+    ``timeout_seconds``, is the provider's: it is its HTTP client's)."""
+    operations: tuple[Operation, ...] = ("chat",)
+
+    @field_validator("operations")
+    @classmethod
+    def _some_operation(cls, operations: tuple[Operation, ...]) -> tuple[Operation, ...]:
+        if not operations:
+            raise ValueError("must list at least one operation")
+        return operations
+
+    @model_validator(mode="after")
+    def _one_way_to_serve(self) -> ModelConfig:
+        if (self.provider is None) == (not self.deployments):
+            raise ValueError("set either provider (and upstream_model) or deployments, not both")
+        if self.deployments and self.upstream_model is not None:
+            raise ValueError("upstream_model goes in each deployment when deployments are set")
+        return self
+
+    def deployment_list(self) -> tuple[DeploymentConfig, ...]:
+        """The deployments, the one-provider form included."""
+        if self.deployments:
+            return self.deployments
+        assert self.provider is not None
+        return (DeploymentConfig(provider=self.provider, upstream_model=self.upstream_model),)
 
     @model_validator(mode="after")
     def _prices_match_operations(self) -> ModelConfig:
@@ -112,19 +174,48 @@ _PRICE_KEYS: dict[Operation, tuple[str, ...]] = {
 }
 
 
+class RouterConfig(_Strict):
+    """How calls survive a bad upstream (README, "Routing"): retries, backoff, cooldowns."""
+
+    max_retries: int = Field(default=2, ge=0, le=10)
+    """Attempts after the first, per alias (a fallback alias gets as many)."""
+    deadline_seconds: float = Field(default=60.0, gt=0)
+    """No new attempt starts this long after the call did."""
+    backoff_base_seconds: float = Field(default=0.1, ge=0)
+    backoff_max_seconds: float = Field(default=5.0, ge=0)
+    """A retry on a deployment that already failed this call waits a random time between 0 and
+    min(backoff_max, backoff_base * 2**n) (full jitter), or the upstream's retry-after if longer."""
+    retry_after_max_seconds: float = Field(default=10.0, ge=0)
+    """An upstream's retry-after longer than this is not waited for: the deployment cools down."""
+    cooldown_failures: int = Field(default=3, ge=1)
+    cooldown_window_seconds: float = Field(default=30.0, gt=0)
+    cooldown_seconds: float = Field(default=30.0, gt=0)
+    """After ``cooldown_failures`` failures within the window, a deployment (or upstream key) is
+    skipped for ``cooldown_seconds``, then one call probes it (half-open)."""
+
+
 class GatewayConfig(_Strict):
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
     models: dict[str, ModelConfig] = Field(default_factory=dict)
+    router: RouterConfig = Field(default_factory=RouterConfig)
 
     @model_validator(mode="after")
     def _models_name_known_providers(self) -> GatewayConfig:
+        known = ", ".join(sorted(self.providers)) or "none"
         for alias, model in self.models.items():
-            if model.provider not in self.providers:
-                known = ", ".join(sorted(self.providers)) or "none"
-                raise ValueError(
-                    f'models."{alias}".provider: unknown provider "{model.provider}" '
-                    f"(configured: {known})"
-                )
+            for i, deployment in enumerate(model.deployment_list()):
+                if deployment.provider not in self.providers:
+                    where = f"deployments.{i}.provider" if model.deployments else "provider"
+                    raise ValueError(
+                        f'models."{alias}".{where}: unknown provider "{deployment.provider}" '
+                        f"(configured: {known})"
+                    )
+            for key in ("fallbacks", "context_window_fallbacks"):
+                for other in getattr(model, key):
+                    if other not in self.models or other == alias:
+                        raise ValueError(
+                            f'models."{alias}".{key}: "{other}" is not another model alias'
+                        )
         return self
 
 

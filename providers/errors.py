@@ -11,8 +11,8 @@ OpenAI ``type`` and ``code``, the offending ``param`` when there is one, and whe
     │   │   UnsupportedOperation, PayloadTooLarge, HeadersTooLarge
     ├── PolicyError         the request is fine, the tenant's limits say no (429)
     ├── ProviderError       the upstream said no, timed out or broke
-    │   ├── UpstreamRejected (upstream 4xx/429, status kept), UpstreamUnavailable (502),
-    │   │   UpstreamTimeout (504)
+    │   ├── UpstreamRejected (upstream 4xx/429, status kept; ContextWindowExceeded),
+    │   │   UpstreamUnavailable (502), UpstreamTimeout (504)
     ├── ServiceUnavailable  a service the gateway needs is down (503, with Retry-After)
     └── InternalError       our bug (500)
 """
@@ -129,12 +129,24 @@ class ProviderError(GatewayError):
     usage_so_far: Usage | None = None
     """For a stream that failed part-way: the usage the upstream had reported by then (exact
     input tokens, output tokens reported so far), for the ledger. ``None`` when it reported none."""
+    retry_after: float | None = None
+    """Seconds the upstream asked us to wait (``retry-after-ms`` or ``retry-after``), if it did."""
+    upstream_status: int | None = None
+    """The upstream's own HTTP status, when it answered with one (the router cools a deployment
+    down, or an upstream key on 401/403, by it)."""
 
 
 class UpstreamRejected(ProviderError):
     """The upstream answered with a 4xx (or 429): its status is passed on to the client."""
 
     type = "invalid_request_error"
+
+
+class ContextWindowExceeded(UpstreamRejected):
+    """The upstream said the prompt does not fit the model (``context_window_fallbacks``)."""
+
+    status = 400
+    code = "context_length_exceeded"
 
 
 class UpstreamUnavailable(ProviderError):
@@ -174,13 +186,26 @@ class InternalError(GatewayError):
     code = "internal_error"
 
 
-def error_for_upstream_status(status: int, message: str, param: str | None = None) -> ProviderError:
-    """Classify an upstream HTTP failure by its status code (never by parsing its text). The
-    upstream's ``message`` and ``param`` reach the tenant, so credentials are redacted from them
-    here, the one place every upstream failure passes."""
-    error = _classified(status, redact(message))
+def error_for_upstream_status(
+    status: int, message: str, param: str | None = None, code: str | None = None
+) -> ProviderError:
+    """Classify an upstream HTTP failure by its status code and its error ``code`` (never by
+    parsing its text, but for the one case below). The upstream's ``message`` and ``param``
+    reach the tenant, so credentials are redacted from them here, the one place every upstream
+    failure passes."""
+    if status == 400 and is_context_window_error(code, message):
+        error: ProviderError = ContextWindowExceeded(redact(message))
+    else:
+        error = _classified(status, redact(message))
     error.param = redact(param) if param is not None else None
+    error.upstream_status = status
     return error
+
+
+def is_context_window_error(code: str | None, message: str) -> bool:
+    """OpenAI and the servers that copy it say ``context_length_exceeded``; Anthropic has no
+    code for it, and its documented message is the only sign."""
+    return code == "context_length_exceeded" or message.startswith("prompt is too long")
 
 
 def _classified(status: int, message: str) -> ProviderError:
@@ -197,6 +222,8 @@ def _classified(status: int, message: str) -> ProviderError:
         return UpstreamUnavailable(message, code="upstream_auth_failed", retryable=False)
     if status == 404:
         return UpstreamRejected(message, status=404, code="model_not_found")
+    if status == 409:
+        return UpstreamRejected(message, status=409, code="upstream_conflict", retryable=True)
     if status in (408, 504):
         return UpstreamTimeout(message)
     if 400 <= status < 500:

@@ -16,7 +16,7 @@ from httpx_aiohttp import AiohttpTransport
 
 from providers.anthropic import AnthropicProvider
 from providers.base import BaseProvider
-from providers.config import GatewayConfig, ModelConfig, ProviderConfig
+from providers.config import DeploymentConfig, GatewayConfig, ModelConfig, ProviderConfig
 from providers.errors import ModelNotFound, UnsupportedOperation
 from providers.openai import OpenAIProvider
 from providers.types import OPERATIONS, CredentialSource, Operation
@@ -26,16 +26,26 @@ ProviderClass = Callable[[str, ProviderConfig, httpx.AsyncClient], BaseProvider]
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """Where one call goes: the provider, the upstream's model name, and its prices."""
+    """Where one call goes: the provider, the upstream's model name, and its prices; for an
+    alias with several deployments, one of them, with its share of the calls and its timeouts."""
 
     requested_model: str
     provider: BaseProvider
     upstream_model: str
     prices: ModelConfig | None
+    weight: float = 1.0
+    priority: int = 0
+    first_byte_timeout: float | None = None
+    total_timeout: float | None = None
 
     @property
     def provider_name(self) -> str:
         return self.provider.name
+
+    @property
+    def deployment(self) -> str:
+        """``provider/upstream_model``: how the deployment is named in headers, logs and health."""
+        return f"{self.provider.name}/{self.upstream_model}"
 
     @property
     def operations(self) -> tuple[Operation, ...]:
@@ -79,9 +89,11 @@ class ProviderFactory:
         self.credentials = credentials
         self._transport = transport
         self._instances: dict[str, BaseProvider] = {}
+        self._routes: dict[str, tuple[Route, ...]] = {}
         self._priced_by_upstream: dict[tuple[str, str], ModelConfig] = {
-            (model.provider, model.upstream_model or alias): model
+            (deployment.provider, deployment.upstream_model or alias): model
             for alias, model in config.models.items()
+            for deployment in model.deployment_list()
         }
 
     def get(self, name: str) -> BaseProvider:
@@ -106,26 +118,59 @@ class ProviderFactory:
         return instance
 
     def resolve(self, model: str, operation: Operation | None = None) -> Route:
-        """Route a model name, or raise ``ModelNotFound`` (404); with ``operation``, raise
-        ``UnsupportedOperation`` (400) when the model does not declare it."""
-        route = self._route(model)
-        if operation is not None and operation not in route.operations:
-            raise unsupported(model, operation)
-        return route
+        """Route a model name to its first deployment (``routes`` gives them all), or raise
+        ``ModelNotFound`` (404); with ``operation``, raise ``UnsupportedOperation`` (400) when
+        the model does not declare it."""
+        return self.routes(model, operation)[0]
 
-    def _route(self, model: str) -> Route:
+    def routes(self, model: str, operation: Operation | None = None) -> tuple[Route, ...]:
+        """Every deployment of a model name, in config.toml's order."""
+        routes = self._routes.get(model)
+        if routes is None:
+            routes = self._build_routes(model)
+            if model in self.config.models:  # passthrough names are not kept: unbounded
+                self._routes[model] = routes
+        if operation is not None and operation not in routes[0].operations:
+            raise unsupported(model, operation)
+        return routes
+
+    def _build_routes(self, model: str) -> tuple[Route, ...]:
         alias = self.config.models.get(model)
         if alias is not None:
-            return Route(model, self.get(alias.provider), alias.upstream_model or model, alias)
+            return tuple(self._deployment(model, alias, d) for d in alias.deployment_list())
         provider_name, slash, upstream_model = model.partition("/")
         provider = self.config.providers.get(provider_name) if slash else None
         if provider is not None and upstream_model:
             prices = self._priced_by_upstream.get((provider_name, upstream_model))
             if prices is not None or provider.passthrough_models:
-                return Route(model, self.get(provider_name), upstream_model, prices)
+                return (
+                    Route(
+                        model,
+                        self.get(provider_name),
+                        upstream_model,
+                        prices,
+                        first_byte_timeout=provider.first_byte_timeout_seconds,
+                        total_timeout=provider.total_timeout_seconds,
+                    ),
+                )
         raise ModelNotFound(
             f"The model `{model}` does not exist or you do not have access to it.",
             param="model",
+        )
+
+    def _deployment(self, alias: str, model: ModelConfig, deployment: DeploymentConfig) -> Route:
+        provider = self.config.providers[deployment.provider]
+        overrides = deployment.price_overrides()
+        return Route(
+            alias,
+            self.get(deployment.provider),
+            deployment.upstream_model or alias,
+            model.model_copy(update=overrides) if overrides else model,
+            weight=deployment.weight,
+            priority=deployment.priority,
+            first_byte_timeout=model.first_byte_timeout_seconds
+            or provider.first_byte_timeout_seconds,
+            total_timeout=model.total_timeout_seconds or provider.total_timeout_seconds,
         )
 
     async def aclose(self) -> None:

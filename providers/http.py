@@ -6,7 +6,9 @@ Classification is by transport exception and by status code, never by the upstre
 from __future__ import annotations
 
 import contextlib
+import email.utils
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -40,15 +42,36 @@ def upstream_errors(provider: str) -> Iterator[None]:
         ) from exc
 
 
-def upstream_error_detail(body: bytes) -> tuple[str | None, str | None]:
-    """The ``message`` and ``param`` of an OpenAI- or Anthropic-shaped error body, if any."""
+def upstream_error_detail(body: bytes) -> tuple[str | None, str | None, str | None]:
+    """The ``message``, ``param`` and ``code`` of an OpenAI- or Anthropic-shaped error body."""
     with contextlib.suppress(orjson.JSONDecodeError):
         data = orjson.loads(body)
         error = data.get("error") if isinstance(data, dict) else None
         if isinstance(error, dict) and isinstance(error.get("message"), str):
-            param = error.get("param")
-            return str(error["message"]), param if isinstance(param, str) else None
-    return None, None
+            param, code = error.get("param"), error.get("code")
+            return (
+                str(error["message"]),
+                param if isinstance(param, str) else None,
+                code if isinstance(code, str) else None,
+            )
+    return None, None, None
+
+
+def retry_after_of(headers: httpx.Headers) -> float | None:
+    """Seconds to wait, from ``retry-after-ms`` (OpenAI's) or ``retry-after`` (seconds, or an
+    HTTP date); None when neither says."""
+    with contextlib.suppress(ValueError):
+        if (ms := headers.get("retry-after-ms")) is not None:
+            return max(float(ms) / 1000, 0.0)
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    with contextlib.suppress(ValueError):
+        return max(float(value), 0.0)
+    with contextlib.suppress(TypeError, ValueError):
+        when = email.utils.parsedate_to_datetime(value)
+        return max((when - datetime.now(UTC)).total_seconds(), 0.0)
+    return None
 
 
 async def raise_for_upstream_status(provider: str, response: httpx.Response) -> None:
@@ -65,10 +88,12 @@ async def raise_for_upstream_status(provider: str, response: httpx.Response) -> 
         if len(body) > _ERROR_BODY_LIMIT:
             break
     status = response.status_code
-    detail, param = upstream_error_detail(body) if 400 <= status < 500 else (None, None)
+    detail, param, code = upstream_error_detail(body) if 400 <= status < 500 else (None,) * 3
     if status in (401, 403) or not detail:
         detail, param = f"The upstream provider '{provider}' answered with HTTP {status}.", None
-    raise error_for_upstream_status(status, detail, param)
+    error = error_for_upstream_status(status, detail, param, code)
+    error.retry_after = retry_after_of(response.headers)
+    raise error
 
 
 async def send_checked(

@@ -4,12 +4,14 @@ from django.contrib import admin
 from django.urls import path
 
 from gateway.api.routes import api
+from gateway.routing import views as routing_views
 from gateway.usage import views
 
 urlpatterns = [
     # Before admin/: the admin's catch-all would answer these paths.
     path("admin/reports/usage/", views.usage_report, name="usage-report"),
     path("admin/reports/ledger.csv", views.ledger_csv, name="usage-ledger-csv"),
+    path("admin/routing/health/", routing_views.health, name="upstream-health"),
     path("admin/", admin.site.urls),
     path("v1/", api.urls),
 ]

@@ -1,7 +1,8 @@
 """The API's one middleware, run by both handlers (``ApiHandler`` and Django's, for tests that
-use Django's client): every ``/v1`` answer gets its request id and the caller's rate-limit
-headers here, and keeps OpenAI's (or Anthropic's) error shape even where Django answers on its
-own (e.g. 405)."""
+use Django's client). Every ``/v1`` answer gets here its request id, what served it
+(``x-tollgate-model``, ``x-tollgate-deployment``, ``x-tollgate-attempts``) and the caller's
+rate-limit headers, and keeps OpenAI's (or Anthropic's) error shape even where Django answers on
+its own (e.g. 405)."""
 
 from __future__ import annotations
 
@@ -39,6 +40,11 @@ def _finish(request: HttpRequest, response: HttpResponseBase) -> HttpResponseBas
         stamp(response, request.path)
         return response
     stamp(response, request.path, call.request_id)
+    if call.attempts:  # what served the call (gateway.routing)
+        route = call.route
+        response["x-tollgate-model"] = route.requested_model
+        response["x-tollgate-deployment"] = route.deployment
+        response["x-tollgate-attempts"] = str(call.attempts)
     if call.admission is not None:  # a rate-limited caller learns where it stands
         for name, value in call.admission.headers.items():
             response[name] = value

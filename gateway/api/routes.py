@@ -118,7 +118,7 @@ async def list_models(request: HttpRequest) -> HttpResponse:
     caller: Caller = request.auth  # type: ignore[attr-defined]
     current = get_runtime()
     data = [
-        _model_entry(name, model.provider, model.operations)
+        _model_entry(name, model.deployment_list()[0].provider, model.operations)
         for name, model in current.config.models.items()
         if caller.limits.allows(name, current.factory)
     ]

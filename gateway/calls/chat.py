@@ -23,9 +23,11 @@ from providers.types import StreamChunk
 
 
 async def completions(call: Call, request: HttpRequest) -> HttpResponseBase:
-    chat = validate_request(ChatRequest, await call.parse_json(request.body))
+    body = await call.parse_json(request.body)
+    chat = validate_request(ChatRequest, body)
     call.stream = chat.stream
     call.prompt = [message.content for message in chat.messages]
+    call.keep_affinity(body)
     call.resolve(chat.model)
     await call.admit(call.estimate_prompt_tokens(), chat.max_completion_tokens or chat.max_tokens)
     if chat.stream:

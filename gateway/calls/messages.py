@@ -44,6 +44,7 @@ async def create(call: Call, request: HttpRequest) -> HttpResponseBase:
             "messages: at least one message is required", param="messages", code="invalid_value"
         )
     call.prompt = [data.get("system"), *turns]
+    call.keep_affinity(data)
     call.resolve(model)
     max_tokens = data.get("max_tokens")
     await call.admit(

@@ -28,6 +28,7 @@ import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, Generic, TypeVar
 
 from django.conf import settings
@@ -40,7 +41,7 @@ from gateway.limits.policy import Admission, Estimate
 from gateway.runtime import Runtime, get_runtime
 from gateway.tenants.auth import Caller
 from gateway.usage.endpoints import Endpoint
-from providers.errors import GatewayError, InternalError, UpstreamUnavailable
+from providers.errors import GatewayError, InternalError, UpstreamTimeout, UpstreamUnavailable
 from providers.factory import Route, unsupported
 from providers.pricing import cost_of
 from providers.types import Operation, Units, Usage
@@ -61,12 +62,16 @@ headers on the answer and settles any call left without a ledger row."""
 
 Steps = Callable[["Call", HttpRequest], Awaitable[HttpResponseBase]]
 
+SESSION_HEADER = "x-claude-code-session-id"
+"""A client's session id: its calls keep to one deployment (``Call.affinity_key``)."""
+
 
 async def serve(request: HttpRequest, endpoint: Endpoint, steps: Steps) -> HttpResponseBase:
     """Run one call of ``endpoint`` for the request's authenticated caller (``request.auth``)."""
     caller: Caller = request.auth  # type: ignore[attr-defined]
     call = Call(get_runtime(), caller, endpoint, error_renderer_for(request.path))
     request.call = call  # type: ignore[attr-defined]  # its headers: gateway.api.middleware
+    call.affinity_key = request.headers.get(SESSION_HEADER)
     return await call.run(lambda: steps(call, request))
 
 
@@ -116,6 +121,26 @@ class Relay:
 ErrorEvent = Callable[[GatewayError], bytes]
 
 
+async def _within(
+    events: AsyncGenerator[bytes, None], seconds: float, route: Route
+) -> AsyncGenerator[bytes, None]:
+    """``events`` until ``seconds`` have passed (the route's total timeout), then a timeout.
+    Each wait is timed on its own, so that no timeout is pending while the client is sent."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while True:
+        try:
+            async with asyncio.timeout_at(deadline):
+                event = await anext(events, None)
+        except TimeoutError:
+            raise UpstreamTimeout(
+                f"The upstream provider '{route.provider_name}' did not finish its answer within "
+                f"{route.total_timeout:g} s."
+            ) from None
+        if event is None:
+            return
+        yield event
+
+
 class Call:
     """The state of one call, from its caller to its ledger row: who, what, where to, since when.
     ``render_error`` answers in the shape of the endpoint that was called."""
@@ -134,6 +159,15 @@ class Call:
         self.request_id = "req_" + uuid.uuid4().hex
         self.started = time.perf_counter()
         self.route: Route | None = None
+        """The deployment tried last: the one that served, once the call is answered."""
+        self.routes: tuple[Route, ...] = ()
+        """Every deployment of the alias being tried (``gateway.routing.router``)."""
+        self.affinity_key: str | None = None
+        """Calls with the same key go to the same deployment while it is healthy (prompt
+        caches): ``prompt_cache_key``, ``user``, or a client's session id."""
+        self.attempts = 0
+        self.fallback_used = False
+        self._admitted: tuple[int, int | None, Units | None] | None = None
         self.operation: Operation = "chat"
         self.requested_model = ""
         self.stream = False
@@ -164,8 +198,34 @@ class Call:
         """Route ``model`` for ``operation``: 404 if it does not exist, 400 if it does not
         declare the operation."""
         self.requested_model, self.operation = model, operation
-        self.route = self.runtime.factory.resolve(model, operation)
+        self.routes = self.runtime.factory.routes(model, operation)
+        self.route = self.routes[0]
         return self.route
+
+    async def fall_back_to(self, alias: str) -> None:
+        """Move the call to the fallback ``alias`` (``gateway.routing.router``): its deployments,
+        held to the caller's allow-list (``ModelNotAllowed``), and admitted again on its prices
+        (the first admission is released)."""
+        routes = self.runtime.factory.routes(alias, self.operation)
+        limits = self.caller.limits
+        self.runtime.policy.check_model(limits, alias, self.runtime.factory, routes[0])
+        previous = self.admission
+        self.routes, self.route = routes, routes[0]
+        if self._admitted is not None:
+            await self._admit(*self._admitted)
+            if previous is not None:
+                previous.settle(0, Decimal(0))
+
+    def keep_affinity(self, body: dict[str, Any]) -> None:
+        """The body's own affinity key, over the session header's: OpenAI's
+        ``prompt_cache_key``, else ``user``, else Anthropic's ``metadata.user_id``."""
+        for key in (body.get("prompt_cache_key"), body.get("user")):
+            if isinstance(key, str) and key:
+                self.affinity_key = key
+                return
+        metadata = body.get("metadata")
+        if isinstance(metadata, dict) and isinstance(user := metadata.get("user_id"), str):
+            self.affinity_key = user or self.affinity_key
 
     def estimate_prompt_tokens(self) -> int:
         return estimate_prompt_tokens(self.prompt)
@@ -182,8 +242,13 @@ class Call:
         limits = self.caller.limits
         policy = self.runtime.policy
         policy.check_model(limits, self.requested_model, self.runtime.factory, route)
-        if not limits.scopes:
-            return
+        if limits.scopes:
+            self._admitted = (prompt_tokens, max_tokens, units)
+            await self._admit(prompt_tokens, max_tokens, units)
+
+    async def _admit(self, prompt_tokens: int, max_tokens: int | None, units: Units | None) -> None:
+        route = self.route
+        assert route is not None
         worst = Usage(
             prompt_tokens=prompt_tokens,
             completion_tokens=max_tokens
@@ -191,16 +256,16 @@ class Call:
             else (0 if units is not None else settings.TOLLGATE_DEFAULT_RESERVE_TOKENS),
         )
         estimate = Estimate(prompt_tokens + (max_tokens or 0), cost_of(worst, route.prices, units))
-        self.admission = await policy.admit(limits, estimate)
+        self.admission = await self.runtime.policy.admit(self.caller.limits, estimate)
 
     async def upstream(self, attempt: Callable[[Route], Awaitable[T]]) -> T:
         """The one place a call reaches its upstream: ``attempt`` sends it along one route and
         returns the answer (for a stream, ``open_stream``'s: the first item has arrived). The
-        choice of route, and any retry on another, belong here and nowhere else."""
-        route = self.route
-        assert route is not None, "resolve the call's model before calling its upstream"
+        router (``gateway.routing.router``) chooses the route of each attempt, retries and
+        falls back; ``self.route`` is then the deployment that served."""
+        assert self.routes, "resolve the call's model before calling its upstream"
         try:
-            return await attempt(route)
+            return await self.runtime.router.run(self, attempt)
         except NotImplementedError:  # a provider that cannot (Anthropic serves chat only)
             raise unsupported(self.requested_model, self.operation) from None
 
@@ -235,9 +300,15 @@ class Call:
         self, relay: Relay, error_event: ErrorEvent | None, units: Units | None
     ) -> AsyncIterator[bytes]:
         status, error = 200, ""
+        route = self.route
         try:
-            async for event in relay.events:
-                yield event
+            if route is None or route.total_timeout is None:
+                async for event in relay.events:
+                    yield event
+            else:
+                remaining = route.total_timeout - (time.perf_counter() - self.started)
+                async for event in _within(relay.events, remaining, route):
+                    yield event
         except GatewayError as exc:
             status, error = exc.status, exc.code or exc.type
             relay.meter.failed(exc)
@@ -284,6 +355,9 @@ class Call:
             "api_key_id": self.caller.key_id,
             "endpoint": self.endpoint.value,
             "requested_model": self.requested_model[:200],
+            "served_model": route.requested_model[:200] if route else "",
+            "attempts": self.attempts,
+            "fallback": self.fallback_used,
             "provider": route.provider_name if route else "",
             "upstream_model": route.upstream_model[:200] if route else "",
             "stream": self.stream,

@@ -25,6 +25,8 @@ from django.db import DatabaseError
 
 from gateway.models import ProviderKey
 from gateway.outage import read_database
+from gateway.routing.health import Health
+from gateway.routing.router import key_target
 from gateway.upstream_keys import secrets
 from providers.errors import ServiceUnavailable
 
@@ -43,6 +45,27 @@ class WeightedKeys:
             return self.secrets[0]
         point = random.random() * self.cumulative[-1]
         return self.secrets[bisect.bisect_right(self.cumulative, point)]
+
+    def pick_usable(self, provider: str, health: Health) -> str:
+        """A key that is not cooling down (``gateway.routing.health``: a 401, 403 or 429 from
+        the upstream), by weight; when every key is, the weighted pick all the same."""
+        key = self.pick()
+        if health.usable(key_target(provider, key)):
+            return key
+        weights = [b - a for a, b in zip((0, *self.cumulative[:-1]), self.cumulative, strict=True)]
+        usable = [
+            (secret, weight)
+            for secret, weight in zip(self.secrets, weights, strict=True)
+            if weight > 0 and health.usable(key_target(provider, secret))
+        ]
+        if not usable:
+            return key
+        point = random.random() * sum(weight for _, weight in usable)
+        for secret, weight in usable:
+            point -= weight
+            if point < 0:
+                return secret
+        return usable[-1][0]
 
 
 def load_active_keys() -> dict[str, WeightedKeys]:
@@ -83,13 +106,20 @@ class CredentialPool:
 
     def __init__(self) -> None:
         self._pools: dict[str, WeightedKeys] = {}
+        self.health: Health | None = None
+        """Set by the runtime: keys cooling down are skipped while another is usable."""
         self.loaded = False
         """Whether the keys were read at least once (not yet, after a start without database)."""
         self._task: asyncio.Task[None] | None = None
 
     def get(self, provider: str) -> str | None:
         pool = self._pools.get(provider)
-        return pool.pick() if pool is not None else None
+        if pool is None:
+            return None
+        health = self.health
+        if health is None or not health.breakers:
+            return pool.pick()  # the hot path: no upstream has failed
+        return pool.pick_usable(provider, health)
 
     def replace(self, pools: dict[str, WeightedKeys]) -> None:
         self._pools = pools

@@ -56,7 +56,10 @@ class Command(BaseCommand):
         usable = [
             alias
             for alias, model in config.models.items()
-            if (env := config.providers[model.provider].api_key_env) and os.environ.get(env)
+            if any(
+                (env := config.providers[deployment.provider].api_key_env) and os.environ.get(env)
+                for deployment in model.deployment_list()
+            )
         ]
         model = usable[0] if usable else next(iter(config.models), "gpt-4o-mini")
         host = options["host"]

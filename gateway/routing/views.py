@@ -1,0 +1,80 @@
+"""The admin's "Upstream health" page (``/admin/routing/health/``): each deployment of each
+model and each upstream key of the admin, healthy or cooling down until when, with its recent
+failures, read from the router's own state (``gateway.routing.health``) in the process that
+answers; with REDIS_URL that state is every process's (``gateway.routing.shared``)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from django.contrib import admin
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+
+from gateway.models import ProviderKey
+from gateway.routing.router import key_target
+from gateway.runtime import get_runtime
+from gateway.upstream_keys import secrets
+
+PERMISSION = "gateway.view_providerkey"
+
+
+def _when(seconds: object) -> datetime | None:
+    return datetime.fromtimestamp(seconds, UTC) if isinstance(seconds, float) else None
+
+
+def _row(name: str, detail: str, state: dict[str, Any] | None) -> dict[str, Any]:
+    state = state or {}
+    return {
+        "name": name,
+        "detail": detail,
+        "state": state.get("state", "healthy"),
+        "cooled_until": _when(state.get("cooled_until")),
+        "recent_failures": state.get("recent_failures", 0),
+        "last_failure": _when(state.get("last_failure")),
+        "last_error": state.get("last_error", ""),
+    }
+
+
+def health_rows() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The deployments of config.toml's models, and the admin's upstream keys, with their
+    state; every target that never failed is healthy."""
+    current = get_runtime()
+    states = {entry["target"]: entry for entry in current.router.health.snapshot()}
+    deployments = []
+    for alias in current.config.models:
+        for route in current.factory.routes(alias):
+            detail = f"{alias} · weight {route.weight:g} · priority {route.priority}"
+            deployments.append(_row(route.deployment, detail, states.get(route.deployment)))
+    keys = []
+    for key in ProviderKey.objects.order_by("provider", "label"):
+        target = None
+        if secrets.is_configured():
+            try:
+                target = key_target(key.provider, secrets.decrypt(key.secret_encrypted, key.label))
+            except secrets.SecretKeyWrong:  # shown as never failed: the router cannot use it
+                target = None
+        row = _row(f"{key.provider}: {key.label}", f"…{key.last4}", states.get(target or ""))
+        if not key.is_active:
+            row["state"] = "inactive"
+        keys.append(row)
+    return deployments, keys
+
+
+def _health(request: HttpRequest) -> HttpResponse:
+    if not request.user.has_perm(PERMISSION):
+        raise PermissionDenied
+    deployments, keys = health_rows()
+    context = {
+        **admin.site.each_context(request),
+        "title": "Upstream health",
+        "deployments": deployments,
+        "keys": keys,
+        "now": datetime.now(UTC),
+    }
+    return render(request, "admin/routing/health.html", context)
+
+
+health = admin.site.admin_view(_health)
