@@ -16,7 +16,7 @@ from pathlib import Path
 import openai
 import pytest
 from django.db import connection
-from policy_support import redis_url  # noqa: F401 - a fixture
+from support.redis_db import redis_url  # noqa: F401 - a fixture
 
 from conftest import GatewayServer, TenantKey, start_gateway, wait_for_rows
 from fake_upstream import run_fake_upstream

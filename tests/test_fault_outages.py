@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from private_services import PrivatePostgres, PrivateRedis, private_postgres, private_redis
+from support.private_services import PrivatePostgres, PrivateRedis, private_postgres, private_redis
 
 from conftest import ROOT, GatewayServer, start_gateway
 

@@ -19,9 +19,9 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.inprocess import ANTHROPIC_PATH, answer_everything, api_client, assert_error_shape
 
 from conftest import TenantKey
-from inprocess import ANTHROPIC_PATH, answer_everything, api_client, assert_error_shape
 
 MODELS = [
     "echo",

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from django.db import OperationalError
-from policy_support import redis_url  # noqa: F401 - a fixture
+from support.redis_db import redis_url  # noqa: F401 - a fixture
 
 from conftest import TenantKey, free_port
 from gateway import outage

@@ -12,8 +12,8 @@ import httpx
 import orjson
 import pytest
 from django.test import AsyncClient
-from policy_support import redis_url  # noqa: F401 - a fixture
 from support.calls import ChatCalls
+from support.redis_db import redis_url  # noqa: F401 - a fixture
 
 from conftest import TenantKey, ledger_rows
 from gateway.limits.counters import MemoryCounters, RedisCounters

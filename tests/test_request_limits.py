@@ -12,6 +12,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.inprocess import ANTHROPIC_PATH, answer_everything, api_client, assert_error_shape
 
 from conftest import TenantKey, ledger_rows
 from gateway.calls.body_limits import (
@@ -20,7 +21,6 @@ from gateway.calls.body_limits import (
     skeleton_within,
     within_upper_bounds,
 )
-from inprocess import ANTHROPIC_PATH, answer_everything, api_client, assert_error_shape
 
 LIMITS = BodyLimits(max_depth=128, max_items=10_000)
 USER = {"role": "user", "content": "x"}

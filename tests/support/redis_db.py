@@ -1,6 +1,6 @@
-"""Helpers for the tenant-controls tests: the counter backends (memory, Redis) and a flushed
-Redis test database. Tests that need Redis read REDIS_URL; without it they skip, but fail when
-CI=true (the Makefile's PostgreSQL run sets REDIS_URL=redis://127.0.0.1:6379/15)."""
+"""A flushed Redis test database for the tests that need one (tenant controls, outages,
+routing). They read REDIS_URL; without it they skip, but fail when CI=true (the Makefile's
+PostgreSQL run sets REDIS_URL=redis://127.0.0.1:6379/15)."""
 
 from __future__ import annotations
 
