@@ -14,6 +14,7 @@ state moved, for ``SharedHealth`` to publish.
 from __future__ import annotations
 
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,9 +26,13 @@ PROBE_SECONDS = 30.0
 """A half-open probe that has not reported back within this time frees its slot for another."""
 
 
+Failure = tuple[float, str]
+"""When, and a tag unique among every process's failures (so that merging counts each once)."""
+
+
 @dataclass(slots=True)
 class Breaker:
-    failures: deque[float] = field(default_factory=deque)
+    failures: deque[Failure] = field(default_factory=deque)
     cooled_until: float = 0.0
     """0: healthy. Else cooling down until then, and half-open after."""
     last_failure: float = 0.0
@@ -52,6 +57,8 @@ class Health:
         self.clock = clock
         self.breakers: dict[str, Breaker] = {}
         self.changed: set[str] = set()
+        self._origin = uuid.uuid4().hex[:8]
+        self._failure_count = 0
 
     def usable(self, target: str) -> bool:
         """Not cooling down: healthy, or half-open with its probe not taken."""
@@ -82,8 +89,9 @@ class Health:
         breaker.last_failure, breaker.last_error = now, error
         window = now - self.config.cooldown_window_seconds
         failures = breaker.failures
-        failures.append(now)
-        while failures and failures[0] < window:
+        self._failure_count += 1
+        failures.append((now, f"{self._origin}:{self._failure_count}"))
+        while failures and failures[0][0] < window:
             failures.popleft()
         cooled_until = breaker.cooled_until
         if cooled_until and now >= cooled_until:  # the probe failed
@@ -134,11 +142,14 @@ class Health:
             breaker.last_error = str(remote.get("last_error") or breaker.last_error)
         breaker.last_failure = max(breaker.last_failure, float(remote.get("last_failure") or 0))
         floor = max(breaker.reset_at, now - self.config.cooldown_window_seconds)
-        merged = {*breaker.failures, *(float(at) for at in remote.get("failures") or ())}
-        breaker.failures = deque(sorted(at for at in merged if at > floor))
+        merged = dict((tag, at) for at, tag in breaker.failures)
+        for at, tag in remote.get("failures") or ():
+            merged[str(tag)] = float(at)
+        breaker.failures = deque(sorted((at, tag) for tag, at in merged.items() if at > floor))
         if not breaker.cooled_until and len(breaker.failures) >= self.config.cooldown_failures:
-            breaker.cooled_until = breaker.failures[-1] + self.config.cooldown_seconds
-            breaker.changed_at = breaker.failures[-1]
+            last = breaker.failures[-1][0]
+            breaker.cooled_until = last + self.config.cooldown_seconds
+            breaker.changed_at = last
 
     def snapshot(self) -> list[dict[str, object]]:
         """Every target that ever failed, for the admin's health page."""
@@ -149,7 +160,7 @@ class Health:
                 "target": target,
                 "state": breaker.state(now),
                 "cooled_until": breaker.cooled_until or None,
-                "recent_failures": sum(1 for at in breaker.failures if at >= window),
+                "recent_failures": sum(1 for at, _ in breaker.failures if at >= window),
                 "last_failure": breaker.last_failure or None,
                 "last_error": breaker.last_error,
             }
