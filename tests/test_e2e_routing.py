@@ -6,6 +6,7 @@ instance (backoff gaps, stalls, shared cooldowns) are in tests/test_e2e_routing_
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import anthropic
 import httpx
 import openai
 import pytest
+from support.redis_db import redis_url  # noqa: F401 - a fixture
 
 from conftest import GatewayServer, TenantKey, start_gateway_with_config, wait_for_rows
 
@@ -175,3 +177,46 @@ def test_the_callers_errors_are_neither_retried_nor_fallen_back_from(
     assert answer.status_code == 400 and answer.headers["x-tollgate-attempts"] == "1"
     row = wait_for_rows(1, request_id=answer.headers["x-request-id"])[0]
     assert (row.attempts, row.fallback, row.served_model) == (1, False, "refused")
+
+
+def test_a_cooldown_seen_by_one_gateway_process_is_honoured_by_another(
+    alice: TenantKey,
+    redis_url: str,
+    fake_upstream: str,
+    tmp_path: Path,  # noqa: F811
+) -> None:
+    """Two gateways sharing Redis: the first sees the failing deployment fail until it cools
+    down; the second then never tries it, though it has seen no failure itself."""
+    config = tmp_path / "shared.toml"
+    config.write_text(f"""
+[providers.fake]
+type = "openai"
+base_url = "{fake_upstream}/v1"
+api_key_env = "FAKE_UPSTREAM_KEY"
+
+[models."multi"]
+deployments = [
+  {{ provider = "fake", upstream_model = "fail-500" }},
+  {{ provider = "fake", upstream_model = "fake-gpt", priority = 1 }},
+]
+
+[router]
+cooldown_failures = 3
+cooldown_seconds = 60
+""")
+    servers = []
+    try:
+        for name in ("one", "two"):
+            (tmp_path / name).mkdir()
+            env = {"REDIS_URL": redis_url}
+            servers.append(start_gateway_with_config(tmp_path / name, config, env=env))
+        one, two = servers
+        first = [post(one, alice, "/v1/chat/completions", chat("multi")) for _ in range(3)]
+        assert [answer.headers["x-tollgate-attempts"] for answer in first] == ["2", "2", "2"]
+        time.sleep(1.5)  # both processes sync every 0.5 s
+        second = [post(two, alice, "/v1/chat/completions", chat("multi")) for _ in range(3)]
+        assert [answer.status_code for answer in second] == [200] * 3
+        assert [answer.headers["x-tollgate-attempts"] for answer in second] == ["1", "1", "1"]
+    finally:
+        for server in servers:
+            server.stop()
