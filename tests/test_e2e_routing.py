@@ -181,9 +181,9 @@ def test_the_callers_errors_are_neither_retried_nor_fallen_back_from(
 
 def test_a_cooldown_seen_by_one_gateway_process_is_honoured_by_another(
     alice: TenantKey,
-    redis_url: str,
+    redis_url: str,  # noqa: F811 - the fixture
     fake_upstream: str,
-    tmp_path: Path,  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     """Two gateways sharing Redis: the first sees the failing deployment fail until it cools
     down; the second then never tries it, though it has seen no failure itself."""
