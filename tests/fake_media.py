@@ -23,6 +23,9 @@ Model names pick behaviours as for chat: ``fail-500`` / ``fail-429`` / ``fail-40
 the socket closes; the others close without answering); ``echo``: the request comes back,
 ``{"body": <the request: JSON, or the form with its file's name, type and size>, "headers":
 {...}}``, in an ``echo`` field of JSON answers, as the audio of speech, as the transcript.
+
+An instance's script (tests/fake_upstream.py, "Scripts") applies to these endpoints too: failures,
+delays, and the stall or close of a stream, which counts speech's audio chunks.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from fake_wire import (
     LAST_CHUNK,
     Headers,
     Plan,
+    Shape,
     chunk,
     compact,
     dumps,
@@ -46,6 +50,7 @@ from fake_wire import (
     failure_answer,
     full,
     head,
+    paced,
 )
 
 EMBEDDINGS = "/v1/embeddings"
@@ -84,6 +89,7 @@ def media_plan(
     delay: float,
     slow_seconds: float,
     gap: float,
+    shape: Shape | None = None,
 ) -> Plan:
     extra: Headers = [("x-request-id", "req_fake")]
     if path == TRANSCRIPTIONS:
@@ -106,7 +112,7 @@ def media_plan(
     pre = slow_seconds if model == "slow" else delay
     echo = {"body": request, "headers": headers} if model == "echo" else None
     if path == SPEECH:
-        return compact([pre, *_speech(request, model, keep, gap, extra, echo)])
+        return compact([pre, *_speech(request, model, keep, gap, extra, echo, shape)])
     if path == TRANSCRIPTIONS:
         if not isinstance(request.get("file"), dict):
             error = error_body(False, "invalid_request_error", "file is required", "file")
@@ -183,6 +189,7 @@ def _speech(
     gap: float,
     extra: Headers,
     echo: dict[str, Any] | None,
+    shape: Shape | None,
 ) -> Plan:
     pieces = SPEECH_AUDIO
     if echo is not None:
@@ -194,8 +201,9 @@ def _speech(
     content_type = SPEECH_TYPES.get(str(request.get("response_format")), "audio/mpeg")
     framing = [("content-type", content_type), ("transfer-encoding", "chunked")]
     plan: Plan = [head(200, framing + extra, keep)]
-    for i, piece in enumerate(pieces):
-        plan += [gap if i else 0.0, chunk(piece)]
+    plan += paced([chunk(piece) for piece in pieces], gap, shape)
+    if plan[-1] is None:
+        return plan
     return [*plan, None if model == "drop-mid-stream" else LAST_CHUNK]
 
 

@@ -1,9 +1,12 @@
 """A fast fake LLM upstream (OpenAI + Anthropic wire formats) for end-to-end tests and benchmarks.
 
 Script: ``python tests/fake_upstream.py [--host 127.0.0.1] [--port 0] [--delay-ms 0]
-[--stream-chunks 5] [--chunk-gap-ms 0] [--slow-seconds 5]`` prints one line ``READY <port>`` once
-listening (port 0 picks a free port) and exits cleanly on SIGTERM/SIGINT. From Python,
-``with run_fake_upstream(delay_ms=0, ...) as base_url:`` runs it as a subprocess.
+[--stream-chunks 5] [--chunk-gap-ms 0] [--slow-seconds 5] [--name NAME] [--fail-rate R]
+[--fail-status 500] [--seed 0] [--down]`` prints one line ``READY <port>`` once listening (port 0
+picks a free port) and exits cleanly on SIGTERM/SIGINT. From Python, ``with
+run_fake_upstream(delay_ms=0, name="dep-a", ...) as base_url:`` runs it as a subprocess (its
+keyword arguments are the flags). Each process is one *instance*; several of them can play the
+deployments of one model, each scripted to behave its own way ("Scripts" below).
 
 A hand-written HTTP/1.1 server on ``asyncio.Protocol`` (uvloop when importable): keep-alive,
 pipelining, Content-Length and chunked request bodies, ``Expect: 100-continue``. Every answer is
@@ -43,6 +46,79 @@ messages (both APIs unless noted):
   error (OpenAI: a ``data: {"error"}`` event; Anthropic: an ``error`` event).
 
 Responses carry ``x-request-id`` (OpenAI) or ``request-id`` (Anthropic).
+
+Scripts
+-------
+Each instance also does what its *script* says, set at run time through a control API under
+``/_fake/`` (which no script affects and the stats do not count). tests/support/fake.py is its
+client: ``script(base_url, **fields)``, ``reset(base_url)``, ``stats(base_url)``.
+
+- ``POST /_fake/script`` with a JSON object: replaces the whole script (a field not given is off;
+  the fail_next count and the fail_rate draws start afresh) and answers ``{"script": {...}}``, the
+  script with every field. An unknown field or a value of the wrong type: 400, nothing changes.
+  ``GET /_fake/script``: the current one (``fail_next``: how many are left; null: none active).
+- ``POST /_fake/reset``: back to the script the instance started with (from --fail-rate / --down;
+  else an empty one), with empty stats and an empty prompt cache.
+- ``GET /_fake/stats``: ``{"requests": [...], "count": N, "recording": true}``, one entry per
+  ``/v1`` request since the last reset, oldest first: ``{"path", "model", "stream", "at",
+  "status", "prompt_cache_key", "user"}`` (the last 10,000; ``count`` counts them all). ``at`` is
+  ``time.monotonic()`` once the request (head and body) had arrived: one clock for every process
+  of the machine, so it compares across instances and with the test's own. ``status`` is the
+  status sent: null until the status line is written (during first_byte_delay_ms), and for good
+  when none ever is (down, a connection closed without answer). ``model`` and ``stream`` come from
+  the body (null and false without one); ``user`` is OpenAI's ``user`` or Anthropic's
+  ``metadata.user_id``.
+
+  Recording is the price of a script: an instance records while one is active, that is after its
+  first ``POST /_fake/script`` or ``/_fake/reset``, or from the start with --fail-rate or --down.
+  Until then ``recording`` is false and the list stays empty (tests/support/fake.py's ``stats``
+  raises): reset the instance first. An instance without a script pays one attribute check per
+  request, and --name costs it nothing (the header is part of its cached answers).
+
+Script fields, all optional and combinable. Unless said otherwise they apply to the POST
+endpoints (chat completions, /v1/messages, the media endpoints), on top of the model names above.
+
+- ``"name": "dep-a"``: every answer, the control API's too, has the header ``x-fake-instance:
+  dep-a``, so that a test sees which instance served. --name sets it from the start; a script
+  without ``name`` keeps that one.
+- ``"down": true``: every ``/v1`` request (``GET /v1/models`` too) has its connection closed as
+  soon as it has arrived, with no response: a dead upstream (whose control API still answers).
+- ``"fail_next": N, "status": S``: the next N requests, whatever their body, get status S (400 to
+  599, default 500) with the API's error body: OpenAI's shape, Anthropic's on /v1/messages. Its
+  message is the reason phrase; its type (OpenAI / Anthropic): 401 invalid_request_error (code
+  invalid_api_key) / authentication_error; 403 invalid_request_error / permission_error; 404
+  invalid_request_error (code model_not_found) / not_found_error; 409 invalid_request_error /
+  conflict_error; 429 requests (code rate_limit_exceeded) / rate_limit_error; 504 server_error /
+  timeout_error; 529 overloaded_error in both; any other 4xx (400, 408, 422...)
+  invalid_request_error in both; any other 5xx (500, 502, 503) server_error / api_error.
+- ``"retry_after": "2"``, ``"retry_after_ms": "150"``: scripted failures also carry the header
+  ``retry-after: 2``, ``retry-after-ms: 150`` (sent as given; a number is written as a string).
+  Without them a scripted failure has neither (unlike the ``fail-429`` model).
+- ``"fail_rate": 0.5, "seed": 1`` (and ``"status"``): a request that fail_next did not fail fails
+  with probability fail_rate, drawn from ``random.Random(seed)`` (seed 0 by default): the same
+  script fails the same requests, counted in order of arrival.
+- ``"first_byte_delay_ms": D``: wait D ms before the status line (of failures too).
+- ``"stall_after_chunks": K, "stall_seconds": T`` (only together): streams send K content
+  events, pause T seconds, then go on as usual. Content events: the OpenAI chunks carrying
+  content, Anthropic's ``content_block_delta`` events, the audio chunks of speech; K = 0 pauses
+  right after the opening events, K at least their number pauses after the last one.
+- ``"close_after_chunks": K``: streams send K content events (counted the same way), then the
+  socket closes, with no terminator (no finish chunk, ``[DONE]``, ``message_stop`` nor last
+  chunk).
+- ``"cache": true``: a prompt cache per instance. The cache key of a chat or messages request is
+  its ``prompt_cache_key`` (OpenAI), else its ``user`` (OpenAI) or ``metadata.user_id``
+  (Anthropic), else its first message's content. A key this instance has already answered (under
+  a script with cache, since the last reset) reads 8 of the 11 prompt tokens from the cache:
+  OpenAI ``prompt_tokens_details.cached_tokens`` 8; Anthropic ``input_tokens`` 3 (Anthropic counts
+  the cached tokens apart), ``cache_read_input_tokens`` 8, ``cache_creation_input_tokens`` 0. The
+  first time, and without any key: OpenAI cached_tokens 0; Anthropic ``input_tokens`` 3,
+  ``cache_creation_input_tokens`` 8, ``cache_read_input_tokens`` 0. Without ``cache`` the usage is
+  the one above. A new script keeps the keys seen, a reset forgets them.
+
+Checks run in this order: down, fail_next, fail_rate, then the answer (delayed, bent, cached).
+The command line scripts an instance from the start, for benchmarks that make no control call:
+--name (``name=``), --fail-rate R --fail-status S --seed N (``fail_rate=``, ``fail_status=``,
+``seed=``), --down (``down=``); --fail-rate and --down make the script that reset goes back to.
 """
 
 from __future__ import annotations
@@ -50,18 +126,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
+import math
 import os
+import random
+import re
 import select
 import signal
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from fake_media import MEDIA_PATHS, media_plan
+from fake_media import MEDIA_PATHS, TRANSCRIPTIONS, media_plan, parse_form
 from fake_wire import (
     ECHO_AUTH,
     FAILURES,
@@ -70,6 +151,7 @@ from fake_wire import (
     Failure,
     Headers,
     Plan,
+    Shape,
     chunk,
     compact,
     dumps,
@@ -79,11 +161,19 @@ from fake_wire import (
     failure_answer,
     full,
     head,
+    paced,
+    status_failure,
+    with_header,
 )
 
 MAX_HEAD = 64 * 1024
 MAX_CACHE = 1024
+MAX_STATS = 10_000
 PROMPT_TOKENS = 11
+CACHED_TOKENS = 8  # of the PROMPT_TOKENS, when a script's prompt cache hits
+CHAT_PATHS = frozenset({"/v1/chat/completions", "/v1/messages"})
+CONTROL = "/_fake/"
+INSTANCE_HEADER = "x-fake-instance"
 _MODELS = {
     "object": "list",
     "data": [
@@ -126,6 +216,86 @@ class Call:
     pre: Plan  # pauses before the response starts
     gap: float  # pause between content pieces, seconds
     headers: dict[str, str]  # the request's, for echo-auth-stream
+    hit: bool | None = None  # a script's prompt cache: hit, miss, or None (no such script)
+    shape: Shape | None = None  # a script's stall or close of streams
+
+
+_HEADER_VALUE = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?")
+
+
+@dataclass
+class Script:
+    """What a scripted instance does: the module docstring tells each field."""
+
+    name: str | None = None
+    down: bool = False
+    fail_next: int = 0
+    status: int = 500
+    retry_after: str | None = None
+    retry_after_ms: str | None = None
+    fail_rate: float = 0.0
+    seed: int = 0
+    first_byte_delay_ms: float = 0.0
+    stall_after_chunks: int | None = None
+    stall_seconds: float | None = None
+    close_after_chunks: int | None = None
+    cache: bool = False
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+        self.shape: Shape | None = None
+        if self.stall_after_chunks is not None or self.close_after_chunks is not None:
+            self.shape = Shape(
+                self.stall_after_chunks, self.stall_seconds or 0.0, self.close_after_chunks
+            )
+
+    @classmethod
+    def parse(cls, data: Any) -> Script:
+        """The script a JSON object describes (null: the field's default); ValueError if none."""
+        if not isinstance(data, dict):
+            raise ValueError("a script is a JSON object")
+        known = {f.name for f in fields(cls)}
+        if unknown := sorted(set(data) - known):
+            raise ValueError(f"unknown script fields: {', '.join(unknown)}")
+        script = cls(**{k: _field(k, v) for k, v in data.items() if v is not None})
+        if (script.stall_after_chunks is None) != (script.stall_seconds is None):
+            raise ValueError("stall_after_chunks and stall_seconds go together")
+        return script
+
+    def as_json(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def fails(self) -> bool:
+        """Whether the next request fails: fail_next first, then a fail_rate draw."""
+        if self.fail_next > 0:
+            self.fail_next -= 1
+            return True
+        return self.fail_rate > 0 and self.rng.random() < self.fail_rate
+
+
+def _field(name: str, value: Any) -> Any:
+    """A script field's value, checked (ValueError: what is wrong)."""
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if name in ("down", "cache"):
+        ok = isinstance(value, bool)
+    elif name in ("fail_next", "stall_after_chunks", "close_after_chunks"):
+        ok = number and isinstance(value, int) and value >= 0
+    elif name == "seed":
+        ok = number and isinstance(value, int)
+    elif name == "status":
+        ok = number and isinstance(value, int) and 400 <= value <= 599
+    elif name == "fail_rate":
+        ok = number and 0 <= value <= 1
+        value = float(value) if ok else value
+    elif name in ("first_byte_delay_ms", "stall_seconds"):
+        ok = number and math.isfinite(value) and value >= 0
+        value = float(value) if ok else value
+    else:  # name, retry_after, retry_after_ms: header values
+        value = str(value) if number and name != "name" else value
+        ok = isinstance(value, str) and _HEADER_VALUE.fullmatch(value) is not None
+    if not ok:
+        raise ValueError(f"bad value for {name}: {value!r}")
+    return value
 
 
 # --------------------------------------------------------------------------- wire helpers
@@ -145,11 +315,12 @@ def _an_event(obj: dict[str, Any]) -> bytes:
 def _openai_plan(c: Call) -> Plan:
     extra: Headers = [("x-request-id", "req_fake")]
     created = int(time.time())
+    cached = 3 if c.hit is None else CACHED_TOKENS if c.hit else 0
     usage = {
         "prompt_tokens": PROMPT_TOKENS,
         "completion_tokens": c.tokens,
         "total_tokens": PROMPT_TOKENS + c.tokens,
-        "prompt_tokens_details": {"cached_tokens": 3},
+        "prompt_tokens_details": {"cached_tokens": cached},
         "completion_tokens_details": {"reasoning_tokens": 2},
     }
     base = {
@@ -174,8 +345,9 @@ def _openai_plan(c: Call) -> Plan:
         head(200, SSE_HEADERS + extra, c.keep),
         event({"role": "assistant", "content": "", "refusal": None}),
     ]
-    for i, text in enumerate(c.texts):
-        plan += [c.gap if i else 0.0, event({"content": text})]
+    plan += paced([event({"content": text}) for text in c.texts], c.gap, c.shape)
+    if plan[-1] is None:
+        return plan
     if c.model == "drop-mid-stream":
         return [*plan, None]
     if c.model == ECHO_AUTH + "stream":
@@ -199,6 +371,13 @@ def _anthropic_plan(c: Call) -> Plan:
         "cache_creation_input_tokens": 4,
         "cache_read_input_tokens": 3,
     }
+    if c.hit is not None:  # Anthropic's input_tokens leave out what was read or written
+        read = CACHED_TOKENS if c.hit else 0
+        usage.update(
+            input_tokens=PROMPT_TOKENS - CACHED_TOKENS,
+            cache_creation_input_tokens=CACHED_TOKENS - read,
+            cache_read_input_tokens=read,
+        )
     message = {"id": "msg_fake", "type": "message", "role": "assistant", "model": c.model}
     if not c.stream:
         content: list[Any] = [{"type": "text", "text": "".join(texts)}]
@@ -246,8 +425,10 @@ def _anthropic_plan(c: Call) -> Plan:
         ),
         _an_event({"type": "ping"}),
     ]
-    for i, text in enumerate(texts[:2] if failing else texts):
-        plan += [c.gap if i else 0.0, delta(0, "text_delta", "text", text)]
+    events = [delta(0, "text_delta", "text", text) for text in (texts[:2] if failing else texts)]
+    plan += paced(events, c.gap, c.shape)
+    if plan[-1] is None:
+        return plan
     if c.model == "drop-mid-stream":
         return [*plan, None]
     if failing:
@@ -290,14 +471,26 @@ def _anthropic_plan(c: Call) -> Plan:
 
 
 class FakeUpstream:
-    """Turns requests into (cached) plans."""
+    """Turns requests into (cached) plans; holds the instance's script and stats."""
 
-    def __init__(self, options: Options) -> None:
+    def __init__(
+        self, options: Options, name: str | None = None, start: Script | None = None
+    ) -> None:
         self.options = options
         self.connections: set[Connection] = set()
         self._cache: dict[tuple[Any, ...], Plan] = {}
+        self.name = name  # --name: the instance's name unless its script has one
+        self.start = start  # the script of --fail-rate / --down, which reset goes back to
+        self.script: Script | None = None  # None: no script, no stats, the fast path
+        self.requests: deque[dict[str, Any]] = deque(maxlen=MAX_STATS)
+        self.count = 0  # requests since the last reset (``requests`` keeps the last MAX_STATS)
+        self.seen: set[str] = set()  # the prompt cache's keys
+        self._instance = b""  # the x-fake-instance header line of every answer, if named
+        self._set(None if start is None else replace(start))
 
     def plan_for(self, req: Request) -> Plan:
+        if self.script is not None:
+            return self._scripted(req, self.script)
         keep = req.keep_alive
         if req.method == "POST" and req.path in ("/v1/chat/completions", "/v1/messages"):
             anthropic = req.path == "/v1/messages"
@@ -306,10 +499,7 @@ class FakeUpstream:
             except (ValueError, RecursionError):
                 body = None
             if not isinstance(body, dict) or not isinstance(body.get("model"), str):
-                message = "the body must be a JSON object with a string 'model'"
-                return [
-                    full(400, error_body(anthropic, "invalid_request_error", message), keep, [])
-                ]
+                return self._bad_body(anthropic, keep)
             model: str = body["model"]
             stream = body.get("stream") is True
             options = body.get("stream_options")
@@ -323,15 +513,158 @@ class FakeUpstream:
                     self._cache.clear()
                 plan = self._cache[key] = self._build(anthropic, model, stream, usage, keep)
             return plan
+        return self._other(req)
+
+    def _other(self, req: Request) -> Plan:
+        """Media (as they come, unscripted), models, the control API and unknown paths."""
+        keep = req.keep_alive
         if req.method == "POST" and req.path in MEDIA_PATHS:
-            o = self.options
-            timing = (o.delay_ms / 1000, o.slow_seconds, o.chunk_gap_ms / 1000)
-            return media_plan(req.path, req.headers, req.body, keep, *timing)
+            return self._media(req, None)
         if req.method == "GET" and req.path == "/v1/models":
-            return [full(200, _MODELS, keep, [])]
+            return self.stamp([full(200, _MODELS, keep, [])])
+        if req.path.startswith(CONTROL):
+            return self.stamp([self._control(req)])
         message = f"Unknown request URL: {req.method} {req.path}."
         error = error_body(False, "invalid_request_error", message, code="unknown_url")
-        return [full(404, error, keep, [])]
+        return self.stamp([full(404, error, keep, [])])
+
+    def _bad_body(self, anthropic: bool, keep: bool) -> Plan:
+        message = "the body must be a JSON object with a string 'model'"
+        error = error_body(anthropic, "invalid_request_error", message)
+        return self.stamp([full(400, error, keep, [])])
+
+    def _media(self, req: Request, shape: Shape | None) -> Plan:
+        o = self.options
+        timing = (o.delay_ms / 1000, o.slow_seconds, o.chunk_gap_ms / 1000)
+        return self.stamp(
+            media_plan(req.path, req.headers, req.body, req.keep_alive, *timing, shape)
+        )
+
+    def stamp(self, plan: Plan) -> Plan:
+        """``plan`` with the instance's name header, if it has a name."""
+        return with_header(plan, self._instance) if self._instance else plan
+
+    # ----------------------------------------------------------------------- scripts
+
+    def _scripted(self, req: Request, script: Script) -> Plan:
+        """The answer while a script is active: recorded, then as the script says."""
+        path = req.path
+        if not path.startswith("/v1/"):
+            return self._other(req)
+        arrived = time.monotonic()
+        anthropic = path == "/v1/messages"
+        body: Any = None
+        if req.method == "POST":
+            if path == TRANSCRIPTIONS:
+                body = parse_form(req.headers.get("content-type", ""), req.body)
+            else:
+                try:
+                    body = json.loads(req.body)
+                except (ValueError, RecursionError):
+                    body = None
+        got = body if isinstance(body, dict) else {}
+        model = got.get("model")
+        entry = {
+            "path": path,
+            "model": model if isinstance(model, str) else None,
+            "stream": got.get("stream") is True,
+            "at": arrived,
+            "status": None,
+            "prompt_cache_key": got.get("prompt_cache_key"),
+            "user": _user(got, anthropic),
+        }
+        self.requests.append(entry)
+        self.count += 1
+        if script.down:
+            return [None]
+        if req.method != "POST" or (path not in CHAT_PATHS and path not in MEDIA_PATHS):
+            plan = self._other(req)
+        else:
+            if script.fails():
+                plan = self._failure(script, anthropic, req.keep_alive)
+            elif path in CHAT_PATHS:
+                plan = self._chat(req, body, anthropic, script)
+            else:
+                plan = self._media(req, script.shape)
+            if script.first_byte_delay_ms:
+                plan = [script.first_byte_delay_ms / 1000, *plan]
+        return _noting(plan, entry)
+
+    def _failure(self, script: Script, anthropic: bool, keep: bool) -> Plan:
+        key = ("fail", anthropic, keep)  # the cache is emptied when the script changes
+        plan = self._cache.get(key)
+        if plan is None:
+            headers: Headers = [("request-id" if anthropic else "x-request-id", "req_fake")]
+            if script.retry_after is not None:
+                headers.append(("retry-after", script.retry_after))
+            if script.retry_after_ms is not None:
+                headers.append(("retry-after-ms", script.retry_after_ms))
+            answer = status_failure(script.status, anthropic, keep, headers)
+            plan = self._cache[key] = self.stamp([answer])
+        return plan
+
+    def _chat(self, req: Request, body: Any, anthropic: bool, script: Script) -> Plan:
+        """plan_for's chat and messages (kept inline there, the fast path), as scripted."""
+        keep = req.keep_alive
+        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+            return self._bad_body(anthropic, keep)
+        model: str = body["model"]
+        stream = body.get("stream") is True
+        options = body.get("stream_options")
+        usage = stream and isinstance(options, dict) and options.get("include_usage") is True
+        hit = None
+        if script.cache:
+            prompt = _prompt_key(body, anthropic)
+            hit = prompt in self.seen
+            if prompt is not None:
+                self.seen.add(prompt)
+        shape = script.shape
+        if model == "echo" or model.startswith(ECHO_AUTH):
+            return self._build(anthropic, model, stream, usage, keep, body, req.headers, hit, shape)
+        key = (anthropic, model, stream, usage, keep, hit)  # the script's shape: the same
+        plan = self._cache.get(key)
+        if plan is None:
+            if len(self._cache) >= MAX_CACHE:
+                self._cache.clear()
+            plan = self._cache[key] = self._build(
+                anthropic, model, stream, usage, keep, hit=hit, shape=shape
+            )
+        return plan
+
+    def _set(self, script: Script | None) -> None:
+        self.script = script
+        name = script.name if script is not None and script.name else self.name
+        self._instance = f"{INSTANCE_HEADER}: {name}\r\n".encode() if name else b""
+        self._cache.clear()
+
+    def _control(self, req: Request) -> bytes:
+        """The control API's answer (``/_fake/...``)."""
+        keep, route = req.keep_alive, (req.method, req.path)
+        if route == ("POST", CONTROL + "script"):
+            try:
+                script = Script.parse(json.loads(req.body) if req.body.strip() else {})
+            except (ValueError, RecursionError) as exc:
+                return full(400, error_body(False, "invalid_request_error", str(exc)), keep, [])
+            self._set(script)
+            return full(200, {"script": script.as_json()}, keep, [])
+        if route == ("POST", CONTROL + "reset"):
+            self.requests.clear()
+            self.count = 0
+            self.seen.clear()
+            self._set(Script() if self.start is None else replace(self.start))
+            return full(200, {"script": self.script and self.script.as_json()}, keep, [])
+        if route == ("GET", CONTROL + "script"):
+            return full(200, {"script": self.script and self.script.as_json()}, keep, [])
+        if route == ("GET", CONTROL + "stats"):
+            stats = {
+                "requests": list(self.requests),
+                "count": self.count,
+                "recording": self.script is not None,
+            }
+            return full(200, stats, keep, [])
+        status = 405 if req.path in _CONTROL_PATHS else 404
+        message = f"Unknown control request: {req.method} {req.path}."
+        return full(status, error_body(False, "invalid_request_error", message), keep, [])
 
     def _build(
         self,
@@ -342,15 +675,17 @@ class FakeUpstream:
         keep: bool,
         body: Any = None,
         headers: dict[str, str] | None = None,
+        hit: bool | None = None,
+        shape: Shape | None = None,
     ) -> Plan:
         extra: Headers = [("request-id" if anthropic else "x-request-id", "req_fake")]
         failure = FAILURES.get(model) or (_ANTHROPIC_ONLY.get(model) if anthropic else None)
         if failure:
-            return [failure_answer(failure, anthropic, keep, extra)]
+            return self.stamp([failure_answer(failure, anthropic, keep, extra)])
         if (echoed := echo_auth_answer(model, anthropic, headers or {}, keep, extra)) is not None:
-            return [echoed]
+            return self.stamp([echoed])
         if model == "garbage":
-            return [full(200, b"not json", keep, extra)]
+            return self.stamp([full(200, b"not json", keep, extra)])
         if model == "drop-mid-stream" and not stream:
             return [None]
         o = self.options
@@ -365,8 +700,45 @@ class FakeUpstream:
             texts = [json.dumps({"body": body, "headers": headers})]
         elif model == "drop-mid-stream":
             texts = texts[:2]
-        call = Call(model, stream, usage, keep, texts, n, [pre], gap, headers or {})
-        return compact((_anthropic_plan if anthropic else _openai_plan)(call))
+        call = Call(model, stream, usage, keep, texts, n, [pre], gap, headers or {}, hit, shape)
+        return self.stamp(compact((_anthropic_plan if anthropic else _openai_plan)(call)))
+
+
+_CONTROL_PATHS = frozenset(CONTROL + name for name in ("script", "reset", "stats"))
+
+
+def _user(body: dict[str, Any], anthropic: bool) -> Any:
+    """OpenAI's ``user``, Anthropic's ``metadata.user_id``."""
+    if anthropic:
+        metadata = body.get("metadata")
+        return metadata.get("user_id") if isinstance(metadata, dict) else None
+    return body.get("user")
+
+
+def _prompt_key(body: dict[str, Any], anthropic: bool) -> str | None:
+    """What a script's prompt cache knows a request by (None: nothing, never a hit)."""
+    key = None if anthropic else body.get("prompt_cache_key")
+    if isinstance(key, str):
+        return "key:" + key
+    user = _user(body, anthropic)
+    if isinstance(user, str):
+        return "user:" + user
+    messages = body.get("messages")
+    first = messages[0] if isinstance(messages, list) and messages else None
+    if isinstance(first, dict) and "content" in first:
+        return "content:" + json.dumps(first["content"], sort_keys=True)
+    return None
+
+
+def _noting(plan: Plan, entry: dict[str, Any]) -> Plan:
+    """``plan``, noting in its stats ``entry`` the status it sends once that is written."""
+    for i, step in enumerate(plan):
+        if isinstance(step, bytes):
+            note = functools.partial(entry.__setitem__, "status", int(step[9:12]))
+            return [*plan[: i + 1], note, *plan[i + 1 :]]
+        if step is None:
+            break
+    return plan
 
 
 # --------------------------------------------------------------------------- HTTP/1.1
@@ -409,7 +781,7 @@ class Connection(asyncio.Protocol):
                 req = self.parse()
             except (ValueError, UnicodeError):
                 error = error_body(False, "invalid_request_error", "malformed HTTP request")
-                t.write(full(400, error, False, []))
+                t.write(self.server.stamp([full(400, error, False, [])])[0])  # type: ignore[arg-type]
                 t.close()
                 return
             if req is None:
@@ -436,6 +808,8 @@ class Connection(asyncio.Protocol):
                 return None
             if isinstance(step, bytes):
                 t.write(step)
+            elif callable(step):
+                step()
             elif step > 0:
                 return j
         if not keep:
@@ -512,9 +886,11 @@ def _dechunk(buf: bytearray, pos: int) -> tuple[bytes, int] | None:
 # --------------------------------------------------------------------------- entry points
 
 
-async def serve(host: str, port: int, options: Options) -> None:
+async def serve(
+    host: str, port: int, options: Options, name: str | None = None, start: Script | None = None
+) -> None:
     loop = asyncio.get_running_loop()
-    upstream = FakeUpstream(options)
+    upstream = FakeUpstream(options, name, start)
     server = await loop.create_server(lambda: Connection(upstream), host, port, backlog=1024)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -535,10 +911,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--stream-chunks", type=int, default=5)
     p.add_argument("--chunk-gap-ms", type=float, default=0.0)
     p.add_argument("--slow-seconds", type=float, default=5.0)
+    p.add_argument("--name", help="the x-fake-instance header of every answer")
+    p.add_argument("--fail-rate", type=float, default=0.0, help="share of requests that fail")
+    p.add_argument("--fail-status", type=int, default=500, help="their status")
+    p.add_argument("--seed", type=int, default=0, help="of the failure draws")
+    p.add_argument("--down", action="store_true", help="close every /v1 request unanswered")
     a = p.parse_args(argv)
-    coro = serve(
-        a.host, a.port, Options(a.delay_ms, a.stream_chunks, a.chunk_gap_ms, a.slow_seconds)
-    )
+    flags = {"name": a.name, "fail_rate": a.fail_rate, "status": a.fail_status, "seed": a.seed}
+    try:
+        script = Script.parse({**flags, "down": a.down})
+    except ValueError as exc:
+        p.error(str(exc))
+    start = replace(script, name=None) if script.fail_rate or script.down else None
+    options = Options(a.delay_ms, a.stream_chunks, a.chunk_gap_ms, a.slow_seconds)
+    coro = serve(a.host, a.port, options, script.name, start)
     try:
         import uvloop
     except ImportError:
@@ -556,9 +942,15 @@ def run_fake_upstream(
     stream_chunks: int = 5,
     chunk_gap_ms: float = 0.0,
     slow_seconds: float = 5.0,
+    name: str | None = None,
+    fail_rate: float = 0.0,
+    fail_status: int = 500,
+    seed: int = 0,
+    down: bool = False,
     ready_timeout: float = 10.0,
 ) -> Iterator[str]:
-    """Run this script as a subprocess; yield its base URL, e.g. ``"http://127.0.0.1:4321"``."""
+    """Run this script as a subprocess; yield its base URL, e.g. ``"http://127.0.0.1:4321"``.
+    The keyword arguments are its command-line flags."""
     cmd = [
         sys.executable,
         os.path.abspath(__file__),
@@ -574,6 +966,14 @@ def run_fake_upstream(
         str(chunk_gap_ms),
         "--slow-seconds",
         str(slow_seconds),
+        "--fail-rate",
+        str(fail_rate),
+        "--fail-status",
+        str(fail_status),
+        "--seed",
+        str(seed),
+        *(["--name", name] if name is not None else []),
+        *(["--down"] if down else []),
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE)
     assert proc.stdout is not None

@@ -2,15 +2,21 @@
 
 Used by tests/fake_upstream.py (the server, chat and messages) and tests/fake_media.py
 (embeddings, images, speech, transcriptions). An answer is a *plan*: wire bytes to write, pauses
-in seconds, and ``None`` for "close the connection".
+in seconds, and ``None`` for "close the connection"; a scripted instance also puts a callable
+right after the bytes that carry the status line (run once they are written: the request's stats
+entry learns the status it was sent).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-Step = bytes | float | None  # wire bytes to write, a pause in seconds, or None = close connection
+Step = bytes | float | Callable[[], object] | None
+"""Wire bytes to write, a pause in seconds, a note to run once the bytes before it are written,
+or None: close the connection."""
 Plan = list[Step]
 Headers = list[tuple[str, str]]
 
@@ -20,9 +26,16 @@ REASONS = {
     401: "Unauthorized",
     403: "Forbidden",
     404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    409: "Conflict",
+    413: "Content Too Large",
     422: "Unprocessable Entity",
     429: "Too Many Requests",
     500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
     529: "Overloaded",
 }
 SSE_HEADERS: Headers = [
@@ -98,6 +111,32 @@ def echo_auth_answer(
     return full(code, error_body(anthropic, kind, message, message), keep, extra)
 
 
+# status: (OpenAI type, OpenAI code, Anthropic type) of a scripted failure (tests/fake_upstream.py's
+# ``fail_next`` / ``fail_rate``); other statuses: invalid_request_error (4xx) or server_error and
+# api_error (5xx).
+STATUS_ERRORS: dict[int, tuple[str, str | None, str]] = {
+    401: ("invalid_request_error", "invalid_api_key", "authentication_error"),
+    403: ("invalid_request_error", None, "permission_error"),
+    404: ("invalid_request_error", "model_not_found", "not_found_error"),
+    409: ("invalid_request_error", None, "conflict_error"),
+    413: ("invalid_request_error", None, "request_too_large"),
+    429: ("requests", "rate_limit_exceeded", "rate_limit_error"),
+    504: ("server_error", None, "timeout_error"),
+    529: ("overloaded_error", None, "overloaded_error"),
+}
+
+
+def status_failure(status: int, anthropic: bool, keep: bool, headers: Headers) -> bytes:
+    """A scripted failure: ``status`` with the API's error body (message: the reason phrase)."""
+    default = ("invalid_request_error", None, "invalid_request_error")
+    if status >= 500:
+        default = ("server_error", None, "api_error")
+    oa_type, code, an_type = STATUS_ERRORS.get(status, default)
+    message = REASONS.get(status, f"fake upstream status {status}")
+    error = error_body(anthropic, an_type if anthropic else oa_type, message, None, code)
+    return full(status, error, keep, headers)
+
+
 def error_body(
     anthropic: bool, type_: str, message: str, param: str | None = None, code: str | None = None
 ) -> Any:
@@ -137,6 +176,45 @@ def full(
     return head(status, framing + headers, keep) + data
 
 
+def with_header(plan: Plan, line: bytes) -> Plan:
+    """``plan`` with one more header line (``b"name: value\\r\\n"``) after its status line."""
+    for i, step in enumerate(plan):
+        if isinstance(step, bytes):
+            end = step.index(b"\r\n") + 2
+            return [*plan[:i], step[:end] + line + step[end:], *plan[i + 1 :]]
+        if step is None:
+            break
+    return plan
+
+
+@dataclass(frozen=True)
+class Shape:
+    """How a script bends a stream: pause ``stall_seconds`` after ``stall_after`` content events,
+    close the connection after ``close_after`` of them (with fewer events: after the last one)."""
+
+    stall_after: int | None = None
+    stall_seconds: float = 0.0
+    close_after: int | None = None
+
+
+def paced(events: list[bytes], gap: float, shape: Shape | None) -> Plan:
+    """Content events ``gap`` apart, bent by ``shape``; ending in None: the stream closes there."""
+    plan: Plan = []
+    for i, event in enumerate(events):
+        if shape is not None:
+            if i == shape.close_after:
+                return [*plan, None]
+            if i == shape.stall_after:
+                plan.append(shape.stall_seconds)
+        plan += [gap if i else 0.0, event]
+    if shape is not None:
+        if shape.stall_after is not None and shape.stall_after >= len(events):
+            plan.append(shape.stall_seconds)
+        if shape.close_after is not None and shape.close_after >= len(events):
+            plan.append(None)
+    return plan
+
+
 def chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
@@ -147,6 +225,6 @@ def compact(plan: Plan) -> Plan:
     for step in plan:
         if isinstance(step, bytes) and out and isinstance(out[-1], bytes):
             out[-1] += step
-        elif step is None or isinstance(step, bytes) or step > 0:
+        elif step is None or isinstance(step, bytes) or callable(step) or step > 0:
             out.append(step)
     return out
