@@ -86,6 +86,7 @@ bench: install
 		$(SUDO) apt-get install -y wrk || { $(SUDO) apt-get update && $(SUDO) apt-get install -y wrk; }; \
 	}
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+	$(BIN)/python bench/routing.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
