@@ -28,47 +28,49 @@ def gateway(
 ) -> Iterator[GatewayServer]:
     tmp = tmp_path_factory.mktemp("routing")
     config = Path(tmp / "routing.toml")
+    # Provider names of this module's own: with REDIS_URL the routers' health is shared by every
+    # gateway, and other modules' gateways fail "fake/fail-500" too.
     config.write_text(f"""
-[providers.fake]
+[providers.routing]
 type = "openai"
 base_url = "{fake_upstream}/v1"
 api_key_env = "FAKE_UPSTREAM_KEY"
 
-[providers.fake-anthropic]
+[providers.routing-claude]
 type = "anthropic"
 base_url = "{fake_upstream}/v1"
 api_key_env = "FAKE_UPSTREAM_KEY"
 
 [models."multi"]
 deployments = [
-  {{ provider = "fake", upstream_model = "fail-500" }},
-  {{ provider = "fake", upstream_model = "fake-gpt", priority = 1 }},
+  {{ provider = "routing", upstream_model = "fail-500" }},
+  {{ provider = "routing", upstream_model = "fake-gpt", priority = 1 }},
 ]
 input_per_mtok = 1.0
 output_per_mtok = 2.0
 
 [models."broken"]
-provider = "fake"
+provider = "routing"
 upstream_model = "fail-500"
 fallbacks = ["not-allowed", "claude-fb"]
 
 [models."not-allowed"]
-provider = "fake"
+provider = "routing"
 upstream_model = "fake-gpt"
 
 [models."claude-fb"]
-provider = "fake-anthropic"
+provider = "routing-claude"
 upstream_model = "claude-x"
 input_per_mtok = 3.0
 output_per_mtok = 15.0
 
 [models."cut"]
-provider = "fake"
+provider = "routing"
 upstream_model = "drop-mid-stream"
 fallbacks = ["claude-fb"]
 
 [models."refused"]
-provider = "fake"
+provider = "routing"
 upstream_model = "fail-400"
 fallbacks = ["claude-fb"]
 
@@ -111,7 +113,7 @@ def test_a_failing_deployment_is_retried_on_a_healthy_one_then_left_to_cool_down
     assert attempts == ["2", "2", "2", "1", "1"]
     for answer in answers:
         assert answer.headers["x-tollgate-model"] == "multi"
-        assert answer.headers["x-tollgate-deployment"] == "fake/fake-gpt"
+        assert answer.headers["x-tollgate-deployment"] == "routing/fake-gpt"
     rows = [wait_for_rows(1, request_id=a.headers["x-request-id"])[0] for a in answers]
     assert [row.attempts for row in rows] == [2, 2, 2, 1, 1]
     assert {(row.served_model, row.upstream_model, row.fallback) for row in rows} == {
@@ -130,11 +132,11 @@ def test_a_failing_model_falls_back_to_claude_skipping_what_the_caller_may_not_u
     reply = raw.parse()  # the Anthropic answer, in OpenAI's shape
     assert reply.object == "chat.completion" and reply.choices[0].message.content
     assert raw.headers["x-tollgate-model"] == "claude-fb"
-    assert raw.headers["x-tollgate-deployment"] == "fake-anthropic/claude-x"
+    assert raw.headers["x-tollgate-deployment"] == "routing-claude/claude-x"
     assert raw.headers["x-tollgate-attempts"] == "4"  # three on "broken", one on the fallback
     row = wait_for_rows(1, request_id=raw.headers["x-request-id"])[0]
     assert (row.requested_model, row.served_model, row.fallback) == ("broken", "claude-fb", True)
-    assert (row.provider, row.upstream_model, row.attempts) == ("fake-anthropic", "claude-x", 4)
+    assert (row.provider, row.upstream_model, row.attempts) == ("routing-claude", "claude-x", 4)
     assert row.cost_usd > 0  # at the fallback's prices: the failed attempts are not billed
 
 
@@ -188,16 +190,17 @@ def test_a_cooldown_seen_by_one_gateway_process_is_honoured_by_another(
     """Two gateways sharing Redis: the first sees the failing deployment fail until it cools
     down; the second then never tries it, though it has seen no failure itself."""
     config = tmp_path / "shared.toml"
+    # A provider name of its own: its deployments' health is this test's alone.
     config.write_text(f"""
-[providers.fake]
+[providers.shared]
 type = "openai"
 base_url = "{fake_upstream}/v1"
 api_key_env = "FAKE_UPSTREAM_KEY"
 
 [models."multi"]
 deployments = [
-  {{ provider = "fake", upstream_model = "fail-500" }},
-  {{ provider = "fake", upstream_model = "fake-gpt", priority = 1 }},
+  {{ provider = "shared", upstream_model = "fail-500" }},
+  {{ provider = "shared", upstream_model = "fake-gpt", priority = 1 }},
 ]
 
 [router]
