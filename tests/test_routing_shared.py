@@ -79,3 +79,34 @@ async def test_redis_down_keeps_each_process_on_its_own_view() -> None:
     assert "p/m" in health.changed  # kept, to publish once Redis answers
     assert not health.usable("p/m")
     await shared.redis.aclose()
+
+
+async def test_stopping_is_bounded_whatever_redis_does(redis_url: str) -> None:  # noqa: F811
+    """Regression: a gateway once hung at shutdown, its sync loop outliving its cancellation.
+    Stopping asks the loop to end and bounds every wait, with Redis answering or not."""
+    import asyncio
+    import time
+
+    health = Health(RouterConfig())
+    shared = SharedHealth(health, redis_url)
+    shared.start()
+    await asyncio.sleep(0.7)  # a sync or two
+    started = time.monotonic()
+    await shared.stop()
+    assert time.monotonic() - started < 1.0
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(30)  # accepts, never answers
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        health.failed("p/m", "x")
+        stuck = SharedHealth(health, f"redis://127.0.0.1:{port}/0", timeout=5.0)
+        stuck.start()
+        await asyncio.sleep(0.7)  # the loop is now waiting on a command
+        started = time.monotonic()
+        await stuck.stop()
+        assert time.monotonic() - started < 7.0  # 2 s per step at most
+    finally:
+        server.close()

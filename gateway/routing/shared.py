@@ -25,6 +25,7 @@ from gateway.routing.health import Health
 log = logging.getLogger("tollgate.routing")
 
 SYNC_SECONDS = 0.5
+STOP_SECONDS = 2.0
 KEY = "tg:health"
 """A Redis hash: target -> its breaker, as JSON. Entries expire with the hash when idle."""
 IDLE_EXPIRY_SECONDS = 24 * 3600
@@ -38,20 +39,26 @@ class SharedHealth:
         )
         self.outage = Outage("Redis (shared routing health)")
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     def start(self) -> None:
         if self._task is None:
+            self._stopping.clear()
             self._task = asyncio.get_running_loop().create_task(self._sync_forever())
 
     async def stop(self) -> None:
+        """Stop syncing, publish what changed last, close the connection: within a few seconds
+        whatever Redis does. The loop is asked to stop, not cancelled: redis-py may turn a
+        cancellation inside a command into a connection error, which the loop would survive."""
+        self._stopping.set()
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(task, STOP_SECONDS)
         with contextlib.suppress(*REDIS_DOWN_ERRORS):
-            await self.sync()  # what changed since the last sync, before the process goes
-        await self.redis.aclose()
+            await asyncio.wait_for(self.sync(), STOP_SECONDS)  # what changed since the last sync
+        with contextlib.suppress(*REDIS_DOWN_ERRORS):
+            await asyncio.wait_for(self.redis.aclose(), STOP_SECONDS)
 
     async def sync(self) -> None:
         """Publish what changed here, then fold in everyone's state."""
@@ -75,8 +82,10 @@ class SharedHealth:
         self.outage.recovered()
 
     async def _sync_forever(self) -> None:
-        while True:
-            await asyncio.sleep(SYNC_SECONDS)
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), SYNC_SECONDS)
+                return
             try:
                 await self.sync()
             except REDIS_DOWN_ERRORS as exc:
