@@ -8,7 +8,7 @@ WORKERS ?= 1
 PG_URL ?= postgres://postgres@127.0.0.1:5432/test
 REDIS_TEST_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: install run serve test test-sqlite test-postgres browser lint format bench clean
+.PHONY: install run serve test test-sqlite test-postgres browser codex lint format bench clean
 
 install: $(VENV)/.installed
 
@@ -38,7 +38,7 @@ var/secret_key:
 # its run; with CI=true it fails.
 test: test-sqlite test-postgres
 
-test-sqlite: install browser
+test-sqlite: install browser codex
 	@if $(BIN)/python tests/services.py redis; then \
 		echo "== the suite on SQLite (+ Redis for the shared-counter tests)"; \
 		REDIS_URL=$(REDIS_TEST_URL) $(BIN)/pytest; \
@@ -47,7 +47,7 @@ test-sqlite: install browser
 		$(BIN)/pytest; \
 	fi
 
-test-postgres: install browser
+test-postgres: install browser codex
 	@if $(BIN)/python tests/services.py postgres redis; then \
 		echo "== the suite on PostgreSQL + Redis"; \
 		DATABASE_URL=$(PG_URL) REDIS_URL=$(REDIS_TEST_URL) $(BIN)/pytest; \
@@ -66,6 +66,12 @@ browser:
 		$(SUDO) apt-get install -y chromium || { $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium; } \
 		|| [ "$$CI" != "true" ]; \
 	}
+
+# Codex CLI for the Codex end-to-end test (tests/test_e2e_codex.py): the version pinned in
+# tests/support/codex.py, installed with npm into var/node/ once. Locally a failed install only
+# skips that test; with CI=true it stops make here (and fails the test when run alone).
+codex: install
+	@$(BIN)/python tests/support/codex.py || [ "$$CI" != "true" ]
 
 lint: install
 	$(BIN)/ruff check .

@@ -12,7 +12,8 @@ A hand-written HTTP/1.1 server on ``asyncio.Protocol`` (uvloop when importable):
 pipelining, Content-Length and chunked request bodies, ``Expect: 100-continue``. Every answer is
 a *plan*: wire bytes, pauses, and "close the connection" steps. Plans depending only on (api,
 model, stream, include_usage, keep-alive) are cached, so the zero-delay path is: parse the head,
-``json.loads`` the body, one dict lookup, one ``write``.
+``json.loads`` the body, one dict lookup, one ``write`` (``echo``, ``echo-auth-*`` and ``agent``
+answer each request anew).
 
 Endpoints: ``POST /v1/chat/completions`` (OpenAI), ``POST /v1/messages`` (Anthropic),
 ``GET /v1/models``, and OpenAI's ``POST /v1/embeddings``, ``/v1/images/generations``,
@@ -38,6 +39,15 @@ messages (both APIs unless noted):
 - ``garbage``: 200, ``content-type: application/json``, body ``not json``.
 - ``tool-use`` (Anthropic): text "Let me check." plus a ``get_weather`` tool_use block
   (stop_reason tool_use; streamed input as two ``input_json_delta`` fragments).
+- ``agent``: a coding agent's tool round trip (tests/fake_agent.py tells the rules). While the
+  last message is the user's and the request offers a tool named ``exec_command``: one call of
+  it, arguments ``{"cmd": "ls"}`` (OpenAI: content null, ``tool_calls``, finish_reason
+  tool_calls; streamed as a first chunk opening the call, then its arguments in two fragments.
+  Anthropic: a lone tool_use block, stop_reason tool_use; its input streamed as two
+  ``input_json_delta`` fragments). Once the last message is a tool result (OpenAI role ``tool``,
+  Anthropic a ``tool_result`` block): the text ``Done: `` and the first 40 characters of the
+  tool's output (of a Codex exec_command result: of the command's output). No ``exec_command``
+  tool: the text ``hi``. Usage as above.
 - ``stream-error`` (Anthropic streaming): an ``error`` event (overloaded_error) after 2 text
   deltas, then the stream ends and the connection closes.
 - ``echo-auth-<status>`` (400, 401, 403, 404, 422, 429, 500; every endpoint): that status, with
@@ -142,6 +152,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from fake_agent import AGENT, ToolCall, agent_turn
 from fake_media import MEDIA_PATHS, TRANSCRIPTIONS, media_plan, parse_form
 from fake_wire import (
     ECHO_AUTH,
@@ -184,6 +195,9 @@ _MODELS = {
 _ANTHROPIC_ONLY: dict[str, Failure] = {
     "overloaded": (529, "", None, None, "overloaded_error", "Overloaded")
 }
+REQUEST_DEPENDENT = frozenset({"echo", AGENT})
+"""Models whose answers depend on the request, never cached (with the echo-auth-* ones)."""
+WEATHER_CALL = ToolCall("toolu_fake1", "get_weather", {"city": "Paris"})  # the tool-use model's
 
 
 @dataclass(frozen=True)
@@ -218,6 +232,7 @@ class Call:
     headers: dict[str, str]  # the request's, for echo-auth-stream
     hit: bool | None = None  # a script's prompt cache: hit, miss, or None (no such script)
     shape: Shape | None = None  # a script's stall or close of streams
+    tool_call: ToolCall | None = None  # called after the texts (the tool-use and agent models)
 
 
 _HEADER_VALUE = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?")
@@ -309,6 +324,13 @@ def _an_event(obj: dict[str, Any]) -> bytes:
     return chunk(b"event: " + obj["type"].encode() + b"\ndata: " + dumps(obj) + b"\n\n")
 
 
+def _argument_fragments(call: ToolCall) -> list[str]:
+    """A tool call's arguments as JSON, in the two pieces a stream sends (split after ``: ``)."""
+    arguments = json.dumps(call.arguments)
+    cut = arguments.find(": ") + 2 if ": " in arguments else len(arguments) // 2
+    return [arguments[:cut], arguments[cut:]]
+
+
 # --------------------------------------------------------------------------- behaviours
 
 
@@ -329,9 +351,16 @@ def _openai_plan(c: Call) -> Plan:
         "created": created,
         "model": c.model,
     }
+    call = c.tool_call
+    finish = "stop" if call is None else "tool_calls"
     if not c.stream:
-        message = {"role": "assistant", "content": "".join(c.texts), "refusal": None}
-        choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}
+        message: dict[str, Any] = {"role": "assistant", "content": None, "refusal": None}
+        if call is None:
+            message["content"] = "".join(c.texts)
+        else:
+            function = {"name": call.name, "arguments": json.dumps(call.arguments)}
+            message["tool_calls"] = [{"id": call.id, "type": "function", "function": function}]
+        choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
         return [*c.pre, full(200, {**base, "choices": [choice], "usage": usage}, c.keep, extra)]
     base["object"] = "chat.completion.chunk"
     no_usage = {"usage": None} if c.include_usage else {}
@@ -340,12 +369,18 @@ def _openai_plan(c: Call) -> Plan:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
         return _oa_event({**base, "choices": [choice], **no_usage})
 
-    plan: Plan = [
-        *c.pre,
-        head(200, SSE_HEADERS + extra, c.keep),
-        event({"role": "assistant", "content": "", "refusal": None}),
-    ]
-    plan += paced([event({"content": text}) for text in c.texts], c.gap, c.shape)
+    opening: dict[str, Any] = {"role": "assistant", "content": "", "refusal": None}
+    pieces = [event({"content": text}) for text in c.texts]
+    if call is not None:  # OpenAI opens the call in the first chunk, then streams its arguments
+        function = {"name": call.name, "arguments": ""}
+        start = {"index": 0, "id": call.id, "type": "function", "function": function}
+        opening = {"role": "assistant", "content": None, "tool_calls": [start], "refusal": None}
+        pieces = [
+            event({"tool_calls": [{"index": 0, "function": {"arguments": fragment}}]})
+            for fragment in _argument_fragments(call)
+        ]
+    plan: Plan = [*c.pre, head(200, SSE_HEADERS + extra, c.keep), event(opening)]
+    plan += paced(pieces, c.gap, c.shape)
     if plan[-1] is None:
         return plan
     if c.model == "drop-mid-stream":
@@ -353,7 +388,7 @@ def _openai_plan(c: Call) -> Plan:
     if c.model == ECHO_AUTH + "stream":
         error = error_body(False, "invalid_request_error", echo_auth_message(c.headers))
         return [*plan, _oa_event(error), LAST_CHUNK, None]
-    plan.append(event({}, "stop"))
+    plan.append(event({}, finish))
     if c.include_usage:
         plan.append(_oa_event({**base, "choices": [], "usage": usage}))
     return [*plan, chunk(b"data: [DONE]\n\n"), LAST_CHUNK]
@@ -361,10 +396,8 @@ def _openai_plan(c: Call) -> Plan:
 
 def _anthropic_plan(c: Call) -> Plan:
     extra: Headers = [("request-id", "req_fake")]
-    tool = c.model == "tool-use"
-    texts = ["Let me check."] if tool else c.texts
-    tool_block = {"type": "tool_use", "id": "toolu_fake1", "name": "get_weather"}
-    stop_reason = "tool_use" if tool else "end_turn"
+    call = c.tool_call
+    stop_reason = "end_turn" if call is None else "tool_use"
     usage = {
         "input_tokens": PROMPT_TOKENS,
         "output_tokens": c.tokens,
@@ -379,10 +412,11 @@ def _anthropic_plan(c: Call) -> Plan:
             cache_read_input_tokens=read,
         )
     message = {"id": "msg_fake", "type": "message", "role": "assistant", "model": c.model}
+    tool_block = {} if call is None else {"type": "tool_use", "id": call.id, "name": call.name}
     if not c.stream:
-        content: list[Any] = [{"type": "text", "text": "".join(texts)}]
-        if tool:
-            content.append({**tool_block, "input": {"city": "Paris"}})
+        content: list[Any] = [{"type": "text", "text": "".join(c.texts)}] if c.texts else []
+        if call is not None:
+            content.append({**tool_block, "input": call.arguments})
         return [
             *c.pre,
             full(
@@ -404,6 +438,13 @@ def _anthropic_plan(c: Call) -> Plan:
             {"type": "content_block_delta", "index": index, "delta": {"type": kind, key: value}}
         )
 
+    def tool_deltas(index: int) -> list[bytes]:
+        assert call is not None
+        return [
+            delta(index, "input_json_delta", "partial_json", fragment)
+            for fragment in _argument_fragments(call)
+        ]
+
     failing = c.model in ("stream-error", ECHO_AUTH + "stream")
     start: dict[str, Any] = {
         **message,
@@ -412,20 +453,20 @@ def _anthropic_plan(c: Call) -> Plan:
         "stop_sequence": None,
         "usage": {**usage, "output_tokens": 1},
     }
+    # The first block (the text, else the tool call) has its deltas paced, as scripts bend them.
+    if c.texts:
+        first: dict[str, Any] = {"type": "text", "text": ""}
+        texts = c.texts[:2] if failing else c.texts
+        events = [delta(0, "text_delta", "text", text) for text in texts]
+    else:
+        first, events = {**tool_block, "input": {}}, tool_deltas(0)
     plan: Plan = [
         *c.pre,
         head(200, SSE_HEADERS + extra, c.keep and not failing),
         _an_event({"type": "message_start", "message": start}),
-        _an_event(
-            {
-                "type": "content_block_start",
-                "index": 0,
-                "content_block": {"type": "text", "text": ""},
-            }
-        ),
+        _an_event({"type": "content_block_start", "index": 0, "content_block": first}),
         _an_event({"type": "ping"}),
     ]
-    events = [delta(0, "text_delta", "text", text) for text in (texts[:2] if failing else texts)]
     plan += paced(events, c.gap, c.shape)
     if plan[-1] is None:
         return plan
@@ -443,7 +484,7 @@ def _anthropic_plan(c: Call) -> Plan:
             None,
         ]
     plan.append(_an_event({"type": "content_block_stop", "index": 0}))
-    if tool:
+    if c.texts and call is not None:
         plan += [
             _an_event(
                 {
@@ -452,8 +493,7 @@ def _anthropic_plan(c: Call) -> Plan:
                     "content_block": {**tool_block, "input": {}},
                 }
             ),
-            delta(1, "input_json_delta", "partial_json", '{"city": '),
-            delta(1, "input_json_delta", "partial_json", '"Paris"}'),
+            *tool_deltas(1),
             _an_event({"type": "content_block_stop", "index": 1}),
         ]
     return [
@@ -504,7 +544,7 @@ class FakeUpstream:
             stream = body.get("stream") is True
             options = body.get("stream_options")
             usage = stream and isinstance(options, dict) and options.get("include_usage") is True
-            if model == "echo" or model.startswith(ECHO_AUTH):  # depend on the request: uncached
+            if model in REQUEST_DEPENDENT or model.startswith(ECHO_AUTH):  # uncached
                 return self._build(anthropic, model, stream, usage, keep, body, req.headers)
             key = (anthropic, model, stream, usage, keep)
             plan = self._cache.get(key)
@@ -619,7 +659,7 @@ class FakeUpstream:
             if prompt is not None:
                 self.seen.add(prompt)
         shape = script.shape
-        if model == "echo" or model.startswith(ECHO_AUTH):
+        if model in REQUEST_DEPENDENT or model.startswith(ECHO_AUTH):
             return self._build(anthropic, model, stream, usage, keep, body, req.headers, hit, shape)
         key = (anthropic, model, stream, usage, keep, hit)  # the script's shape: the same
         plan = self._cache.get(key)
@@ -696,11 +736,19 @@ class FakeUpstream:
             n, gap = 100, 0.1
             pre = 0.0 if stream else n * gap
         texts = [f"tok{i} " for i in range(n)]
+        tool_call = None
         if model == "echo":
             texts = [json.dumps({"body": body, "headers": headers})]
         elif model == "drop-mid-stream":
             texts = texts[:2]
-        call = Call(model, stream, usage, keep, texts, n, [pre], gap, headers or {}, hit, shape)
+        elif model == "tool-use" and anthropic:
+            texts, tool_call = ["Let me check."], WEATHER_CALL
+        elif model == AGENT:
+            turn = agent_turn(body, anthropic)
+            texts, tool_call = [turn.text] if turn.text else [], turn.tool_call
+        call = Call(
+            model, stream, usage, keep, texts, n, [pre], gap, headers or {}, hit, shape, tool_call
+        )
         return self.stamp(compact((_anthropic_plan if anthropic else _openai_plan)(call)))
 
 
