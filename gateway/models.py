@@ -263,3 +263,30 @@ class UsageDaily(models.Model):
             models.Index(fields=["day"], name="usage_daily_day"),
             models.Index(fields=["tenant", "day"], name="usage_daily_tenant_day"),
         ]
+
+
+class StoredResponse(models.Model):
+    """A response of the Responses API kept for its tenant (``store``, the API's default), so
+    that ``previous_response_id``, ``GET`` and ``DELETE /v1/responses/{id}`` work whatever the
+    model. A bridged response keeps its body and the conversation up to it; a response of an
+    upstream that serves the API itself (``native``) keeps only where it lives. Purged after
+    TOLLGATE_RESPONSES_RETENTION_DAYS."""
+
+    id = models.CharField(max_length=100, primary_key=True)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="responses")
+    created_at = models.DateTimeField(default=timezone.now)
+    model = models.CharField(max_length=200)
+    provider = models.CharField(max_length=100, blank=True)
+    native = models.BooleanField(default=False)
+    body = models.JSONField(default=dict, help_text="The Response object (bridged only).")
+    input_items = models.JSONField(
+        default=list, help_text="This response's input items, as the client sent them."
+    )
+    conversation = models.JSONField(
+        default=list,
+        help_text="Every item up to and including this response's output: what a later "
+        "previous_response_id continues from.",
+    )
+
+    class Meta:
+        indexes = [models.Index(fields=["created_at"], name="stored_response_time")]

@@ -6,6 +6,8 @@ them with ``install`` to fake the upstream or to flush the ledger by hand.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, field
 
@@ -38,6 +40,8 @@ class Runtime:
     shared_health_url: str = ""
     """REDIS_URL: the routers' health is shared by every process (``gateway.routing.shared``)."""
     shared_health: SharedHealth | None = field(init=False, default=None)
+    _purge: asyncio.Task[None] | None = field(init=False, default=None)
+    """The daily purge of expired stored responses (``gateway.calls.responses``)."""
 
     def __post_init__(self) -> None:
         health = Health(self.config.router)
@@ -56,10 +60,17 @@ class Runtime:
         self.ledger.start()
         if self.shared_health is not None:
             self.shared_health.start()
+        from gateway.calls.responses import purge_forever  # the calls import this module
+
+        self._purge = asyncio.get_running_loop().create_task(purge_forever())
 
     async def aclose(self) -> None:
         """Close the upstream clients, send pending counter updates, write every queued row."""
         await self.credentials.stop()
+        if self._purge is not None:
+            self._purge.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._purge
         if self.shared_health is not None:
             await self.shared_health.stop()
         await self.factory.aclose()

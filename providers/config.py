@@ -48,6 +48,9 @@ class ProviderConfig(_Strict):
     """How long an idle pooled connection is kept. Keep it below the upstream's own idle timeout."""
     headers: dict[str, str] = Field(default_factory=dict)
     """Extra headers sent on every upstream call (e.g. an organisation id)."""
+    responses: bool = False
+    """The upstream serves OpenAI's Responses API itself (OpenAI does): ``/v1/responses`` calls
+    go to it as they are. Otherwise they are bridged to chat completions."""
     passthrough_models: bool = False
     """Allow ``<provider>/<any model>`` for models not listed in [models] (cost 0: unpriced)."""
     anthropic_version: str = "2023-06-01"

@@ -40,10 +40,13 @@ from providers.types import (
     AudioStream,
     ChatResponse,
     MediaResponse,
+    NativeEvent,
     StreamChunk,
     Units,
     Usage,
 )
+
+_RESPONSE_ENDS = frozenset({"response.completed", "response.incomplete", "response.failed"})
 
 
 class OpenAIProvider(BaseProvider):
@@ -59,6 +62,7 @@ class OpenAIProvider(BaseProvider):
         self.images_url = httpx.URL(root + "/images/generations")
         self.speech_url = httpx.URL(root + "/audio/speech")
         self.transcriptions_url = httpx.URL(root + "/audio/transcriptions")
+        self.responses_url = httpx.URL(root + "/responses")
         headers = {**config.headers}
         if config.api_key:
             headers["authorization"] = f"Bearer {config.api_key}"
@@ -110,6 +114,53 @@ class OpenAIProvider(BaseProvider):
                     yield chunk
         if not finished:
             raise ended_early(self.name)
+
+    # --- the Responses API, for upstreams that serve it (ProviderConfig.responses) ------------
+
+    async def responses(self, body: dict[str, Any], upstream_model: str) -> tuple[bytes, Usage]:
+        """Send a Responses request as it is (but for ``model``); its answer's bytes and usage."""
+        body = {**body, "model": upstream_model, "stream": False}
+        raw, data = await self._post_for_json(self.responses_url, body, "output", "a response")
+        return raw, Usage.from_responses(data.get("usage"))
+
+    async def responses_stream(
+        self, body: dict[str, Any], upstream_model: str
+    ) -> AsyncGenerator[NativeEvent, None]:
+        """Stream a Responses request as it is; each event as the upstream sent it, with the
+        usage once ``response.completed`` (or ``.incomplete``, ``.failed``) carries it."""
+        body = {**body, "model": upstream_model, "stream": True}
+        finished = False
+        async with self._post(body, self.responses_url) as response:
+            with upstream_errors(self.name):
+                async for event, data in iter_sse(response.aiter_bytes()):
+                    payload = json_object(data)
+                    if payload is None:
+                        raise UpstreamUnavailable(
+                            f"The upstream provider '{self.name}' sent an invalid event."
+                        )
+                    kind = payload.get("type") or event or ""
+                    usage = None
+                    if kind in _RESPONSE_ENDS:
+                        finished = True
+                        usage = Usage.from_responses((payload.get("response") or {}).get("usage"))
+                    elif kind == "error":
+                        raise self._stream_error(payload.get("error") or payload)
+                    raw = b"event: " + kind.encode() + b"\ndata: " + data + b"\n\n"
+                    yield NativeEvent(raw, usage, kind.endswith(".delta"))
+        if not finished:
+            raise ended_early(self.name)
+
+    async def stored_response(self, method: str, path: str) -> bytes:
+        """``GET`` or ``DELETE`` of a response the upstream keeps: ``path`` is its id, with
+        ``/input_items`` for those. The upstream's JSON, or its error classified."""
+        url = httpx.URL(str(self.responses_url) + "/" + path)
+        request = self.client.build_request(method, url, headers=self.with_credential(self.headers))
+        response = await send_checked(self.client, self.name, request)
+        try:
+            with upstream_errors(self.name):
+                return await response.aread()
+        finally:
+            await response.aclose()
 
     def _parse_chunk(self, data: bytes) -> StreamChunk:
         payload = json_object(data)

@@ -51,6 +51,23 @@ class Usage(BaseModel):
             estimated=False,
         )
 
+    @classmethod
+    def from_responses(cls, usage: dict[str, Any] | None) -> Usage:
+        """Read the Responses API's ``usage`` object (ResponseUsage)."""
+        if not usage:
+            return cls()
+        input_details = usage.get("input_tokens_details") or {}
+        output_details = usage.get("output_tokens_details") or {}
+        return cls.model_construct(
+            prompt_tokens=usage.get("input_tokens"),
+            completion_tokens=usage.get("output_tokens"),
+            total_tokens=usage.get("total_tokens"),
+            cache_read_tokens=input_details.get("cached_tokens"),
+            cache_write_tokens=None,
+            reasoning_tokens=output_details.get("reasoning_tokens"),
+            estimated=False,
+        )
+
 
 class ChatResponse(BaseModel):
     """A complete (non-streamed) answer.
@@ -64,6 +81,17 @@ class ChatResponse(BaseModel):
     body: dict[str, Any]
     usage: Usage
     raw: bytes | None = None
+
+
+@dataclass(slots=True)
+class NativeEvent:
+    """One event of a stream passed through in the upstream's own dialect (Anthropic's
+    Messages, OpenAI's Responses): its SSE bytes, the usage reported so far, and whether it
+    carried output (a content delta), for counting if the stream is cut off."""
+
+    raw: bytes
+    usage: Usage | None
+    is_delta: bool
 
 
 @dataclass(slots=True)

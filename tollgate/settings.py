@@ -204,6 +204,8 @@ TOLLGATE_SECRET_KEY = env_str("TOLLGATE_SECRET_KEY", "")
 any exist."""
 TOLLGATE_CREDENTIALS_REFRESH_SECONDS = env_float("TOLLGATE_CREDENTIALS_REFRESH_SECONDS", 5.0)
 """How often each gateway process re-reads the upstream keys (ProviderKey) from the database."""
+TOLLGATE_RESPONSES_RETENTION_DAYS = env_int("TOLLGATE_RESPONSES_RETENTION_DAYS", 30)
+"""How long stored responses of the Responses API are kept (a daily purge deletes older ones)."""
 TOLLGATE_DEFAULT_RESERVE_TOKENS = env_int("TOLLGATE_DEFAULT_RESERVE_TOKENS", 4096)
 """Output tokens a budget reserves for a chat call that sets no max_tokens."""
 REDIS_URL = env_str("REDIS_URL", "")

@@ -23,13 +23,15 @@ from ninja.errors import ValidationError as NinjaValidationError
 from ninja.security.base import AuthBase
 
 from gateway.api.errors import error_response, error_response_for
-from gateway.calls import chat, media, messages
+from gateway.calls import chat, media, messages, responses
 from gateway.calls.pipeline import serve
+from gateway.outage import read_database
 from gateway.runtime import get_runtime
 from gateway.tenants.auth import Caller, caller_of
 from gateway.usage.endpoints import Endpoint
 from gateway.usage.reports import usage_response
 from providers.errors import GatewayError, InternalError, InvalidRequest, ModelNotFound
+from providers.openai import OpenAIProvider
 
 log = logging.getLogger("tollgate.api")
 
@@ -78,6 +80,50 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
 async def create_message(request: HttpRequest) -> HttpResponseBase:
     """Anthropic's Messages API; the key may come as ``x-api-key`` (Anthropic's SDKs) or Bearer."""
     return await serve(request, Endpoint.MESSAGES, messages.create)
+
+
+@api.post("/responses")
+async def create_response(request: HttpRequest) -> HttpResponseBase:
+    """OpenAI's Responses API, for every chat model (``gateway.calls.responses``)."""
+    return await serve(request, Endpoint.RESPONSES, responses.create)
+
+
+@api.get("/responses/{response_id}")
+async def retrieve_response(request: HttpRequest, response_id: str) -> HttpResponseBase:
+    return await _stored_response(request, response_id, "GET")
+
+
+@api.get("/responses/{response_id}/input_items")
+async def response_input_items(request: HttpRequest, response_id: str) -> HttpResponseBase:
+    return await _stored_response(request, response_id, "GET", "/input_items")
+
+
+@api.delete("/responses/{response_id}")
+async def delete_response(request: HttpRequest, response_id: str) -> HttpResponseBase:
+    return await _stored_response(request, response_id, "DELETE")
+
+
+async def _stored_response(
+    request: HttpRequest, response_id: str, method: str, suffix: str = ""
+) -> HttpResponseBase:
+    """A response the caller's tenant stored: from the gateway, or from the upstream that keeps
+    it (a native one). Another tenant's id is a 404."""
+    caller: Caller = request.auth  # type: ignore[attr-defined]
+    stored = await responses.stored_of(caller.tenant_id, response_id)
+    if stored.native:
+        provider = get_runtime().factory.get(stored.provider)
+        if not isinstance(provider, OpenAIProvider):
+            raise ModelNotFound(f"No response found with id '{response_id}'.", param="response_id")
+        raw = await provider.stored_response(method, response_id + suffix)
+        if method == "DELETE":
+            await read_database(stored.delete, "the stored responses")
+        return HttpResponse(raw, content_type="application/json")
+    if method == "DELETE":
+        await read_database(stored.delete, "the stored responses")
+        return responses.json_response({"id": response_id, "object": "response", "deleted": True})
+    if suffix:
+        return responses.json_response(responses.input_item_list(stored))
+    return responses.json_response(stored.body)
 
 
 @api.post("/embeddings")

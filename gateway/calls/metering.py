@@ -28,13 +28,16 @@ class StreamMeter:
     """Follows a stream to know its usage, or to estimate it if the stream is cut off.
     ``estimate_prompt`` counts the prompt when the upstream never said."""
 
-    __slots__ = ("content_chunks", "estimate_prompt", "partial", "usage")
+    __slots__ = ("content_chunks", "estimate_prompt", "failure", "partial", "usage")
 
     def __init__(self, estimate_prompt: Callable[[], int]) -> None:
         self.estimate_prompt = estimate_prompt
         self.usage: Usage | None = None
         self.partial: Usage | None = None
         self.content_chunks = 0
+        self.failure: tuple[int, str] | None = None
+        """A failure the stream carried in its own grammar and passed on as it was (a native
+        ``response.failed``): the status and error the ledger records."""
 
     def observe(self, chunk: StreamChunk) -> None:
         if chunk.usage is not None:

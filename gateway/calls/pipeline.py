@@ -325,6 +325,8 @@ class Call:
                 raise ResponseAborted("internal error") from exc
             yield error_event(InternalError("The gateway failed while streaming the response."))
         finally:
+            if status == 200 and relay.meter.failure is not None:
+                status, error = relay.meter.failure
             self.record(relay.meter.final_usage(), status, error, units)
             await relay.events.aclose()
             await relay.stream.aclose()

@@ -9,6 +9,7 @@ from enum import StrEnum
 class Endpoint(StrEnum):
     CHAT_COMPLETIONS = "chat.completions"
     MESSAGES = "messages"
+    RESPONSES = "responses"
     EMBEDDINGS = "embeddings"
     IMAGES = "images.generations"
     SPEECH = "audio.speech"

@@ -11,6 +11,7 @@
 - ``ids.py``: ids carried from one dialect to the other.
 """
 
-from providers.anthropic.provider import AnthropicProvider, NativeEvent
+from providers.anthropic.provider import AnthropicProvider
+from providers.types import NativeEvent
 
 __all__ = ["AnthropicProvider", "NativeEvent"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -36,21 +35,18 @@ from providers.http import (
     upstream_errors,
 )
 from providers.sse import iter_sse
-from providers.types import AudioStream, ChatResponse, MediaResponse, StreamChunk, Usage
+from providers.types import (
+    AudioStream,
+    ChatResponse,
+    MediaResponse,
+    NativeEvent,
+    StreamChunk,
+    Usage,
+)
 
 
 def _is_message(data: dict[str, Any]) -> bool:
     return data.get("type") == "message" and isinstance(data.get("content"), list)
-
-
-@dataclass(slots=True)
-class NativeEvent:
-    """One event of a passed-through Anthropic stream: its SSE bytes, the usage reported so far,
-    and whether it carried output (a content delta), for counting if the stream is cut off."""
-
-    raw: bytes
-    usage: Usage | None
-    is_delta: bool
 
 
 class AnthropicProvider(BaseProvider):

@@ -1,0 +1,367 @@
+"""``/v1/responses``: OpenAI's Responses API, for every chat model.
+
+A model whose provider serves the API itself (``responses = true`` in config.toml: OpenAI) gets
+the request as it is and its answer goes back as it came, usage read on the way ("native").
+Every other model is reached through chat completions ("bridged", ``providers.responses``): the
+request is translated, and the answer, streams included, translated back into the Responses
+shape and event grammar. Hosted tools a bridged backend cannot run are left out of its call and
+listed in ``x-tollgate-dropped-tools``.
+
+State: with ``store`` (the API's default) a bridged response is kept for its tenant with the
+conversation up to it (``StoredResponse``), so that ``previous_response_id`` works for any model;
+a native response's id is kept with its provider, and its ``GET``/``DELETE`` go there. Another
+tenant's id is a 404. ``store: false`` (Codex sends it) keeps nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncGenerator
+from datetime import timedelta
+from typing import Any
+
+import orjson
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, HttpResponseBase
+from django.utils import timezone
+
+from gateway.calls.metering import StreamMeter
+from gateway.calls.parsing import validate_request
+from gateway.calls.pipeline import Call, OpenStream, Relay, open_stream
+from gateway.models import StoredResponse
+from gateway.outage import read_database
+from providers.base import ChatRequest
+from providers.errors import GatewayError, InvalidRequest, ModelNotFound
+from providers.factory import Route
+from providers.openai import OpenAIProvider
+from providers.responses.request import BridgedRequest, to_chat
+from providers.responses.response import from_chat
+from providers.responses.stream import ChatToResponsesStream
+from providers.types import NativeEvent, StreamChunk, Usage
+
+log = logging.getLogger("tollgate.responses")
+
+DROPPED_TOOLS_HEADER = "x-tollgate-dropped-tools"
+
+
+def is_native(route: Route) -> bool:
+    provider = route.provider
+    return isinstance(provider, OpenAIProvider) and provider.config.responses
+
+
+async def create(call: Call, request: HttpRequest) -> HttpResponseBase:
+    body = await call.parse_json(request.body)
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("Missing required parameter: 'model'.", param="model")
+    if not isinstance(body.get("input"), str | list) and body.get("previous_response_id") is None:
+        raise InvalidRequest("Missing required parameter: 'input'.", param="input")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise InvalidRequest("'stream' must be a boolean.", param="stream")
+    call.stream = stream
+    previous = await _previous(call, body.get("previous_response_id"))
+    history = previous.conversation if previous is not None else []
+    call.prompt = [body.get("instructions"), *history, body.get("input")]
+    call.keep_affinity(body)
+    call.resolve(model)
+    max_tokens = body.get("max_output_tokens")
+    await call.admit(
+        call.estimate_prompt_tokens(),
+        max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else None,
+    )
+    turn = Turn(call, body, history, previous)
+    response: HttpResponseBase
+    if stream:
+        relay = await call.upstream(turn.open)
+        response = call.answer_stream(relay, turn.error_event)
+    else:
+        content, usage = await call.upstream(turn.ask)
+        response = call.answer_json(content, usage)
+    if turn.dropped_tools:
+        response[DROPPED_TOOLS_HEADER] = ", ".join(turn.dropped_tools)
+    return response
+
+
+async def _previous(call: Call, response_id: Any) -> StoredResponse | None:
+    """The stored response a request continues from; 400 naming it when the tenant has none."""
+    if response_id is None:
+        return None
+    if not isinstance(response_id, str):
+        raise InvalidRequest(
+            "'previous_response_id' must be a string.", param="previous_response_id"
+        )
+    tenant = call.caller.tenant_id
+    stored = await read_database(
+        lambda: StoredResponse.objects.filter(id=response_id, tenant_id=tenant).first(),
+        "the stored responses",
+    )
+    if stored is None:
+        raise InvalidRequest(
+            f"Previous response with id '{response_id}' not found.",
+            param="previous_response_id",
+            code="previous_response_not_found",
+        )
+    if stored.native:
+        raise InvalidRequest(
+            f"Previous response '{response_id}' was made by a model that keeps its own state: "
+            "continue it with that model.",
+            param="previous_response_id",
+        )
+    return stored
+
+
+class Turn:
+    """One Responses request, sent along a route: as it is to an upstream that serves the API,
+    bridged through chat completions elsewhere; then kept, when ``store`` asks for it."""
+
+    def __init__(
+        self,
+        call: Call,
+        body: dict[str, Any],
+        history: list[dict[str, Any]],
+        previous: StoredResponse | None,
+    ) -> None:
+        self.call = call
+        self.body = body
+        self.history = history
+        self.store = body.get("store", True) is not False
+        self.response_id = "resp_" + uuid.uuid4().hex
+        self.created_at = int(time.time())
+        self._bridged: BridgedRequest | None = None
+        self._chat: ChatRequest | None = None
+        self.dropped_tools: list[str] = []
+
+    def bridged(self) -> tuple[BridgedRequest, ChatRequest]:
+        """The request as a chat completion, translated once however many routes need it."""
+        if self._bridged is None or self._chat is None:
+            self._bridged = to_chat(self.body, self.history)
+            self.dropped_tools = self._bridged.dropped_tools
+            self._chat = validate_request(ChatRequest, self._bridged.chat)
+        return self._bridged, self._chat
+
+    def native_body(self) -> dict[str, Any]:
+        if self.history:
+            # A bridged conversation continued on a native model: the history goes as input.
+            items = self.body.get("input")
+            turn = [{"role": "user", "content": items}] if isinstance(items, str) else items or []
+            body = {**self.body, "input": [*self.history, *turn]}
+            body.pop("previous_response_id", None)
+            return body
+        return self.body
+
+    # --- JSON ------------------------------------------------------------------------------------
+
+    async def ask(self, route: Route) -> tuple[bytes, Usage]:
+        provider = route.provider
+        if is_native(route):
+            assert isinstance(provider, OpenAIProvider)
+            raw, usage = await provider.responses(self.native_body(), route.upstream_model)
+            await self._keep_native(raw, route)
+            return raw, usage
+        bridged, chat = self.bridged()
+        answer = await provider.chat(chat, route.upstream_model)
+        response = from_chat(
+            answer.body, self.body, bridged.tools, answer.usage, self.response_id, self.created_at
+        )
+        await self._keep(response)
+        return orjson.dumps(response), answer.usage
+
+    # --- streams ---------------------------------------------------------------------------------
+
+    async def open(self, route: Route) -> Relay:
+        provider = route.provider
+        meter = StreamMeter(self.call.estimate_prompt_tokens)
+        if is_native(route):
+            assert isinstance(provider, OpenAIProvider)
+            events = provider.responses_stream(self.native_body(), route.upstream_model)
+            native = await open_stream(events, route)
+            return Relay(native, self._passed_through(native, meter, route), meter)
+        bridged, chat = self.bridged()
+        chunks = provider.stream(chat, route.upstream_model)
+        stream = await open_stream(chunks, route)
+        translator = ChatToResponsesStream(
+            self.body, bridged.tools, self.response_id, self.created_at
+        )
+        self.translator = translator
+        return Relay(stream, self._translated(stream, meter, translator), meter)
+
+    async def _passed_through(
+        self, stream: OpenStream[NativeEvent], meter: StreamMeter, route: Route
+    ) -> AsyncGenerator[bytes, None]:
+        event = stream.first
+        while event is not None:
+            if event.usage is not None:
+                meter.usage = event.usage
+            meter.content_chunks += event.is_delta
+            if event.raw.startswith(b"event: response.failed"):
+                meter.failure = (502, "upstream_error")
+            elif event.raw.startswith(b"event: response.created"):
+                await self._keep_native_event(event.raw, route)
+            yield event.raw
+            event = await anext(stream.rest, None)
+
+    async def _translated(
+        self,
+        stream: OpenStream[StreamChunk],
+        meter: StreamMeter,
+        translator: ChatToResponsesStream,
+    ) -> AsyncGenerator[bytes, None]:
+        for event in translator.start():
+            yield sse(event)
+        chunk = stream.first
+        while chunk is not None:
+            meter.observe(chunk)
+            for event in translator.feed(chunk.payload, chunk.usage):
+                yield sse(event)
+            chunk = await anext(stream.rest, None)
+        closing = translator.finish()
+        await self._keep(translator.response)  # kept before the client learns it is complete
+        for event in closing:
+            yield sse(event)
+
+    def error_event(self, error: GatewayError) -> bytes:
+        """A failure once the stream has started: ``response.failed`` when the response was
+        announced (bridged), else an ``error`` event (as OpenAI sends)."""
+        translator: ChatToResponsesStream | None = getattr(self, "translator", None)
+        if translator is not None:
+            return b"".join(
+                sse(event) for event in translator.fail(error.message, error.code or error.type)
+            )
+        return sse(
+            {"type": "error", "code": error.code, "message": error.message, "param": error.param}
+        )
+
+    # --- state -----------------------------------------------------------------------------------
+
+    async def _keep(self, response: dict[str, Any]) -> None:
+        if not self.store:
+            return
+        items = self.body.get("input")
+        turn = (
+            [{"role": "user", "content": items, "type": "message"}]
+            if isinstance(items, str)
+            else list(items or [])
+        )
+        if self.body.get("instructions"):
+            turn.insert(
+                0, {"type": "message", "role": "system", "content": self.body["instructions"]}
+            )
+        stored = StoredResponse(
+            id=response["id"],
+            tenant_id=self.call.caller.tenant_id,
+            model=str(self.body.get("model", ""))[:200],
+            provider=self.call.route.provider_name if self.call.route else "",
+            body=response,
+            input_items=turn,
+            conversation=[*self.history, *turn, *response.get("output", [])],
+        )
+        await _save(stored)
+
+    async def _keep_native(self, raw: bytes, route: Route) -> None:
+        if not self.store:
+            return
+        try:
+            response_id = orjson.loads(raw).get("id")
+        except (orjson.JSONDecodeError, AttributeError):
+            return
+        await self._keep_native_id(response_id, route)
+
+    async def _keep_native_event(self, raw: bytes, route: Route) -> None:
+        if not self.store:
+            return
+        data = raw.split(b"\ndata: ", 1)[-1]
+        try:
+            response_id = (orjson.loads(data).get("response") or {}).get("id")
+        except (orjson.JSONDecodeError, AttributeError):
+            return
+        await self._keep_native_id(response_id, route)
+
+    async def _keep_native_id(self, response_id: Any, route: Route) -> None:
+        if isinstance(response_id, str) and response_id:
+            await _save(
+                StoredResponse(
+                    id=response_id[:100],
+                    tenant_id=self.call.caller.tenant_id,
+                    model=str(self.body.get("model", ""))[:200],
+                    provider=route.provider_name,
+                    native=True,
+                )
+            )
+
+
+def sse(event: dict[str, Any]) -> bytes:
+    return b"event: " + str(event["type"]).encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
+
+
+async def _save(stored: StoredResponse) -> None:
+    """Keep a response before its caller learns it is complete (a ``previous_response_id`` may
+    follow at once). A failure is logged, not the caller's: its answer stands, and a later
+    ``previous_response_id`` naming it gets a 400."""
+    try:
+        await read_database(lambda: stored.save(force_insert=True), "the stored responses")
+    except Exception:
+        log.exception("response %s was not stored", stored.id)
+
+
+# --- GET and DELETE /v1/responses/{id} -------------------------------------------------------
+
+
+async def stored_of(tenant_id: int, response_id: str) -> StoredResponse:
+    stored = await read_database(
+        lambda: StoredResponse.objects.filter(id=response_id, tenant_id=tenant_id).first(),
+        "the stored responses",
+    )
+    if stored is None:
+        raise ModelNotFound(
+            f"No response found with id '{response_id}'.", param="response_id", code="not_found"
+        )
+    return stored
+
+
+def purge_expired() -> int:
+    """Delete what is older than TOLLGATE_RESPONSES_RETENTION_DAYS; how many were deleted."""
+    cutoff = timezone.now() - timedelta(days=settings.TOLLGATE_RESPONSES_RETENTION_DAYS)
+    deleted, _ = StoredResponse.objects.filter(created_at__lt=cutoff).delete()
+    return deleted
+
+
+def json_response(data: Any, status: int = 200) -> HttpResponse:
+    return HttpResponse(orjson.dumps(data), status=status, content_type="application/json")
+
+
+def input_item_list(stored: StoredResponse) -> dict[str, Any]:
+    """The response's input items as a ``ResponseItemList`` (items get an id if they had none)."""
+    items = [
+        {"id": item.get("id") or f"{stored.id}_input_{n}", **item}
+        if isinstance(item, dict)
+        else {"id": f"{stored.id}_input_{n}", "type": "message", "role": "user", "content": item}
+        for n, item in enumerate(stored.input_items)
+    ]
+    return {
+        "object": "list",
+        "data": items,
+        "first_id": items[0]["id"] if items else None,
+        "last_id": items[-1]["id"] if items else None,
+        "has_more": False,
+    }
+
+
+PURGE_SECONDS = 24 * 3600
+
+
+async def purge_forever() -> None:
+    """Once at startup (after a minute) and then daily: delete expired stored responses."""
+    delay = 60.0
+    while True:
+        await asyncio.sleep(delay)
+        delay = PURGE_SECONDS
+        try:
+            deleted = await read_database(purge_expired, "the stored responses")
+        except GatewayError:
+            continue  # the database is down: gateway.outage says so; next time
+        if deleted:
+            log.info("purged %d stored responses past their retention", deleted)
