@@ -165,6 +165,9 @@ def test_a_stored_response_is_continued_retrieved_listed_and_deleted(
     assert retrieved.id == first.id and retrieved.output_text == first.output_text
     items = client.responses.input_items.list(first.id)
     assert items.data and items.data[0].type == "message"
+    for path, schema in ((first.id, "Response"), (first.id + "/input_items", "ResponseItemList")):
+        raw = httpx.get(f"{gateway.base_url}/v1/responses/{path}", headers=alice.headers)
+        validate(schema, raw.json())
     with pytest.raises(openai.NotFoundError):  # another tenant's id does not exist for bob
         sdk(gateway, bob).responses.retrieve(first.id)
     second = client.responses.create(

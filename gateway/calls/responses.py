@@ -334,12 +334,10 @@ def json_response(data: Any, status: int = 200) -> HttpResponse:
 
 
 def input_item_list(stored: StoredResponse) -> dict[str, Any]:
-    """The response's input items as a ``ResponseItemList`` (items get an id if they had none)."""
+    """The response's input items as a ``ResponseItemList``, each as the API returns it: with an
+    id, a status, and a message's text as content parts."""
     items = [
-        {"id": item.get("id") or f"{stored.id}_input_{n}", **item}
-        if isinstance(item, dict)
-        else {"id": f"{stored.id}_input_{n}", "type": "message", "role": "user", "content": item}
-        for n, item in enumerate(stored.input_items)
+        _as_resource(item, f"{stored.id}_input_{n}") for n, item in enumerate(stored.input_items)
     ]
     return {
         "object": "list",
@@ -348,6 +346,23 @@ def input_item_list(stored: StoredResponse) -> dict[str, Any]:
         "last_id": items[-1]["id"] if items else None,
         "has_more": False,
     }
+
+
+def _as_resource(item: Any, default_id: str) -> dict[str, Any]:
+    if not isinstance(item, dict):
+        item = {"type": "message", "role": "user", "content": item}
+    item = {"id": item.get("id") or default_id, **item}
+    kind = item.setdefault("type", "message")
+    if kind == "message":
+        content = item.get("content")
+        if isinstance(content, str):
+            part = "output_text" if item.get("role") == "assistant" else "input_text"
+            item["content"] = [{"type": part, "text": content}]
+        if item.get("role") != "assistant":
+            item.setdefault("status", "completed")
+    elif kind in ("function_call", "function_call_output"):
+        item.setdefault("status", "completed")
+    return item
 
 
 PURGE_SECONDS = 24 * 3600

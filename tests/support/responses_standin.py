@@ -1,7 +1,9 @@
 """A stand-in for the gateway's ``POST /v1/responses``, to check the Codex harness by itself
 (tests/test_codex_harness.py): an HTTP server in a thread of the test process that records every
 request and answers as the fake upstream's ``agent`` model does (tests/fake_agent.py), in the
-Responses API's streamed shape.
+Responses API's streamed shape (a JSON answer when ``stream`` is false). It keeps what it
+answered, for ``GET`` and ``DELETE /v1/responses/{id}``: it also plays an upstream that serves
+the Responses API itself (tests/test_e2e_responses_native.py).
 
 It sends only what Codex 0.171.0 cannot do without: each output item in a
 ``response.output_item.done`` event, then ``response.completed`` with the usage. (Codex ignores
@@ -42,6 +44,9 @@ class RecordedRequest:
 class ResponsesStandIn:
     base_url: str = ""
     requests: list[RecordedRequest] = field(default_factory=list)
+    stored: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Responses answered, by id: what ``GET`` and ``DELETE /v1/responses/{id}`` serve (as an
+    upstream that keeps state does; the gateway's native route relies on it)."""
 
 
 def agent_item(body: Any) -> dict[str, Any]:
@@ -94,7 +99,18 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self._record()
-        self._not_found()
+        stored = self.server.standin.stored.get(self.path.removeprefix("/v1/responses/"))
+        if stored is None:
+            return self._not_found()
+        self._send(200, "application/json", json.dumps(stored).encode())
+
+    def do_DELETE(self) -> None:
+        self._record()
+        response_id = self.path.removeprefix("/v1/responses/")
+        if self.server.standin.stored.pop(response_id, None) is None:
+            return self._not_found()
+        deleted = {"id": response_id, "object": "response", "deleted": True}
+        self._send(200, "application/json", json.dumps(deleted).encode())
 
     def do_POST(self) -> None:
         body = self._record()
@@ -103,6 +119,10 @@ class _Handler(BaseHTTPRequestHandler):
         item = agent_item(body)
         number = len(self.server.standin.requests)
         response = {"id": f"resp_standin_{number}", "object": "response", "status": "completed"}
+        whole = {**response, "output": [item], "usage": USAGE}
+        self.server.standin.stored[whole["id"]] = whole
+        if isinstance(body, dict) and body.get("stream") is False:
+            return self._send(200, "application/json", json.dumps(whole).encode())
         events: list[dict[str, Any]] = [
             {"type": "response.output_item.done", "output_index": 0, "item": item},
             {
