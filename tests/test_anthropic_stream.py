@@ -170,6 +170,7 @@ def test_text_and_two_tool_calls_are_numbered_among_tool_calls() -> None:
     header = {"type": "function"}
     assert chunks == [
         ROLE,
+        chunk({"reasoning_content": "Weather for two cities."}),  # thinking, as DeepSeek's
         chunk({"content": "Checking both."}),
         chunk(
             tool_call(0, id="toolu_A", **header, function={"name": "get_weather", "arguments": ""})

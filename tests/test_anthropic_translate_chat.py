@@ -412,6 +412,7 @@ def test_every_stop_reason(stop_reason: str | None, finish_reason: str) -> None:
                 "role": "assistant",
                 "content": "Let me check.",
                 "refusal": None,
+                "reasoning_content": "hmm",  # thinking, as DeepSeek and vLLM give it
                 "tool_calls": [
                     {
                         "id": "toolu_1",

@@ -58,6 +58,10 @@ upstream_model = "echo"
 [models."resp-agent"]
 provider = "resp-fake"
 upstream_model = "agent"
+
+[models."resp-cut"]
+provider = "resp-fake"
+upstream_model = "drop-mid-stream"
 """)
     server = start_gateway_with_config(tmp, config)
     yield server
@@ -218,3 +222,48 @@ def test_hosted_tools_are_left_out_and_named(
         timeout=30,
     )
     assert refused.status_code == 400 and refused.json()["error"]["param"] == "tool_choice"
+
+
+def test_a_failure_after_the_start_is_response_failed_and_billed(
+    gateway: GatewayServer, tenants: dict[str, TenantKey]
+) -> None:
+    with httpx.stream(
+        "POST",
+        gateway.base_url + "/v1/responses",
+        json={"model": "resp-cut", "input": "hi", "stream": True},
+        headers=tenants["alice"].headers,
+        timeout=30,
+    ) as answer:
+        lines = answer.read().decode().splitlines()
+        request_id = answer.headers["x-request-id"]
+    events = [json.loads(line[6:]) for line in lines if line.startswith("data: ")]
+    for event in events:
+        validate("ResponseStreamEvent", event)
+    assert events[0]["type"] == "response.created" and events[-1]["type"] == "response.failed"
+    assert events[-1]["response"]["status"] == "failed"
+    row = wait_for_rows(1, request_id=request_id)[0]
+    assert (row.status_code, row.completion_tokens, row.usage_estimated) == (502, 2, True)
+
+
+def test_structured_output_reaches_the_chat_model_as_its_response_format(
+    gateway: GatewayServer, tenants: dict[str, TenantKey]
+) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+        "additionalProperties": False,
+    }
+    response = sdk(gateway, tenants["alice"]).responses.create(
+        model="resp-echo",
+        input="Where is the Eiffel tower?",
+        text={"format": {"type": "json_schema", "name": "place", "schema": schema, "strict": True}},
+        reasoning={"effort": "low"},
+        max_output_tokens=50,
+    )
+    sent = json.loads(response.output_text)["body"]
+    assert sent["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "place", "schema": schema, "strict": True},
+    }
+    assert (sent["reasoning_effort"], sent["max_completion_tokens"]) == ("low", 50)

@@ -271,13 +271,18 @@ class AnthropicToOpenAIStream:
         if kind == "text_delta":
             text = delta.get("text")
             return [*self._start({}), self._chunk({"content": text})] if text else []
+        if kind == "thinking_delta":  # reasoning_content, as DeepSeek and vLLM stream it
+            thought = delta.get("thinking")
+            if not isinstance(thought, str) or not thought:
+                return []
+            return [*self._start({}), self._chunk({"reasoning_content": thought})]
         if kind == "input_json_delta" and index in self._tools:
             fragment = delta.get("partial_json")
             if not isinstance(fragment, str) or not fragment:
                 return []
             self._tools_with_arguments.add(index)
             return [self._arguments(index, fragment)]
-        return []  # thinking, signature and citations deltas; server tools' input
+        return []  # signature and citations deltas; server tools' input
 
     def _block_stop(self, index: Any) -> list[dict[str, Any]]:
         if index in self._tools and index not in self._tools_with_arguments:

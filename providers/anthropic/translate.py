@@ -260,19 +260,24 @@ def from_anthropic(message: dict[str, Any], requested_model: str) -> dict[str, A
     """An Anthropic message as an OpenAI ``chat.completion`` answering for ``requested_model``."""
     texts: list[str] = []
     tool_calls: list[dict[str, Any]] = []
+    thoughts: list[str] = []
     for block in message.get("content") or ():
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "text" and isinstance(block.get("text"), str):
             texts.append(block["text"])
         elif kind == "tool_use":
             tool_calls.append(tool_call_of(block))
-        # thinking, redacted_thinking and server tool blocks have no OpenAI counterpart
+        elif kind == "thinking" and isinstance(block.get("thinking"), str):
+            thoughts.append(block["thinking"])  # as DeepSeek and vLLM give it: reasoning_content
+        # redacted_thinking and server tool blocks have no OpenAI counterpart
     text = "".join(texts)
     reply: dict[str, Any] = {
         "role": "assistant",
         "content": text if text or not tool_calls else None,
         "refusal": None,
     }
+    if thoughts:
+        reply["reasoning_content"] = "".join(thoughts)
     if tool_calls:
         reply["tool_calls"] = tool_calls
     choice = {
