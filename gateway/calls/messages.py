@@ -46,11 +46,7 @@ async def create(call: Call, request: HttpRequest) -> HttpResponseBase:
     call.prompt = [data.get("system"), *turns]
     call.keep_affinity(data)
     call.resolve(model)
-    max_tokens = data.get("max_tokens")
-    await call.admit(
-        call.estimate_prompt_tokens(),
-        max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else None,
-    )
+    await call.admit_prompt(data.get("max_tokens"))
     messages = Messages(call, data, request)
     if call.stream:
         return call.answer_stream(await call.upstream(messages.open), error_event)

@@ -246,6 +246,11 @@ class Call:
             self._admitted = (prompt_tokens, max_tokens, units)
             await self._admit(prompt_tokens, max_tokens, units)
 
+    async def admit_prompt(self, max_tokens: Any) -> None:
+        """``admit`` on the prompt's estimate and the body's own output limit, if it is one."""
+        limit = max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else None
+        await self.admit(self.estimate_prompt_tokens(), limit)
+
     async def _admit(self, prompt_tokens: int, max_tokens: int | None, units: Units | None) -> None:
         route = self.route
         assert route is not None

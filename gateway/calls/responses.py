@@ -68,11 +68,7 @@ async def create(call: Call, request: HttpRequest) -> HttpResponseBase:
     call.prompt = [body.get("instructions"), *history, body.get("input")]
     call.keep_affinity(body)
     call.resolve(model)
-    max_tokens = body.get("max_output_tokens")
-    await call.admit(
-        call.estimate_prompt_tokens(),
-        max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else None,
-    )
+    await call.admit_prompt(body.get("max_output_tokens"))
     turn = Turn(call, body, history, previous)
     response: HttpResponseBase
     if stream:
