@@ -54,6 +54,12 @@ class ProviderConfig(_Strict):
     passthrough_models: bool = False
     """Allow ``<provider>/<any model>`` for models not listed in [models] (cost 0: unpriced)."""
     anthropic_version: str = "2023-06-01"
+    anthropic_betas: tuple[str, ...] = ("*",)
+    """anthropic only: the ``anthropic-beta`` values a client's request may pass on to this
+    upstream (``"*"``: every one, as api.anthropic.com takes them); others are left out."""
+    anthropic_betas_denied: tuple[str, ...] = ()
+    """anthropic only: ``anthropic-beta`` values never passed on (a Bedrock- or Vertex-style
+    upstream that refuses the ones it does not know)."""
     default_max_tokens: int = Field(default=4096, ge=1)
     """Anthropic requires max_tokens; used when the client sends none."""
 
@@ -130,6 +136,8 @@ class ModelConfig(Prices):
     """Other aliases, tried in order when every deployment failed with a retryable error."""
     context_window_fallbacks: tuple[str, ...] = ()
     """Other aliases, tried in order when the upstream said the prompt is too long."""
+    max_output_tokens: int | None = Field(default=None, gt=0)
+    """The model's output limit: a larger ``max_tokens`` on ``/v1/messages`` is capped to it."""
     first_byte_timeout_seconds: float | None = Field(default=None, gt=0)
     total_timeout_seconds: float | None = Field(default=None, gt=0)
     """The model's own timeouts, over its providers' (``ProviderConfig``; the idle timeout,

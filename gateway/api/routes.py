@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -61,7 +62,7 @@ api = NinjaAPI(
     description="A multi-tenant, OpenAI-compatible LLM gateway.",
     urls_namespace="v1",
     docs_url=None,
-    auth=TenantKey(),
+    auth=TenantKey(x_api_key=True),  # Bearer, or x-api-key as Anthropic's clients send it
 )
 
 _STARTED = int(time.time())
@@ -76,10 +77,16 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
     return await serve(request, Endpoint.CHAT_COMPLETIONS, chat.completions)
 
 
-@api.post("/messages", auth=TenantKey(x_api_key=True))
+@api.post("/messages")
 async def create_message(request: HttpRequest) -> HttpResponseBase:
     """Anthropic's Messages API; the key may come as ``x-api-key`` (Anthropic's SDKs) or Bearer."""
     return await serve(request, Endpoint.MESSAGES, messages.create)
+
+
+@api.post("/messages/count_tokens")
+async def count_message_tokens(request: HttpRequest) -> HttpResponseBase:
+    """Anthropic's token count of a Messages request, for any model; not billed."""
+    return await serve(request, Endpoint.MESSAGES, messages.count_tokens)
 
 
 @api.post("/responses")
@@ -163,12 +170,32 @@ async def list_models(request: HttpRequest) -> HttpResponse:
     """The models the caller may use (its tenant's and its key's allow-lists)."""
     caller: Caller = request.auth  # type: ignore[attr-defined]
     current = get_runtime()
+    names = [name for name in current.config.models if caller.limits.allows(name, current.factory)]
+    if "anthropic-version" in request.headers:  # an Anthropic client discovering models
+        return _json(_anthropic_model_list(names))
     data = [
-        _model_entry(name, model.deployment_list()[0].provider, model.operations)
-        for name, model in current.config.models.items()
-        if caller.limits.allows(name, current.factory)
+        _model_entry(
+            name,
+            current.config.models[name].deployment_list()[0].provider,
+            current.config.models[name].operations,
+        )
+        for name in names
     ]
     return _json({"object": "list", "data": data})
+
+
+def _anthropic_model_list(names: list[str]) -> dict[str, object]:
+    """Anthropic's ``GET /v1/models`` shape (Claude Code's model discovery)."""
+    created = datetime.fromtimestamp(_STARTED, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    data = [
+        {"type": "model", "id": name, "display_name": name, "created_at": created} for name in names
+    ]
+    return {
+        "data": data,
+        "has_more": False,
+        "first_id": names[0] if names else None,
+        "last_id": names[-1] if names else None,
+    }
 
 
 @api.get("/models/{path:model}")

@@ -10,13 +10,15 @@ same ledger, and errors come back in Anthropic's error shape.
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import AsyncGenerator
 from typing import Any
 
 import orjson
-from django.http import HttpRequest, HttpResponseBase
+from django.http import HttpRequest, HttpResponse, HttpResponseBase
 
-from gateway.calls.metering import StreamMeter
+from gateway.calls.metering import StreamMeter, estimate_prompt_tokens
 from gateway.calls.parsing import validate_request
 from gateway.calls.pipeline import Call, OpenStream, Relay, open_stream
 from providers.anthropic import AnthropicProvider, NativeEvent
@@ -29,25 +31,54 @@ from providers.types import StreamChunk, Usage
 
 FORWARDED_HEADERS = ("anthropic-version", "anthropic-beta")
 """Client headers that a call passed through to Anthropic keeps: the API version the client
-was written for, and the beta features it asks for."""
+was written for, and the beta features it asks for (each provider keeps those it accepts:
+``AnthropicProvider.accepted``)."""
+
+_VERSION = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
-async def create(call: Call, request: HttpRequest) -> HttpResponseBase:
-    data = await call.parse_json(request.body)
+def forwarded_headers(request: HttpRequest) -> dict[str, str]:
+    """The client's Anthropic headers; an ``anthropic-version`` that is not a version date is a
+    400 naming it (Anthropic's versions are dates: 2023-06-01)."""
+    headers = {name: request.headers[name] for name in FORWARDED_HEADERS if name in request.headers}
+    version = headers.get("anthropic-version")
+    if version is not None and not _VERSION.fullmatch(version.strip()):
+        raise InvalidRequest(
+            f"anthropic-version: '{version[:40]}' is not a version of the API "
+            "(a date, e.g. 2023-06-01).",
+            param="anthropic-version",
+            code="invalid_header",
+        )
+    return headers
+
+
+def read_request(call: Call, data: dict[str, Any]) -> str:
+    """Check what every Messages request needs; its model."""
     model = data.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidRequest("model: a model name is required", param="model")
-    call.stream = data.get("stream") is True
     turns = data.get("messages")
     if not isinstance(turns, list) or not turns:
         raise InvalidRequest(
             "messages: at least one message is required", param="messages", code="invalid_value"
         )
     call.prompt = [data.get("system"), *turns]
+    return model
+
+
+async def create(call: Call, request: HttpRequest) -> HttpResponseBase:
+    data = await call.parse_json(request.body)
+    model = read_request(call, data)
+    headers = forwarded_headers(request)
+    call.stream = data.get("stream") is True
     call.keep_affinity(data)
-    call.resolve(model)
+    route = call.resolve(model)
+    limit = route.prices.max_output_tokens if route.prices is not None else None
+    max_tokens = data.get("max_tokens")
+    if limit is not None and isinstance(max_tokens, int) and max_tokens > limit:
+        data = {**data, "max_tokens": limit}  # the model cannot write more: capped, not refused
     await call.admit_prompt(data.get("max_tokens"))
-    messages = Messages(call, data, request)
+    messages = Messages(call, data, headers)
     if call.stream:
         return call.answer_stream(await call.upstream(messages.open), error_event)
     content, usage = await call.upstream(messages.ask)
@@ -57,12 +88,10 @@ async def create(call: Call, request: HttpRequest) -> HttpResponseBase:
 class Messages:
     """One Messages request, sent along a route: as it is to Anthropic, translated elsewhere."""
 
-    def __init__(self, call: Call, data: dict[str, Any], request: HttpRequest) -> None:
+    def __init__(self, call: Call, data: dict[str, Any], headers: dict[str, str]) -> None:
         self.call = call
         self.data = data
-        self.headers = {
-            name: request.headers[name] for name in FORWARDED_HEADERS if name in request.headers
-        }
+        self.headers = headers
         self._translated: ChatRequest | None = None
 
     def translated(self) -> ChatRequest:
@@ -126,3 +155,40 @@ def sse(event: str, data: dict[str, Any]) -> bytes:
 
 def error_event(error: GatewayError) -> bytes:
     return sse("error", anthropic_error_body(error.status, error.message))
+
+
+# --- POST /v1/messages/count_tokens ------------------------------------------------------------
+
+
+async def count_tokens(call: Call, request: HttpRequest) -> HttpResponseBase:
+    """The input tokens a Messages request would use: Anthropic's own count for a model routed
+    to Anthropic; for any other model, the gateway's count of the request as it would be
+    translated (``estimate_request_tokens``). Held to the caller's allow-lists and rate limits;
+    no ledger row, nothing billed."""
+    call.keeps_row = False  # a count is not a call: no ledger row, nothing spent
+    data = await call.parse_json(request.body)
+    model = read_request(call, data)
+    headers = forwarded_headers(request)
+    route = call.resolve(model)
+    await call.admit_prompt(0)
+    provider = route.provider
+    if isinstance(provider, AnthropicProvider):
+        raw = await call.upstream(
+            lambda chosen: chosen.provider.count_tokens(data, chosen.upstream_model, headers)  # type: ignore[attr-defined]
+        )
+        return HttpResponse(raw, content_type="application/json")
+    body = anthropic_request_to_openai({**data, "max_tokens": data.get("max_tokens") or 1})
+    return HttpResponse(
+        orjson.dumps({"input_tokens": estimate_request_tokens(body)}),
+        content_type="application/json",
+    )
+
+
+def estimate_request_tokens(body: dict[str, Any]) -> int:
+    """About 4 characters a token over the text of the messages, plus the tools' JSON, plus a
+    few tokens per message for its framing: OpenAI's rule of thumb for English and code. A
+    real tokenizer gives other counts (often within a quarter of this, not guaranteed)."""
+    messages = body.get("messages") or []
+    tools = body.get("tools") or []
+    framing = 4 * len(messages)
+    return estimate_prompt_tokens(messages) + math.ceil(len(orjson.dumps(tools)) / 4) + framing

@@ -178,6 +178,9 @@ class Call:
         """What the call is billed if the client hangs up before the answer (the upstream does
         the work all the same); by default, the prompt's estimate."""
         self.recorded = False
+        self.keeps_row = True
+        """False for what is not a call to a model (a token count): ``record`` then only
+        settles the rate limits, and writes no ledger row."""
         self.close_pending: Callable[[], Awaitable[None]] | None = None
         """Closes the upstream stream handed to a streaming response, should it never be read."""
         self.admission: Admission | None = None
@@ -347,6 +350,10 @@ class Call:
             log.error("call %s recorded twice; the second record is dropped", self.request_id)
             return
         self.recorded = True
+        if not self.keeps_row:
+            if self.admission is not None:
+                self.admission.settle(0, Decimal(0))
+            return
         route = self.route
         total = usage.total_tokens
         if (

@@ -58,6 +58,7 @@ class AnthropicProvider(BaseProvider):
     def __init__(self, name: str, config: ProviderConfig, client: httpx.AsyncClient) -> None:
         super().__init__(name, config, client)
         self.url = httpx.URL(config.base_url.rstrip("/") + "/messages")
+        self.count_tokens_url = httpx.URL(config.base_url.rstrip("/") + "/messages/count_tokens")
         headers = {k: v for k, v in config.headers.items() if k.lower() not in _OUR_HEADERS}
         headers["content-type"] = "application/json"
         headers["anthropic-version"] = config.anthropic_version
@@ -66,10 +67,43 @@ class AnthropicProvider(BaseProvider):
         self.headers = headers
 
     def _post(
-        self, body: dict[str, Any], headers: dict[str, str] | None = None
+        self,
+        body: dict[str, Any],
+        headers: dict[str, str] | None = None,
+        url: httpx.URL | None = None,
     ) -> contextlib.AbstractAsyncContextManager[httpx.Response]:
-        merged = {**self.headers, **headers} if headers else self.headers
-        return post_json(self.client, self.name, self.url, self.with_credential(merged), body)
+        merged = {**self.headers, **self.accepted(headers)} if headers else self.headers
+        return post_json(
+            self.client, self.name, url or self.url, self.with_credential(merged), body
+        )
+
+    def accepted(self, headers: dict[str, str]) -> dict[str, str]:
+        """A client's headers as this upstream takes them: its ``anthropic-beta`` values only
+        those the provider's ``anthropic_betas`` allow and ``anthropic_betas_denied`` do not."""
+        beta = headers.get("anthropic-beta")
+        if beta is None:
+            return headers
+        allowed, denied = self.config.anthropic_betas, self.config.anthropic_betas_denied
+        kept = [
+            value
+            for value in (part.strip() for part in beta.split(","))
+            if value and ("*" in allowed or value in allowed) and value not in denied
+        ]
+        rest = {name: value for name, value in headers.items() if name != "anthropic-beta"}
+        return {**rest, "anthropic-beta": ",".join(kept)} if kept else rest
+
+    async def count_tokens(
+        self, body: dict[str, Any], upstream_model: str, headers: dict[str, str] | None = None
+    ) -> bytes:
+        """Anthropic's own count of a Messages request's input tokens (its JSON answer)."""
+        body = {**body, "model": upstream_model}
+        for field in ("max_tokens", "stream", "stop_sequences", "temperature", "metadata"):
+            body.pop(field, None)  # count_tokens refuses what only a generation takes
+        async with self._post(body, headers, self.count_tokens_url) as response:
+            raw, _ = await read_json_object(
+                response, self.name, lambda data: "input_tokens" in data, "a token count"
+            )
+        return raw
 
     def credential_headers(self, key: str) -> dict[str, str]:
         return {"x-api-key": key}
