@@ -83,6 +83,16 @@ class ChatResponse(BaseModel):
     raw: bytes | None = None
 
 
+def reasoning_of(message: dict[str, Any]) -> str:
+    """The reasoning text of a chat message or stream delta: ``reasoning_content`` (DeepSeek,
+    vLLM, Ollama), else ``reasoning`` (OpenRouter, newer vLLM); "" when it has none."""
+    for key in ("reasoning_content", "reasoning"):
+        text = message.get(key)
+        if isinstance(text, str) and text:
+            return text
+    return ""
+
+
 @dataclass(slots=True)
 class NativeEvent:
     """One event of a stream passed through in the upstream's own dialect (Anthropic's

@@ -37,6 +37,9 @@ messages (both APIs unless noted):
 - ``drop-mid-stream``: streams the opening events and 2 content events, then closes the socket
   with no terminator; non-streaming: closes without any response.
 - ``garbage``: 200, ``content-type: application/json``, body ``not json``.
+- ``reasoning`` (OpenAI): reasons first, as DeepSeek and vLLM do: the message's
+  ``reasoning_content`` is ``REASONING_TEXT`` (streamed as two ``reasoning_content`` deltas, the
+  content events after them), then the text ``tok0 tok1 ...`` as usual.
 - ``tool-use`` (Anthropic): text "Let me check." plus a ``get_weather`` tool_use block
   (stop_reason tool_use; streamed input as two ``input_json_delta`` fragments).
 - ``agent``: a coding agent's tool round trip (tests/fake_agent.py tells the rules). While the
@@ -198,6 +201,7 @@ _ANTHROPIC_ONLY: dict[str, Failure] = {
 REQUEST_DEPENDENT = frozenset({"echo", AGENT})
 """Models whose answers depend on the request, never cached (with the echo-auth-* ones)."""
 WEATHER_CALL = ToolCall("toolu_fake1", "get_weather", {"city": "Paris"})  # the tool-use model's
+REASONING_TEXT = "The user greets me. I greet back."  # the reasoning model's
 
 
 @dataclass(frozen=True)
@@ -233,6 +237,7 @@ class Call:
     hit: bool | None = None  # a script's prompt cache: hit, miss, or None (no such script)
     shape: Shape | None = None  # a script's stall or close of streams
     tool_call: ToolCall | None = None  # called after the texts (the tool-use and agent models)
+    reasoning: str = ""  # reasoning_content before the texts (the reasoning model, OpenAI only)
 
 
 _HEADER_VALUE = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?")
@@ -355,6 +360,8 @@ def _openai_plan(c: Call) -> Plan:
     finish = "stop" if call is None else "tool_calls"
     if not c.stream:
         message: dict[str, Any] = {"role": "assistant", "content": None, "refusal": None}
+        if c.reasoning:
+            message["reasoning_content"] = c.reasoning
         if call is None:
             message["content"] = "".join(c.texts)
         else:
@@ -370,7 +377,10 @@ def _openai_plan(c: Call) -> Plan:
         return _oa_event({**base, "choices": [choice], **no_usage})
 
     opening: dict[str, Any] = {"role": "assistant", "content": "", "refusal": None}
-    pieces = [event({"content": text}) for text in c.texts]
+    half = len(c.reasoning) // 2
+    thoughts = [c.reasoning[:half], c.reasoning[half:]] if c.reasoning else []
+    pieces = [event({"reasoning_content": thought}) for thought in thoughts]
+    pieces += [event({"content": text}) for text in c.texts]
     if call is not None:  # OpenAI opens the call in the first chunk, then streams its arguments
         function = {"name": call.name, "arguments": ""}
         start = {"index": 0, "id": call.id, "type": "function", "function": function}
@@ -749,6 +759,8 @@ class FakeUpstream:
         call = Call(
             model, stream, usage, keep, texts, n, [pre], gap, headers or {}, hit, shape, tool_call
         )
+        if model == "reasoning" and not anthropic:
+            call.reasoning = REASONING_TEXT
         return self.stamp(compact((_anthropic_plan if anthropic else _openai_plan)(call)))
 
 

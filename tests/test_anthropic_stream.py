@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
+from support.anthropic_streams import (
+    OA_USAGE,
+    OA_USAGE_AS_ANTHROPIC,
+    Event,
+    oa_chunk,
+    rebuilt_message,
+    to_anthropic_events,
+)
 
 from providers.anthropic.endpoint import openai_response_to_anthropic
 from providers.anthropic.stream import AnthropicToOpenAIStream, OpenAIToAnthropicStream
@@ -16,8 +23,6 @@ from providers.errors import (
     UpstreamUnavailable,
 )
 from providers.types import Usage
-
-Event = tuple[str, dict[str, Any]]
 
 # --- Anthropic events -> OpenAI chunks -----------------------------------------------------------
 
@@ -283,84 +288,6 @@ def test_events_named_only_in_their_data_are_understood() -> None:
 # --- OpenAI chunks -> Anthropic events -----------------------------------------------------------
 
 
-def oa_chunk(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
-    return {
-        "id": "chatcmpl-abc",
-        "object": "chat.completion.chunk",
-        "created": 1,
-        "model": "gpt-up",
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
-    }
-
-
-OA_USAGE = {
-    "id": "chatcmpl-abc",
-    "object": "chat.completion.chunk",
-    "created": 1,
-    "model": "gpt-up",
-    "choices": [],
-    "usage": {
-        "prompt_tokens": 20,
-        "completion_tokens": 9,
-        "total_tokens": 29,
-        "prompt_tokens_details": {"cached_tokens": 8},
-    },
-}
-
-
-def to_anthropic_events(chunks: list[dict[str, Any]]) -> list[Event]:
-    translator = OpenAIToAnthropicStream("gpt-alias")
-    events: list[Event] = []
-    for item in chunks:
-        events += translator.feed(item)
-    return events + translator.finish()
-
-
-def check_grammar(events: list[Event]) -> dict[str, Any]:
-    """Assert Anthropic's stream grammar, and rebuild the message the events describe."""
-    names = [name for name, _ in events]
-    assert names[0] == "message_start" and names[-2:] == ["message_delta", "message_stop"]
-    assert (
-        names.count("message_start")
-        == names.count("message_delta")
-        == names.count("message_stop")
-        == 1
-    )
-    for name, data in events:
-        assert data["type"] == name
-    message = dict(events[0][1]["message"])
-    message["content"] = []
-    open_index: int | None = None
-    arguments = ""
-    for name, data in events[1:-2]:
-        if name == "content_block_start":
-            assert open_index is None, "a block started while another was open"
-            assert data["index"] == len(message["content"]), "indices must be 0, 1, 2, ..."
-            open_index = data["index"]
-            message["content"].append(dict(data["content_block"]))
-            arguments = ""
-        elif name == "content_block_delta":
-            assert data["index"] == open_index
-            block, block_delta = message["content"][open_index], data["delta"]
-            if block_delta["type"] == "text_delta":
-                assert block["type"] == "text"
-                block["text"] += block_delta["text"]
-            else:
-                assert (block["type"], block_delta["type"]) == ("tool_use", "input_json_delta")
-                arguments += block_delta["partial_json"]
-        else:
-            assert name == "content_block_stop" and data["index"] == open_index
-            block = message["content"][open_index]
-            if block["type"] == "tool_use":
-                block["input"] = json.loads(arguments or "{}")
-            open_index = None
-    assert open_index is None, "every block started is stopped"
-    final = events[-2][1]
-    message["stop_reason"] = final["delta"]["stop_reason"]
-    message["usage"] = final["usage"]
-    return message
-
-
 def test_openai_text_stream_as_anthropic_events() -> None:
     events = to_anthropic_events(
         [
@@ -371,12 +298,6 @@ def test_openai_text_stream_as_anthropic_events() -> None:
             OA_USAGE,
         ]
     )
-    usage = {
-        "input_tokens": 12,
-        "output_tokens": 9,
-        "cache_creation_input_tokens": 0,
-        "cache_read_input_tokens": 8,
-    }
     assert events == [
         (
             "message_start",
@@ -424,7 +345,7 @@ def test_openai_text_stream_as_anthropic_events() -> None:
             {
                 "type": "message_delta",
                 "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                "usage": usage,
+                "usage": OA_USAGE_AS_ANTHROPIC,
             },
         ),
         ("message_stop", {"type": "message_stop"}),
@@ -461,7 +382,7 @@ def test_openai_text_and_tool_calls_each_in_their_own_block_and_agreeing_with_th
         oa_chunk({}, "tool_calls"),
         OA_USAGE,
     ]
-    streamed = check_grammar(to_anthropic_events(chunks))
+    streamed = rebuilt_message(to_anthropic_events(chunks))
     whole = {
         "id": "chatcmpl-abc",
         "choices": [
@@ -514,7 +435,7 @@ def test_openai_text_and_tool_calls_each_in_their_own_block_and_agreeing_with_th
     ],
 )
 def test_openai_to_anthropic_grammar_holds(chunks: list[dict[str, Any]]) -> None:
-    message = check_grammar(to_anthropic_events(chunks))
+    message = rebuilt_message(to_anthropic_events(chunks))
     assert message["stop_reason"] in ("end_turn", "max_tokens")
 
 
@@ -523,7 +444,7 @@ def test_a_tool_call_without_arguments_gets_an_empty_input() -> None:
         oa_chunk({"tool_calls": [{"index": 0, "id": "c", "function": {"name": "f"}}]}),
         oa_chunk({}, "tool_calls"),
     ]
-    message = check_grammar(to_anthropic_events(chunks))
+    message = rebuilt_message(to_anthropic_events(chunks))
     assert message["content"] == [{"type": "tool_use", "id": "c", "name": "f", "input": {}}]
     assert message["stop_reason"] == "tool_use"
 

@@ -11,6 +11,7 @@ from support.anthropic_shapes import (
     PNG,
     WEATHER_ANTHROPIC,
     WEATHER_TOOL,
+    anthropic_body,
     call,
     text,
     user,
@@ -24,15 +25,6 @@ from providers.errors import InvalidRequest, UpstreamUnavailable
 from providers.types import Usage
 
 # --- Anthropic request -> OpenAI request ---------------------------------------------------------
-
-
-def anthropic_body(**fields: Any) -> dict[str, Any]:
-    return {
-        "model": "gpt-alias",
-        "max_tokens": 100,
-        "messages": [{"role": "user", "content": "hi"}],
-        **fields,
-    }
 
 
 @pytest.mark.parametrize(
@@ -170,22 +162,32 @@ def test_anthropic_tool_choice(choice: dict[str, Any], expected: Any) -> None:
     [
         ({"model": None}, "model"),
         ({"messages": []}, "messages"),
-        ({"messages": [{"role": "system", "content": "x"}]}, "messages.0.role"),
+        ({"messages": [{"role": "tool", "content": "x"}]}, "messages.0.role"),
         (
-            {"messages": [user({"type": "document", "source": {"type": "text", "data": "x"}})]},
+            {"messages": [user({"type": "document", "source": {"type": "url", "url": "x"}})]},
             "messages.0.content.0",
         ),
         (
             {
                 "messages": [
                     user(
-                        {"type": "tool_result", "tool_use_id": "t", "content": [{"type": "image"}]}
+                        {
+                            "type": "tool_result",
+                            "tool_use_id": "t",
+                            "content": [{"type": "search_result"}],
+                        }
                     )
                 ]
             },
             "messages.0.content.0.content.0",
         ),
-        ({"tools": [{"type": "web_search_20250305", "name": "web_search"}]}, "tools.0"),
+        (
+            {
+                "tools": [{"type": "web_search_20250305", "name": "web_search"}],
+                "tool_choice": {"type": "tool", "name": "web_search"},
+            },
+            "tool_choice.name",
+        ),
         ({"tools": [WEATHER_ANTHROPIC], "tool_choice": {"type": "maybe"}}, "tool_choice"),
     ],
 )

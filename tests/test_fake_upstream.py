@@ -15,7 +15,10 @@ import httpx
 import pytest
 
 from fake_media import EMBEDDING_TOKENS, PNG_1X1, SPEECH_AUDIO, TRANSCRIPT
-from fake_upstream import run_fake_upstream  # tests/ has no __init__.py: pytest puts it on sys.path
+from fake_upstream import (
+    REASONING_TEXT,
+    run_fake_upstream,
+)  # tests/ has no __init__.py: pytest puts it on sys.path
 
 OPENAI = "/v1/chat/completions"
 ANTHROPIC = "/v1/messages"
@@ -107,6 +110,20 @@ def test_openai_streaming(client: httpx.Client, include_usage: bool) -> None:
         assert all(c["usage"] is None for c in chunks[:7])
     else:
         assert all("usage" not in c for c in chunks)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_the_reasoning_model_reasons_before_its_text(client: httpx.Client, stream: bool) -> None:
+    r = client.post(OPENAI, json={"model": "reasoning", "stream": stream})
+    assert r.status_code == 200
+    if not stream:
+        message = r.json()["choices"][0]["message"]
+        assert message["reasoning_content"] == REASONING_TEXT
+        assert message["content"] == "tok0 tok1 tok2 tok3 tok4 "
+        return
+    deltas = [json.loads(d)["choices"][0]["delta"] for d in sse_data(r.text)[1:-2]]
+    assert "".join(d["reasoning_content"] for d in deltas[:2]) == REASONING_TEXT
+    assert [d["content"] for d in deltas[2:]] == [f"tok{i} " for i in range(5)]
 
 
 def test_echo_with_chunked_request_body(client: httpx.Client) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from providers.errors import GatewayError, ProviderError
-from providers.types import StreamChunk, Usage
+from providers.types import StreamChunk, Usage, reasoning_of
 
 
 def estimate_prompt_tokens(messages: Any) -> int:
@@ -44,7 +44,7 @@ class StreamMeter:
             self.usage = chunk.usage
         for choice in chunk.payload.get("choices") or ():
             delta = choice.get("delta") or {}
-            if delta.get("content") or delta.get("tool_calls") or delta.get("reasoning_content"):
+            if delta.get("content") or delta.get("tool_calls") or reasoning_of(delta):
                 self.content_chunks += 1
 
     def failed(self, error: GatewayError) -> None:

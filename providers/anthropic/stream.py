@@ -20,7 +20,13 @@ from typing import Any
 from providers.anthropic.ids import new_id, translated_id
 from providers.anthropic.tools import tool_use_of
 from providers.errors import ProviderError, UpstreamUnavailable, error_for_upstream_status
-from providers.types import Usage
+from providers.types import Usage, reasoning_of
+
+TRANSLATED_SIGNATURE = "tollgate-translated-unsigned"
+"""The ``signature`` of a ``thinking`` block made from another model's reasoning. Anthropic's
+schema requires a string, and a client may ignore a thinking block without one (Claude Code has
+been seen to); this one is signed by no one. A client sends it back with the block, which the
+gateway drops on the way to an OpenAI model (Anthropic itself would reject the signature)."""
 
 FINISH_REASONS = {
     "end_turn": "stop",
@@ -317,10 +323,14 @@ class OpenAIToAnthropicStream:
 
     ``feed(chunk)`` per chunk, then ``finish()`` once the OpenAI stream ended (``[DONE]``). The
     grammar is Anthropic's: ``message_start``; per content block ``content_block_start``, its
-    deltas, ``content_block_stop`` (one block open at a time, indices 0, 1, ...; text, then each
-    tool call in its own ``tool_use`` block); ``message_delta`` with the stop reason and usage;
-    ``message_stop``. Usage comes from OpenAI's usage chunk, so the OpenAI request must set
-    ``stream_options.include_usage``.
+    deltas, ``content_block_stop`` (one block open at a time, indices 0, 1, ...; reasoning, then
+    text, then each tool call in its own ``tool_use`` block); ``message_delta`` with the stop
+    reason and usage; ``message_stop``. Usage comes from OpenAI's usage chunk, so the OpenAI
+    request must set ``stream_options.include_usage``.
+
+    Reasoning deltas (``reasoning_content``, or OpenRouter's ``reasoning``) make a ``thinking``
+    block of ``thinking_delta`` events, which as Anthropic's ends with a ``signature_delta``
+    (``TRANSLATED_SIGNATURE``) just before its ``content_block_stop``.
 
     OpenAI streams tool calls one after another. Arguments for a call whose block is already
     closed cannot be expressed in Anthropic's grammar and raise ``UpstreamUnavailable``.
@@ -331,7 +341,8 @@ class OpenAIToAnthropicStream:
         self.id = ""
         self._open: int | None = None
         """Index of the open content block, if one is open."""
-        self._open_is_text = False
+        self._open_type = ""
+        """The type of the open content block: thinking, text or tool_use."""
         self._next_index = 0
         self._tool_blocks: dict[int, int] = {}
         """OpenAI tool call index -> Anthropic content block index."""
@@ -349,6 +360,9 @@ class OpenAIToAnthropicStream:
             if not isinstance(choice, dict) or choice.get("index", 0) != 0 or self._stop_reason:
                 continue
             delta = as_dict(choice.get("delta"))
+            thought = reasoning_of(delta)
+            if thought:
+                events += self._thinking(thought)
             for key in ("content", "refusal"):
                 if isinstance(delta.get(key), str) and delta[key]:
                     events += self._text(delta[key])
@@ -390,15 +404,20 @@ class OpenAIToAnthropicStream:
     def _open_block(self, block: dict[str, Any]) -> list[Event]:
         events = self._close()
         self._open, self._next_index = self._next_index, self._next_index + 1
-        self._open_is_text = block["type"] == "text"
+        self._open_type = block["type"]
         data = {"type": "content_block_start", "index": self._open, "content_block": block}
         return [*events, ("content_block_start", data)]
 
     def _close(self) -> list[Event]:
         if self._open is None:
             return []
+        events = []
+        if self._open_type == "thinking":
+            events.append(
+                self._delta({"type": "signature_delta", "signature": TRANSLATED_SIGNATURE})
+            )
         index, self._open = self._open, None
-        return [("content_block_stop", {"type": "content_block_stop", "index": index})]
+        return [*events, ("content_block_stop", {"type": "content_block_stop", "index": index})]
 
     def _delta(self, delta: dict[str, Any]) -> Event:
         return (
@@ -406,13 +425,21 @@ class OpenAIToAnthropicStream:
             {"type": "content_block_delta", "index": self._open, "delta": delta},
         )
 
-    def _text(self, text: str) -> list[Event]:
-        events = (
-            []
-            if self._open is not None and self._open_is_text
-            else self._open_block({"type": "text", "text": ""})
+    def _thinking(self, thought: str) -> list[Event]:
+        events = self._open_unless(
+            "thinking", {"type": "thinking", "thinking": "", "signature": ""}
         )
+        return [*events, self._delta({"type": "thinking_delta", "thinking": thought})]
+
+    def _text(self, text: str) -> list[Event]:
+        events = self._open_unless("text", {"type": "text", "text": ""})
         return [*events, self._delta({"type": "text_delta", "text": text})]
+
+    def _open_unless(self, block_type: str, block: dict[str, Any]) -> list[Event]:
+        """Open ``block`` unless a block of its type is the open one."""
+        if self._open is not None and self._open_type == block_type:
+            return []
+        return self._open_block(block)
 
     def _tool_call(self, call: dict[str, Any]) -> list[Event]:
         call_index = call.get("index", 0)

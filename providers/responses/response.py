@@ -28,7 +28,7 @@ from providers.responses.ids import (
     new_item_id,
 )
 from providers.responses.tools import ToolNames
-from providers.types import Usage
+from providers.types import Usage, reasoning_of
 
 INCOMPLETE_REASONS = {"length": "max_output_tokens", "content_filter": "content_filter"}
 """Chat ``finish_reason`` -> ``incomplete_details.reason``; any other reason is completed."""
@@ -156,15 +156,6 @@ def custom_input(arguments: str) -> str:
 def incomplete_reason(finish_reason: Any) -> str | None:
     """Why a response is incomplete, by the chat ``finish_reason``; None when it is complete."""
     return INCOMPLETE_REASONS.get(finish_reason) if isinstance(finish_reason, str) else None
-
-
-def reasoning_of(message: dict[str, Any]) -> str:
-    """The reasoning text of a chat message or delta (``reasoning_content``, or ``reasoning``
-    as vLLM and OpenRouter name it)."""
-    for key in ("reasoning_content", "reasoning"):
-        if _text(message.get(key)):
-            return str(message[key])
-    return ""
 
 
 # --- the response object ---------------------------------------------------------------------

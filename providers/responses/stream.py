@@ -44,12 +44,11 @@ from providers.responses.response import (
     message_item,
     output_text_part,
     reasoning_item,
-    reasoning_of,
     refusal_part,
     response_object,
 )
 from providers.responses.tools import ToolNames
-from providers.types import Usage
+from providers.types import Usage, reasoning_of
 
 Event = dict[str, Any]
 

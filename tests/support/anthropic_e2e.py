@@ -11,7 +11,8 @@ Three ways in are covered:
   test_e2e_messages_native;
 - Anthropic clients calling a model routed to an OpenAI upstream (``/v1/messages``, translated by
   ``providers.anthropic.endpoint`` and ``providers.anthropic.stream``):
-  test_e2e_messages_translated;
+  test_e2e_messages_translated, and Claude Code's own requests in
+  test_e2e_claude_code_translated;
 
 with the errors of ``/v1/messages`` in test_e2e_messages_errors and its tenants in
 test_e2e_tenant_isolation.
@@ -59,6 +60,7 @@ CLAUDE_MODELS = {
 }
 GPT_MODELS = {  # routed to the OpenAI-shaped provider; gpt-test priced as GPT_TEST_COST says
     "gpt-echo": "echo",
+    "gpt-reasoning": "reasoning",
     "gpt-drop": "drop-mid-stream",
     "gpt-fail-500": "fail-500",
     "gpt-fail-429": "fail-429",
