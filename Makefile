@@ -8,7 +8,8 @@ WORKERS ?= 1
 PG_URL ?= postgres://postgres@127.0.0.1:5432/test
 REDIS_TEST_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: install run serve test test-sqlite test-postgres browser codex lint format bench clean
+.PHONY: install run serve test test-sqlite test-postgres browser codex claude-code lint format bench \
+	clean
 
 install: $(VENV)/.installed
 
@@ -38,7 +39,7 @@ var/secret_key:
 # its run; with CI=true it fails.
 test: test-sqlite test-postgres
 
-test-sqlite: install browser codex
+test-sqlite: install browser codex claude-code
 	@if $(BIN)/python tests/services.py redis; then \
 		echo "== the suite on SQLite (+ Redis for the shared-counter tests)"; \
 		REDIS_URL=$(REDIS_TEST_URL) $(BIN)/pytest; \
@@ -47,7 +48,7 @@ test-sqlite: install browser codex
 		$(BIN)/pytest; \
 	fi
 
-test-postgres: install browser codex
+test-postgres: install browser codex claude-code
 	@if $(BIN)/python tests/services.py postgres redis; then \
 		echo "== the suite on PostgreSQL + Redis"; \
 		DATABASE_URL=$(PG_URL) REDIS_URL=$(REDIS_TEST_URL) $(BIN)/pytest; \
@@ -72,6 +73,12 @@ browser:
 # skips that test; with CI=true it stops make here (and fails the test when run alone).
 codex: install
 	@$(BIN)/python tests/support/codex.py || [ "$$CI" != "true" ]
+
+# Claude Code for its end-to-end test (tests/test_e2e_claude_code.py), the same way: the version
+# pinned in tests/support/claude_code.py, into var/node/ once; locally a failed install skips the
+# test, with CI=true it stops make here.
+claude-code: install
+	@$(BIN)/python tests/support/claude_code.py || [ "$$CI" != "true" ]
 
 lint: install
 	$(BIN)/ruff check .

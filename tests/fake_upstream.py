@@ -12,8 +12,8 @@ A hand-written HTTP/1.1 server on ``asyncio.Protocol`` (uvloop when importable):
 pipelining, Content-Length and chunked request bodies, ``Expect: 100-continue``. Every answer is
 a *plan*: wire bytes, pauses, and "close the connection" steps. Plans depending only on (api,
 model, stream, include_usage, keep-alive) are cached, so the zero-delay path is: parse the head,
-``json.loads`` the body, one dict lookup, one ``write`` (``echo``, ``echo-auth-*`` and ``agent``
-answer each request anew).
+``json.loads`` the body, one dict lookup, one ``write`` (``echo``, ``echo-auth-*``, ``agent`` and
+``claude-agent`` answer each request anew).
 
 Endpoints: ``POST /v1/chat/completions`` (OpenAI), ``POST /v1/messages`` (Anthropic),
 ``GET /v1/models``, and OpenAI's ``POST /v1/embeddings``, ``/v1/images/generations``,
@@ -42,15 +42,18 @@ messages (both APIs unless noted):
   content events after them), then the text ``tok0 tok1 ...`` as usual.
 - ``tool-use`` (Anthropic): text "Let me check." plus a ``get_weather`` tool_use block
   (stop_reason tool_use; streamed input as two ``input_json_delta`` fragments).
-- ``agent``: a coding agent's tool round trip (tests/fake_agent.py tells the rules). While the
-  last message is the user's and the request offers a tool named ``exec_command``: one call of
-  it, arguments ``{"cmd": "ls"}`` (OpenAI: content null, ``tool_calls``, finish_reason
-  tool_calls; streamed as a first chunk opening the call, then its arguments in two fragments.
-  Anthropic: a lone tool_use block, stop_reason tool_use; its input streamed as two
-  ``input_json_delta`` fragments). Once the last message is a tool result (OpenAI role ``tool``,
-  Anthropic a ``tool_result`` block): the text ``Done: `` and the first 40 characters of the
-  tool's output (of a Codex exec_command result: of the command's output). No ``exec_command``
-  tool: the text ``hi``. Usage as above.
+- ``agent`` (for Codex) and ``claude-agent`` (for Claude Code): a coding agent's tool round trip
+  (tests/fake_agent.py tells the rules). While the request holds no tool result since the model
+  last spoke and offers the model's tool (``agent``: ``exec_command``; ``claude-agent``:
+  ``Bash``): one call of it, arguments ``{"cmd": "ls"}`` / ``{"command": "ls", "description":
+  "List files"}`` (OpenAI: content null, ``tool_calls``, finish_reason tool_calls; streamed as a
+  first chunk opening the call, then its arguments in two fragments. Anthropic: a lone tool_use
+  block, stop_reason tool_use; its input streamed as two ``input_json_delta`` fragments). Once a
+  tool result follows the model's last message (OpenAI role ``tool``, Anthropic a
+  ``tool_result`` block): the text ``Done: `` and the first 40 (``claude-agent``: 60) characters
+  of the last tool output (of a Codex exec_command result: of the command's output). Without the
+  tool: the text ``hi`` (``claude-agent``: ``ok``, as Claude Code's side requests get). Usage as
+  above.
 - ``stream-error`` (Anthropic streaming): an ``error`` event (overloaded_error) after 2 text
   deltas, then the stream ends and the connection closes.
 - ``echo-auth-<status>`` (400, 401, 403, 404, 422, 429, 500; every endpoint): that status, with
@@ -155,7 +158,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from fake_agent import AGENT, ToolCall, agent_turn
+from fake_agent import AGENTS, ToolCall, agent_turn
 from fake_media import MEDIA_PATHS, TRANSCRIPTIONS, media_plan, parse_form
 from fake_wire import (
     ECHO_AUTH,
@@ -198,7 +201,7 @@ _MODELS = {
 _ANTHROPIC_ONLY: dict[str, Failure] = {
     "overloaded": (529, "", None, None, "overloaded_error", "Overloaded")
 }
-REQUEST_DEPENDENT = frozenset({"echo", AGENT})
+REQUEST_DEPENDENT = frozenset({"echo", *AGENTS})
 """Models whose answers depend on the request, never cached (with the echo-auth-* ones)."""
 WEATHER_CALL = ToolCall("toolu_fake1", "get_weather", {"city": "Paris"})  # the tool-use model's
 REASONING_TEXT = "The user greets me. I greet back."  # the reasoning model's
@@ -753,8 +756,8 @@ class FakeUpstream:
             texts = texts[:2]
         elif model == "tool-use" and anthropic:
             texts, tool_call = ["Let me check."], WEATHER_CALL
-        elif model == AGENT:
-            turn = agent_turn(body, anthropic)
+        elif model in AGENTS:
+            turn = agent_turn(model, body, anthropic)
             texts, tool_call = [turn.text] if turn.text else [], turn.tool_call
         call = Call(
             model, stream, usage, keep, texts, n, [pre], gap, headers or {}, hit, shape, tool_call

@@ -70,8 +70,8 @@ from support.codex import (
     codex_bin_fixture,  # noqa: F401 - a fixture: codex_bin
     describe,
     run_codex,
-    tail,
 )
+from support.npm_cli import tail
 
 from conftest import GatewayServer, TenantKey, start_gateway_with_config, wait_for_rows
 from gateway.models import UsageRecord

@@ -222,3 +222,97 @@ def test_the_answer_follows_each_request_under_a_script(client: httpx.Client) ->
     assert second["usage"]["prompt_tokens_details"] == {
         "cached_tokens": 8
     }  # the same first message
+
+
+# --- claude-agent: Claude Code's shapes ----------------------------------------------------------
+
+CLAUDE = {"model": "claude-agent"}
+BASH_SCHEMA = {
+    "type": "object",
+    "properties": {"command": {"type": "string"}, "description": {"type": "string"}},
+    "required": ["command"],
+}
+BASH_CALL = {"command": "ls", "description": "List files"}
+CC_TOOLS = [
+    {"name": "Agent", "input_schema": EXEC_SCHEMA},
+    {"name": "Bash", "input_schema": BASH_SCHEMA},
+]
+CC_OA_TOOLS = [
+    {"type": "function", "function": {"name": t["name"], "parameters": t["input_schema"]}}
+    for t in CC_TOOLS
+]
+# Claude Code's first turn: the prompt after a reminder, then a mid-conversation system message.
+CC_ASK = {
+    "role": "user",
+    "content": [
+        {"type": "text", "text": "<system-reminder>\ncontext\n</system-reminder>\n"},
+        {"type": "text", "text": "list the files here"},
+    ],
+}
+CC_AGENTS = {"role": "system", "content": "Available agent types for the Agent tool: ..."}
+LISTING = "hello.txt\n" + "".join(f"file-{i:02}.txt\n" for i in range(10))
+
+
+def test_claude_agent_calls_bash_after_a_system_message(client: httpx.Client) -> None:
+    events = anthropic_events(
+        client, {**CLAUDE, "messages": [CC_ASK, CC_AGENTS], "tools": CC_TOOLS, "stream": True}
+    )
+    block = events[1]["content_block"]
+    assert (block["type"], block["name"], block["id"]) == ("tool_use", "Bash", "toolu_fake_bash")
+    fragments = [e["delta"]["partial_json"] for e in events if e["type"] == "content_block_delta"]
+    assert json.loads("".join(fragments)) == BASH_CALL
+    assert events[-2]["delta"]["stop_reason"] == "tool_use"
+
+    translated = [{"role": "system", "content": "You are..."}, ASK, CC_AGENTS]
+    choice = openai_call(client, translated, tools=CC_OA_TOOLS, **CLAUDE)
+    [call] = choice["message"]["tool_calls"]
+    assert (call["id"], call["function"]["name"]) == ("call_fake_bash", "Bash")
+    assert json.loads(call["function"]["arguments"]) == BASH_CALL
+    chunks = openai_stream(client, translated, tools=CC_OA_TOOLS, **CLAUDE)
+    arguments = "".join(
+        d["tool_calls"][0]["function"]["arguments"]
+        for c in chunks
+        if c["choices"] and (d := c["choices"][0]["delta"]).get("tool_calls")
+    )
+    assert json.loads(arguments) == BASH_CALL
+
+
+def test_claude_agent_quotes_60_characters_of_the_last_tool_result(client: httpx.Client) -> None:
+    call = {"type": "tool_use", "id": "toolu_fake_bash", "name": "Bash", "input": BASH_CALL}
+    result = {"type": "tool_result", "tool_use_id": "toolu_fake_bash", "content": LISTING}
+    messages = [CC_ASK, CC_AGENTS, {"role": "assistant", "content": [call]}]
+    messages.append({"role": "user", "content": [result]})
+    body = {**CLAUDE, "messages": messages, "tools": CC_TOOLS, "stream": True}
+    events = anthropic_events(client, body)
+    text = "".join(e["delta"]["text"] for e in events if e["type"] == "content_block_delta")
+    assert text == "Done: " + LISTING.strip()[:60]
+    assert events[-2]["delta"]["stop_reason"] == "end_turn"
+
+    tool_call = {"id": "call_1", "type": "function", "function": {"name": "Bash"}}
+    openai = [ASK, {"role": "assistant", "content": None, "tool_calls": [tool_call]}]
+    openai.append({"role": "tool", "tool_call_id": "call_1", "content": "hello.txt\n"})
+    choice = openai_call(client, openai, tools=CC_OA_TOOLS, **CLAUDE)
+    assert choice["message"]["content"] == "Done: hello.txt"
+
+
+def test_agents_call_again_once_they_have_spoken_after_a_tool_result(
+    client: httpx.Client,
+) -> None:
+    """A tool result the model already answered is history: a new prompt gets a new call."""
+    result = {"role": "tool", "tool_call_id": "call_1", "content": "a.txt"}
+    history = [ASK, result, {"role": "assistant", "content": "Done: a.txt"}, ASK]
+    choice = openai_call(client, history, tools=CC_OA_TOOLS, **CLAUDE)
+    assert choice["message"]["tool_calls"][0]["function"]["name"] == "Bash"
+    choice = openai_call(client, history, tools=OA_TOOLS)
+    assert choice["message"]["tool_calls"][0]["function"]["name"] == "exec_command"
+
+
+def test_claude_agent_without_bash_says_ok(client: httpx.Client) -> None:
+    """Claude Code's side requests (a session title) come without tools."""
+    for extra in ({}, {"tools": OA_TOOLS}):
+        choice = openai_call(client, [ASK], **CLAUDE, **extra)
+        assert (choice["message"]["content"], choice["finish_reason"]) == ("ok", "stop")
+    message = client.post(
+        ANTHROPIC, json={**CLAUDE, "max_tokens": 50, "messages": [CC_ASK], "tools": AN_TOOLS}
+    ).json()
+    assert message["content"] == [{"type": "text", "text": "ok"}]
