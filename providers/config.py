@@ -136,6 +136,10 @@ class ModelConfig(Prices):
     """Other aliases, tried in order when every deployment failed with a retryable error."""
     context_window_fallbacks: tuple[str, ...] = ()
     """Other aliases, tried in order when the upstream said the prompt is too long."""
+    reasoning: bool = False
+    """The model takes a reasoning setting (``reasoning_effort``: o-series, gpt-5, DeepSeek's
+    reasoner...): the one a translated Anthropic request asks for (thinking, effort) is sent.
+    Other models never get it: they refuse the field."""
     max_output_tokens: int | None = Field(default=None, gt=0)
     """The model's output limit: a larger ``max_tokens`` on ``/v1/messages`` is capped to it."""
     first_byte_timeout_seconds: float | None = Field(default=None, gt=0)

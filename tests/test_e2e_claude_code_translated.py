@@ -91,7 +91,7 @@ def test_claude_code_first_request_with_a_mid_conversation_system_message_reache
         },
         {"role": "system", "content": middle["content"]},
     ], "the mid-conversation system message stays where it was"
-    assert sent["reasoning_effort"] == "high", "from output_config.effort"
+    assert "reasoning_effort" not in sent, "gpt-echo does not declare reasoning: never sent"
     user_id = CLAUDE_CODE_FIRST_TURN["metadata"]["user_id"]
     assert sent["user"] == hashlib.sha256(user_id.encode()).hexdigest()
     assert sent["max_tokens"] == 32000
@@ -126,6 +126,15 @@ def test_claude_code_first_request_with_a_mid_conversation_system_message_reache
     )
     settle(server, tenants["bob"])
     assert len(rows_of(alice)) == 1
+
+
+def test_a_model_that_takes_reasoning_gets_the_effort_claude_code_asks_for(
+    server: GatewayServer, tenants: dict[str, TenantKey]
+) -> None:
+    body = {**copy.deepcopy(CLAUDE_CODE_FIRST_TURN), "model": "gpt-echo-thinker", "stream": False}
+    _, message = post_as_claude_code(server, tenants["alice"], body)
+    sent, _ = echoed(message["content"][0]["text"])
+    assert sent["reasoning_effort"] == "high", "from output_config.effort"
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])

@@ -92,20 +92,27 @@ class Messages:
         self.call = call
         self.data = data
         self.headers = headers
-        self._translated: ChatRequest | None = None
+        self._translated: dict[bool, ChatRequest] = {}
 
-    def translated(self) -> ChatRequest:
-        """The request in OpenAI's shape, translated once however many routes need it."""
-        if self._translated is None:
+    def translated(self, route: Route) -> ChatRequest:
+        """The request in OpenAI's shape for ``route``, translated once however many routes
+        need it. ``reasoning_effort`` (from thinking or ``output_config.effort``: Claude Code
+        always asks for one) goes only to models that config.toml says take it (``reasoning``):
+        others (gpt-4o, most local models) refuse the field."""
+        reasoning = route.prices is not None and route.prices.reasoning
+        chat = self._translated.get(reasoning)
+        if chat is None:
             body = anthropic_request_to_openai(self.data)
-            self._translated = validate_request(ChatRequest, body)
-        return self._translated
+            if not reasoning:
+                body.pop("reasoning_effort", None)
+            chat = self._translated[reasoning] = validate_request(ChatRequest, body)
+        return chat
 
     async def ask(self, route: Route) -> tuple[bytes, Usage]:
         provider = route.provider
         if isinstance(provider, AnthropicProvider):
             return await provider.messages(self.data, route.upstream_model, self.headers)
-        answer = await provider.chat(self.translated(), route.upstream_model)
+        answer = await provider.chat(self.translated(route), route.upstream_model)
         message = openai_response_to_anthropic(answer.body, self.call.requested_model, answer.usage)
         return orjson.dumps(message), answer.usage
 
@@ -116,7 +123,7 @@ class Messages:
             events = provider.messages_stream(self.data, route.upstream_model, self.headers)
             native = await open_stream(events, route)
             return Relay(native, _passed_through(native, meter), meter)
-        chunks = provider.stream(self.translated(), route.upstream_model)
+        chunks = provider.stream(self.translated(route), route.upstream_model)
         stream = await open_stream(chunks, route)
         return Relay(stream, _translated(stream, meter, self.call.requested_model), meter)
 

@@ -98,6 +98,12 @@ upstream_model = "{upstream_model}"
 input_per_mtok = 1.0
 output_per_mtok = 2.0
 """
+    text += """
+[models."gpt-echo-thinker"]
+provider = "fake"
+upstream_model = "echo"
+reasoning = true
+"""
     for alias, upstream_model in CLAUDE_MODELS.items():
         text += f"""
 [models."{alias}"]
