@@ -17,6 +17,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 from pydantic_core import PydanticCustomError
 
+from providers.errors import UpstreamKeyMissing
 from providers.redaction import remember_secret
 from providers.types import (
     AudioStream,
@@ -178,15 +179,25 @@ class BaseProvider(abc.ABC):
         self.config = config
         self.client = client
         self.credentials: CredentialSource | None = None
+        self.key_missing = bool(config.api_key_env) and not config.api_key
+        """config.toml names the key's variable, and the environment has none."""
 
     def credential_headers(self, key: str) -> dict[str, str]:
         """How this upstream takes its key: a Bearer token unless a provider says otherwise."""
         return {"authorization": f"Bearer {key}"}
 
     def with_credential(self, headers: dict[str, str]) -> dict[str, str]:
-        """``headers`` for one call, with the key the credential source picks for it (if any)."""
+        """``headers`` for one call, with the key the credential source picks for it (if any).
+        With no key at all (none in the admin, and config.toml's ``api_key_env`` not set) the
+        call is not sent: ``UpstreamKeyMissing`` names the variable to set."""
         key = self.credentials(self.name) if self.credentials is not None else None
         if key is None:
+            if self.key_missing:
+                raise UpstreamKeyMissing(
+                    f"{self.config.api_key_env} is not set: the gateway has no key for the "
+                    f"upstream provider '{self.name}'. Export it (or add a key for "
+                    f"'{self.name}' in the admin) and try again."
+                )
             return headers
         CREDENTIAL_USED.set(key)
         remember_secret(key)  # an upstream that echoes it in an error: redacted

@@ -157,6 +157,14 @@ class UpstreamUnavailable(ProviderError):
     retryable = True
 
 
+class UpstreamKeyMissing(ProviderError):
+    """The gateway has no key for the upstream: its message names the variable to set."""
+
+    status = 503
+    type = "server_error"
+    code = "upstream_key_missing"
+
+
 class UpstreamTimeout(ProviderError):
     status = 504
     code = "upstream_timeout"

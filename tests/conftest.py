@@ -63,15 +63,38 @@ def django_db_setup(django_db_setup: None, django_db_blocker: Any) -> Iterator[N
 
 
 @pytest.fixture
-def tenants(transactional_db: None) -> dict[str, TenantKey]:
-    """alice, bob and charlie, each with one working key (committed: other processes see it)."""
+def tenants(
+    transactional_db: None, request: pytest.FixtureRequest
+) -> Iterator[dict[str, TenantKey]]:
+    """alice, bob and charlie, each with one working key (committed: other processes see it).
+
+    After an end-to-end test, the ledger is left to go quiet before the database is emptied: a
+    gateway process writes its rows a flush interval after the answers, and its insert racing
+    the test's TRUNCATE deadlocked on PostgreSQL (each holding a table the other wanted)."""
     result = {}
     for name in TENANT_NAMES:
         tenant = Tenant.objects.create(name=name)
         key, raw = ApiKey.objects.issue(tenant, name=f"{name}-key")
         result[name] = TenantKey(tenant, key, raw)
     auth._key_cache.clear()
-    return result
+    yield result
+    if request.node.get_closest_marker("e2e") is not None:
+        wait_for_quiet_ledger()
+
+
+def wait_for_quiet_ledger(quiet: float = 0.15, timeout: float = 5.0) -> None:
+    """Until no ledger row has landed for ``quiet`` seconds (3 flush intervals of the test
+    gateways), or ``timeout``."""
+    deadline = time.monotonic() + timeout
+    seen = UsageRecord.objects.count()
+    stable_since = time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        now_seen = UsageRecord.objects.count()
+        if now_seen != seen:
+            seen, stable_since = now_seen, time.monotonic()
+        elif time.monotonic() - stable_since >= quiet:
+            return
 
 
 ALL_OPERATIONS = '["chat", "embeddings", "images", "speech", "transcription"]'

@@ -244,3 +244,31 @@ async def test_models_lists_the_configured_aliases(
     missing = await client.get("/v1/models/nope", headers=tenants["alice"].headers)
     assert missing.status_code == 404
     assert (await client.get("/v1/models")).status_code == 401
+
+
+async def test_a_provider_without_its_key_says_which_variable_to_set(
+    tenants: dict[str, TenantKey], client: AsyncClient, gateway_runtime, monkeypatch
+) -> None:
+    """Regression: with no upstream key, the demo's curl got a bare 502 "could not be reached"."""
+    calls: list[httpx.Request] = []
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        return ok(request)
+
+    current = gateway_runtime(upstream)  # providers are made on first use: after this
+    monkeypatch.delenv("FAKE_UPSTREAM_KEY")
+    response = await post(client, tenants["alice"], HELLO)
+    assert response.status_code == 503
+    error = response.json()["error"]
+    assert error["code"] == "upstream_key_missing"
+    assert error["message"].startswith("FAKE_UPSTREAM_KEY is not set")
+    assert response.headers["x-tollgate-attempts"] == "1"  # not retried: nothing would change
+    assert not calls  # nothing was sent without a key
+    rows = await ledger_rows_async(current)
+    assert [(row.status_code, row.error_type) for row in rows] == [(503, "upstream_key_missing")]
+
+
+async def test_the_root_of_the_site_leads_to_the_admin(client: AsyncClient) -> None:
+    response = await client.get("/")
+    assert response.status_code == 302 and response.headers["location"] == "/admin/"

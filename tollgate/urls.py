@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 from django.urls import path
+from django.views.generic import RedirectView
 
 from gateway.api.routes import api
 from gateway.routing import views as routing_views
@@ -13,6 +14,9 @@ urlpatterns = [
     path("admin/reports/ledger.csv", views.ledger_csv, name="usage-ledger-csv"),
     path("admin/routing/health/", routing_views.health, name="upstream-health"),
     path("admin/", admin.site.urls),
+    path(
+        "", RedirectView.as_view(url="/admin/", permanent=False)
+    ),  # the site has no page of its own
     path("v1/", api.urls),
 ]
 
