@@ -78,5 +78,6 @@ Tollgate is ready.
             self.stdout.write(
                 "  No upstream key in the environment for: "
                 + ", ".join(missing)
-                + ".\n  Calls to those providers fail with 502 until you export the key.\n"
+                + ".\n  Calls to those providers answer 503, naming the variable, until you"
+                + " export it.\n"
             )
