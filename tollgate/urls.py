@@ -4,6 +4,7 @@ from django.contrib import admin
 from django.urls import path
 from django.views.generic import RedirectView
 
+from gateway.api import health
 from gateway.api.routes import api
 from gateway.routing import views as routing_views
 from gateway.usage import views
@@ -18,6 +19,8 @@ urlpatterns = [
         "", RedirectView.as_view(url="/admin/", permanent=False)
     ),  # the site has no page of its own
     path("v1/", api.urls),
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
 ]
 
 handler404 = "gateway.api.routes.not_found"

@@ -110,6 +110,16 @@ class LedgerWriter:
 
     # --- request side ------------------------------------------------------------------------
 
+    @property
+    def alive(self) -> bool:
+        """Whether the writer thread runs (``/readyz``)."""
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def backlog(self) -> int:
+        """Rows queued and not yet written (approximate: ``/readyz``)."""
+        return self._queue.qsize()
+
     def record(self, row: Row) -> None:
         """Journal and queue one row. Never blocks on the database; a failing disk costs the
         crash guarantee (logged), never the call."""
