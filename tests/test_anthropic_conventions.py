@@ -41,6 +41,15 @@ max_output_tokens = 1000
 [models."chat-model"]
 provider = "compatible"
 upstream_model = "gpt-x"
+
+[models."mixed"]
+deployments = [
+  { provider = "claude", upstream_model = "claude-down" },
+  { provider = "compatible", upstream_model = "gpt-x", priority = 1 },
+]
+
+[router]
+backoff_base_seconds = 0
 """
 
 MESSAGE = {
@@ -62,6 +71,8 @@ class Upstream:
     def __call__(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
         if request.url.path.endswith("/count_tokens"):
+            if orjson.loads(request.content)["model"] == "claude-down":
+                return httpx.Response(503, json={"type": "error", "error": {"type": "x"}})
             return httpx.Response(200, json={"input_tokens": 42})
         return httpx.Response(200, json=MESSAGE)
 
@@ -113,7 +124,7 @@ async def test_x_api_key_works_everywhere_and_models_come_in_anthropics_shape(
     listed = await AsyncClient().get("/v1/models", headers=anthropic_headers(alice))
     assert listed.status_code == 200
     body = listed.json()
-    assert {entry["id"] for entry in body["data"]} == {"claude-capped", "chat-model"}
+    assert {entry["id"] for entry in body["data"]} == {"claude-capped", "chat-model", "mixed"}
     assert all(entry["type"] == "model" and entry["display_name"] for entry in body["data"])
     assert body["has_more"] is False and body["first_id"] == body["data"][0]["id"]
     openai_shape = await AsyncClient().get("/v1/models", headers={"x-api-key": alice.raw})
@@ -193,3 +204,13 @@ async def test_max_tokens_is_capped_to_the_models_output_limit(
     )
     assert answer.status_code == 200
     assert orjson.loads(upstream.requests[-1].content)["max_tokens"] == 1000
+
+
+async def test_count_tokens_follows_the_route_an_alias_falls_to(
+    tenants: dict[str, TenantKey], upstream: Upstream
+) -> None:
+    """Regression: an alias whose Anthropic deployment failed was retried on its OpenAI-shaped
+    one by asking that provider for Anthropic's count, which it does not have: a 500."""
+    answer = await post("/v1/messages/count_tokens", tenants["alice"], messages_body("mixed"))
+    assert answer.status_code == 200 and answer.json()["input_tokens"] > 0
+    assert answer.headers["x-tollgate-deployment"] == "compatible/gpt-x"

@@ -308,11 +308,11 @@ def test_an_upstream_key_cooling_down_is_skipped_while_another_is_usable() -> No
     from gateway.upstream_keys.credentials import WeightedKeys
 
     _, health, clock, _ = make_router(cooldown_failures=1)
-    keys = WeightedKeys(("sk-a", "sk-b", "sk-c"), (1, 2, 3))
+    keys = WeightedKeys.of("p", ("sk-a", "sk-b", "sk-c"), [1, 1, 1])
     health.failed(key_target("p", "sk-a"), "upstream_auth_failed")
     health.failed(key_target("p", "sk-b"), "upstream_auth_failed")
-    assert {keys.pick_usable("p", health) for _ in range(100)} == {"sk-c"}
+    assert {keys.pick_usable(health) for _ in range(100)} == {"sk-c"}
     health.failed(key_target("p", "sk-c"), "upstream_auth_failed")
-    assert len({keys.pick_usable("p", health) for _ in range(200)}) == 3  # none usable: any
+    assert len({keys.pick_usable(health) for _ in range(200)}) == 3  # none usable: any
     clock.now += 31
     assert health.usable(key_target("p", "sk-a"))

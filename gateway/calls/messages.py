@@ -176,25 +176,23 @@ async def count_tokens(call: Call, request: HttpRequest) -> HttpResponseBase:
     data = await call.parse_json(request.body)
     model = read_request(call, data)
     headers = forwarded_headers(request)
-    route = call.resolve(model)
+    call.resolve(model)
     await call.admit_prompt(0)
-    provider = route.provider
-    if isinstance(provider, AnthropicProvider):
-        raw = await call.upstream(
-            lambda chosen: chosen.provider.count_tokens(data, chosen.upstream_model, headers)  # type: ignore[attr-defined]
-        )
-        return HttpResponse(raw, content_type="application/json")
-    body = anthropic_request_to_openai({**data, "max_tokens": data.get("max_tokens") or 1})
-    return HttpResponse(
-        orjson.dumps({"input_tokens": estimate_request_tokens(body)}),
-        content_type="application/json",
-    )
+
+    async def count(chosen: Route) -> bytes:
+        # Per route: an alias may mix Anthropic deployments and others, and fall back to either.
+        if isinstance(chosen.provider, AnthropicProvider):
+            return await chosen.provider.count_tokens(data, chosen.upstream_model, headers)
+        body = anthropic_request_to_openai({**data, "max_tokens": data.get("max_tokens") or 1})
+        return orjson.dumps({"input_tokens": estimate_request_tokens(body)})
+
+    return HttpResponse(await call.upstream(count), content_type="application/json")
 
 
 def estimate_request_tokens(body: dict[str, Any]) -> int:
     """About 4 characters a token over the text of the messages, plus the tools' JSON, plus a
-    few tokens per message for its framing: OpenAI's rule of thumb for English and code. A
-    real tokenizer gives other counts (often within a quarter of this, not guaranteed)."""
+    few tokens per message for its framing: OpenAI's rule of thumb for English and code, not
+    measured against a real tokenizer (none is available offline)."""
     messages = body.get("messages") or []
     tools = body.get("tools") or []
     framing = 4 * len(messages)

@@ -39,25 +39,31 @@ class WeightedKeys:
 
     secrets: tuple[str, ...]
     cumulative: tuple[int, ...]
+    targets: tuple[str, ...] = ()
+    """Each key's name in the routers' health (``key_target``), computed once per load: a
+    hash per call would be paid by every call once any upstream has failed."""
 
     def pick(self) -> str:
-        if len(self.secrets) == 1:
-            return self.secrets[0]
-        point = random.random() * self.cumulative[-1]
-        return self.secrets[bisect.bisect_right(self.cumulative, point)]
+        return self.secrets[self._index()]
 
-    def pick_usable(self, provider: str, health: Health) -> str:
+    def _index(self) -> int:
+        if len(self.secrets) == 1:
+            return 0
+        return bisect.bisect_right(self.cumulative, random.random() * self.cumulative[-1])
+
+    def pick_usable(self, health: Health) -> str:
         """A key that is not cooling down (``gateway.routing.health``: a 401, 403 or 429 from
         the upstream), by weight; when every key is, the weighted pick all the same."""
-        key = self.pick()
-        if health.usable(key_target(provider, key)):
+        index = self._index()
+        key, targets = self.secrets[index], self.targets
+        if health.usable(targets[index]):
             return key
-        weights = [b - a for a, b in zip((0, *self.cumulative[:-1]), self.cumulative, strict=True)]
-        usable = [
-            (secret, weight)
-            for secret, weight in zip(self.secrets, weights, strict=True)
-            if weight > 0 and health.usable(key_target(provider, secret))
-        ]
+        previous = 0
+        usable: list[tuple[str, int]] = []
+        for secret, target, total in zip(self.secrets, targets, self.cumulative, strict=True):
+            weight, previous = total - previous, total
+            if weight > 0 and health.usable(target):
+                usable.append((secret, weight))
         if not usable:
             return key
         point = random.random() * sum(weight for _, weight in usable)
@@ -66,6 +72,14 @@ class WeightedKeys:
             if point < 0:
                 return secret
         return usable[-1][0]
+
+    @classmethod
+    def of(cls, provider: str, secrets: tuple[str, ...], weights: list[int]) -> WeightedKeys:
+        return cls(
+            secrets,
+            tuple(itertools.accumulate(weights)),
+            tuple(key_target(provider, secret) for secret in secrets),
+        )
 
 
 def load_active_keys() -> dict[str, WeightedKeys]:
@@ -84,9 +98,7 @@ def load_active_keys() -> dict[str, WeightedKeys]:
             secrets.decrypt(token, f"the upstream key '{provider}: {label}'")
             for _, label, token, _ in members
         )
-        pools[provider] = WeightedKeys(
-            plain, tuple(itertools.accumulate(weight for *_, weight in members))
-        )
+        pools[provider] = WeightedKeys.of(provider, plain, [weight for *_, weight in members])
     return pools
 
 
@@ -119,7 +131,7 @@ class CredentialPool:
         health = self.health
         if health is None or not health.breakers:
             return pool.pick()  # the hot path: no upstream has failed
-        return pool.pick_usable(provider, health)
+        return pool.pick_usable(health)
 
     def replace(self, pools: dict[str, WeightedKeys]) -> None:
         self._pools = pools
