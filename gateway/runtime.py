@@ -19,6 +19,7 @@ from gateway.outage import read_database
 from gateway.routing.health import Health
 from gateway.routing.router import Router
 from gateway.routing.shared import SharedHealth
+from gateway.telemetry import CallObserver
 from gateway.upstream_keys.credentials import CredentialPool, check_secret_key
 from gateway.usage.ledger import LedgerWriter
 from providers.config import GatewayConfig, load_config
@@ -40,6 +41,9 @@ class Runtime:
     shared_health_url: str = ""
     """REDIS_URL: the routers' health is shared by every process (``gateway.routing.shared``)."""
     shared_health: SharedHealth | None = field(init=False, default=None)
+    observers: tuple[CallObserver, ...] = ()
+    """Told of every call when its row is built: metrics, request log, traces
+    (``gateway.telemetry``)."""
     _purge: asyncio.Task[None] | None = field(init=False, default=None)
     """The daily purge of expired stored responses (``gateway.calls.responses``)."""
 

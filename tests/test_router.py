@@ -48,6 +48,10 @@ class FakeCall:
         self.attempts = 0
         self.fallback_used = False
         self.fallbacks = fallbacks or {}
+        self.attempt_log: list[tuple[str, GatewayError | None]] = []
+
+    def attempted(self, route: Route, started: float, error: GatewayError | None) -> None:
+        self.attempt_log.append((route.deployment, error))
 
     async def fall_back_to(self, alias: str) -> None:
         target = self.fallbacks[alias]
@@ -281,6 +285,12 @@ async def test_fallbacks_are_tried_in_order_when_every_deployment_fails() -> Non
     assert await run(router, call, script) == "from z"
     assert script.calls == ["a", "a", "z"]
     assert call.fallback_used and call.attempts == 3
+    assert [(deployment, error is None) for deployment, error in call.attempt_log] == [
+        (call.attempt_log[0][0], False),
+        (call.attempt_log[0][0], False),
+        (call.attempt_log[2][0], True),
+    ]
+    assert call.attempt_log[2][0] != call.attempt_log[0][0]
 
 
 async def test_a_prompt_too_long_goes_to_the_context_window_fallback_only() -> None:

@@ -39,6 +39,7 @@ from gateway.calls.metering import StreamMeter, estimate_prompt_tokens
 from gateway.calls.parsing import parse_json_object
 from gateway.limits.policy import Admission, Estimate
 from gateway.runtime import Runtime, get_runtime
+from gateway.telemetry import Attempt
 from gateway.tenants.auth import Caller
 from gateway.usage.endpoints import Endpoint
 from providers.errors import GatewayError, InternalError, UpstreamTimeout, UpstreamUnavailable
@@ -158,6 +159,14 @@ class Call:
         self.render_error = render_error
         self.request_id = "req_" + uuid.uuid4().hex
         self.started = time.perf_counter()
+        self.started_at = time.time()
+        """The wall-clock time of ``started`` (traces)."""
+        self.ended: float | None = None
+        """When the call was recorded (``time.perf_counter``): its answer is complete."""
+        self.attempt_log: list[Attempt] = []
+        """Every upstream attempt, in order, with its timing (``gateway.telemetry``)."""
+        self.answer_started: float | None = None
+        """When the upstream's answer started: a stream's first chunk, a JSON answer whole."""
         self.route: Route | None = None
         """The deployment tried last: the one that served, once the call is answered."""
         self.routes: tuple[Route, ...] = ()
@@ -277,6 +286,23 @@ class Call:
         except NotImplementedError:  # a provider that cannot (Anthropic serves chat only)
             raise unsupported(self.requested_model, self.operation) from None
 
+    def attempted(self, route: Route, started: float, error: GatewayError | None) -> None:
+        """The router reports an attempt that ended: with ``error``, or with the answer
+        started (``answer_started``)."""
+        ended = time.perf_counter()
+        self.attempt_log.append(Attempt(route, started, ended, error))
+        if error is None:
+            self.answer_started = ended
+
+    @property
+    def upstream_seconds(self) -> float:
+        """Time spent waiting on upstreams: the attempts, then a stream's relay after its first
+        chunk. The rest of the call's time is the gateway's own (and backoff between retries)."""
+        seconds = sum(attempt.seconds for attempt in self.attempt_log)
+        if self.stream and self.answer_started is not None and self.ended is not None:
+            seconds += self.ended - self.answer_started
+        return seconds
+
     def answer_json(
         self,
         content: bytes,
@@ -350,10 +376,7 @@ class Call:
             log.error("call %s recorded twice; the second record is dropped", self.request_id)
             return
         self.recorded = True
-        if not self.keeps_row:
-            if self.admission is not None:
-                self.admission.settle(0, Decimal(0))
-            return
+        self.ended = time.perf_counter()
         route = self.route
         total = usage.total_tokens
         if (
@@ -385,15 +408,23 @@ class Call:
             "cost_usd": cost_of(usage, route.prices if route else None, units),
             "status_code": status,
             "error_type": error,
-            "latency_ms": int((time.perf_counter() - self.started) * 1000),
+            "latency_ms": int((self.ended - self.started) * 1000),
         }
         if units is not None:
             row["image_count"] = units.images
             row["input_characters"] = units.characters
             row["audio_seconds"] = units.audio_seconds
-        self.runtime.ledger.record(row)
-        if self.admission is not None:
-            self.admission.settle(total or usage.prompt_tokens or 0, row["cost_usd"])
+        if self.keeps_row:
+            self.runtime.ledger.record(row)
+            if self.admission is not None:
+                self.admission.settle(total or usage.prompt_tokens or 0, row["cost_usd"])
+        elif self.admission is not None:  # a token count: it costs nothing
+            self.admission.settle(0, Decimal(0))
+        for observer in self.runtime.observers:
+            try:
+                observer.call_finished(self, row)
+            except Exception:
+                log.exception("observer %r failed on call %s", observer, self.request_id)
 
     def record_error(self, error: GatewayError) -> HttpResponse:
         self.record(Usage(), error.status, error.code or error.type)

@@ -67,6 +67,8 @@ class RoutedCall(Protocol):
 
     async def fall_back_to(self, alias: str) -> None: ...
 
+    def attempted(self, route: Route, started: float, error: GatewayError | None) -> None: ...
+
 
 def key_target(provider: str, key: str) -> str:
     """An upstream key's name in the health state: never the key itself."""
@@ -143,9 +145,11 @@ class Router:
             call.attempts += 1
             tried[route.deployment] = tried.get(route.deployment, 0) + 1
             token = CREDENTIAL_USED.set(None)
+            begun = time.perf_counter()
             try:
                 result = await self._attempt(route, attempt)
             except GatewayError as error:
+                call.attempted(route, begun, error)
                 self._failed(route, error)
                 if not is_retryable(error) or retry >= self.config.max_retries:
                     raise
@@ -159,6 +163,7 @@ class Router:
                 continue
             finally:
                 CREDENTIAL_USED.reset(token)
+            call.attempted(route, begun, None)
             self.health.succeeded(route.deployment)
             return result
 
