@@ -19,10 +19,14 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
+# The demo upstream (config.toml's "demo" model: canned answers, no key) runs beside the gateway
+# on 127.0.0.1:8001 (the port config.toml names) and stops with it.
 run: install var/secret_key
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py bootstrap_demo --host $(HOST):$(PORT)
-	$(MAKE) --no-print-directory serve
+	@$(BIN)/python tests/fake_upstream.py --port 8001 > var/demo-upstream.log 2>&1 & \
+		demo=$$!; trap 'kill $$demo 2>/dev/null' EXIT INT TERM; \
+		$(MAKE) --no-print-directory serve
 
 # MALLOC_ARENA_MAX=2: glibc otherwise gives the ledger writer thread malloc arenas of its own,
 # which hold ~20 MB more resident memory per worker for nothing (bench/README.md).

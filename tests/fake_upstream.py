@@ -28,6 +28,8 @@ messages (both APIs unless noted):
   reasoning_tokens 2, completion_tokens N (streams: a usage chunk only when
   ``stream_options.include_usage``); Anthropic input_tokens 11, cache_creation_input_tokens 4,
   cache_read_input_tokens 3, output_tokens N.
+- ``demo`` (``make run``'s demo model): ``DEMO_TEXT``, one content event per word; usage as
+  above with completion_tokens the number of words.
 - ``echo``: content is the JSON string ``{"body": <request JSON>, "headers": {<lower-cased>}}``
   (streamed as one content event).
 - ``slow``: waits --slow-seconds first. ``slow-stream``: 100 content events 100 ms apart
@@ -204,6 +206,11 @@ _ANTHROPIC_ONLY: dict[str, Failure] = {
 REQUEST_DEPENDENT = frozenset({"echo", *AGENTS})
 """Models whose answers depend on the request, never cached (with the echo-auth-* ones)."""
 WEATHER_CALL = ToolCall("toolu_fake1", "get_weather", {"city": "Paris"})  # the tool-use model's
+DEMO_TEXT = (
+    "Hello from Tollgate's demo upstream! This answer went through the gateway, "
+    "and its tokens and cost are in the ledger. "
+)
+"""The ``demo`` model's answer (``make run``'s first call), streamed word by word."""
 REASONING_TEXT = "The user greets me. I greet back."  # the reasoning model's
 
 
@@ -754,6 +761,9 @@ class FakeUpstream:
             texts = [json.dumps({"body": body, "headers": headers})]
         elif model == "drop-mid-stream":
             texts = texts[:2]
+        elif model == "demo":
+            texts = [word + " " for word in DEMO_TEXT.split()]
+            n = len(texts)
         elif model == "tool-use" and anthropic:
             texts, tool_call = ["Let me check."], WEATHER_CALL
         elif model in AGENTS:

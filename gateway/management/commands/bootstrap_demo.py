@@ -61,7 +61,8 @@ class Command(BaseCommand):
                 for deployment in model.deployment_list()
             )
         ]
-        model = usable[0] if usable else next(iter(config.models), "gpt-4o-mini")
+        demo = "demo" if "demo" in config.models else None
+        model = usable[0] if usable else demo or next(iter(config.models), "gpt-4o-mini")
         host = options["host"]
         self.stdout.write(
             f"""
@@ -74,6 +75,12 @@ Tollgate is ready.
     -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Say hello"}}]}}'
 """
         )
+        if model == demo:
+            self.stdout.write(
+                '\n  "demo" is answered by the demo upstream that make run starts (canned text).\n'
+                "  For a real model: export OPENAI_API_KEY=sk-... (or ANTHROPIC_API_KEY, ...)"
+                ' before make run, and call "gpt-4o-mini" (models: config.toml).\n'
+            )
         if missing:
             self.stdout.write(
                 "  No upstream key in the environment for: "
