@@ -38,7 +38,7 @@ from bench.stack import (
 )
 from bench.stream_client import measure_stream
 
-TARGETS = ("upstream", "bare", "gateway", "gateway-nojournal", "gateway-stream")
+TARGETS = ("upstream", "floor", "bare", "gateway", "gateway-nojournal", "gateway-stream")
 """wrk targets, in the order each round visits them."""
 SELECTABLE = (*TARGETS, "ttfb")
 PATH = "/v1/chat/completions"
@@ -114,6 +114,7 @@ class Bench:
         self.gateway: Service | None = None
         self.nojournal: Service | None = None  # the gateway with TOLLGATE_LEDGER_JOURNAL=false
         self.bare: Service | None = None
+        self.floor_service: Service | None = None  # bench/floor: the stack's floor (#17)
         self.ledger: Ledger | None = None
         self.key = ""
         self.floor: int | None = None  # ledger id floor; None: recompute once the ledger is quiet
@@ -178,6 +179,17 @@ class Bench:
                 PATH,
             )
             log(f"bare ninja on {self.bare.base_url}, workers {self.bare.worker_pids()}")
+        if "floor" in only:
+            self.floor_service = start_uvicorn(
+                self.processes,
+                "floor",
+                "bench.floor.asgi:application",
+                {**env, "DJANGO_SETTINGS_MODULE": "bench.floor.settings"},
+                a.workers,
+                self.tmp,
+                PATH,
+            )
+            log(f"floor ninja on {self.floor_service.base_url}")
         database = ("PostgreSQL" if database_url else "SQLite") if need_gateway else "no database"
         self.results.meta = machine_info(a, database)
         self.results.memory["gateway_before"] = self._rss(self.gateway)
@@ -191,6 +203,7 @@ class Bench:
         service = {
             "upstream": self.upstream,
             "bare": self.bare,
+            "floor": self.floor_service,
             "gateway-nojournal": self.nojournal,
         }.get(target, self.gateway)
         assert service is not None
