@@ -18,6 +18,8 @@ TARGET_TITLES = {
     "gateway": "gateway",
     "gateway-stream": "gateway, streaming",
     "gateway-nojournal": "gateway, ledger journal off",
+    "gateway-nogate": "gateway, gate off",
+    "floor": "floor: ninja on stock Django, nothing else",
 }
 
 

@@ -38,7 +38,13 @@ from bench.stack import (
 )
 from bench.stream_client import measure_stream
 
-TARGETS = ("upstream", "floor", "bare", "gateway", "gateway-nojournal", "gateway-stream")
+VARIANTS: dict[str, dict[str, str]] = {
+    "gateway-nojournal": {"TOLLGATE_LEDGER_JOURNAL": "false"},
+    "gateway-nogate": {"TOLLGATE_MAX_ACTIVE_CALLS": "0"},
+}
+"""The gateway again with one feature off (its environment): a second process on the same
+database, measured beside the gateway so that the difference is what the feature costs."""
+TARGETS = ("upstream", "floor", "bare", "gateway", *VARIANTS, "gateway-stream")
 """wrk targets, in the order each round visits them."""
 SELECTABLE = (*TARGETS, "ttfb")
 PATH = "/v1/chat/completions"
@@ -112,7 +118,7 @@ class Bench:
         self.tmp = tmp
         self.upstream: Service | None = None
         self.gateway: Service | None = None
-        self.nojournal: Service | None = None  # the gateway with TOLLGATE_LEDGER_JOURNAL=false
+        self.variants: dict[str, Service] = {}  # VARIANTS: the gateway with a feature off
         self.bare: Service | None = None
         self.floor_service: Service | None = None  # bench/floor: the stack's floor (#17)
         self.ledger: Ledger | None = None
@@ -133,7 +139,7 @@ class Bench:
         env = django_env(config, var_dir, "tollgate.settings")
         database_url = os.environ.get("DATABASE_URL")
         need_gateway = (
-            bool(only & {"gateway", "gateway-nojournal", "gateway-stream", "ttfb"})
+            bool(only & {"gateway", "gateway-stream", "ttfb", *VARIANTS})
             or a.leak_calls
             or a.profile
         )
@@ -151,22 +157,18 @@ class Bench:
                 "/v1/models",
             )
             log(f"gateway on {self.gateway.base_url}, workers {self.gateway.worker_pids()}")
-        if "gateway-nojournal" in only:
-            # The same gateway without the ledger's journal: what the journal costs a call.
-            self.nojournal = start_uvicorn(
-                self.processes,
-                "gateway-nojournal",
-                "tollgate.asgi:application",
-                {
-                    **env,
-                    "TOLLGATE_LEDGER_JOURNAL": "false",
-                    "TOLLGATE_LEDGER_DIR": str(var_dir / "ledger-off"),
-                },
-                a.workers,
-                self.tmp,
-                "/v1/models",
-            )
-            log(f"gateway without journal on {self.nojournal.base_url}")
+        for name, overrides in VARIANTS.items():
+            if name in only:
+                self.variants[name] = start_uvicorn(
+                    self.processes,
+                    name,
+                    "tollgate.asgi:application",
+                    {**env, **overrides, "TOLLGATE_LEDGER_DIR": str(var_dir / f"ledger-{name}")},
+                    a.workers,
+                    self.tmp,
+                    "/v1/models",
+                )
+                log(f"{name} on {self.variants[name].base_url}")
         if "bare" in only:
             bare_env = django_env(config, var_dir, "bench.bare.settings")
             self.bare = start_uvicorn(
@@ -204,7 +206,7 @@ class Bench:
             "upstream": self.upstream,
             "bare": self.bare,
             "floor": self.floor_service,
-            "gateway-nojournal": self.nojournal,
+            **self.variants,
         }.get(target, self.gateway)
         assert service is not None
         return service
