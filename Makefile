@@ -19,6 +19,10 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
+# Local development runs with DJANGO_DEBUG (tracebacks in the admin, the key in var/secret_key);
+# production sets DJANGO_DEBUG=false and DJANGO_SECRET_KEY (docs/deploy.md).
+run serve: export DJANGO_DEBUG ?= true
+
 run: install var/secret_key
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py bootstrap_demo --host $(HOST):$(PORT)

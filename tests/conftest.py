@@ -9,6 +9,7 @@ uvicorn (``gateway_server``), both on 127.0.0.1, sharing the test database with 
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -269,6 +270,10 @@ class GatewayServer:
         return self.process.wait(timeout=15)
 
 
+GATEWAY_SECRET_KEY = secrets.token_urlsafe(50)
+"""The test gateways' DJANGO_SECRET_KEY: without DEBUG a server refuses to start without one."""
+
+
 def start_gateway(
     tmp: Path, upstream: str, *, env: dict[str, str] | None = None, **provider_options: object
 ) -> GatewayServer:
@@ -278,6 +283,7 @@ def start_gateway(
     process_env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "tollgate.settings",
+        "DJANGO_SECRET_KEY": GATEWAY_SECRET_KEY,
         "TOLLGATE_CONFIG": str(config),
         "DATABASE_URL": database_url(),
         "TOLLGATE_AUTH_CACHE_SECONDS": "0",

@@ -1,4 +1,5 @@
-"""The lean ASGI handler of the ``/v1`` API (``tollgate.asgi`` sends it every ``/v1`` request).
+"""The lean ASGI handler of the ``/v1`` API (``tollgate.asgi`` sends it every ``/v1`` request, and
+the load balancers' probes ``/healthz`` and ``/readyz``).
 
 ``ApiHandler`` is Django's ``ASGIHandler`` without three per-request costs that a profile showed to
 dominate a gateway call, none of which the API needs:
