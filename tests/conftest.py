@@ -275,9 +275,15 @@ GATEWAY_SECRET_KEY = secrets.token_urlsafe(50)
 
 
 def start_gateway(
-    tmp: Path, upstream: str, *, env: dict[str, str] | None = None, **provider_options: object
+    tmp: Path,
+    upstream: str,
+    *,
+    env: dict[str, str] | None = None,
+    server_args: tuple[str, ...] = (),
+    **provider_options: object,
 ) -> GatewayServer:
-    """Start the gateway under uvicorn; ``env`` overrides its environment (say, the flush delay)."""
+    """Start the gateway under uvicorn; ``env`` overrides its environment (say, the flush delay),
+    ``server_args`` are added to uvicorn's."""
     port = free_port()
     config = write_config(tmp / "config.toml", upstream, **provider_options)
     process_env = {
@@ -304,6 +310,7 @@ def start_gateway(
             "--port",
             str(port),
             "--no-access-log",
+            *server_args,
         ],
         cwd=ROOT,
         env=process_env,

@@ -151,15 +151,20 @@ class ApiHandler(ASGIHandler):
             worker = asyncio.create_task(process_request())
         finally:
             ACTIVE_CALLS.reset(token)
-        await asyncio.wait((listener, worker), return_when=asyncio.FIRST_COMPLETED)
-        for task in (listener, worker):
-            if not task.done():
-                task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, RequestAborted):
-                await task
-        for call in calls:
-            if not call.recorded:
-                await call.settle_unrecorded()
+        try:
+            await asyncio.wait((listener, worker), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            # Also when the server cancels the request (a stream still running when uvicorn's
+            # --timeout-graceful-shutdown is up): the call ends as if its client had gone, and
+            # is recorded before the ledger's last flush.
+            for task in (listener, worker):
+                if not task.done():
+                    task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, RequestAborted):
+                    await task
+            for call in calls:
+                if not call.recorded:
+                    await call.settle_unrecorded()
 
     async def _refuse(self, path: str, error: CallerError, send: Any) -> None:
         """Answer a request refused before Django sees it."""
