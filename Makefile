@@ -19,6 +19,10 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
+# Local development runs with DJANGO_DEBUG (tracebacks in the admin, the key in var/secret_key);
+# production sets DJANGO_DEBUG=false and DJANGO_SECRET_KEY (docs/deploy.md).
+run serve: export DJANGO_DEBUG ?= true
+
 # The demo upstream (config.toml's "demo" model: canned answers, no key) runs beside the gateway
 # on 127.0.0.1:8001 (the port config.toml names) and stops with it.
 run: install var/secret_key

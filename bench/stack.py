@@ -9,6 +9,7 @@ issued to the tenant ``bench``.
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -71,6 +72,7 @@ def django_env(config: Path, var_dir: Path, settings_module: str) -> dict[str, s
         **os.environ,
         "DJANGO_SETTINGS_MODULE": settings_module,
         "DJANGO_DEBUG": "false",
+        "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),  # required without DEBUG
         "TOLLGATE_CONFIG": str(config),
         "TOLLGATE_VAR_DIR": str(var_dir),
         "TOLLGATE_LEDGER_DIR": str(var_dir / "ledger"),

@@ -10,6 +10,7 @@ class GatewayConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from gateway import production  # noqa: F401 - registers the deploy checks
         from gateway.upstream_keys import checks  # noqa: F401 - registers the system checks
         from gateway.usage.groups import ensure_usage_viewer_group
 

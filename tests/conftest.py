@@ -9,6 +9,7 @@ uvicorn (``gateway_server``), both on 127.0.0.1, sharing the test database with 
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -269,15 +270,26 @@ class GatewayServer:
         return self.process.wait(timeout=15)
 
 
+GATEWAY_SECRET_KEY = secrets.token_urlsafe(50)
+"""The test gateways' DJANGO_SECRET_KEY: without DEBUG a server refuses to start without one."""
+
+
 def start_gateway(
-    tmp: Path, upstream: str, *, env: dict[str, str] | None = None, **provider_options: object
+    tmp: Path,
+    upstream: str,
+    *,
+    env: dict[str, str] | None = None,
+    server_args: tuple[str, ...] = (),
+    **provider_options: object,
 ) -> GatewayServer:
-    """Start the gateway under uvicorn; ``env`` overrides its environment (say, the flush delay)."""
+    """Start the gateway under uvicorn; ``env`` overrides its environment (say, the flush delay),
+    ``server_args`` are added to uvicorn's."""
     port = free_port()
     config = write_config(tmp / "config.toml", upstream, **provider_options)
     process_env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "tollgate.settings",
+        "DJANGO_SECRET_KEY": GATEWAY_SECRET_KEY,
         "TOLLGATE_CONFIG": str(config),
         "DATABASE_URL": database_url(),
         "TOLLGATE_AUTH_CACHE_SECONDS": "0",
@@ -298,6 +310,7 @@ def start_gateway(
             "--port",
             str(port),
             "--no-access-log",
+            *server_args,
         ],
         cwd=ROOT,
         env=process_env,

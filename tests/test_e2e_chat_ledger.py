@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import threading
+import time
 from decimal import Decimal
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 from support.chat_e2e import assert_exact_usage
@@ -104,3 +107,42 @@ def test_shutdown_flushes_queued_ledger_rows(
         assert (row.tenant_id, row.status_code) == (alice.tenant.pk, 200)
         assert_exact_usage(row)
     assert not list((tmp_path / "ledger").glob("*.jsonl")), "rows were written, not spooled"
+
+
+def test_a_stream_cut_at_shutdown_still_has_its_row(
+    tmp_path: Path, fake_upstream: str, tenants: dict[str, TenantKey]
+) -> None:
+    """Regression: a stream still running when uvicorn's --timeout-graceful-shutdown ran out (the
+    systemd unit allows 30 s) was cancelled with its request, and left no ledger row."""
+    alice = tenants["alice"]
+    server = start_gateway(
+        tmp_path, fake_upstream, server_args=("--timeout-graceful-shutdown", "1")
+    )
+    received: list[str] = []
+
+    def read_stream() -> None:  # slow-stream: 100 events, 100 ms apart
+        body = {"model": "slow-stream", "messages": HELLO, "stream": True}
+        url = server.base_url + "/v1/chat/completions"
+        with (
+            pytest.raises(httpx.RemoteProtocolError),  # cut off: the chunked body never ends
+            httpx.stream("POST", url, json=body, headers=alice.headers, timeout=15) as answer,
+        ):
+            received.extend(answer.iter_lines())
+
+    reader = threading.Thread(target=read_stream)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 10
+        while len(received) < 10 and time.monotonic() < deadline:  # the stream is under way
+            time.sleep(0.05)
+        assert server.stop() in (0, -signal.SIGTERM)
+    finally:
+        reader.join(timeout=15)
+        if server.process.poll() is None:
+            server.process.kill()
+            server.process.wait()
+    rows = wait_for_rows(1, tenant=alice.tenant)
+    assert [(row.status_code, row.error_type, row.stream) for row in rows] == [
+        (499, "client_disconnected", True)
+    ]
+    assert 0 < rows[0].completion_tokens < 100  # what was streamed before the cut

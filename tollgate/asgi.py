@@ -1,11 +1,12 @@
-"""The ASGI application: ``/v1`` to the API's lean handler, everything else (the admin, the
-reports) to Django's stock handler, and the lifespan events.
+"""The ASGI application: ``/v1`` and the probes to the API's lean handler, everything else (the
+admin, the reports) to Django's stock handler, and the lifespan events.
 
-Lifespan: on startup config.toml is validated (a bad file stops the server at once with a message
-naming the key), the upstream keys stored in the admin are decrypted (a missing or wrong
-TOLLGATE_SECRET_KEY stops the server) and the ledger writer starts, replaying any spooled rows;
-on shutdown the upstream HTTP clients are closed, pending counter updates are sent and every
-queued ledger row is written (``gateway.runtime``).
+Lifespan: on startup DJANGO_SECRET_KEY must be set unless in DEBUG (``gateway.production``),
+config.toml is validated (a bad file stops the server at once with a message naming the key),
+the upstream keys stored in the admin are decrypted (a missing or wrong TOLLGATE_SECRET_KEY stops
+the server) and the ledger writer starts, replaying any spooled rows; on shutdown the upstream
+HTTP clients are closed, pending counter updates are sent and every queued ledger row is written
+(``gateway.runtime``).
 """
 
 from __future__ import annotations
@@ -23,10 +24,15 @@ django_application = get_asgi_application()
 
 from gateway import runtime  # noqa: E402 - needs the app registry loaded by the line above
 from gateway.api.handler import api_application  # noqa: E402
+from gateway.production import require_secret_key  # noqa: E402
 
 log = logging.getLogger("tollgate")
 
 API_PREFIX = "/v1/"
+PROBE_PATHS = frozenset({"/healthz", "/readyz"})
+"""Served by the lean handler too, without Django's stock middleware: load balancers and the
+kubelet call them by the host's address over plain http, which the admin's ALLOWED_HOSTS check
+would refuse (400) and its https redirect would send elsewhere (docs/deploy.md)."""
 
 
 async def _lifespan(receive: Any, send: Any) -> None:
@@ -34,6 +40,7 @@ async def _lifespan(receive: Any, send: Any) -> None:
         message = await receive()
         if message["type"] == "lifespan.startup":
             try:
+                require_secret_key()
                 await runtime.get_runtime().start()
                 # What startup loaded (Django, the app, config) lives as long as the process:
                 # out of the collector's sight, a full collection (which a large request body's
@@ -52,7 +59,9 @@ async def _lifespan(receive: Any, send: Any) -> None:
 
 
 async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    if scope["type"] == "http" and scope["path"].startswith(API_PREFIX):
+    if scope["type"] == "http" and (
+        scope["path"].startswith(API_PREFIX) or scope["path"] in PROBE_PATHS
+    ):
         await api_application(scope, receive, send)
     elif scope["type"] == "lifespan":
         await _lifespan(receive, send)

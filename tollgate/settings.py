@@ -68,10 +68,16 @@ VAR_DIR = Path(env_str("TOLLGATE_VAR_DIR", str(BASE_DIR / "var")))
 """Where local state lives: the SQLite database, the ledger spool, the generated secret key."""
 
 
+DEBUG = env_bool("DJANGO_DEBUG", False)
+"""Local development only (``make run`` sets it): tracebacks in the admin, no DJANGO_SECRET_KEY
+needed."""
+
+
 def _secret_key() -> str:
     """DJANGO_SECRET_KEY; else the development key that ``make run`` writes to var/secret_key;
     else a key for this process only (tests, one-off commands): admin sessions then end with the
-    process and are not shared between workers. Settings never write files."""
+    process and are not shared between workers, which is why the server refuses to start on
+    either without DEBUG (``gateway.production``). Settings never write files."""
     if key := os.environ.get("DJANGO_SECRET_KEY"):
         return key
     path = VAR_DIR / "secret_key"
@@ -80,10 +86,30 @@ def _secret_key() -> str:
     return secrets.token_urlsafe(50)
 
 
-DEBUG = env_bool("DJANGO_DEBUG", False)
 SECRET_KEY = _secret_key()
+SECRET_KEY_FROM_ENVIRONMENT = bool(os.environ.get("DJANGO_SECRET_KEY"))
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+
+HTTPS = env_choice("DJANGO_HTTPS", ("off", "proxy", "direct"))
+"""How the admin is reached over https: ``off`` (plain http, ``make run``), ``proxy`` (TLS ends at
+a load balancer or proxy that sets X-Forwarded-Proto), ``direct`` (uvicorn's own --ssl-*). With
+https, plain-http requests to the admin are redirected and its cookies are sent over https only.
+The API and the probes never run this middleware (``tollgate.asgi``): they are not redirected."""
+SECURE_SSL_REDIRECT = HTTPS != "off"
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = HTTPS != "off"
+if HTTPS == "proxy":
+    # Trusted from any sender: uvicorn must be reachable through the proxy only, and the proxy
+    # must replace the header a client sends.
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_HSTS_SECONDS = env_int("DJANGO_HSTS_SECONDS", 0)
+"""Strict-Transport-Security on https answers (Django sends it on those only); 0: none."""
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_HSTS_INCLUDE_SUBDOMAINS", True)
+SECURE_HSTS_PRELOAD = env_bool("DJANGO_HSTS_PRELOAD", False)
+# security.W021 asks for the preload directive. It commits the whole registrable domain to https
+# in browsers' built-in lists, a decision that belongs to its owner, not to a default: the list's
+# maintainers ask projects not to turn it on by default. DJANGO_HSTS_PRELOAD=true sends it.
+SILENCED_SYSTEM_CHECKS = ["security.W021"]
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -127,7 +153,11 @@ ASGI_APPLICATION = "tollgate.asgi.application"
 _sqlite_path = VAR_DIR / "tollgate.sqlite3"
 DATABASES = {
     "default": dj_database_url.parse(
-        env_str("DATABASE_URL", f"sqlite:///{_sqlite_path}"), conn_max_age=600
+        env_str("DATABASE_URL", f"sqlite:///{_sqlite_path}"),
+        conn_max_age=600,
+        # A pooler in transaction mode (PgBouncer) hands each transaction to any server
+        # connection: a cursor declared in one is gone in the next (docs/deploy.md).
+        disable_server_side_cursors=env_bool("DATABASE_DISABLE_SERVER_SIDE_CURSORS", False),
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":

@@ -1,4 +1,5 @@
-"""The lean ASGI handler of the ``/v1`` API (``tollgate.asgi`` sends it every ``/v1`` request).
+"""The lean ASGI handler of the ``/v1`` API (``tollgate.asgi`` sends it every ``/v1`` request, and
+the load balancers' probes ``/healthz`` and ``/readyz``).
 
 ``ApiHandler`` is Django's ``ASGIHandler`` without three per-request costs that a profile showed to
 dominate a gateway call, none of which the API needs:
@@ -150,15 +151,20 @@ class ApiHandler(ASGIHandler):
             worker = asyncio.create_task(process_request())
         finally:
             ACTIVE_CALLS.reset(token)
-        await asyncio.wait((listener, worker), return_when=asyncio.FIRST_COMPLETED)
-        for task in (listener, worker):
-            if not task.done():
-                task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, RequestAborted):
-                await task
-        for call in calls:
-            if not call.recorded:
-                await call.settle_unrecorded()
+        try:
+            await asyncio.wait((listener, worker), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            # Also when the server cancels the request (a stream still running when uvicorn's
+            # --timeout-graceful-shutdown is up): the call ends as if its client had gone, and
+            # is recorded before the ledger's last flush.
+            for task in (listener, worker):
+                if not task.done():
+                    task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, RequestAborted):
+                    await task
+            for call in calls:
+                if not call.recorded:
+                    await call.settle_unrecorded()
 
     async def _refuse(self, path: str, error: CallerError, send: Any) -> None:
         """Answer a request refused before Django sees it."""
