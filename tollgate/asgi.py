@@ -1,6 +1,9 @@
 """The ASGI application: ``/v1`` to the API's lean handler, everything else (the admin, the
 reports) to Django's stock handler, and the lifespan events.
 
+``GET /metrics`` (Prometheus) is answered before Django too, when TOLLGATE_METRICS_TOKEN is set
+(``gateway.telemetry.scrape``); else Django answers it 404.
+
 Lifespan: on startup config.toml is validated (a bad file stops the server at once with a message
 naming the key), the upstream keys stored in the admin are decrypted (a missing or wrong
 TOLLGATE_SECRET_KEY stops the server) and the ledger writer starts, replaying any spooled rows;
@@ -15,6 +18,7 @@ import logging
 import os
 from typing import Any
 
+from django.conf import settings
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tollgate.settings")
@@ -23,10 +27,12 @@ django_application = get_asgi_application()
 
 from gateway import runtime  # noqa: E402 - needs the app registry loaded by the line above
 from gateway.api.handler import api_application  # noqa: E402
+from gateway.telemetry import scrape  # noqa: E402
 
 log = logging.getLogger("tollgate")
 
 API_PREFIX = "/v1/"
+METRICS_TOKEN = settings.TOLLGATE_METRICS_TOKEN if settings.TOLLGATE_METRICS else ""
 
 
 async def _lifespan(receive: Any, send: Any) -> None:
@@ -56,5 +62,7 @@ async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await api_application(scope, receive, send)
     elif scope["type"] == "lifespan":
         await _lifespan(receive, send)
+    elif scope["type"] == "http" and scope["path"] == scrape.PATH and METRICS_TOKEN:
+        await scrape.answer(scope, send, METRICS_TOKEN, runtime.get_runtime())
     else:
         await django_application(scope, receive, send)
