@@ -15,8 +15,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from gateway.limits.policy import Policy
-from gateway.limits.resilient_counters import ResilientCounters
-from gateway.outage import Outage, database_outage, read_database
+from gateway.outage import read_database
 from gateway.routing.health import Health
 from gateway.routing.router import Router
 from gateway.routing.shared import SharedHealth
@@ -88,19 +87,6 @@ class Runtime:
         await sync_to_async(self.ledger.stop, thread_sensitive=False)()
         if self.metrics is not None:
             await self.metrics.stop()
-
-    def services(self) -> dict[str, tuple[Outage, ...]]:
-        """The services the gateway leans on, each with the ``Outage`` of every part that uses
-        it: the database, and Redis when REDIS_URL is set (``tollgate_service_up``)."""
-        services: dict[str, tuple[Outage, ...]] = {
-            "database": (database_outage, self.ledger.database_outage)
-        }
-        redis = [self.shared_health.outage] if self.shared_health is not None else []
-        if isinstance(self.policy.store, ResilientCounters):
-            redis.append(self.policy.store.outage)
-        if redis:
-            services["redis"] = tuple(redis)
-        return services
 
     async def _load_credentials_unless_database_down(self) -> None:
         """With the database down, start without the stored keys (the refresh task reads them

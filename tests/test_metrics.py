@@ -20,8 +20,8 @@ import orjson
 import pytest
 from asgiref.sync import sync_to_async
 from prometheus_client import Histogram, values
-from prometheus_client.parser import text_string_to_metric_families
 from support.inprocess import api_client
+from support.metrics import Samples, parse, sample
 
 from conftest import TenantKey, free_port, write_config
 from gateway import runtime
@@ -136,28 +136,9 @@ def metered(
     runtime.install(None)
 
 
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
 def scrape(current: runtime.Runtime) -> Samples:
     assert current.metrics is not None
     return parse(current.metrics.scrape(current).decode())
-
-
-def parse(text: str) -> Samples:
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def sample(samples: Samples, name: str, **labels: str) -> float:
-    key = (name, frozenset(labels.items()))
-    assert key in samples, (
-        f"no {name}{labels}; there are {sorted(k for k in samples if k[0] == name)}"
-    )
-    return samples[key]
 
 
 async def post(

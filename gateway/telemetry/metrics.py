@@ -259,7 +259,9 @@ class Metrics:
         )
         self.service_up = Gauge(
             "tollgate_service_up",
-            "1 while a service answers every worker (database, redis when configured), else 0",
+            "1 while every worker finds the service up (database: its ledger writer, which "
+            "probes it while it is down; redis, when configured: the routers' health sync, "
+            "every 0.5 s), else 0",
             ("service",),
             registry=None,
             multiprocess_mode="livemin",
@@ -394,9 +396,9 @@ class Metrics:
         ledger = runtime.ledger
         self.ledger_queue.set(ledger.backlog)
         self.ledger_spooled.set(ledger.spooled_rows)
-        for service, outages in runtime.services().items():
-            up = not any(outage.down for outage in outages)
-            self.service_up.labels(service).set(1 if up else 0)
+        self.service_up.labels("database").set(0 if ledger.database_outage.down else 1)
+        if runtime.shared_health is not None:
+            self.service_up.labels("redis").set(0 if runtime.shared_health.outage.down else 1)
 
     def flush(self) -> None:
         """Write what the calls counted since the last flush to this worker's files."""
