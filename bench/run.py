@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import platform
 import shutil
@@ -38,9 +39,18 @@ from bench.stack import (
 )
 from bench.stream_client import measure_stream
 
-TARGETS = ("upstream", "bare", "gateway", "gateway-nojournal", "gateway-stream")
+TARGETS = (
+    "upstream",
+    "bare",
+    "gateway",
+    "gateway-nometrics",
+    "gateway-nojournal",
+    "gateway-stream",
+)
 """wrk targets, in the order each round visits them."""
-SELECTABLE = (*TARGETS, "ttfb")
+ONLY_AT = {"gateway-nometrics": 50}
+"""Targets measured at one concurrency only (when it is among --concurrency)."""
+SELECTABLE = (*TARGETS, "ttfb", "metrics-cost")
 PATH = "/v1/chat/completions"
 LEAK_FIRST_CALLS = 10_000
 
@@ -113,9 +123,11 @@ class Bench:
         self.upstream: Service | None = None
         self.gateway: Service | None = None
         self.nojournal: Service | None = None  # the gateway with TOLLGATE_LEDGER_JOURNAL=false
+        self.nometrics: Service | None = None  # the gateway with TOLLGATE_METRICS=false
         self.bare: Service | None = None
         self.ledger: Ledger | None = None
         self.key = ""
+        self.env: dict[str, str] = {}  # the gateway's environment
         self.floor: int | None = None  # ledger id floor; None: recompute once the ledger is quiet
         self.results = Results(meta={})
 
@@ -129,10 +141,13 @@ class Bench:
         log(f"fake upstream on {self.upstream.base_url}")
         config = write_config(self.tmp / "config.toml", self.upstream.base_url)
         var_dir = self.tmp / "var"
-        env = django_env(config, var_dir, "tollgate.settings")
+        env = self.env = django_env(config, var_dir, "tollgate.settings")
         database_url = os.environ.get("DATABASE_URL")
         need_gateway = (
-            bool(only & {"gateway", "gateway-nojournal", "gateway-stream", "ttfb"})
+            bool(
+                only
+                & {"gateway", "gateway-nojournal", "gateway-nometrics", "gateway-stream", "ttfb"}
+            )
             or a.leak_calls
             or a.profile
         )
@@ -160,12 +175,29 @@ class Bench:
                     **env,
                     "TOLLGATE_LEDGER_JOURNAL": "false",
                     "TOLLGATE_LEDGER_DIR": str(var_dir / "ledger-off"),
+                    "TOLLGATE_METRICS_DIR": str(var_dir / "metrics-nojournal"),
                 },
                 a.workers,
                 self.tmp,
                 "/v1/models",
             )
             log(f"gateway without journal on {self.nojournal.base_url}")
+        if "gateway-nometrics" in only:
+            # The same gateway without metrics: what they cost a call.
+            self.nometrics = start_uvicorn(
+                self.processes,
+                "gateway-nometrics",
+                "tollgate.asgi:application",
+                {
+                    **env,
+                    "TOLLGATE_METRICS": "false",
+                    "TOLLGATE_LEDGER_DIR": str(var_dir / "ledger-nometrics"),
+                },
+                a.workers,
+                self.tmp,
+                "/v1/models",
+            )
+            log(f"gateway without metrics on {self.nometrics.base_url}")
         if "bare" in only:
             bare_env = django_env(config, var_dir, "bench.bare.settings")
             self.bare = start_uvicorn(
@@ -192,6 +224,7 @@ class Bench:
             "upstream": self.upstream,
             "bare": self.bare,
             "gateway-nojournal": self.nojournal,
+            "gateway-nometrics": self.nometrics,
         }.get(target, self.gateway)
         assert service is not None
         return service
@@ -256,6 +289,8 @@ class Bench:
         for round_no in range(1, a.rounds + 1):
             for concurrency in a.concurrency:
                 for target in targets:
+                    if ONLY_AT.get(target, concurrency) != concurrency:
+                        continue
                     label = f"[r{round_no}] {target} c{concurrency}"
                     result = self.wrk(target, concurrency, a.duration, label)
                     self.results.row(target, concurrency).rounds.append(result)
@@ -278,6 +313,23 @@ class Bench:
                 check = self._check_ledger("stream TTFB client c1", 1, done, done)
                 if check:
                     self.results.extra_ledger.append(check)
+
+    def run_metrics_cost(self) -> None:
+        """The metrics' cost per call, in process (``bench/metrics_cost.py``)."""
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "bench" / "metrics_cost.py")],
+            cwd=ROOT,
+            env={**self.env, "TOLLGATE_METRICS_DIR": str(self.tmp / "metrics-cost")},
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        if done.returncode != 0:
+            self.results.notes.append(f"metrics cost: failed: {done.stderr.strip()[-500:]}")
+            return
+        self.results.metrics_cost = json.loads(done.stdout.strip().splitlines()[-1])
+        log(f"metrics per call, in process: {self.results.metrics_cost}")
 
     def run_profile(self) -> None:
         assert self.gateway is not None
@@ -358,6 +410,8 @@ class Bench:
             self.run_rounds()
         if "ttfb" in self.args.only:
             self.run_streams()
+        if "metrics-cost" in self.args.only:
+            self.run_metrics_cost()
         self.results.memory["gateway_after"] = self._rss(self.gateway)
         self.results.memory["bare_after"] = self._rss(self.bare)
         if self.args.profile:

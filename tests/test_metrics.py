@@ -19,6 +19,7 @@ import httpx
 import orjson
 import pytest
 from asgiref.sync import sync_to_async
+from django.core.exceptions import ImproperlyConfigured
 from prometheus_client import Histogram, values
 from support.inprocess import api_client
 from support.metrics import Samples, parse, sample
@@ -490,6 +491,12 @@ async def test_the_listener_answers_and_a_second_worker_leaves_the_address_to_th
         assert other.status_code == 404 and posted.status_code == 405
     finally:
         await first.stop()
+
+
+async def test_an_address_the_listener_cannot_take_stops_the_server_naming_it() -> None:
+    listener = Listener(("192.0.2.1", free_port()), lambda: b"")  # no interface has it
+    with pytest.raises(ImproperlyConfigured, match=r"TOLLGATE_METRICS_ADDR 192\.0\.2\.1:"):
+        await listener.start()
 
 
 # --- the directory --------------------------------------------------------------------------------

@@ -49,6 +49,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from gateway.limits.policy import BudgetExceeded, ModelNotAllowed, RateLimited
+from gateway.outage import Outage
 from gateway.telemetry import multiprocess
 from gateway.telemetry.pending import PendingCount, PendingHistogram
 from gateway.telemetry.scrape import Listener
@@ -60,7 +61,8 @@ if TYPE_CHECKING:
     from providers.factory import Route
 
 REFRESH_SECONDS = 1.0
-"""How often each worker writes its gauges (ledger queue, spool, services) for the others."""
+"""How often each worker writes what it counted, and its gauges (ledger queue, spool, services),
+to its files for the others."""
 
 DURATION_BUCKETS = tuple(round(0.01 * 2**n, 2) for n in range(14))  # 0.01 s to 81.92 s
 """OpenTelemetry's advice for ``gen_ai.server.request.duration`` (seconds)."""
@@ -132,7 +134,7 @@ class CallSeries:
 
 class Metrics:
     """The gateway's metrics: a ``CallObserver`` of every call, a ``LedgerObserver`` of the
-    ledger writer, and the reader of what the runtime knows (``refresh``, ``exposition``)."""
+    ledger writer, and the reader of what the runtime knows (``refresh``, ``scrape``)."""
 
     def __init__(
         self,
@@ -153,6 +155,7 @@ class Metrics:
         self.address = address
         self.listener: Listener | None = None
         self._refresher: asyncio.Task[None] | None = None
+        self._disk = Outage(f"metrics directory {directory}")
         tenant = ("tenant",) if tenant_label else ()
         model = ("model", "provider")
 
@@ -436,7 +439,12 @@ class Metrics:
 
     async def _refresh_forever(self, runtime: Runtime) -> None:
         while True:
-            self.refresh(runtime)
+            try:
+                self.refresh(runtime)
+            except OSError as error:  # the directory's disk: said once per interval, tried again
+                self._disk.failed(error)
+            else:
+                self._disk.recovered()
             await asyncio.sleep(REFRESH_SECONDS)
 
 

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from django.core.exceptions import ImproperlyConfigured
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from providers.errors import AuthenticationFailed, GatewayError
@@ -92,13 +93,17 @@ class Listener:
         self.server: asyncio.Server | None = None
 
     async def start(self) -> None:
+        """Listen, unless the address is taken (by another worker: quietly); any other failure
+        (an address of no interface here, a port not allowed) stops the server, naming it."""
         host, port = self.address
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
         try:
+            family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
             sock = socket.create_server((host, port), family=family)
         except OSError as error:
             if error.errno != errno.EADDRINUSE:
-                raise
+                raise ImproperlyConfigured(
+                    f"TOLLGATE_METRICS_ADDR {host}:{port} cannot be listened on: {error}"
+                ) from error
             log.debug("metrics on %s:%d are served by another worker", host, port)
             return
         self.server = await asyncio.start_server(self._answer, sock=sock)
