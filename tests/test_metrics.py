@@ -299,6 +299,19 @@ async def test_requests_refused_before_a_call_count_without_a_model(
     )
 
 
+async def test_a_token_count_is_a_2xx_of_its_own_endpoint_not_a_499_and_spends_no_tokens(
+    tenants: dict[str, TenantKey], metered: Install
+) -> None:
+    current = metered()
+    body = {"model": "gpt-test", "messages": [{"role": "user", "content": "count me"}]}
+    response = await post(tenants["alice"], body, path="/v1/messages/count_tokens")
+    assert response.status_code == 200 and response.json()["input_tokens"] > 0
+    samples = scrape(current)
+    counted = {"endpoint": "messages.count_tokens", **GPT, "status_class": "2xx"}
+    assert sample(samples, "tollgate_requests_total", **counted) == 1
+    assert sample(samples, "gen_ai_client_token_usage_total", **GPT, token_type="input") == 0
+
+
 async def test_labels_stay_bounded_whatever_model_names_clients_send(
     tenants: dict[str, TenantKey], metered: Install
 ) -> None:

@@ -95,14 +95,12 @@ REFUSAL_REASONS: dict[type[Exception], str] = {
 """The policy's refusals (``gateway.limits.policy``), by the error that ended the call."""
 
 ENDPOINT_OF_PATH = {
-    "/v1/" + endpoint.value.replace(".", "/"): endpoint.value for endpoint in Endpoint
-}
-"""Each endpoint's path is its name with slashes (``audio.speech``: ``/v1/audio/speech``)."""
-ENDPOINT_OF_PATH |= {
+    **{"/v1/" + endpoint.value.replace(".", "/"): endpoint.value for endpoint in Endpoint},
     "/v1/messages/count_tokens": "messages.count_tokens",
     "/v1/models": "models",
     "/v1/usage": "usage",
 }
+"""Each endpoint's path is its name with slashes (``audio.speech``: ``/v1/audio/speech``)."""
 
 
 def endpoint_of_path(path: str) -> str:
