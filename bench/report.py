@@ -20,6 +20,7 @@ TARGET_TITLES = {
     "gateway-nojournal": "gateway, ledger journal off",
     "gateway-nogate": "gateway, gate off",
     "floor": "floor: ninja on stock Django, nothing else",
+    "gateway-nometrics": "gateway, metrics off",
 }
 
 
@@ -85,6 +86,8 @@ class Results:
     memory: dict[str, Any] = field(default_factory=dict)
     profile: str = ""
     notes: list[str] = field(default_factory=list)
+    metrics_cost: dict[str, float] = field(default_factory=dict)
+    """``bench/metrics_cost.py``: microseconds per call (JSON, stream) and per flush."""
 
     def row(self, target: str, concurrency: int) -> Row:
         return self.rows.setdefault((target, concurrency), Row(target, concurrency))
@@ -188,6 +191,7 @@ class Results:
                     None if cost is None else cost <= 0.03,
                 )
             )
+        out += self._metrics_checks()
         growth = self.memory.get("leak", {}).get("growth_pct")
         out.append(
             Check(
@@ -198,6 +202,37 @@ class Results:
             )
         )
         return out
+
+    def _metrics_checks(self) -> list[Check]:
+        """The metrics' cost: wrk's throughput with them on vs off at c50 (the same rounds), and
+        the direct measure, microseconds per call against a whole call's time at c50."""
+        on, off = self.get("gateway", 50), self.get("gateway-nometrics", 50)
+        ratios = (
+            [a.rps / b.rps for a, b in zip(on.rounds, off.rounds, strict=False) if b.rps]
+            if on and off
+            else []
+        )
+        cost = 1 - statistics.median(ratios) if ratios else None
+        wrk_check = Check(
+            "metrics' cost at c50 (req/s, metrics on vs off)",
+            f"{cost:+.1%}" if cost is not None else "n/a",
+            "<= 3%",
+            None if cost is None else cost <= 0.03,
+        )
+        measured, share = "n/a", None
+        if self.metrics_cost:
+            json_us, stream_us = self.metrics_cost["json_us"], self.metrics_cost["stream_us"]
+            measured = f"{json_us:.1f} / {stream_us:.1f} us"
+            if on:  # a call's whole time at c50 is 1 / req/s (per worker)
+                share = max(json_us, stream_us) * on.rps / 1e6 / self.meta.get("workers", 1)
+                measured += f": {share:.2%} of a call"
+        direct = Check(
+            "metrics per call, in process (JSON / stream), vs a call at c50",
+            measured,
+            "<= 3%",
+            None if share is None else share <= 0.03,
+        )
+        return [wrk_check, direct]
 
     def _added_p50(self) -> float | None:
         gw, up = self.get("gateway", 1), self.get("upstream", 1)
@@ -225,6 +260,7 @@ class Results:
             "memory": self.memory,
             "checks": [vars(c) for c in self.checks()],
             "profile": self.profile,
+            "metrics_cost": self.metrics_cost,
             "notes": self.notes,
         }
 

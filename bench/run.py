@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import platform
 import shutil
@@ -41,12 +42,15 @@ from bench.stream_client import measure_stream
 VARIANTS: dict[str, dict[str, str]] = {
     "gateway-nojournal": {"TOLLGATE_LEDGER_JOURNAL": "false"},
     "gateway-nogate": {"TOLLGATE_MAX_ACTIVE_CALLS": "0"},
+    "gateway-nometrics": {"TOLLGATE_METRICS": "false"},
 }
 """The gateway again with one feature off (its environment): a second process on the same
 database, measured beside the gateway so that the difference is what the feature costs."""
 TARGETS = ("upstream", "floor", "bare", "gateway", *VARIANTS, "gateway-stream")
 """wrk targets, in the order each round visits them."""
-SELECTABLE = (*TARGETS, "ttfb")
+ONLY_AT = {"gateway-nometrics": 50}
+"""Targets measured at one concurrency only (when it is among --concurrency)."""
+SELECTABLE = (*TARGETS, "ttfb", "metrics-cost")
 PATH = "/v1/chat/completions"
 LEAK_FIRST_CALLS = 10_000
 
@@ -123,6 +127,7 @@ class Bench:
         self.floor_service: Service | None = None  # bench/floor: the stack's floor (#17)
         self.ledger: Ledger | None = None
         self.key = ""
+        self.env: dict[str, str] = {}  # the gateway's environment
         self.floor: int | None = None  # ledger id floor; None: recompute once the ledger is quiet
         self.results = Results(meta={})
 
@@ -136,7 +141,7 @@ class Bench:
         log(f"fake upstream on {self.upstream.base_url}")
         config = write_config(self.tmp / "config.toml", self.upstream.base_url)
         var_dir = self.tmp / "var"
-        env = django_env(config, var_dir, "tollgate.settings")
+        env = self.env = django_env(config, var_dir, "tollgate.settings")
         database_url = os.environ.get("DATABASE_URL")
         need_gateway = (
             bool(only & {"gateway", "gateway-stream", "ttfb", *VARIANTS})
@@ -163,7 +168,12 @@ class Bench:
                     self.processes,
                     name,
                     "tollgate.asgi:application",
-                    {**env, **overrides, "TOLLGATE_LEDGER_DIR": str(var_dir / f"ledger-{name}")},
+                    {
+                        **env,
+                        **overrides,
+                        "TOLLGATE_LEDGER_DIR": str(var_dir / f"ledger-{name}"),
+                        "TOLLGATE_METRICS_DIR": str(var_dir / f"metrics-{name}"),
+                    },
                     a.workers,
                     self.tmp,
                     "/v1/models",
@@ -271,6 +281,8 @@ class Bench:
         for round_no in range(1, a.rounds + 1):
             for concurrency in a.concurrency:
                 for target in targets:
+                    if ONLY_AT.get(target, concurrency) != concurrency:
+                        continue
                     label = f"[r{round_no}] {target} c{concurrency}"
                     result = self.wrk(target, concurrency, a.duration, label)
                     self.results.row(target, concurrency).rounds.append(result)
@@ -293,6 +305,23 @@ class Bench:
                 check = self._check_ledger("stream TTFB client c1", 1, done, done)
                 if check:
                     self.results.extra_ledger.append(check)
+
+    def run_metrics_cost(self) -> None:
+        """The metrics' cost per call, in process (``bench/metrics_cost.py``)."""
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "bench" / "metrics_cost.py")],
+            cwd=ROOT,
+            env={**self.env, "TOLLGATE_METRICS_DIR": str(self.tmp / "metrics-cost")},
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        if done.returncode != 0:
+            self.results.notes.append(f"metrics cost: failed: {done.stderr.strip()[-500:]}")
+            return
+        self.results.metrics_cost = json.loads(done.stdout.strip().splitlines()[-1])
+        log(f"metrics per call, in process: {self.results.metrics_cost}")
 
     def run_profile(self) -> None:
         assert self.gateway is not None
@@ -373,6 +402,8 @@ class Bench:
             self.run_rounds()
         if "ttfb" in self.args.only:
             self.run_streams()
+        if "metrics-cost" in self.args.only:
+            self.run_metrics_cost()
         self.results.memory["gateway_after"] = self._rss(self.gateway)
         self.results.memory["bare_after"] = self._rss(self.bare)
         if self.args.profile:

@@ -21,6 +21,7 @@ from gateway.routing.health import Health
 from gateway.routing.router import Router
 from gateway.routing.shared import SharedHealth
 from gateway.telemetry import CallObserver
+from gateway.telemetry.metrics import Metrics
 from gateway.upstream_keys.credentials import CredentialPool, check_secret_key
 from gateway.usage.ledger import LedgerWriter
 from providers.config import GatewayConfig, load_config
@@ -47,6 +48,8 @@ class Runtime:
     observers: tuple[CallObserver, ...] = ()
     """Told of every call when its row is built: metrics, request log, traces
     (``gateway.telemetry``)."""
+    metrics: Metrics | None = None
+    """The Prometheus metrics, also among ``observers`` (TOLLGATE_METRICS; None: off)."""
     _purge: asyncio.Task[None] | None = field(init=False, default=None)
     """The daily purge of expired stored responses (``gateway.calls.responses``)."""
 
@@ -70,6 +73,8 @@ class Runtime:
         from gateway.calls.responses import purge_forever  # the calls import this module
 
         self._purge = asyncio.get_running_loop().create_task(purge_forever())
+        if self.metrics is not None:
+            await self.metrics.start(self)
 
     async def aclose(self) -> None:
         """Close the upstream clients, send pending counter updates, write every queued row."""
@@ -83,6 +88,8 @@ class Runtime:
         await self.factory.aclose()
         await self.policy.aclose()
         await sync_to_async(self.ledger.stop, thread_sensitive=False)()
+        if self.metrics is not None:
+            await self.metrics.stop()
 
     async def _load_credentials_unless_database_down(self) -> None:
         """With the database down, start without the stored keys (the refresh task reads them
@@ -107,20 +114,32 @@ _runtime_cache: Runtime | None = None
 def build_runtime() -> Runtime:
     config = load_config(settings.TOLLGATE_CONFIG)
     credentials = CredentialPool()
+    ledger = LedgerWriter(
+        settings.TOLLGATE_LEDGER_DIR,
+        flush_seconds=settings.TOLLGATE_LEDGER_FLUSH_SECONDS,
+        journal=settings.TOLLGATE_LEDGER_JOURNAL,
+        fsync=settings.TOLLGATE_LEDGER_FSYNC,
+        replay_seconds=settings.TOLLGATE_LEDGER_REPLAY_SECONDS,
+        legacy_spools=settings.LEGACY_LEDGER_SPOOLS,
+    )
+    metrics = None
+    if settings.TOLLGATE_METRICS:
+        metrics = Metrics(
+            settings.TOLLGATE_METRICS_DIR,
+            config.models,
+            tenant_label=settings.TOLLGATE_METRICS_TENANT_LABEL,
+            address=settings.TOLLGATE_METRICS_ADDR,
+        )
+        ledger.observer = metrics
     return Runtime(
         config=config,
         factory=ProviderFactory(config, credentials=credentials.get),
-        ledger=LedgerWriter(
-            settings.TOLLGATE_LEDGER_DIR,
-            flush_seconds=settings.TOLLGATE_LEDGER_FLUSH_SECONDS,
-            journal=settings.TOLLGATE_LEDGER_JOURNAL,
-            fsync=settings.TOLLGATE_LEDGER_FSYNC,
-            replay_seconds=settings.TOLLGATE_LEDGER_REPLAY_SECONDS,
-            legacy_spools=settings.LEGACY_LEDGER_SPOOLS,
-        ),
+        ledger=ledger,
         credentials=credentials,
         policy=Policy.from_settings(settings.REDIS_URL),
         shared_health_url=settings.REDIS_URL,
+        observers=(metrics,) if metrics is not None else (),
+        metrics=metrics,
     )
 
 

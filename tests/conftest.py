@@ -280,10 +280,12 @@ def start_gateway(
     *,
     env: dict[str, str] | None = None,
     server_args: tuple[str, ...] = (),
+    workers: int = 1,
     **provider_options: object,
 ) -> GatewayServer:
     """Start the gateway under uvicorn; ``env`` overrides its environment (say, the flush delay),
-    ``server_args`` are added to uvicorn's."""
+    ``server_args`` are added to uvicorn's. With ``workers`` > 1, returns once every worker has
+    started."""
     port = free_port()
     config = write_config(tmp / "config.toml", upstream, **provider_options)
     process_env = {
@@ -295,6 +297,7 @@ def start_gateway(
         "TOLLGATE_AUTH_CACHE_SECONDS": "0",
         "TOLLGATE_LEDGER_FLUSH_SECONDS": "0.05",
         "TOLLGATE_LEDGER_DIR": str(tmp / "ledger"),
+        "TOLLGATE_METRICS_DIR": str(tmp / "metrics"),
         "FAKE_UPSTREAM_KEY": "sk-upstream-secret",
         **(env or {}),
     }
@@ -309,6 +312,8 @@ def start_gateway(
             "127.0.0.1",
             "--port",
             str(port),
+            "--workers",
+            str(workers),
             "--no-access-log",
             *server_args,
         ],
@@ -324,9 +329,12 @@ def start_gateway(
             raise RuntimeError(f"gateway exited: {log_path.read_text()}")
         try:
             httpx.get(base_url + "/v1/models", timeout=1)
-            return GatewayServer(base_url, process, log_path)
         except httpx.TransportError:
             time.sleep(0.1)
+            continue
+        if workers == 1 or log_path.read_text().count("Application startup complete") >= workers:
+            return GatewayServer(base_url, process, log_path)
+        time.sleep(0.1)
     process.kill()
     raise RuntimeError(f"gateway did not start: {log_path.read_text()}")
 

@@ -1,6 +1,9 @@
 """The ASGI application: ``/v1`` and the probes to the API's lean handler, everything else (the
 admin, the reports) to Django's stock handler, and the lifespan events.
 
+``GET /metrics`` (Prometheus) is answered before Django too, when TOLLGATE_METRICS_TOKEN is set
+(``gateway.telemetry.scrape``); else Django answers it 404.
+
 Lifespan: on startup DJANGO_SECRET_KEY must be set unless in DEBUG (``gateway.production``),
 config.toml is validated (a bad file stops the server at once with a message naming the key),
 the upstream keys stored in the admin are decrypted (a missing or wrong TOLLGATE_SECRET_KEY stops
@@ -16,6 +19,7 @@ import logging
 import os
 from typing import Any
 
+from django.conf import settings
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tollgate.settings")
@@ -25,6 +29,7 @@ django_application = get_asgi_application()
 from gateway import runtime  # noqa: E402 - needs the app registry loaded by the line above
 from gateway.api.handler import api_application  # noqa: E402
 from gateway.production import require_secret_key  # noqa: E402
+from gateway.telemetry import scrape  # noqa: E402
 
 log = logging.getLogger("tollgate")
 
@@ -33,6 +38,7 @@ PROBE_PATHS = frozenset({"/healthz", "/readyz"})
 """Served by the lean handler too, without Django's stock middleware: load balancers and the
 kubelet call them by the host's address over plain http, which the admin's ALLOWED_HOSTS check
 would refuse (400) and its https redirect would send elsewhere (docs/deploy.md)."""
+METRICS_TOKEN = settings.TOLLGATE_METRICS_TOKEN if settings.TOLLGATE_METRICS else ""
 
 
 async def _lifespan(receive: Any, send: Any) -> None:
@@ -65,5 +71,7 @@ async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await api_application(scope, receive, send)
     elif scope["type"] == "lifespan":
         await _lifespan(receive, send)
+    elif scope["type"] == "http" and scope["path"] == scrape.PATH and METRICS_TOKEN:
+        await scrape.answer(scope, send, METRICS_TOKEN, runtime.get_runtime())
     else:
         await django_application(scope, receive, send)

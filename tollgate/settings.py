@@ -64,6 +64,20 @@ def env_list(name: str, default: list[str]) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
+def env_address(name: str) -> tuple[str, int] | None:
+    """``host:port`` (``[::1]:9100`` for IPv6), or None when unset."""
+    value = os.environ.get(name)
+    if not value:
+        return None
+    host, _, port = value.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ImproperlyConfigured(
+            f"{name} must be host:port, such as 127.0.0.1:9100, got {value!r}"
+        )
+    return host, int(port)
+
+
 VAR_DIR = Path(env_str("TOLLGATE_VAR_DIR", str(BASE_DIR / "var")))
 """Where local state lives: the SQLite database, the ledger spool, the generated secret key."""
 
@@ -254,6 +268,21 @@ TOLLGATE_AUTH_FAILURE_BURST = env_int("TOLLGATE_AUTH_FAILURE_BURST", 20)
 """Failed authentications a client address may make in a burst before it gets 429."""
 TOLLGATE_AUTH_FAILURE_RATE = env_float("TOLLGATE_AUTH_FAILURE_RATE", 1.0)
 """Failed authentications per second a client address is allowed after its burst."""
+TOLLGATE_METRICS = env_bool("TOLLGATE_METRICS", True)
+"""Prometheus metrics (gateway.telemetry.metrics); off, calls pay nothing for them."""
+TOLLGATE_METRICS_TOKEN = env_str("TOLLGATE_METRICS_TOKEN", "")
+"""``GET /metrics`` on the API's port wants ``Authorization: Bearer <this>``; unset, it is not
+served there (404)."""
+TOLLGATE_METRICS_ADDR = env_address("TOLLGATE_METRICS_ADDR")
+"""``host:port`` where one worker serves ``/metrics`` without a token (a private interface)."""
+TOLLGATE_METRICS_TENANT_LABEL = env_bool("TOLLGATE_METRICS_TENANT_LABEL", False)
+"""Requests, tokens and cost also by tenant (its name): one series per tenant and model."""
+TOLLGATE_METRICS_DIR = Path(env_str("TOLLGATE_METRICS_DIR", str(VAR_DIR / "metrics")))
+"""Where each worker keeps its metric values for the others to add up: local to the machine,
+shared by every worker of one gateway and by no other gateway (as TOLLGATE_LEDGER_DIR)."""
+# prometheus_client chooses its multi-process mode when it is imported, from this variable:
+# the settings come first in every process.
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(TOLLGATE_METRICS_DIR)
 
 LOGGING = {
     "version": 1,

@@ -35,7 +35,7 @@ from django.core.handlers.asgi import ASGIHandler
 from django.urls import set_script_prefix
 
 from gateway.api.errors import ResponseAborted, error_response_for
-from gateway.api.middleware import stamp
+from gateway.api.middleware import count_without_call, stamp
 from gateway.calls.pipeline import ACTIVE_CALLS, Call
 from providers.errors import (
     CallerError,
@@ -130,6 +130,7 @@ class ApiHandler(ASGIHandler):
         request, early_response = self.create_request(scope, body)
         if request is None:
             assert early_response is not None  # create_request returns one or the other
+            count_without_call(scope["path"], early_response.status_code)
             await self.send_response(early_response, send)
             return
 
@@ -170,6 +171,7 @@ class ApiHandler(ASGIHandler):
         """Answer a request refused before Django sees it."""
         response = error_response_for(path, error)
         stamp(response, path)
+        count_without_call(path, response.status_code)
         await self.send_response(response, send)
 
     async def _read_body(self, receive: Any, scope: Scope) -> io.BytesIO:

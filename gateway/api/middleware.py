@@ -14,6 +14,8 @@ from django.http import HttpRequest, HttpResponseBase
 from django.utils.decorators import sync_and_async_middleware
 
 from gateway.api.errors import error_response_for, is_anthropic_path
+from gateway.runtime import get_runtime
+from gateway.tenants.auth import Caller
 from providers.errors import GatewayError
 
 Handler = Callable[[HttpRequest], Awaitable[HttpResponseBase]]
@@ -28,6 +30,15 @@ def stamp(response: HttpResponseBase, path: str, request_id: str | None = None) 
         response["request-id"] = request_id
 
 
+def count_without_call(path: str, status: int, caller: object = None) -> None:
+    """A ``/v1`` answer that is not a call's (a refusal before one, a model list), for the
+    metrics; a call's own are counted when it is recorded (``gateway.telemetry``)."""
+    metrics = get_runtime().metrics
+    if metrics is not None:
+        tenant = caller.tenant_name if isinstance(caller, Caller) else ""
+        metrics.request_finished(path, status, tenant)
+
+
 def _finish(request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
     if not request.path.startswith("/v1/"):
         return response
@@ -38,6 +49,7 @@ def _finish(request: HttpRequest, response: HttpResponseBase) -> HttpResponseBas
     call = getattr(request, "call", None)  # set by gateway.calls.pipeline.serve
     if call is None:
         stamp(response, request.path)
+        count_without_call(request.path, response.status_code, getattr(request, "auth", None))
         return response
     stamp(response, request.path, call.request_id)
     if call.attempts:  # what served the call (gateway.routing)

@@ -16,7 +16,7 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 import orjson
-from django.http import HttpRequest, HttpResponse, HttpResponseBase
+from django.http import HttpRequest, HttpResponseBase
 
 from gateway.calls.metering import StreamMeter, estimate_prompt_tokens
 from gateway.calls.parsing import validate_request
@@ -186,7 +186,9 @@ async def count_tokens(call: Call, request: HttpRequest) -> HttpResponseBase:
         body = anthropic_request_to_openai({**data, "max_tokens": data.get("max_tokens") or 1})
         return orjson.dumps({"input_tokens": estimate_request_tokens(body)})
 
-    return HttpResponse(await call.upstream(count), content_type="application/json")
+    # Recorded as answered, as every call is (no ledger row: it keeps none). It used to be left
+    # unrecorded, and the handler settled it as a client gone (499).
+    return call.answer_json(await call.upstream(count), Usage())
 
 
 def estimate_request_tokens(body: dict[str, Any]) -> int:

@@ -192,6 +192,9 @@ class Call:
         """What the call is billed if the client hangs up before the answer (the upstream does
         the work all the same); by default, the prompt's estimate."""
         self.recorded = False
+        self.error: GatewayError | None = None
+        """What ended the call short of its answer (a refusal, an upstream failure), if
+        anything did (``gateway.telemetry``)."""
         self.keeps_row = True
         """False for what is not a call to a model (a token count): ``record`` then only
         settles the rate limits, and writes no ledger row."""
@@ -367,6 +370,7 @@ class Call:
                 async for event in _within(relay.events, remaining, route):
                     yield event
         except GatewayError as exc:
+            self.error = exc
             status, error = exc.status, exc.code or exc.type
             relay.meter.failed(exc)
             if error_event is None:
@@ -450,6 +454,7 @@ class Call:
                 log.exception("observer %r failed on call %s", observer, self.request_id)
 
     def record_error(self, error: GatewayError) -> HttpResponse:
+        self.error = error
         self.record(Usage(), error.status, error.code or error.type)
         return self.render_error(error)
 

@@ -4,7 +4,8 @@
 They all learn of a call the same way: when its ledger row is built, ``Call.record`` hands the
 call and its row to every ``CallObserver`` of the runtime (``Runtime.observers``). The call
 carries what a row does not: each upstream attempt with its timing (``Attempt``), when the answer
-started, and how long the upstream took. Observers run on the request path, once per call:
+started, how long the upstream took, and the error that ended it (``call.error``: a refusal
+is told apart from an upstream's 429 there). Observers run on the request path, once per call:
 they must be cheap, and must not raise (one that does is logged and the call goes on).
 """
 

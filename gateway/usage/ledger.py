@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from django.db import connection, transaction
 from django.db.backends.base.operations import BaseDatabaseOperations
@@ -66,6 +66,16 @@ class _Retire:
 
 class DatabaseUnavailable(Exception):
     """The database did not answer: rows wait in the spool, none is blamed."""
+
+
+class LedgerObserver(Protocol):
+    """Told, in the writer thread, of what the writer did (``gateway.telemetry.metrics``)."""
+
+    def batch_written(self, seconds: float) -> None:
+        """A batch landed in the database, taking ``seconds`` (its retries included)."""
+
+    def dead_lettered(self) -> None:
+        """A row the database refused went to the dead letter."""
 
 
 class LedgerWriter:
@@ -107,6 +117,8 @@ class LedgerWriter:
         self._unsaved = False  # a row since the last retired segment is only in the journal
         self._database = Outage("database (ledger writer)")  # one log line per interval
         self._disk = Outage(f"ledger directory {self.directory}")
+        self._spooled_rows = 0
+        self.observer: LedgerObserver | None = None
 
     # --- request side ------------------------------------------------------------------------
 
@@ -119,6 +131,17 @@ class LedgerWriter:
     def backlog(self) -> int:
         """Rows queued and not yet written (approximate: ``/readyz``)."""
         return self._queue.qsize()
+
+    @property
+    def spooled_rows(self) -> int:
+        """Rows this writer spooled since the database went away (0 once it answers again and
+        the spool is handed to the replay)."""
+        return self._spooled_rows
+
+    @property
+    def database_outage(self) -> Outage:
+        """Whether the writer finds the database down (the metrics' ``tollgate_service_up``)."""
+        return self._database
 
     def record(self, row: Row) -> None:
         """Journal and queue one row. Never blocks on the database; a failing disk costs the
@@ -260,14 +283,18 @@ class LedgerWriter:
         return len(rows)
 
     def _land_retrying(self, rows: list[Row]) -> None:
+        started = time.perf_counter()
         for attempt in range(1, self.retries + 1):
             try:
                 self._land(rows)
-                return
             except DatabaseUnavailable:
                 if attempt == self.retries:
                     raise
                 self._backoff.wait(0.2 * attempt)  # a plain sleep, in the writer thread
+                continue
+            if self.observer is not None:
+                self.observer.batch_written(time.perf_counter() - started)
+            return
 
     def _land(self, rows: list[Row]) -> None:
         """Insert ``rows``; when the database refuses the batch but answers, split it until the
@@ -305,6 +332,8 @@ class LedgerWriter:
                 )
         except Exception as dead:
             raise DatabaseUnavailable(f"the dead letter failed too: {dead}") from dead
+        if self.observer is not None:
+            self.observer.dead_lettered()
         log.error(
             "ledger: the database refused row %s (%s); it is in the dead letter", request_id, reason
         )
@@ -318,6 +347,7 @@ class LedgerWriter:
                 )
             self._spool.append(b"".join(encode(row) for row in rows))
             self._spool.sync()
+            self._spooled_rows += len(rows)
         except OSError as error:
             # The journal still has these rows: its segment is kept for a replay.
             self._unsaved = True
@@ -378,6 +408,7 @@ class LedgerWriter:
             self._database.recovered()
             self._spool.release()
             self._spool = None
+            self._spooled_rows = 0
         for _ in range(batches):
             claim = self._replaying or next(unclaimed(self.directory), None)
             if claim is None:
