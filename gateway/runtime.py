@@ -19,7 +19,8 @@ from gateway.outage import read_database
 from gateway.routing.health import Health
 from gateway.routing.router import Router
 from gateway.routing.shared import SharedHealth
-from gateway.telemetry import CallObserver
+from gateway.telemetry import CallObserver, FlushingObserver, call_tracer
+from gateway.telemetry.logs import RequestLog
 from gateway.upstream_keys.credentials import CredentialPool, check_secret_key
 from gateway.usage.ledger import LedgerWriter
 from providers.config import GatewayConfig, load_config
@@ -69,7 +70,8 @@ class Runtime:
         self._purge = asyncio.get_running_loop().create_task(purge_forever())
 
     async def aclose(self) -> None:
-        """Close the upstream clients, send pending counter updates, write every queued row."""
+        """Close the upstream clients, send pending counter updates, write every queued row,
+        send the spans still batched."""
         await self.credentials.stop()
         if self._purge is not None:
             self._purge.cancel()
@@ -80,6 +82,9 @@ class Runtime:
         await self.factory.aclose()
         await self.policy.aclose()
         await sync_to_async(self.ledger.stop, thread_sensitive=False)()
+        for observer in self.observers:
+            if isinstance(observer, FlushingObserver):
+                await asyncio.to_thread(observer.shutdown)
 
     async def _load_credentials_unless_database_down(self) -> None:
         """With the database down, start without the stored keys (the refresh task reads them
@@ -104,6 +109,11 @@ _runtime_cache: Runtime | None = None
 def build_runtime() -> Runtime:
     config = load_config(settings.TOLLGATE_CONFIG)
     credentials = CredentialPool()
+    observers: list[CallObserver] = []
+    if settings.TOLLGATE_REQUEST_LOG:
+        observers.append(RequestLog())
+    if settings.TOLLGATE_TRACES and (tracer := call_tracer()) is not None:
+        observers.append(tracer)
     return Runtime(
         config=config,
         factory=ProviderFactory(config, credentials=credentials.get),
@@ -118,6 +128,7 @@ def build_runtime() -> Runtime:
         credentials=credentials,
         policy=Policy.from_settings(settings.REDIS_URL),
         shared_health_url=settings.REDIS_URL,
+        observers=tuple(observers),
     )
 
 
