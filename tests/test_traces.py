@@ -213,6 +213,17 @@ def test_every_endpoint_has_an_operation_name() -> None:
     assert OPERATIONS["embeddings"] == "embeddings" and OPERATIONS["messages"] == "chat"
 
 
+def test_the_service_is_tollgate_unless_the_environment_names_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("OTEL_SERVICE_NAME", raising=False)
+    monkeypatch.delenv("OTEL_RESOURCE_ATTRIBUTES", raising=False)
+    processor = SimpleSpanProcessor(InMemorySpanExporter())
+    assert tracer_provider(processor).resource.attributes["service.name"] == "tollgate"
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "gateway-eu")
+    assert tracer_provider(processor).resource.attributes["service.name"] == "gateway-eu"
+
+
 async def test_closing_the_runtime_sends_the_spans_still_batched(
     tenants: dict[str, TenantKey], gateway_runtime: Any
 ) -> None:

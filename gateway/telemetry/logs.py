@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 requests_log = logging.getLogger("tollgate.requests")
 
-UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "django.server")
+SERVER_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "django.server")
 """Loggers whose servers give them handlers of their own (uvicorn before the app is imported,
 Django's runserver): with ``json``, their handlers get the JSON formatter too."""
 
@@ -117,7 +117,7 @@ def configure_logging(config: dict[str, Any]) -> None:
     if settings.TOLLGATE_LOG_FORMAT != "json":
         return
     formatter = JsonFormatter()
-    for name in UVICORN_LOGGERS:
+    for name in SERVER_LOGGERS:
         for handler in logging.getLogger(name).handlers:
             handler.setFormatter(formatter)
     logging.captureWarnings(True)
@@ -207,6 +207,7 @@ def request_answered(
         "error_type": _error_type(response),
         "latency_ms": int((time.perf_counter() - started) * 1000) if started else None,
     }
+    # A Caller once authenticated; its class is not imported: this module loads with the settings.
     caller = getattr(request, "auth", None)
     if caller is not None and hasattr(caller, "tenant_id"):
         fields["tenant_id"] = caller.tenant_id

@@ -72,7 +72,7 @@ def tracer_provider(processor: SpanProcessor | None = None) -> TracerProvider:
     exporter configured by the environment. The service is "tollgate" unless
     ``OTEL_SERVICE_NAME`` (or ``OTEL_RESOURCE_ATTRIBUTES``) names it."""
     resource = Resource.create()
-    if resource.attributes.get("service.name", "unknown_service") == "unknown_service":
+    if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
         resource = resource.merge(Resource({"service.name": "tollgate"}))
     provider = TracerProvider(resource=resource)
     if processor is None:
