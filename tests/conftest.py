@@ -287,9 +287,15 @@ class GatewayServer:
 
 
 def start_gateway(
-    tmp: Path, upstream: str, *, env: dict[str, str] | None = None, **provider_options: object
+    tmp: Path,
+    upstream: str,
+    *,
+    env: dict[str, str] | None = None,
+    uvicorn_args: tuple[str, ...] = (),
+    **provider_options: object,
 ) -> GatewayServer:
-    """Start the gateway under uvicorn; ``env`` overrides its environment (say, the flush delay).
+    """Start the gateway under uvicorn; ``env`` overrides its environment (say, the flush delay),
+    ``uvicorn_args`` are added to uvicorn's command line.
     It logs JSON lines to ``tmp/gateway.log``, checked after the test module
     (``gateway_logs_are_json_without_secrets``)."""
     port = free_port()
@@ -319,6 +325,7 @@ def start_gateway(
             "--port",
             str(port),
             "--no-access-log",
+            *uvicorn_args,
         ],
         cwd=ROOT,
         env=process_env,

@@ -13,15 +13,17 @@ import threading
 import warnings
 from copy import deepcopy
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from asgiref.sync import sync_to_async
 from django.conf import settings as django_settings
+from support.gateway_logs import check_gateway_log
 from support.inprocess import api_client
 
-from conftest import TenantKey, ledger_rows
+from conftest import ROOT, TenantKey, ledger_rows, start_gateway
 from gateway import runtime
 from gateway.telemetry.logs import JsonFormatter, RequestLine, RequestLog, configure_logging
 
@@ -174,6 +176,28 @@ def test_warnings_and_uncaught_exceptions_go_through_logging(
     assert messages == ["uncaught exception", "uncaught exception in thread worker-7"]
     thread_record = next(r for r in caplog.records if r.getMessage().endswith("worker-7"))
     assert thread_record.exc_info is not None and thread_record.exc_info[0] is ZeroDivisionError
+
+
+@pytest.mark.e2e
+def test_make_serves_json_with_workers_writes_json_from_the_supervisor_too(
+    tenants: dict[str, TenantKey], fake_upstream: str, tmp_path: Path
+) -> None:
+    """With several workers, uvicorn's supervisor never imports the app: ``make serve`` gives
+    it tollgate/uvicorn_json_logging.json when TOLLGATE_LOG_FORMAT=json."""
+    log_config = "tollgate/uvicorn_json_logging.json"
+    assert log_config in (ROOT / "Makefile").read_text()
+    server = start_gateway(
+        tmp_path, fake_upstream, uvicorn_args=("--workers", "2", "--log-config", log_config)
+    )
+    try:
+        response = httpx.get(server.base_url + "/v1/models", headers=tenants["alice"].headers)
+        assert response.status_code == 200
+    finally:
+        server.stop()
+    assert check_gateway_log(server.log_path) > 5
+    messages = [json.loads(line)["message"] for line in server.log_path.read_text().splitlines()]
+    assert any(m.startswith("Started parent process") for m in messages)
+    assert sum(m == "Application startup complete." for m in messages) == 2
 
 
 # --- the request line of a call -----------------------------------------------------------------
