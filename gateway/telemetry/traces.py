@@ -138,6 +138,8 @@ class CallTracer:
             attributes=attributes,
             start_time=wall_ns(call.started),
         )
+        if not span.is_recording():  # sampled out (OTEL_TRACES_SAMPLER): its attempts too
+            return
         if status >= 500:
             span.set_status(Status(StatusCode.ERROR, row["error_type"] or None))
         inside = trace.set_span_in_context(span)
