@@ -200,6 +200,25 @@ def test_make_serves_json_with_workers_writes_json_from_the_supervisor_too(
     assert sum(m == "Application startup complete." for m in messages) == 2
 
 
+def test_the_end_to_end_log_check_finds_a_prompt_a_key_and_a_line_that_is_not_json(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "gateway.log"
+    clean = '{"time": "t", "level": "INFO", "logger": "tollgate", "message": "up"}\n'
+    log.write_text(clean + '{"time": "t", "level": "INFO", "logger": "x", "message": "cut')
+    assert check_gateway_log(log) == 1  # a last line cut short is not parsed
+    for bad in (
+        clean.replace("up", "Say hello."),
+        clean.replace("up", "key tg-" + "A" * 43),
+        clean.replace("up", "Bearer sk-upstream-secret"),
+        "Traceback (most recent call last):\n",
+        '{"message": "no time, level or logger"}\n',
+    ):
+        log.write_text(clean + bad)
+        with pytest.raises((AssertionError, json.JSONDecodeError)):
+            check_gateway_log(log)
+
+
 # --- the request line of a call -----------------------------------------------------------------
 
 
