@@ -356,6 +356,21 @@ async def test_a_bad_key_gets_a_request_line_without_the_key(
     assert (models["path"], models["status"], models["tenant"]) == ("/v1/models", 200, "alice")
 
 
+async def test_a_bad_key_on_anthropics_api_has_the_same_error_type(
+    tenants: dict[str, TenantKey], gateway_runtime: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    gateway_runtime(lambda request: httpx.Response(200, json=COMPLETION))
+    with caplog.at_level(logging.INFO, logger="tollgate.requests"):
+        async with api_client() as client:
+            response = await client.post(
+                "/v1/messages", json={}, headers={"x-api-key": "tg-" + "y" * 43}
+            )
+    assert response.status_code == 401
+    assert response.json()["error"]["type"] == "authentication_error"  # Anthropic's shape
+    (line,) = request_lines(caplog)
+    assert (line["path"], line["error_type"]) == ("/v1/messages", "invalid_api_key")
+
+
 async def test_headers_refused_before_django_get_a_request_line(
     tenants: dict[str, TenantKey], gateway_runtime: Any, caplog: pytest.LogCaptureFixture
 ) -> None:

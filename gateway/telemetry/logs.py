@@ -218,10 +218,13 @@ def request_answered(
 
 
 def _error_type(response: HttpResponseBase) -> str:
-    """The code (else the type) of an error answer in OpenAI's or Anthropic's shape: a small
-    JSON body the gateway wrote itself."""
+    """The code (else the type) of an error answer, as a call's row keeps it: the error's own
+    when the gateway rendered it (``gateway.api.errors``, in either API's shape), else read from
+    the JSON body."""
     if response.status_code < 400 or response.streaming:
         return ""
+    if (code := getattr(response, "error_code", None)) is not None:
+        return str(code)
     try:
         error = orjson.loads(response.content).get("error")  # type: ignore[attr-defined]
     except (orjson.JSONDecodeError, AttributeError):
