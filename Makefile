@@ -34,9 +34,12 @@ run: install var/secret_key
 
 # MALLOC_ARENA_MAX=2: glibc otherwise gives the ledger writer thread malloc arenas of its own,
 # which hold ~20 MB more resident memory per worker for nothing (bench/README.md).
+# TOLLGATE_LOG_FORMAT=json: uvicorn's own lines are JSON from its first (the supervisor of
+# several workers never imports the app, which makes the workers' JSON).
 serve: install var/secret_key
 	MALLOC_ARENA_MAX=2 $(BIN)/uvicorn tollgate.asgi:application --host $(HOST) --port $(PORT) --workers $(WORKERS) \
-		--loop uvloop --http httptools --no-access-log
+		--loop uvloop --http httptools --no-access-log \
+		$(if $(filter json,$(TOLLGATE_LOG_FORMAT)),--log-config tollgate/uvicorn_json_logging.json)
 
 # Django's SECRET_KEY for local use (admin sessions), made once; production sets DJANGO_SECRET_KEY.
 var/secret_key:

@@ -15,6 +15,7 @@ import os
 import platform
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -50,7 +51,7 @@ TARGETS = ("upstream", "floor", "bare", "gateway", *VARIANTS, "gateway-stream")
 """wrk targets, in the order each round visits them."""
 ONLY_AT = {"gateway-nometrics": 50}
 """Targets measured at one concurrency only (when it is among --concurrency)."""
-SELECTABLE = (*TARGETS, "ttfb", "metrics-cost")
+SELECTABLE = (*TARGETS, "ttfb", "metrics-cost", "request-log")
 PATH = "/v1/chat/completions"
 LEAK_FIRST_CALLS = 10_000
 
@@ -144,7 +145,7 @@ class Bench:
         env = self.env = django_env(config, var_dir, "tollgate.settings")
         database_url = os.environ.get("DATABASE_URL")
         need_gateway = (
-            bool(only & {"gateway", "gateway-stream", "ttfb", *VARIANTS})
+            bool(only & {"gateway", "gateway-stream", "ttfb", "request-log", *VARIANTS})
             or a.leak_calls
             or a.profile
         )
@@ -323,6 +324,65 @@ class Bench:
         self.results.metrics_cost = json.loads(done.stdout.strip().splitlines()[-1])
         log(f"metrics per call, in process: {self.results.metrics_cost}")
 
+    def run_request_log_cost(self, concurrency: int = 50) -> None:
+        """Non-streaming req/s at c50 with the request log off, as text lines, and as JSON lines
+        (``TOLLGATE_LOG_FORMAT=json``): three more gateways on the same database, each logging to
+        its file, measured in interleaved rounds; the cost is the median of the rounds' drops."""
+        a = self.args
+        var_dir = self.tmp / "var"
+        env = django_env(self.tmp / "config.toml", var_dir, "tollgate.settings")
+        modes = {
+            "off": {"TOLLGATE_REQUEST_LOG": "false"},
+            "text": {"TOLLGATE_REQUEST_LOG": "true", "TOLLGATE_LOG_FORMAT": "text"},
+            "json": {"TOLLGATE_REQUEST_LOG": "true", "TOLLGATE_LOG_FORMAT": "json"},
+        }
+        services = {
+            mode: start_uvicorn(
+                self.processes,
+                f"gateway-log-{mode}",
+                "tollgate.asgi:application",
+                {**env, **extra, "TOLLGATE_LEDGER_DIR": str(var_dir / f"ledger-log-{mode}")},
+                a.workers,
+                self.tmp,
+                "/v1/models",
+            )
+            for mode, extra in modes.items()
+        }
+        script = self._script("gateway")
+        rps: dict[str, list[float]] = {mode: [] for mode in modes}
+        for round_no in range(a.rounds + 1):  # round 0: a 1 s warm-up each
+            for mode, service in services.items():
+                seconds = a.duration if round_no else 1
+                url = service.base_url + PATH
+                result = wrk.run_wrk(
+                    self.processes, url, script, concurrency, seconds, self.tmp / "wrk.log"
+                )
+                log(
+                    f"[r{round_no}] request log {mode:<5} c{concurrency} {result.rps:>9,.0f} req/s"
+                    f"  p50 {result.p50_ms:7.2f} ms  errors {result.errors}"
+                )
+                if round_no:
+                    rps[mode].append(result.rps)
+        for service in services.values():
+            self.processes.stop(service.process)
+        self.floor = None  # these calls' rows are no other measurement's
+        median = {mode: statistics.median(values) for mode, values in rps.items()}
+        cost = {}  # the median of each round's own ratio: a slow minute hits all modes alike
+        for mode in ("text", "json"):
+            ratios = [on / off for on, off in zip(rps[mode], rps["off"], strict=True)]
+            cost[mode] = (1 - statistics.median(ratios)) * 100
+        self.results.meta["request_log"] = {
+            "concurrency": concurrency,
+            "rps": rps,
+            "cost_pct": cost,
+        }
+        self.results.notes.append(
+            f"request log at c{concurrency}, median of {a.rounds} round(s): off "
+            f"{median['off']:,.0f}, text {median['text']:,.0f} ({cost['text']:+.1f}% cost), "
+            f"JSON {median['json']:,.0f} ({cost['json']:+.1f}% cost)"
+        )
+        log(self.results.notes[-1])
+
     def run_profile(self) -> None:
         assert self.gateway is not None
         py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
@@ -404,6 +464,8 @@ class Bench:
             self.run_streams()
         if "metrics-cost" in self.args.only:
             self.run_metrics_cost()
+        if "request-log" in self.args.only:
+            self.run_request_log_cost()
         self.results.memory["gateway_after"] = self._rss(self.gateway)
         self.results.memory["bare_after"] = self._rss(self.bare)
         if self.args.profile:

@@ -20,7 +20,8 @@ from gateway.outage import read_database
 from gateway.routing.health import Health
 from gateway.routing.router import Router
 from gateway.routing.shared import SharedHealth
-from gateway.telemetry import CallObserver
+from gateway.telemetry import CallObserver, FlushingObserver, call_tracer
+from gateway.telemetry.logs import RequestLog
 from gateway.telemetry.metrics import Metrics
 from gateway.upstream_keys.credentials import CredentialPool, check_secret_key
 from gateway.usage.ledger import LedgerWriter
@@ -77,7 +78,8 @@ class Runtime:
             await self.metrics.start(self)
 
     async def aclose(self) -> None:
-        """Close the upstream clients, send pending counter updates, write every queued row."""
+        """Close the upstream clients, send pending counter updates, write every queued row,
+        send the spans still batched."""
         await self.credentials.stop()
         if self._purge is not None:
             self._purge.cancel()
@@ -90,6 +92,9 @@ class Runtime:
         await sync_to_async(self.ledger.stop, thread_sensitive=False)()
         if self.metrics is not None:
             await self.metrics.stop()
+        for observer in self.observers:
+            if isinstance(observer, FlushingObserver):
+                await asyncio.to_thread(observer.shutdown)
 
     async def _load_credentials_unless_database_down(self) -> None:
         """With the database down, start without the stored keys (the refresh task reads them
@@ -131,6 +136,11 @@ def build_runtime() -> Runtime:
             address=settings.TOLLGATE_METRICS_ADDR,
         )
         ledger.observer = metrics
+    observers: list[CallObserver] = [metrics] if metrics is not None else []
+    if settings.TOLLGATE_REQUEST_LOG:
+        observers.append(RequestLog())
+    if settings.TOLLGATE_TRACES and (tracer := call_tracer()) is not None:
+        observers.append(tracer)
     return Runtime(
         config=config,
         factory=ProviderFactory(config, credentials=credentials.get),
@@ -138,7 +148,7 @@ def build_runtime() -> Runtime:
         credentials=credentials,
         policy=Policy.from_settings(settings.REDIS_URL),
         shared_health_url=settings.REDIS_URL,
-        observers=(metrics,) if metrics is not None else (),
+        observers=tuple(observers),
         metrics=metrics,
     )
 

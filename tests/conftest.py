@@ -33,6 +33,8 @@ from providers.factory import ProviderFactory
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+from support.gateway_logs import check_gateway_log  # noqa: E402
+
 from fake_upstream import run_fake_upstream  # noqa: E402
 
 TENANT_NAMES = ("alice", "bob", "charlie")
@@ -258,6 +260,21 @@ def database_url() -> str:
     return f"postgres://{user}@{host}:{port}/{settings['NAME']}"
 
 
+GATEWAY_LOGS: list[Path] = []
+"""The log of every gateway ``start_gateway`` started (a registry), read after its test module."""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def gateway_logs_are_json_without_secrets() -> Iterator[None]:
+    """After each test module, every line its gateways logged is JSON, and none holds a prompt,
+    an answer or a key (``support.gateway_logs``)."""
+    first = len(GATEWAY_LOGS)
+    yield
+    for path in GATEWAY_LOGS[first:]:
+        if path.exists():
+            check_gateway_log(path)
+
+
 @dataclass
 class GatewayServer:
     base_url: str
@@ -284,8 +301,9 @@ def start_gateway(
     **provider_options: object,
 ) -> GatewayServer:
     """Start the gateway under uvicorn; ``env`` overrides its environment (say, the flush delay),
-    ``server_args`` are added to uvicorn's. With ``workers`` > 1, returns once every worker has
-    started."""
+    ``server_args`` are added to uvicorn's command line. With ``workers`` > 1, returns once every
+    worker has started. It logs JSON lines to ``tmp/gateway.log``, checked after the test module
+    (``gateway_logs_are_json_without_secrets``)."""
     port = free_port()
     config = write_config(tmp / "config.toml", upstream, **provider_options)
     process_env = {
@@ -299,9 +317,11 @@ def start_gateway(
         "TOLLGATE_LEDGER_DIR": str(tmp / "ledger"),
         "TOLLGATE_METRICS_DIR": str(tmp / "metrics"),
         "FAKE_UPSTREAM_KEY": "sk-upstream-secret",
+        "TOLLGATE_LOG_FORMAT": "json",
         **(env or {}),
     }
     log_path = tmp / "gateway.log"
+    GATEWAY_LOGS.append(log_path)
     process = subprocess.Popen(
         [
             sys.executable,

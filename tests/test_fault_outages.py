@@ -144,6 +144,11 @@ def log_lines(server: GatewayServer, text: str) -> list[str]:
     return [line for line in server.log_path.read_text().splitlines() if text in line]
 
 
+def tracebacks(server: GatewayServer) -> list[str]:
+    """The log's records that carry a traceback (its lines are JSON: ``support.gateway_logs``)."""
+    return log_lines(server, '"exception":')
+
+
 def assert_unavailable(response: httpx.Response, anthropic: bool = False) -> None:
     assert response.status_code == 503, response.text
     assert int(response.headers["retry-after"]) >= 1
@@ -195,6 +200,7 @@ def test_database_outage_under_load_known_keys_keep_working(
     outage_lines = log_lines(server, "database unavailable")
     assert 1 <= len(outage_lines) <= 5, outage_lines  # one per 2 s interval, not one per call
     assert not log_lines(server, "unhandled error")
+    assert not tracebacks(server)  # an outage is a line per interval, not a traceback per call
     assert log_lines(server, "database available again")
 
 
@@ -276,6 +282,7 @@ def test_redis_outage_fail_open_then_back_empty_rebuilds_the_budget_from_the_led
     assert 0 <= ledger - spent <= one_call * per_second * 0.25, (ledger, spent, per_second)
     assert len(log_lines(server, "Redis unavailable")) <= 3
     assert log_lines(server, "Redis counters rebuilt")
+    assert not tracebacks(server)
 
 
 def test_redis_outage_fail_closed_answers_503_with_retry_after(

@@ -18,10 +18,11 @@ from support.redis_db import redis_url  # noqa: F401 - a fixture
 
 from conftest import TenantKey, free_port
 from gateway import outage
+from gateway.calls import responses
 from gateway.limits.counters import Check, RedisCounters
 from gateway.limits.policy import CallerLimits, Estimate, Policy
 from gateway.limits.resilient_counters import IN_MEMORY, ResilientCounters
-from gateway.models import UsageRecord
+from gateway.models import StoredResponse, UsageRecord
 from gateway.tenants import auth, auth_throttle
 from providers.errors import AuthenticationFailed, ServiceUnavailable
 
@@ -94,6 +95,25 @@ async def test_the_database_is_probed_at_most_once_a_second_and_its_return_is_lo
         assert (await auth.authenticate(tenants["bob"].raw, "10.0.0.3")).tenant_name == "bob"
     assert not outage.database_outage.down
     assert any("database available again" in r.getMessage() for r in caplog.records)
+
+
+async def test_responses_not_stored_in_an_outage_log_one_line_not_a_traceback_each(
+    tenants: dict[str, TenantKey],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The Responses API stores each response: with the database down, that was a traceback
+    per call."""
+
+    def refuse(self: StoredResponse, **kwargs: Any) -> None:
+        raise OperationalError('connection to server at "127.0.0.1" failed: Connection refused')
+
+    monkeypatch.setattr(StoredResponse, "save", refuse)
+    with caplog.at_level(logging.INFO, logger="tollgate"):
+        for n in range(20):
+            await responses._save(StoredResponse(id=f"resp_{n}", tenant_id=1, model="m"))
+    assert [r.getMessage().split(" (")[0] for r in caplog.records] == ["database unavailable"]
+    assert all(r.exc_info is None for r in caplog.records)
 
 
 # --- key guessing ---------------------------------------------------------------------------

@@ -284,15 +284,37 @@ shared by every worker of one gateway and by no other gateway (as TOLLGATE_LEDGE
 # the settings come first in every process.
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(TOLLGATE_METRICS_DIR)
 
+TOLLGATE_LOG_FORMAT = env_choice("TOLLGATE_LOG_FORMAT", ("text", "json"))
+"""``text`` (for people, ``make run``) or ``json``: one JSON object per line for every record, the
+gateway's, Django's and uvicorn's, exceptions included (``gateway.telemetry.logs``)."""
+TOLLGATE_REQUEST_LOG = env_bool("TOLLGATE_REQUEST_LOG", True)
+"""One line per API request on the ``tollgate.requests`` logger: who, which model, where to,
+status, latency, tokens, cost; never a prompt, an answer, a header or a key."""
+TOLLGATE_TRACES = not env_bool("OTEL_SDK_DISABLED", False) and bool(
+    os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+)
+"""A span per call, sent over OTLP/HTTP, when OpenTelemetry's standard endpoint variable is set
+(``gateway.telemetry.traces``); otherwise nothing of OpenTelemetry is imported."""
+
+LOG_FORMATTERS = {
+    "text": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+    "json": {"()": "gateway.telemetry.logs.JsonFormatter"},
+}
+LOGGING_CONFIG = "gateway.telemetry.logs.configure_logging"
+"""``LOGGING``, then the JSON formatter for the handlers uvicorn set up on its own loggers."""
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "formatters": {"console": LOG_FORMATTERS[TOLLGATE_LOG_FORMAT]},
     "filters": {"skip_api_responses": {"()": "tollgate.log_filters.SkipApiResponses"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "console"}},
+    # One handler, on the root: every library's warnings come out in the same format.
+    "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {
-        "tollgate": {"handlers": ["console"], "level": env_str("TOLLGATE_LOG_LEVEL", "INFO")},
-        "django": {"handlers": ["console"], "level": "WARNING"},
+        "tollgate": {"level": env_str("TOLLGATE_LOG_LEVEL", "INFO")},
+        "tollgate.requests": {"level": "INFO"},  # switched by TOLLGATE_REQUEST_LOG alone
+        "django": {"level": "WARNING"},
         "django.request": {"filters": ["skip_api_responses"]},
     },
 }

@@ -32,6 +32,7 @@ def _response(body: object, error: GatewayError) -> HttpResponse:
     response = HttpResponse(
         orjson.dumps(body), status=error.status, content_type="application/json"
     )
+    response.error_code = error.code or error.type  # type: ignore[attr-defined]  # request log
     response["x-should-retry"] = "true" if error.retryable else "false"
     if error.status == 429:
         response["retry-after"] = "1"

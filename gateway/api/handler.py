@@ -37,6 +37,7 @@ from django.urls import set_script_prefix
 from gateway.api.errors import ResponseAborted, error_response_for
 from gateway.api.middleware import count_without_call, stamp
 from gateway.calls.pipeline import ACTIVE_CALLS, Call
+from gateway.telemetry.logs import request_answered
 from providers.errors import (
     CallerError,
     HeadersTooLarge,
@@ -117,14 +118,14 @@ class ApiHandler(ASGIHandler):
 
     async def handle(self, scope: Scope, receive: Any, send: Any) -> None:
         if (problem := header_problem(scope)) is not None:
-            await self._refuse(scope["path"], problem, send)
+            await self._refuse(scope, problem, send)
             return
         try:
             body = await self._read_body(receive, scope)
         except RequestAborted:
             return
         except PayloadTooLarge as exc:
-            await self._refuse(scope["path"], exc, send)
+            await self._refuse(scope, exc, send)
             return
         set_script_prefix(settings.FORCE_SCRIPT_NAME or scope.get("root_path", "") or "/")
         request, early_response = self.create_request(scope, body)
@@ -167,11 +168,13 @@ class ApiHandler(ASGIHandler):
                 if not call.recorded:
                     await call.settle_unrecorded()
 
-    async def _refuse(self, path: str, error: CallerError, send: Any) -> None:
-        """Answer a request refused before Django sees it."""
+    async def _refuse(self, scope: Scope, error: CallerError, send: Any) -> None:
+        """Answer a request refused before Django sees it (with its request-log line)."""
+        path = scope["path"]
         response = error_response_for(path, error)
-        stamp(response, path)
+        request_id = stamp(response, path)
         count_without_call(path, response.status_code)
+        request_answered(request_id, scope.get("method", ""), path, response)
         await self.send_response(response, send)
 
     async def _read_body(self, receive: Any, scope: Scope) -> io.BytesIO:

@@ -2,10 +2,12 @@
 use Django's client). Every ``/v1`` answer gets here its request id, what served it
 (``x-tollgate-model``, ``x-tollgate-deployment``, ``x-tollgate-attempts``) and the caller's
 rate-limit headers, and keeps OpenAI's (or Anthropic's) error shape even where Django answers on
-its own (e.g. 405)."""
+its own (e.g. 405). A request that made no call gets its request-log line here
+(``gateway.telemetry.logs``); a call's is written when its ledger row is built."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 
@@ -15,19 +17,21 @@ from django.utils.decorators import sync_and_async_middleware
 
 from gateway.api.errors import error_response_for, is_anthropic_path
 from gateway.runtime import get_runtime
+from gateway.telemetry.logs import request_answered
 from gateway.tenants.auth import Caller
 from providers.errors import GatewayError
 
 Handler = Callable[[HttpRequest], Awaitable[HttpResponseBase]]
 
 
-def stamp(response: HttpResponseBase, path: str, request_id: str | None = None) -> None:
+def stamp(response: HttpResponseBase, path: str, request_id: str | None = None) -> str:
     """The request id every answer carries (``x-request-id``, and Anthropic's ``request-id`` on
     ``/v1/messages``): the call's, which its ledger row keeps, or a new one."""
     request_id = request_id or "req_" + uuid.uuid4().hex
     response["x-request-id"] = request_id
     if is_anthropic_path(path):
         response["request-id"] = request_id
+    return request_id
 
 
 def count_without_call(path: str, status: int, caller: object = None) -> None:
@@ -39,7 +43,7 @@ def count_without_call(path: str, status: int, caller: object = None) -> None:
         metrics.request_finished(path, status, tenant)
 
 
-def _finish(request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
+def _finish(request: HttpRequest, response: HttpResponseBase, started: float) -> HttpResponseBase:
     if not request.path.startswith("/v1/"):
         return response
     if response.status_code >= 400 and not response.get("content-type", "").startswith(
@@ -48,8 +52,9 @@ def _finish(request: HttpRequest, response: HttpResponseBase) -> HttpResponseBas
         response = _reshaped(request, response)
     call = getattr(request, "call", None)  # set by gateway.calls.pipeline.serve
     if call is None:
-        stamp(response, request.path)
+        request_id = stamp(response, request.path)
         count_without_call(request.path, response.status_code, getattr(request, "auth", None))
+        request_answered(request_id, request.method or "", request.path, response, request, started)
         return response
     stamp(response, request.path, call.request_id)
     if call.attempts:  # what served the call (gateway.routing)
@@ -83,12 +88,14 @@ def api_responses(get_response: Handler) -> Handler:
     if iscoroutinefunction(get_response):
 
         async def middleware(request: HttpRequest) -> HttpResponseBase:
-            return _finish(request, await get_response(request))
+            started = time.perf_counter()
+            return _finish(request, await get_response(request), started)
 
         markcoroutinefunction(middleware)
         return middleware
 
     def sync_middleware(request: HttpRequest) -> HttpResponseBase:
-        return _finish(request, get_response(request))  # type: ignore[arg-type]
+        started = time.perf_counter()
+        return _finish(request, get_response(request), started)  # type: ignore[arg-type]
 
     return sync_middleware  # type: ignore[return-value]

@@ -74,6 +74,7 @@ async def serve(request: HttpRequest, endpoint: Endpoint, steps: Steps) -> HttpR
     call = Call(get_runtime(), caller, endpoint, error_renderer_for(request.path))
     request.call = call  # type: ignore[attr-defined]  # its headers: gateway.api.middleware
     call.affinity_key = request.headers.get(SESSION_HEADER)
+    call.traceparent = request.headers.get("traceparent")
     await call.enter_gate()
     try:
         return await call.run(lambda: steps(call, request))
@@ -181,6 +182,8 @@ class Call:
         caches): ``prompt_cache_key``, ``user``, or a client's session id."""
         self.attempts = 0
         self.fallback_used = False
+        self.traceparent: str | None = None
+        """The caller's W3C trace context: the call's span continues its trace (traces)."""
         self._admitted: tuple[int, int | None, Units | None] | None = None
         self.operation: Operation = "chat"
         self.requested_model = ""

@@ -34,7 +34,7 @@ from gateway.calls.pipeline import Call, OpenStream, Relay, open_stream
 from gateway.models import StoredResponse
 from gateway.outage import read_database
 from providers.base import ChatRequest
-from providers.errors import GatewayError, InvalidRequest, ModelNotFound
+from providers.errors import GatewayError, InvalidRequest, ModelNotFound, ServiceUnavailable
 from providers.factory import Route
 from providers.openai import OpenAIProvider
 from providers.responses.request import BridgedRequest, to_chat
@@ -296,9 +296,12 @@ def sse(event: dict[str, Any]) -> bytes:
 async def _save(stored: StoredResponse) -> None:
     """Keep a response before its caller learns it is complete (a ``previous_response_id`` may
     follow at once). A failure is logged, not the caller's: its answer stands, and a later
-    ``previous_response_id`` naming it gets a 400."""
+    ``previous_response_id`` naming it gets a 400. A database outage is not logged per call
+    (it was a traceback each): ``gateway.outage`` logs it once per interval."""
     try:
         await read_database(lambda: stored.save(force_insert=True), "the stored responses")
+    except ServiceUnavailable:
+        pass
     except Exception:
         log.exception("response %s was not stored", stored.id)
 

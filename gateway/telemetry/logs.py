@@ -1,0 +1,234 @@
+"""Logs: JSON lines when ``TOLLGATE_LOG_FORMAT=json``, and a line per API request.
+
+**Format.** ``JsonFormatter`` writes every record as one JSON object on one line: ``time`` (UTC,
+ISO 8601, milliseconds), ``level``, ``logger``, ``message``, and an exception as one field
+(``exception``, its traceback with the newlines escaped), never as a multi-line traceback. It is
+the formatter of the one handler ``settings.LOGGING`` puts on the root logger, and
+``configure_logging`` (Django's ``LOGGING_CONFIG``) also gives it to the handlers uvicorn set up
+on its own loggers before it imported the app, and routes warnings and uncaught exceptions
+through logging, so that a gateway run by ``uvicorn tollgate.asgi:application`` writes nothing
+but JSON lines.
+
+**Request log** (``TOLLGATE_REQUEST_LOG``, on by default): one record per API request on the
+``tollgate.requests`` logger. A call's is written by ``RequestLog`` when its ledger row is built
+(``gateway.telemetry``); a request that made no call (refused before one, such as a bad key, or
+answered by the gateway alone, such as the model list) gets one from the API's middleware
+(``request_answered``). The record's message is a ``RequestLine``: its fields become the JSON
+line's, and a text formatter prints a short readable line. What it never holds: prompts,
+answers, headers, keys (only the key's public prefix, as the admin shows it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import logging.config
+import sys
+import threading
+import time
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from django.conf import settings
+
+from gateway.telemetry import endpoint_name
+
+if TYPE_CHECKING:
+    from django.http import HttpRequest, HttpResponseBase
+
+    from gateway.calls.pipeline import Call
+
+requests_log = logging.getLogger("tollgate.requests")
+
+SERVER_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "django.server")
+"""Loggers whose servers give them handlers of their own (uvicorn before the app is imported,
+Django's runserver): with ``json``, their handlers get the JSON formatter too."""
+
+
+class RequestLine:
+    """The message of a request-log record: ``fields`` (a flat dict of plain values), written
+    as the JSON line's own fields, or as a short line by a text formatter (``str``)."""
+
+    __slots__ = ("fields",)
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        self.fields = fields
+
+    def __str__(self) -> str:
+        f = self.fields
+        parts = [f["request_id"], str(f["status"])]
+        if f.get("error_type"):
+            parts.append(f["error_type"])
+        if "endpoint" in f:
+            parts += [f["endpoint"], f["model"] or "-"]
+            if f["deployment"]:
+                parts.append(f"-> {f['deployment']}")
+        else:
+            parts += [f["method"], f["path"]]
+        if f.get("latency_ms") is not None:
+            parts.append(f"{f['latency_ms']} ms")
+        if "endpoint" in f:
+            parts.append(f"tokens {f['prompt_tokens'] or 0}+{f['completion_tokens'] or 0}")
+            parts.append("$" + f"{f['cost_usd']:.8f}".rstrip("0").rstrip("."))
+            if f["attempts"] > 1 or f["fallback"]:
+                parts.append(f"attempts {f['attempts']}" + (" fallback" if f["fallback"] else ""))
+        if f.get("tenant"):
+            parts.append(f"tenant {f['tenant']} key {f['key_prefix']}")
+        return " ".join(parts)
+
+
+def _utc(record: logging.LogRecord) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + (
+        f".{int(record.msecs):03d}Z"
+    )
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line for every record (see the module's docstring)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": _utc(record),
+            "level": record.levelname,
+            "logger": record.name,
+        }
+        if isinstance(record.msg, RequestLine):
+            entry["message"] = "request"
+            entry.update(record.msg.fields)
+        else:
+            entry["message"] = record.getMessage()
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        try:
+            return orjson.dumps(entry, default=str).decode()
+        except TypeError:  # a lone surrogate in some text: orjson refuses it, json escapes it
+            return json.dumps(entry, default=str)
+
+
+def configure_logging(config: dict[str, Any]) -> None:
+    """Django's ``LOGGING_CONFIG``: apply ``config`` (``settings.LOGGING``); with
+    ``TOLLGATE_LOG_FORMAT=json``, also give the JSON formatter to the handlers servers set up on
+    their own loggers (uvicorn's, whichever its flags left: ``--no-access-log`` stays off), and
+    send warnings and uncaught exceptions through logging instead of raw to stderr."""
+    logging.config.dictConfig(config)
+    if settings.TOLLGATE_LOG_FORMAT != "json":
+        return
+    formatter = JsonFormatter()
+    for name in SERVER_LOGGERS:
+        for handler in logging.getLogger(name).handlers:
+            handler.setFormatter(formatter)
+    logging.captureWarnings(True)
+    sys.excepthook = _log_uncaught
+    threading.excepthook = _log_uncaught_in_thread
+
+
+def _log_uncaught(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+    logging.getLogger("tollgate").critical("uncaught exception", exc_info=(kind, exc, tb))
+
+
+def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    logging.getLogger("tollgate").error(
+        "uncaught exception in thread %s",
+        name,
+        exc_info=(args.exc_type, args.exc_value or args.exc_type(), args.exc_traceback),
+    )
+
+
+# --- the request log ----------------------------------------------------------------------------
+
+
+class RequestLog:
+    """The request log's observer of calls (``Runtime.observers``): one record per call."""
+
+    def call_finished(self, call: Call, row: dict[str, Any]) -> None:
+        if not requests_log.isEnabledFor(logging.INFO):
+            return
+        caller, route = call.caller, call.route
+        fields: dict[str, Any] = {
+            "request_id": call.request_id,
+            "tenant_id": caller.tenant_id,
+            "tenant": caller.tenant_name,
+            "key_id": caller.key_id,
+            "key_prefix": caller.key_prefix,
+            "endpoint": endpoint_name(call),
+            "model": row["requested_model"],
+            "served_model": row["served_model"],
+            "provider": row["provider"],
+            "deployment": route.deployment if route is not None and call.attempts else "",
+            "status": row["status_code"],
+            "error_type": row["error_type"],
+            "latency_ms": row["latency_ms"],
+            "upstream_ms": int(call.upstream_seconds * 1000),
+            "first_chunk_ms": int((call.answer_started - call.started) * 1000)
+            if call.stream and call.answer_started is not None
+            else None,
+            "prompt_tokens": row["prompt_tokens"],
+            "completion_tokens": row["completion_tokens"],
+            "cache_read_tokens": row["cache_read_tokens"],
+            "cache_write_tokens": row["cache_write_tokens"],
+            "reasoning_tokens": row["reasoning_tokens"],
+            "usage_estimated": row["usage_estimated"],
+            "cost_usd": float(row["cost_usd"]),
+            "attempts": row["attempts"],
+            "fallback": row["fallback"],
+            "stream": row["stream"],
+        }
+        if "image_count" in row:
+            fields["image_count"] = row["image_count"]
+            fields["input_characters"] = row["input_characters"]
+            fields["audio_seconds"] = row["audio_seconds"]
+        requests_log.info(RequestLine(fields))
+
+
+def request_answered(
+    request_id: str,
+    method: str,
+    path: str,
+    response: HttpResponseBase,
+    request: HttpRequest | None = None,
+    started: float | None = None,
+) -> None:
+    """The request line of an API request that made no call: refused before one (a bad key, an
+    unknown path, a body too large) or answered by the gateway alone (the model list, usage).
+    The caller is named when it was authenticated; the key it presented, never."""
+    if not settings.TOLLGATE_REQUEST_LOG or not requests_log.isEnabledFor(logging.INFO):
+        return
+    fields: dict[str, Any] = {
+        "request_id": request_id,
+        "method": method,
+        "path": path,
+        "status": response.status_code,
+        "error_type": _error_type(response),
+        "latency_ms": int((time.perf_counter() - started) * 1000) if started else None,
+    }
+    # A Caller once authenticated; its class is not imported: this module loads with the settings.
+    caller = getattr(request, "auth", None)
+    if caller is not None and hasattr(caller, "tenant_id"):
+        fields["tenant_id"] = caller.tenant_id
+        fields["tenant"] = caller.tenant_name
+        fields["key_id"] = caller.key_id
+        fields["key_prefix"] = caller.key_prefix
+    requests_log.info(RequestLine(fields))
+
+
+def _error_type(response: HttpResponseBase) -> str:
+    """The code (else the type) of an error answer, as a call's row keeps it: the error's own
+    when the gateway rendered it (``gateway.api.errors``, in either API's shape), else read from
+    the JSON body."""
+    if response.status_code < 400 or response.streaming:
+        return ""
+    if (code := getattr(response, "error_code", None)) is not None:
+        return str(code)
+    try:
+        error = orjson.loads(response.content).get("error")  # type: ignore[attr-defined]
+    except (orjson.JSONDecodeError, AttributeError):
+        return ""
+    if not isinstance(error, dict):
+        return ""
+    return str(error.get("code") or error.get("type") or "")
