@@ -287,6 +287,7 @@ class GatewayServer:
         return self.process.wait(timeout=15)
 
 
+JSON_LOG_CONFIG = ("--log-config", "tollgate/uvicorn_json_logging.json")
 GATEWAY_SECRET_KEY = secrets.token_urlsafe(50)
 """The test gateways' DJANGO_SECRET_KEY: without DEBUG a server refuses to start without one."""
 
@@ -336,6 +337,9 @@ def start_gateway(
             str(workers),
             "--no-access-log",
             *server_args,
+            # Several workers: uvicorn's supervisor never imports the app, and logs JSON only
+            # with the log config ``make serve`` gives it too.
+            *(JSON_LOG_CONFIG if workers > 1 and "--log-config" not in server_args else ()),
         ],
         cwd=ROOT,
         env=process_env,
