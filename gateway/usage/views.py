@@ -152,6 +152,7 @@ LEDGER_CSV_COLUMNS = (
     "status_code",
     "error_type",
     "latency_ms",
+    "error_message",
 )
 
 
