@@ -78,6 +78,18 @@ class ReportFilter:
     def days(self) -> list[date]:
         return [self.start + timedelta(days=n) for n in range((self.end - self.start).days + 1)]
 
+    def previous(self) -> ReportFilter:
+        """The same report over the period of the same length just before this one."""
+        length = timedelta(days=(self.end - self.start).days + 1)
+        return replace(self, start=self.start - length, end=self.start - timedelta(days=1))
+
+
+def rollup_values(column: str, limit: int = 200) -> list[str]:
+    """The distinct values of a rollup column ("model", "provider"), as filter choices: read
+    from the rollup, which is much smaller than the ledger."""
+    values = UsageDaily.objects.order_by(column).values_list(column, flat=True).distinct()
+    return list(values[:limit])
+
 
 def _sums() -> dict[str, Sum]:
     return {name: Sum(name) for name in COUNTERS}
