@@ -227,6 +227,15 @@ class ProviderKey(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+    test_passed_at = models.DateTimeField(
+        null=True, editable=False, help_text="When the admin's test (list models) last passed."
+    )
+    test_failed_at = models.DateTimeField(
+        null=True, editable=False, help_text="When the admin's test (list models) last failed."
+    )
+    test_error = models.CharField(
+        max_length=500, blank=True, editable=False, help_text="What the last failed test got."
+    )
 
     class Meta:
         ordering = ["provider", "label"]
