@@ -191,7 +191,9 @@ def test_a_key_is_revoked_from_its_page_after_a_confirmation(
     assert alice.key.revoked_at is not None
     assert Client().get("/v1/models", headers=alice.headers).status_code == 401  # at once
     assert f'href="{revoke_url}"' not in done.content.decode()
-    assert "revoked" in done.content.decode()
+    assert f"revoked {alice.key.revoked_at:%Y-%m-%d}" in done.content.decode()
+    listing = admin_client.get("/admin/gateway/apikey/?state=revoked").content.decode()
+    assert alice.key.prefix in listing and f"revoked {alice.key.revoked_at:%Y-%m-%d}" in listing
 
 
 def test_staff_who_may_only_view_keys_cannot_revoke(tenants: dict[str, TenantKey]) -> None:

@@ -74,10 +74,14 @@ def _budget_bar(row: Any, detail: bool = False) -> SafeString:
 
 def key_state(key: ApiKey) -> SafeString:
     if key.revoked_at is not None:
-        return format_html('<span class="state-off">revoked {:%Y-%m-%d}</span>', key.revoked_at)
+        return format_html('<span class="state-off">revoked {}</span>', _day(key.revoked_at))
     if key.expires_at is not None and key.expires_at <= timezone.now():
-        return format_html('<span class="state-off">expired {:%Y-%m-%d}</span>', key.expires_at)
+        return format_html('<span class="state-off">expired {}</span>', _day(key.expires_at))
     return format_html('<span class="state-on">{}</span>', "active")
+
+
+def _day(moment: datetime) -> str:
+    return f"{moment.astimezone(UTC):%Y-%m-%d}"
 
 
 def _limits(obj: Any, description: str) -> tuple[str, dict[str, Any]]:
@@ -285,7 +289,7 @@ class ApiKeyAdmin(LimitsFormMixin, FiguresMixin):
 
     @admin.display(description="created", ordering="created_at")
     def created(self, key: ApiKey) -> str:
-        return f"{key.created_at.astimezone(UTC):%Y-%m-%d}"
+        return _day(key.created_at)
 
     def change_view(
         self,
