@@ -134,9 +134,10 @@ def test_a_record_is_grouped_and_keeps_its_error_message(
     groups = re.findall(r"<h2[^>]*>([^<]+)</h2>", html)
     assert groups[1:] == ["Who", "What", "Usage", "Cost", "Timing", "Error"]  # after the title
     assert "The upstream provider &#x27;fake&#x27; answered with HTTP 500." in html
-    assert "none reported" in html and "icon-no" not in html
+    assert "none reported" in html and "counted by" not in html.lower()
+    assert "icon-no" not in html
     ok = UsageRecord.objects.get(cost_usd=Decimal("0.0123456789"))
     html = client.get(f"/admin/gateway/usagerecord/{ok.pk}/change/").content.decode()
     assert "Error</h2>" not in html and "image_count" not in html
-    assert "100 prompt · 20 completion · 120 total" in html
+    assert "100 prompt · 20 completion · 120 total" in html and "the upstream" in html
     assert "$0.0123" in html and "0.0123456789" in html  # readable, and exact beside it

@@ -248,6 +248,9 @@ class UsageRecordAdmin(ReadOnlyAdmin):
             for name in ("image_count", "input_characters", "audio_seconds")
             if getattr(obj, name) is not None
         ]
+        usage = ["token_counts", *units]
+        if units or obj.prompt_tokens is not None or obj.completion_tokens is not None:
+            usage.append("counted_by")  # when nothing was counted, there is no one to name
         groups: list[tuple[str, dict[str, Any]]] = [
             ("Who", {"fields": (("tenant", "api_key"), "request_id")}),
             (
@@ -261,7 +264,7 @@ class UsageRecordAdmin(ReadOnlyAdmin):
                     )
                 },
             ),
-            ("Usage", {"fields": ("token_counts", *units, "counted_by")}),
+            ("Usage", {"fields": usage}),
             ("Cost", {"fields": (("cost", "exact_cost"),)}),
             ("Timing", {"fields": (("when", "latency"), "attempts")}),
         ]
@@ -315,19 +318,41 @@ class UsageDailyAdmin(ReadOnlyAdmin):
 
     list_display = (
         "day",
-        "tenant",
-        "api_key",
-        "model",
+        "tenant_name",
+        "key",
+        "model_name",
         "provider",
         "calls",
         "errors",
-        "prompt_tokens",
-        "completion_tokens",
-        "cost_usd",
+        "tokens",
+        "cost",
     )
     list_filter = (("day", admin.DateFieldListFilter), ProviderFilter)
-    list_select_related = ("tenant", "api_key__tenant")
+    list_select_related = ("tenant", "api_key")
     ordering = ("-day", "tenant", "api_key", "model")
+
+    class Media:
+        css = {"all": ("gateway/admin.css",)}
+
+    @admin.display(description="tenant", ordering="tenant__name")
+    def tenant_name(self, row: UsageDaily) -> SafeString:
+        return _clipped(row.tenant.name)
+
+    @admin.display(description="key")
+    def key(self, row: UsageDaily) -> SafeString:
+        return format_html('<span title="{}">{}…</span>', row.api_key.name, row.api_key.prefix)
+
+    @admin.display(description="model", ordering="model")
+    def model_name(self, row: UsageDaily) -> SafeString:
+        return _clipped(row.model)
+
+    @admin.display(description="tokens in → out")
+    def tokens(self, row: UsageDaily) -> str:
+        return f"{count(row.prompt_tokens)} → {count(row.completion_tokens)}"
+
+    @admin.display(description="cost", ordering="cost_usd")
+    def cost(self, row: UsageDaily) -> str:
+        return usd(row.cost_usd)
 
 
 @admin.register(LedgerDeadLetter)

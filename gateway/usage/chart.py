@@ -36,9 +36,10 @@ def _nice_ceiling(value: float) -> float:
     return 10 * magnitude
 
 
-def _axis_maximum(values: Sequence[float]) -> float:
-    """A maximum for four grid steps, each a round number."""
-    return 4 * _nice_ceiling(max(values, default=0) / 4)
+def _axis_maximum(values: Sequence[float], whole: bool = False) -> float:
+    """A maximum for four grid steps, each a round number (a whole one, for counts)."""
+    step = _nice_ceiling(max(values, default=0) / 4)
+    return 4 * (max(step, 1.0) if whole else step)
 
 
 def _y(value: float, maximum: float) -> float:
@@ -104,7 +105,7 @@ def daily_chart(days: Sequence[dict[str, Any]]) -> SafeString:
     with ``day``, ``cost_usd`` and ``calls``."""
     costs = [float(Decimal(day["cost_usd"])) for day in days]
     calls = [int(day["calls"]) for day in days]
-    max_cost, max_calls = _axis_maximum(costs), _axis_maximum(calls)
+    max_cost, max_calls = _axis_maximum(costs), _axis_maximum(calls, whole=True)
     slot = PLOT_W / max(len(days), 1)
     marks, points = [], []
     for index, day in enumerate(days):
@@ -139,7 +140,7 @@ def tokens_chart(days: Sequence[dict[str, Any]]) -> SafeString:
     day with ``day``, ``prompt_tokens`` and ``completion_tokens``."""
     inputs = [int(day["prompt_tokens"]) for day in days]
     outputs = [int(day["completion_tokens"]) for day in days]
-    maximum = _axis_maximum([i + o for i, o in zip(inputs, outputs, strict=True)])
+    maximum = _axis_maximum([i + o for i, o in zip(inputs, outputs, strict=True)], whole=True)
     slot = PLOT_W / max(len(days), 1)
     marks = []
     for index, day in enumerate(days):

@@ -37,10 +37,10 @@ def count(value: int | Decimal | None) -> str:
 
 
 def change(current: Decimal | float | int, previous: Decimal | float | int) -> str:
-    """``current`` against ``previous`` in percent: ``+12%``, ``-5%``, ``0%``; ``new`` when there
-    was nothing before, and empty when there is nothing either time."""
+    """``current`` against ``previous`` in percent: ``+12%``, ``-5%``, ``0%``; empty when there
+    was nothing before (no percentage of nothing)."""
     if not previous:
-        return "new" if current else ""
+        return ""
     percent = (Decimal(str(current)) - Decimal(str(previous))) * 100 / Decimal(str(previous))
     return f"{percent:+.0f}%" if percent.quantize(Decimal(1)) else "0%"
 
