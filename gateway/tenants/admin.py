@@ -37,10 +37,10 @@ LIMIT_FIELDS = ("allowed_models", "rpm_limit", "tpm_limit", "budget_usd", "budge
 ADMIN_CSS = {"all": ("gateway/admin.css",)}
 
 
-def _when(moment: datetime | None, never: str = "never") -> SafeString:
+def _when(moment: datetime | None) -> SafeString:
     """``3 hours ago``, the exact UTC time as its tooltip."""
     if moment is None:
-        return format_html('<span class="quiet">{}</span>', never)
+        return format_html('<span class="quiet">{}</span>', "never")
     exact = moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     if timezone.now() - moment < timedelta(minutes=1):
         return format_html('<span title="{}">{}</span>', exact, "just now")
@@ -72,14 +72,6 @@ def _budget_bar(row: Any, detail: bool = False) -> SafeString:
     )
 
 
-def key_state(key: ApiKey) -> SafeString:
-    if key.revoked_at is not None:
-        return format_html('<span class="state-off">revoked {}</span>', _day(key.revoked_at))
-    if key.expires_at is not None and key.expires_at <= timezone.now():
-        return format_html('<span class="state-off">expired {}</span>', _day(key.expires_at))
-    return format_html('<span class="state-on">{}</span>', "active")
-
-
 def _day(moment: datetime) -> str:
     return f"{moment.astimezone(UTC):%Y-%m-%d}"
 
@@ -102,8 +94,8 @@ class LimitsFormMixin(admin.ModelAdmin):
         return form
 
 
-class FiguresMixin(admin.ModelAdmin):
-    """Columns shared by tenants and keys, read from ``gateway.usage.spend``'s annotations."""
+class FiguresColumns:
+    """Columns of tenants and keys, read from ``gateway.usage.spend``'s annotations."""
 
     @admin.display(description="spent this month", ordering="month_spend")
     def month_spend_display(self, row: Any) -> str:
@@ -122,10 +114,20 @@ class FiguresMixin(admin.ModelAdmin):
         return _when(row.last_call)
 
 
-class ApiKeyInline(admin.TabularInline):
+class KeyColumns(FiguresColumns):
+    @admin.display(description="state")
+    def state(self, key: ApiKey) -> SafeString:
+        if key.revoked_at is not None:
+            return format_html('<span class="state-off">revoked {}</span>', _day(key.revoked_at))
+        if key.expires_at is not None and key.expires_at <= timezone.now():
+            return format_html('<span class="state-off">expired {}</span>', _day(key.expires_at))
+        return format_html('<span class="state-on">{}</span>', "active")
+
+
+class ApiKeyInline(KeyColumns, admin.TabularInline):
     model = ApiKey
     extra = 0
-    fields = ("prefix", "name", "state", "last_used", "spent_this_month", "expires_at")
+    fields = ("prefix", "name", "state", "last_call_display", "month_spend_display", "expires_at")
     readonly_fields = fields  # edited on the key's own page
     show_change_link = True
     can_delete = False
@@ -136,21 +138,9 @@ class ApiKeyInline(admin.TabularInline):
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False  # keys are issued from the API key page, which shows the raw key once
 
-    @admin.display(description="state")
-    def state(self, key: ApiKey) -> SafeString:
-        return key_state(key)
-
-    @admin.display(description="last used")
-    def last_used(self, key: Any) -> SafeString:
-        return _when(key.last_call)
-
-    @admin.display(description="spent this month")
-    def spent_this_month(self, key: Any) -> str:
-        return usd(key.month_spend)
-
 
 @admin.register(Tenant)
-class TenantAdmin(LimitsFormMixin, FiguresMixin):
+class TenantAdmin(LimitsFormMixin, FiguresColumns):
     list_display = (
         "name",
         "is_active",
@@ -238,7 +228,7 @@ class KeyStateFilter(admin.SimpleListFilter):
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(LimitsFormMixin, FiguresMixin):
+class ApiKeyAdmin(LimitsFormMixin, KeyColumns):
     list_display = (
         "prefix",
         "tenant",
@@ -282,10 +272,6 @@ class ApiKeyAdmin(LimitsFormMixin, FiguresMixin):
             "created_at",
             "revoked_at",
         )
-
-    @admin.display(description="state")
-    def state(self, key: ApiKey) -> SafeString:
-        return key_state(key)
 
     @admin.display(description="created", ordering="created_at")
     def created(self, key: ApiKey) -> str:
