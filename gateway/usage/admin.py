@@ -125,6 +125,22 @@ class ProviderFilter(RollupValuesFilter):
     ledger_field = "provider"
 
 
+class UsageColumns:
+    """Columns of the ledger and of its rollup: short, so that the lists fit a 1366 px screen."""
+
+    @admin.display(description="tenant", ordering="tenant__name")
+    def tenant_name(self, row: UsageRecord | UsageDaily) -> SafeString:
+        return _clipped(row.tenant.name)
+
+    @admin.display(description="key")
+    def key(self, row: UsageRecord | UsageDaily) -> SafeString:
+        return format_html('<span title="{}">{}…</span>', row.api_key.name, row.api_key.prefix)
+
+    @admin.display(description="cost", ordering="cost_usd")
+    def cost(self, row: UsageRecord | UsageDaily) -> str:
+        return usd(row.cost_usd)
+
+
 class ReadOnlyAdmin(admin.ModelAdmin):
     show_full_result_count = False
     paginator = EstimatedCountPaginator
@@ -140,7 +156,7 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 
 @admin.register(UsageRecord)
-class UsageRecordAdmin(ReadOnlyAdmin):
+class UsageRecordAdmin(ReadOnlyAdmin, UsageColumns):
     """The ledger, read-only. The list keeps to the columns an operator scans, so that it fits
     a 1366 px screen; every field is on the record's page, grouped. Report links filter it with
     ``tenant__id__exact``, ``api_key__id__exact``, ``requested_model``, ``provider`` and
@@ -185,14 +201,6 @@ class UsageRecordAdmin(ReadOnlyAdmin):
     def when(self, row: UsageRecord) -> str:
         return f"{row.created_at.astimezone(UTC):%Y-%m-%d %H:%M:%S}"
 
-    @admin.display(description="tenant", ordering="tenant__name")
-    def tenant_name(self, row: UsageRecord) -> SafeString:
-        return _clipped(row.tenant.name)
-
-    @admin.display(description="key")
-    def key(self, row: UsageRecord) -> SafeString:
-        return format_html('<span title="{}">{}…</span>', row.api_key.name, row.api_key.prefix)
-
     @admin.display(description="model")
     def called(self, row: UsageRecord) -> SafeString:
         """The model asked for, with neutral tags for what is not a plain chat call."""
@@ -227,10 +235,6 @@ class UsageRecordAdmin(ReadOnlyAdmin):
         if row.usage_estimated:
             return format_html('<span title="{}">≈ {}</span>', ESTIMATED, used)
         return format_html("{}", used)
-
-    @admin.display(description="cost", ordering="cost_usd")
-    def cost(self, row: UsageRecord) -> str:
-        return usd(row.cost_usd)
 
     @admin.display(description="latency", ordering="latency_ms")
     def latency(self, row: UsageRecord) -> str:
@@ -313,7 +317,7 @@ class UsageRecordAdmin(ReadOnlyAdmin):
 
 
 @admin.register(UsageDaily)
-class UsageDailyAdmin(ReadOnlyAdmin):
+class UsageDailyAdmin(ReadOnlyAdmin, UsageColumns):
     """The rollup, read-only: what the usage report sums."""
 
     list_display = (
@@ -334,14 +338,6 @@ class UsageDailyAdmin(ReadOnlyAdmin):
     class Media:
         css = {"all": ("gateway/admin.css",)}
 
-    @admin.display(description="tenant", ordering="tenant__name")
-    def tenant_name(self, row: UsageDaily) -> SafeString:
-        return _clipped(row.tenant.name)
-
-    @admin.display(description="key")
-    def key(self, row: UsageDaily) -> SafeString:
-        return format_html('<span title="{}">{}…</span>', row.api_key.name, row.api_key.prefix)
-
     @admin.display(description="model", ordering="model")
     def model_name(self, row: UsageDaily) -> SafeString:
         return _clipped(row.model)
@@ -349,10 +345,6 @@ class UsageDailyAdmin(ReadOnlyAdmin):
     @admin.display(description="tokens in → out")
     def tokens(self, row: UsageDaily) -> str:
         return f"{count(row.prompt_tokens)} → {count(row.completion_tokens)}"
-
-    @admin.display(description="cost", ordering="cost_usd")
-    def cost(self, row: UsageDaily) -> str:
-        return usd(row.cost_usd)
 
 
 @admin.register(LedgerDeadLetter)
