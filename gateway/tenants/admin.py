@@ -109,7 +109,7 @@ class FiguresColumns:
     def budget_use_detail(self, row: Any) -> SafeString:
         return _budget_bar(row, detail=True)
 
-    @admin.display(description="last used", ordering="last_call")
+    @admin.display(description="last call", ordering="last_call")
     def last_call_display(self, row: Any) -> SafeString:
         return _when(row.last_call)
 
