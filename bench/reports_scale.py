@@ -1,4 +1,5 @@
-"""Time the usage report and the ledger changelist on a large database (README: Usage reports).
+"""Time the usage report, the ledger changelist (with its totals), a record, and the tenant and
+key pages (with their spend) on a large database (README: Usage reports).
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/tollgate_scale \\
         .venv/bin/python manage.py generate_usage --rows 1000000
@@ -29,7 +30,7 @@ from django.db import connection, reset_queries  # noqa: E402
 from django.test import Client  # noqa: E402
 from django.test.utils import CaptureQueriesContext  # noqa: E402
 
-from gateway.models import Tenant, UsageDaily, UsageRecord  # noqa: E402
+from gateway.models import ApiKey, Tenant, UsageDaily, UsageRecord  # noqa: E402
 
 RUNS = int(os.environ.get("RUNS", "7"))
 
@@ -55,6 +56,13 @@ def main() -> None:
     last_month_end = today.replace(day=1) - timedelta(days=1)
     last_month = f"start={last_month_end.replace(day=1)}&end={last_month_end}"
     big = Tenant.objects.get(name="gen-000").pk
+    big_key = ApiKey.objects.filter(tenant_id=big).order_by("pk").first()
+    failed = UsageRecord.objects.filter(status_code=502).order_by("-created_at").first()
+    this_month = (
+        f"created_at__gte={today.replace(day=1)}+00%3A00%3A00%2B00%3A00"
+        f"&created_at__lt={(today.replace(day=28) + timedelta(days=4)).replace(day=1)}"
+        "+00%3A00%3A00%2B00%3A00"
+    )
     print(
         f"{connection.vendor}: {UsageRecord.objects.count():,} ledger rows, "
         f"{UsageDaily.objects.count():,} rollup rows\n"
@@ -72,6 +80,13 @@ def main() -> None:
         "/admin/gateway/usagerecord/?created_at__gte=2026-10-01+00%3A00%3A00%2B00%3A00"
         "&created_at__lt=2026-11-01+00%3A00%3A00%2B00%3A00",
         "/admin/gateway/usagedaily/",
+        f"/admin/gateway/usagerecord/?{this_month}&tenant__id__exact={big}",
+        f"/admin/gateway/usagerecord/?{this_month}&status_class=5xx",
+        f"/admin/gateway/usagerecord/{failed.pk if failed else 1}/change/",
+        "/admin/gateway/tenant/",
+        f"/admin/gateway/tenant/{big}/change/",
+        "/admin/gateway/apikey/",
+        f"/admin/gateway/apikey/{big_key.pk if big_key else 1}/change/",
     ):
         timed(client, url)
 

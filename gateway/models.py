@@ -22,6 +22,9 @@ def hash_key(raw_key: str) -> str:
     return hashlib.sha256(raw_key.encode()).hexdigest()
 
 
+ERROR_MESSAGE_LENGTH = 500
+"""Characters of a failed call's error message that its ledger row keeps."""
+
 BUDGET_PERIODS = [("daily", "daily"), ("monthly", "monthly"), ("total", "total")]
 
 
@@ -168,6 +171,12 @@ class UsageRecord(models.Model):
     cost_usd = models.DecimalField(max_digits=18, decimal_places=10, default=0)
     status_code = models.PositiveSmallIntegerField()
     error_type = models.CharField(max_length=64, blank=True)
+    error_message = models.CharField(
+        max_length=ERROR_MESSAGE_LENGTH,
+        blank=True,
+        help_text="What the failed call was told (cut to its first 500 characters, upstream "
+        "keys and anything shaped like a credential redacted).",
+    )
     latency_ms = models.PositiveIntegerField()
     attempts = models.PositiveSmallIntegerField(
         default=1,
@@ -218,6 +227,15 @@ class ProviderKey(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+    test_passed_at = models.DateTimeField(
+        null=True, editable=False, help_text="When the admin's test (list models) last passed."
+    )
+    test_failed_at = models.DateTimeField(
+        null=True, editable=False, help_text="When the admin's test (list models) last failed."
+    )
+    test_error = models.CharField(
+        max_length=500, blank=True, editable=False, help_text="What the last failed test got."
+    )
 
     class Meta:
         ordering = ["provider", "label"]
@@ -262,6 +280,7 @@ class UsageDaily(models.Model):
         indexes = [
             models.Index(fields=["day"], name="usage_daily_day"),
             models.Index(fields=["tenant", "day"], name="usage_daily_tenant_day"),
+            models.Index(fields=["api_key", "day"], name="usage_daily_key_day"),
         ]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from io import StringIO
@@ -176,6 +177,37 @@ def test_the_report_shows_totals_chart_and_tables_sorted_by_cost(
     html = page.content.decode()
     assert "<svg" in html and html.count('class="cost-bar"') == 31
     assert "cdn" not in html.lower() and '<script src="http' not in html
+
+
+def test_the_report_compares_with_the_period_before_and_charts_tokens_by_day(
+    usage: dict[str, TenantKey],
+) -> None:
+    page = staff("root", superuser=True).get(f"/admin/reports/usage/?{MARCH}")
+    previous = page.context["previous"]
+    assert (previous.start, previous.end) == (date(2026, 1, 29), date(2026, 2, 28))
+    assert page.context["previous_totals"]["calls"] == 1  # charlie's call of February 2
+    html = page.content.decode()
+    assert "+700% vs before" in html  # 8 calls against 1
+    assert html.count('class="input-bar"') == 31 == html.count('class="output-bar"')
+    assert "2026-03-14: 400 in, 80 out" in html  # four calls of 100 + 20 tokens that day
+    by_day = html[html.index('id="by-day"') :].split("</table>")[0]
+    assert by_day.count("<tr") == 32  # the header and every day, those without usage too
+    fourteenth = by_day[by_day.index("2026-03-14 Sat") :].split("</tr>")[0]
+    assert "start=2026-03-14&amp;end=2026-03-14" in by_day
+    assert re.findall(r"<td>([^<]*)</td>", fourteenth)[:2] == ["6", "1"]  # calls, errors
+
+
+def test_model_and_provider_filters_are_lists_of_what_the_rollup_has(
+    usage: dict[str, TenantKey],
+) -> None:
+    client = staff("root", superuser=True)
+    form = client.get(f"/admin/reports/usage/?{MARCH}").context["form"]
+    assert [value for value, _ in form.fields["model"].choices] == [
+        "", "claude-test", "gpt-test", "image-test", "stt-test", "tts-test",
+    ]  # fmt: skip
+    assert [value for value, _ in form.fields["provider"].choices] == ["", "fake", "fake-anthropic"]
+    unknown = client.get(f"/admin/reports/usage/?{MARCH}&model=nope")
+    assert unknown.status_code == 400 and "Select a valid choice" in unknown.content.decode()
 
 
 def test_report_filters_narrow_every_figure(usage: dict[str, TenantKey]) -> None:

@@ -35,9 +35,9 @@ class StreamMeter:
         self.usage: Usage | None = None
         self.partial: Usage | None = None
         self.content_chunks = 0
-        self.failure: tuple[int, str] | None = None
+        self.failure: tuple[int, str, str] | None = None
         """A failure the stream carried in its own grammar and passed on as it was (a native
-        ``response.failed``): the status and error the ledger records."""
+        ``response.failed``): the status, error code and message the ledger records."""
 
     def observe(self, chunk: StreamChunk) -> None:
         if chunk.usage is not None:

@@ -46,6 +46,7 @@ from gateway.usage.endpoints import Endpoint
 from providers.errors import GatewayError, InternalError, UpstreamTimeout, UpstreamUnavailable
 from providers.factory import Route, unsupported
 from providers.pricing import cost_of
+from providers.redaction import redact
 from providers.types import Operation, Units, Usage
 
 log = logging.getLogger("tollgate.calls")
@@ -362,7 +363,7 @@ class Call:
     async def _relay(
         self, relay: Relay, error_event: ErrorEvent | None, units: Units | None
     ) -> AsyncIterator[bytes]:
-        status, error = 200, ""
+        status, error, message = 200, "", ""
         route = self.route
         try:
             if route is None or route.total_timeout is None:
@@ -374,7 +375,7 @@ class Call:
                     yield event
         except GatewayError as exc:
             self.error = exc
-            status, error = exc.status, exc.code or exc.type
+            status, error, message = exc.status, exc.code or exc.type, exc.message
             relay.meter.failed(exc)
             if error_event is None:
                 raise ResponseAborted(exc.message) from exc
@@ -384,23 +385,31 @@ class Call:
             raise
         except Exception as exc:
             log.exception("stream %s failed", self.request_id)
-            status, error = 500, "internal_error"
+            failure = InternalError("The gateway failed while streaming the response.")
+            status, error, message = failure.status, "internal_error", failure.message
             if error_event is None:
                 raise ResponseAborted("internal error") from exc
-            yield error_event(InternalError("The gateway failed while streaming the response."))
+            yield error_event(failure)
         finally:
             if status == 200 and relay.meter.failure is not None:
-                status, error = relay.meter.failure
-            self.record(relay.meter.final_usage(), status, error, units)
+                status, error, message = relay.meter.failure
+            self.record(relay.meter.final_usage(), status, error, units, message)
             await relay.events.aclose()
             await relay.stream.aclose()
 
     # --- the ledger row ---------------------------------------------------------------------------
 
     def record(
-        self, usage: Usage, status: int, error: str = "", units: Units | None = None
+        self,
+        usage: Usage,
+        status: int,
+        error: str = "",
+        units: Units | None = None,
+        message: str = "",
     ) -> None:
-        """Queue the call's ledger row: its tokens, its other ``units`` if any, and its cost.
+        """Queue the call's ledger row: its tokens, its other ``units`` if any, and its cost;
+        for a failed call, its ``error`` code and the ``message`` the caller was told, redacted
+        (``providers.redaction``) before the ledger cuts it to its column.
         Exactly once: a second record of the same call is a bug, logged and dropped."""
         if self.recorded:
             log.error("call %s recorded twice; the second record is dropped", self.request_id)
@@ -438,6 +447,7 @@ class Call:
             "cost_usd": cost_of(usage, route.prices if route else None, units),
             "status_code": status,
             "error_type": error,
+            "error_message": redact(message) if message else "",
             "latency_ms": int((self.ended - self.started) * 1000),
         }
         if units is not None:
@@ -458,7 +468,7 @@ class Call:
 
     def record_error(self, error: GatewayError) -> HttpResponse:
         self.error = error
-        self.record(Usage(), error.status, error.code or error.type)
+        self.record(Usage(), error.status, error.code or error.type, message=error.message)
         return self.render_error(error)
 
     def record_abandoned(self) -> None:

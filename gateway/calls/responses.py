@@ -194,7 +194,7 @@ class Turn:
                 meter.usage = event.usage
             meter.content_chunks += event.is_delta
             if event.raw.startswith(b"event: response.failed"):
-                meter.failure = (502, "upstream_error")
+                meter.failure = (502, "upstream_error", _failure_message(event.raw))
             elif event.raw.startswith(b"event: response.created"):
                 await self._keep_native_event(event.raw, route)
             yield event.raw
@@ -379,3 +379,14 @@ async def purge_forever() -> None:
             continue  # the database is down: gateway.outage says so; next time
         if deleted:
             log.info("purged %d stored responses past their retention", deleted)
+
+
+def _failure_message(raw: bytes) -> str:
+    """The error message of a native ``response.failed`` event (``response.error.message``),
+    for the ledger; empty when the event carries none."""
+    try:
+        response = orjson.loads(raw.split(b"\ndata: ", 1)[-1]).get("response") or {}
+        message = (response.get("error") or {}).get("message")
+    except (orjson.JSONDecodeError, AttributeError):
+        return ""
+    return message if isinstance(message, str) else ""

@@ -38,28 +38,38 @@ def _row(name: str, detail: str, state: dict[str, Any] | None) -> dict[str, Any]
     }
 
 
+def router_states() -> dict[str, dict[str, Any]]:
+    """The router's state of every target that ever failed, by target."""
+    return {str(entry["target"]): entry for entry in get_runtime().router.health.snapshot()}
+
+
+def key_row(key: ProviderKey, states: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """An upstream key of the admin as the router sees it (never failed: healthy); its target
+    is found by decrypting the key (one that cannot be decrypted is shown as never failed:
+    the router cannot use it either)."""
+    target = ""
+    if secrets.is_configured():
+        try:
+            target = key_target(key.provider, secrets.decrypt(key.secret_encrypted, key.label))
+        except secrets.SecretKeyWrong:
+            target = ""
+    row = _row(f"{key.provider}: {key.label}", f"…{key.last4}", states.get(target))
+    if not key.is_active:
+        row["state"] = "inactive"
+    return row
+
+
 def health_rows() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The deployments of config.toml's models, and the admin's upstream keys, with their
     state; every target that never failed is healthy."""
     current = get_runtime()
-    states = {entry["target"]: entry for entry in current.router.health.snapshot()}
+    states = router_states()
     deployments = []
     for alias in current.config.models:
         for route in current.factory.routes(alias):
             detail = f"{alias} · weight {route.weight:g} · priority {route.priority}"
             deployments.append(_row(route.deployment, detail, states.get(route.deployment)))
-    keys = []
-    for key in ProviderKey.objects.order_by("provider", "label"):
-        target = None
-        if secrets.is_configured():
-            try:
-                target = key_target(key.provider, secrets.decrypt(key.secret_encrypted, key.label))
-            except secrets.SecretKeyWrong:  # shown as never failed: the router cannot use it
-                target = None
-        row = _row(f"{key.provider}: {key.label}", f"…{key.last4}", states.get(target or ""))
-        if not key.is_active:
-            row["state"] = "inactive"
-        keys.append(row)
+    keys = [key_row(key, states) for key in ProviderKey.objects.order_by("provider", "label")]
     return deployments, keys
 
 

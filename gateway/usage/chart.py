@@ -1,4 +1,5 @@
-"""A server-rendered SVG chart of cost (bars) and calls (line) per day, for the usage report.
+"""Server-rendered SVG charts for the usage report, side by side: cost (bars) and calls (line)
+per day, and tokens per day (input and output, stacked).
 
 Plain SVG in the page: works offline, with no JavaScript and no chart library. Each day's bar
 carries a ``<title>`` (the browser's tooltip) with its figures.
@@ -6,16 +7,20 @@ carries a ``<title>`` (the browser's tooltip) with its figures.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Any
 
 from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 
-WIDTH, HEIGHT = 900, 260
-LEFT, RIGHT, TOP, BOTTOM = 70, 70, 20, 40
+from gateway.usage.figures import usd
+
+WIDTH, HEIGHT = 640, 260
+LEFT, RIGHT, TOP, BOTTOM = 70, 60, 20, 40
+PLOT_W, PLOT_H = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
 COST_COLOUR, CALLS_COLOUR = "#417690", "#d35400"
+INPUT_COLOUR, OUTPUT_COLOUR = "#5b8c5a", "#a8c99a"
 
 
 def _nice_ceiling(value: float) -> float:
@@ -31,58 +36,142 @@ def _nice_ceiling(value: float) -> float:
     return 10 * magnitude
 
 
-def _money(value: float) -> str:
-    return f"${value:,.2f}" if value >= 1 or value == 0 else f"${value:.4f}"
+def _axis_maximum(values: Sequence[float], whole: bool = False) -> float:
+    """A maximum for four grid steps, each a round number (a whole one, for counts)."""
+    step = _nice_ceiling(max(values, default=0) / 4)
+    return 4 * (max(step, 1.0) if whole else step)
+
+
+def _y(value: float, maximum: float) -> float:
+    return TOP + PLOT_H * (1 - value / maximum)
+
+
+def _svg(
+    css_class: str,
+    label: str,
+    days: Sequence[dict[str, Any]],
+    left: tuple[float, str, Callable[[float], str]],
+    right: tuple[float, str, Callable[[float], str]] | None,
+    marks: list[str],
+    legend: str,
+) -> SafeString:
+    """One chart: the grid with its axis labels (``left`` and optional ``right``: maximum,
+    colour, label format), the day labels under the plot, then ``marks`` and ``legend``."""
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="{css_class}" viewBox="0 0 {WIDTH} '
+        f'{HEIGHT}" role="img" aria-label="{escape(label)}">'
+    ]
+    for tick in range(5):
+        fraction = tick / 4
+        y = TOP + PLOT_H * (1 - fraction)
+        maximum, colour, text = left
+        parts.append(
+            f'<line x1="{LEFT}" x2="{LEFT + PLOT_W}" y1="{y:.1f}" y2="{y:.1f}" stroke="#ddd"/>'
+            f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end" font-size="11" '
+            f'fill="{colour}">{escape(text(maximum * fraction))}</text>'
+        )
+        if right is not None:
+            maximum, colour, text = right
+            parts.append(
+                f'<text x="{LEFT + PLOT_W + 6}" y="{y + 4:.1f}" font-size="11" '
+                f'fill="{colour}">{escape(text(maximum * fraction))}</text>'
+            )
+    slot = PLOT_W / max(len(days), 1)
+    label_every = max(1, len(days) // 8)
+    for index, day in enumerate(days):
+        if index % label_every == 0:
+            parts.append(
+                f'<text x="{LEFT + slot * (index + 0.5):.1f}" y="{HEIGHT - BOTTOM + 16}" '
+                f'text-anchor="middle" font-size="11">{day["day"].strftime("%b %d")}</text>'
+            )
+    parts.extend(marks)
+    parts.append(f"{legend}</svg>")
+    return mark_safe("".join(parts))  # every interpolated text is escaped
+
+
+def _bar(css_class: str, index: int, slot: float, bottom: float, top: float, colour: str) -> str:
+    return (
+        f'<rect class="{css_class}" x="{LEFT + slot * (index + 0.15):.1f}" y="{top:.1f}" '
+        f'width="{slot * 0.7:.1f}" height="{bottom - top:.1f}" fill="{colour}">'
+    )
+
+
+def _whole(value: float) -> str:
+    return f"{value:,.0f}"
 
 
 def daily_chart(days: Sequence[dict[str, Any]]) -> SafeString:
-    """``days``: one dict per day with ``day``, ``cost_usd`` and ``calls``."""
-    plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
+    """Cost (bars, left axis) and calls (line, right axis) per day. ``days``: one dict per day
+    with ``day``, ``cost_usd`` and ``calls``."""
     costs = [float(Decimal(day["cost_usd"])) for day in days]
     calls = [int(day["calls"]) for day in days]
-    # Four grid steps, each a round number.
-    max_cost = 4 * _nice_ceiling(max(costs, default=0) / 4)
-    max_calls = 4 * _nice_ceiling(max(calls, default=0) / 4)
-    slot = plot_w / max(len(days), 1)
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" class="usage-chart" viewBox="0 0 {WIDTH} '
-        f'{HEIGHT}" role="img" aria-label="Cost and calls per day">'
-    ]
-    for tick in range(5):  # grid and both axes' labels
-        fraction = tick / 4
-        y = TOP + plot_h * (1 - fraction)
-        parts.append(
-            f'<line x1="{LEFT}" x2="{LEFT + plot_w}" y1="{y:.1f}" y2="{y:.1f}" stroke="#ddd"/>'
-            f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end" font-size="11" '
-            f'fill="{COST_COLOUR}">{escape(_money(max_cost * fraction))}</text>'
-            f'<text x="{LEFT + plot_w + 6}" y="{y + 4:.1f}" font-size="11" '
-            f'fill="{CALLS_COLOUR}">{max_calls * fraction:,.0f}</text>'
-        )
-    points = []
-    label_every = max(1, len(days) // 10)
+    max_cost, max_calls = _axis_maximum(costs), _axis_maximum(calls, whole=True)
+    slot = PLOT_W / max(len(days), 1)
+    marks, points = [], []
     for index, day in enumerate(days):
-        x = LEFT + slot * index
-        bar_h = plot_h * costs[index] / max_cost
-        label = escape(f"{day['day'].isoformat()}: {_money(costs[index])}, {calls[index]:,} calls")
-        parts.append(
-            f'<rect class="cost-bar" x="{x + slot * 0.15:.1f}" y="{TOP + plot_h - bar_h:.1f}" '
-            f'width="{slot * 0.7:.1f}" height="{bar_h:.1f}" fill="{COST_COLOUR}">'
-            f"<title>{label}</title></rect>"
-        )
-        points.append(f"{x + slot / 2:.1f},{TOP + plot_h * (1 - calls[index] / max_calls):.1f}")
-        if index % label_every == 0:
-            parts.append(
-                f'<text x="{x + slot / 2:.1f}" y="{HEIGHT - BOTTOM + 16}" text-anchor="middle" '
-                f'font-size="11">{day["day"].strftime("%b %d")}</text>'
-            )
+        tip = escape(f"{day['day'].isoformat()}: {usd(costs[index])}, {calls[index]:,} calls")
+        top = _y(costs[index], max_cost)
+        bar = _bar("cost-bar", index, slot, TOP + PLOT_H, top, COST_COLOUR)
+        marks.append(f"{bar}<title>{tip}</title></rect>")
+        points.append(f"{LEFT + slot * (index + 0.5):.1f},{_y(calls[index], max_calls):.1f}")
     if points:
-        parts.append(
+        marks.append(
             f'<polyline class="calls-line" points="{" ".join(points)}" fill="none" '
             f'stroke="{CALLS_COLOUR}" stroke-width="2"/>'
         )
-    parts.append(
-        f'<text x="{LEFT}" y="{HEIGHT - 6}" font-size="12" fill="{COST_COLOUR}">■ cost (USD, '
-        f'left axis)</text><text x="{LEFT + 200}" y="{HEIGHT - 6}" font-size="12" '
-        f'fill="{CALLS_COLOUR}">— calls (right axis)</text></svg>'
+    legend = (
+        f'<text x="{LEFT}" y="{HEIGHT - 6}" font-size="12" fill="{COST_COLOUR}">■ cost (left)'
+        f'</text><text x="{LEFT + 140}" y="{HEIGHT - 6}" font-size="12" '
+        f'fill="{CALLS_COLOUR}">— calls (right)</text>'
     )
-    return mark_safe("".join(parts))  # every interpolated text is escaped above
+    return _svg(
+        "usage-chart",
+        "Cost and calls per day",
+        days,
+        (max_cost, COST_COLOUR, usd),
+        (max_calls, CALLS_COLOUR, _whole),
+        marks,
+        legend,
+    )
+
+
+def tokens_chart(days: Sequence[dict[str, Any]]) -> SafeString:
+    """Input (prompt) and output (completion) tokens per day, stacked. ``days``: one dict per
+    day with ``day``, ``prompt_tokens`` and ``completion_tokens``."""
+    inputs = [int(day["prompt_tokens"]) for day in days]
+    outputs = [int(day["completion_tokens"]) for day in days]
+    maximum = _axis_maximum([i + o for i, o in zip(inputs, outputs, strict=True)], whole=True)
+    slot = PLOT_W / max(len(days), 1)
+    marks = []
+    for index, day in enumerate(days):
+        tip = escape(f"{day['day'].isoformat()}: {inputs[index]:,} in, {outputs[index]:,} out")
+        middle = _y(inputs[index], maximum)
+        top = _y(inputs[index] + outputs[index], maximum)
+        marks.append(
+            f"{_bar('input-bar', index, slot, TOP + PLOT_H, middle, INPUT_COLOUR)}"
+            f"<title>{tip}</title></rect>"
+            f"{_bar('output-bar', index, slot, middle, top, OUTPUT_COLOUR)}"
+            f"<title>{tip}</title></rect>"
+        )
+    legend = (
+        f'<text x="{LEFT}" y="{HEIGHT - 6}" font-size="12" fill="{INPUT_COLOUR}">■ input '
+        f'tokens</text><text x="{LEFT + 140}" y="{HEIGHT - 6}" font-size="12" '
+        f'fill="{OUTPUT_COLOUR}">■ output tokens</text>'
+    )
+    return _svg(
+        "tokens-chart",
+        "Tokens per day",
+        days,
+        (maximum, INPUT_COLOUR, _compact),
+        None,
+        marks,
+        legend,
+    )
+
+
+def _compact(value: float) -> str:
+    """An axis label of tokens: 950, 12k, 3.5M."""
+    for size, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if value >= size:
+            return f"{value / size:,.3g}{suffix}"
+    return f"{value:,.0f}"

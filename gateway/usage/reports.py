@@ -16,7 +16,7 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.db import close_old_connections
-from django.db.models import F, QuerySet, Sum
+from django.db.models import F, Max, QuerySet, Sum
 
 from gateway.models import UsageDaily
 from gateway.usage.rollup import DECIMAL_COLUMNS, INT_COLUMNS
@@ -77,6 +77,30 @@ class ReportFilter:
 
     def days(self) -> list[date]:
         return [self.start + timedelta(days=n) for n in range((self.end - self.start).days + 1)]
+
+    def previous(self) -> ReportFilter:
+        """The same report over the period of the same length just before this one."""
+        length = timedelta(days=(self.end - self.start).days + 1)
+        return replace(self, start=self.start - length, end=self.start - timedelta(days=1))
+
+
+_rollup_values_cache: dict[str, tuple[int | None, list[str]]] = {}
+"""Each column's distinct values, with the rollup's newest row id when they were read."""
+
+
+def rollup_values(column: str, limit: int = 200) -> list[str]:
+    """The distinct values of a rollup column ("model", "provider"), as filter choices: read
+    from the rollup, which is much smaller than the ledger, and read again only once it has a
+    new row (a value never seen before comes in a new row, with a new id): the ``DISTINCT``
+    scans the whole rollup (~50 ms at 180,000 rows), the newest id is one index probe."""
+    newest = UsageDaily.objects.aggregate(newest=Max("id"))["newest"]
+    cached = _rollup_values_cache.get(column)
+    if cached is not None and cached[0] == newest:
+        return cached[1]
+    distinct = UsageDaily.objects.order_by(column).values_list(column, flat=True).distinct()
+    values = list(distinct[:limit])
+    _rollup_values_cache[column] = (newest, values)
+    return values
 
 
 def _sums() -> dict[str, Sum]:

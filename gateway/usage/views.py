@@ -22,7 +22,7 @@ from django.urls import reverse
 
 from gateway.models import ApiKey, Tenant, UsageRecord
 from gateway.usage import reports
-from gateway.usage.chart import daily_chart
+from gateway.usage.chart import daily_chart, tokens_chart
 from gateway.usage.reports import ReportFilter
 from gateway.usage.rollup import days_of_ledger
 
@@ -43,8 +43,17 @@ class ReportForm(forms.Form):
         required=False,
         empty_label="all",
     )
-    model = forms.CharField(required=False, max_length=200)
-    provider = forms.CharField(required=False, max_length=100)
+    model = forms.ChoiceField(required=False)
+    provider = forms.ChoiceField(required=False)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """Models and providers to choose from: those the rollup has seen."""
+        super().__init__(*args, **kwargs)
+        for name in ("model", "provider"):
+            field = self.fields[name]
+            assert isinstance(field, forms.ChoiceField)
+            values = [value for value in reports.rollup_values(name) if value]
+            field.choices = [("", "all"), *((value, value) for value in values)]
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
@@ -152,6 +161,7 @@ LEDGER_CSV_COLUMNS = (
     "status_code",
     "error_type",
     "latency_ms",
+    "error_message",
 )
 
 
@@ -181,6 +191,10 @@ def _usage_report(request: HttpRequest) -> HttpResponseBase:
     if request.GET.get("format") == "csv":
         return _stream_csv(f"usage_{span}.csv", reports.CSV_COLUMNS, reports.csv_rows(report))
     days = reports.per_day(report)
+    for row in days:
+        one_day = report.narrowed(start=row["day"], end=row["day"])
+        row["report_url"] = report_query(one_day)
+        row["ledger_url"] = ledger_url(one_day)
     tenants = reports.by_tenant(report)
     for row in tenants:
         row["report_url"] = report_query(report.narrowed(tenant_id=row["tenant_id"]))
@@ -189,6 +203,7 @@ def _usage_report(request: HttpRequest) -> HttpResponseBase:
     for row in models:
         row["report_url"] = report_query(report.narrowed(model=row["model"]))
         row["ledger_url"] = ledger_url(report.narrowed(model=row["model"]))
+    previous = report.previous()
     keys = reports.by_key(report)[:50]
     for row in keys:
         row["report_url"] = report_query(report.narrowed(api_key_id=row["api_key_id"]))
@@ -199,7 +214,11 @@ def _usage_report(request: HttpRequest) -> HttpResponseBase:
         "form": form,
         "report": report,
         "totals": reports.totals(report),
+        "previous": previous,
+        "previous_totals": reports.totals(previous),
+        "previous_url": report_query(previous),
         "chart": daily_chart(days),
+        "tokens_chart": tokens_chart(days),
         "days": days,
         "tenants": tenants,
         "models": models,

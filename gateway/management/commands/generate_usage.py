@@ -38,12 +38,12 @@ MODELS = (  # (requested model, provider, USD per Mtok in, out)
     ("mistral-large", "mistral", 2.0, 6.0),
     ("gemini-flash", "google", 0.1, 0.4),
 )
-STATUSES = (  # (status, error type, share of calls)
-    (200, "", 0.97),
-    (429, "rate_limit_exceeded", 0.015),
-    (502, "upstream_error", 0.01),
-    (400, "invalid_request", 0.004),
-    (499, "client_disconnected", 0.001),
+STATUSES = (  # (status, error type, error message, share of calls)
+    (200, "", "", 0.97),
+    (429, "rate_limit_exceeded", "Rate limit reached: 60 requests per minute.", 0.015),
+    (502, "upstream_error", "The upstream provider answered with HTTP 500.", 0.01),
+    (400, "invalid_request", "'messages' must be a non-empty list.", 0.004),
+    (499, "client_disconnected", "", 0.001),
 )
 
 
@@ -77,7 +77,7 @@ class Command(BaseCommand):
             picked_models = rng.choices(MODELS, model_weights, k=count)
             picked_status = rng.choices(STATUSES, status_weights, k=count)
             rows = []
-            for key, (model, provider, price_in, price_out), (status, error, _) in zip(
+            for key, (model, provider, price_in, price_out), (status, error, message, _) in zip(
                 picked_keys, picked_models, picked_status, strict=True
             ):
                 ok = status < 400 or status == 499
@@ -100,6 +100,7 @@ class Command(BaseCommand):
                         "cost_usd": Decimal(f"{cost:.10f}"),
                         "status_code": status,
                         "error_type": error,
+                        "error_message": message,
                         "latency_ms": int(rng.lognormvariate(6.0, 0.8)),
                     }
                 )
