@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -28,6 +29,7 @@ from typing import Any
 import httpx
 import pytest
 from django.contrib.auth.models import Group, User
+from django.core.management import call_command
 from support.rows import call
 
 from conftest import ROOT, GatewayServer, TenantKey, start_gateway, wait_for_rows
@@ -128,7 +130,7 @@ def log_in(page: Any, base: str, username: str, password: str) -> None:
 @pytest.fixture
 def walk_data(tenants: dict[str, TenantKey], admin_server: GatewayServer) -> None:
     """Before the browser starts: alice's budget and spend this month, a call that failed
-    upstream (made through the gateway, so its row is the pipeline's), and an administrator."""
+    upstream (made through the gateway, so its row is the pipeline's)."""
     alice = tenants["alice"]
     Tenant.objects.filter(pk=alice.tenant.pk).update(budget_usd=Decimal("2.00"))
     now = datetime.now(UTC)
@@ -146,20 +148,45 @@ def walk_data(tenants: dict[str, TenantKey], admin_server: GatewayServer) -> Non
     )
     assert failed.status_code == 502
     assert wait_for_rows(1, status_code=502)
-    User.objects.create_superuser("root", "root@example.com", "pw-root-12345")
+
+
+@pytest.fixture
+def first_run(
+    walk_data: None, tmp_path: Path, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, str]:
+    """What ``make run`` prints: ``bootstrap_demo``'s admin login and demo key."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    settings.VAR_DIR = tmp_path
+    settings.TOLLGATE_CONFIG = ROOT / "config.toml"
+    out = io.StringIO()
+    call_command("bootstrap_demo", stdout=out)
+    printed = out.getvalue()
+    password = re.search(r"user: admin\s+password: (\S+)", printed)
+    key = re.search(r"Bearer (tg-[\w-]+)", printed)
+    assert password and key, printed
+    return {"password": password.group(1), "key": key.group(1)}
 
 
 def test_an_administrator_walks_tenants_keys_the_ledger_and_the_report(
     tenants: dict[str, TenantKey],
     admin_server: GatewayServer,
-    walk_data: None,
+    first_run: dict[str, str],
     browser_page: Any,
 ) -> None:
     page, base = browser_page, admin_server.base_url
     alice = tenants["alice"]
-    # The first run (make run's admin login and demo tenant) is walked here first: the lead
-    # adds that part.
-    log_in(page, base, "root", "pw-root-12345")
+    # The first run: the gateway's root leads to the admin's login, where the login make run
+    # printed opens the admin; the demo key it printed works.
+    page.goto(f"{base}/")
+    assert page.url == f"{base}/admin/login/?next=/admin/"
+    look(page, "first-run-login")
+    page.fill("#id_username", "admin")
+    page.fill("#id_password", first_run["password"])
+    page.click("input[type=submit]")
+    page.wait_for_url(f"{base}/admin/")
+    look(page, "first-run-admin")
+    demo = httpx.get(f"{base}/v1/models", headers={"Authorization": f"Bearer {first_run['key']}"})
+    assert demo.status_code == 200, "the printed demo key works"
 
     # The tenants: alice's spend this month against her budget, her keys, her last call.
     page.click("text=Tenants")

@@ -269,9 +269,9 @@ def probe(tmp_path: Path, **env: str) -> dict[str, Any]:
 
 def test_without_an_endpoint_nothing_of_opentelemetry_is_imported(tmp_path: Path) -> None:
     off = probe(tmp_path)
-    assert off == {"observers": ["RequestLog"], "opentelemetry": []}
+    assert off == {"observers": ["Metrics", "RequestLog"], "opentelemetry": []}
     on = probe(tmp_path, OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:9")
-    assert on["observers"] == ["RequestLog", "CallTracer"]
+    assert on["observers"] == ["Metrics", "RequestLog", "CallTracer"]
     assert "opentelemetry.sdk" in on["opentelemetry"]
     disabled = probe(
         tmp_path, OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:9", OTEL_SDK_DISABLED="true"
