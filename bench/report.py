@@ -18,7 +18,6 @@ TARGET_TITLES = {
     "gateway": "gateway",
     "gateway-stream": "gateway, streaming",
     "gateway-nojournal": "gateway, ledger journal off",
-    "gateway-nogate": "gateway, gate off",
     "floor": "floor: ninja on stock Django, nothing else",
     "gateway-nometrics": "gateway, metrics off",
 }

@@ -42,8 +42,8 @@ from bench.stream_client import measure_stream
 
 VARIANTS: dict[str, dict[str, str]] = {
     "gateway-nojournal": {"TOLLGATE_LEDGER_JOURNAL": "false"},
-    "gateway-nogate": {"TOLLGATE_MAX_ACTIVE_CALLS": "0"},
     "gateway-nometrics": {"TOLLGATE_METRICS": "false"},
+    "gateway-nolog": {"TOLLGATE_REQUEST_LOG": "false"},
 }
 """The gateway again with one feature off (its environment): a second process on the same
 database, measured beside the gateway so that the difference is what the feature costs."""

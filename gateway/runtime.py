@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from asgiref.sync import sync_to_async
 from django.conf import settings
 
-from gateway.calls.gate import Gate
 from gateway.limits.policy import Policy
 from gateway.outage import read_database
 from gateway.routing.health import Health
@@ -44,8 +43,6 @@ class Runtime:
     shared_health_url: str = ""
     """REDIS_URL: the routers' health is shared by every process (``gateway.routing.shared``)."""
     shared_health: SharedHealth | None = field(init=False, default=None)
-    gate: Gate = field(default_factory=lambda: Gate(settings.TOLLGATE_MAX_ACTIVE_CALLS))
-    """How many calls do the gateway's own work at once, and who waits in what order."""
     observers: tuple[CallObserver, ...] = ()
     """Told of every call when its row is built: metrics, request log, traces
     (``gateway.telemetry``)."""

@@ -288,6 +288,49 @@ class GatewayServer:
 
 
 JSON_LOG_CONFIG = ("--log-config", "tollgate/uvicorn_json_logging.json")
+TEST_SERVER = os.environ.get("TOLLGATE_TEST_SERVER", "uvicorn")
+"""The ASGI server of the end-to-end gateways: uvicorn, or granian (the suite runs with both)."""
+
+
+def server_command(port: int, workers: int, server_args: tuple[str, ...] = ()) -> list[str]:
+    if TEST_SERVER == "granian":
+        return [
+            sys.executable,
+            "-m",
+            "granian",
+            "--interface",
+            "asgi",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            "--no-access-log",
+            "--log-config",
+            "tollgate/granian_json_logging.json",
+            *server_args,
+            "tollgate.asgi:application",
+        ]
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "tollgate.asgi:application",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--no-access-log",
+        *server_args,
+        # Several workers: uvicorn's supervisor never imports the app, and logs JSON only
+        # with the log config ``make serve`` gives it too.
+        *(JSON_LOG_CONFIG if workers > 1 and "--log-config" not in server_args else ()),
+    ]
+
+
 GATEWAY_SECRET_KEY = secrets.token_urlsafe(50)
 """The test gateways' DJANGO_SECRET_KEY: without DEBUG a server refuses to start without one."""
 
@@ -324,23 +367,7 @@ def start_gateway(
     log_path = tmp / "gateway.log"
     GATEWAY_LOGS.append(log_path)
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "tollgate.asgi:application",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            str(workers),
-            "--no-access-log",
-            *server_args,
-            # Several workers: uvicorn's supervisor never imports the app, and logs JSON only
-            # with the log config ``make serve`` gives it too.
-            *(JSON_LOG_CONFIG if workers > 1 and "--log-config" not in server_args else ()),
-        ],
+        server_command(port, workers, server_args),
         cwd=ROOT,
         env=process_env,
         stdout=log_path.open("wb"),

@@ -259,9 +259,6 @@ TOLLGATE_REDIS_FAILURE = env_choice("TOLLGATE_REDIS_FAILURE", ("open", "closed")
 TOLLGATE_REDIS_TIMEOUT_SECONDS = env_float("TOLLGATE_REDIS_TIMEOUT_SECONDS", 0.5)
 """Connect and read timeout of each Redis operation: an outage must not stall calls."""
 TOLLGATE_OUTAGE_LOG_SECONDS = env_float("TOLLGATE_OUTAGE_LOG_SECONDS", 10.0)
-# At most this many calls of a worker do the gateway's own work at once; the others wait their
-# turn in arrival order (gateway.calls.gate). 0 turns the gate off.
-TOLLGATE_MAX_ACTIVE_CALLS = env_int("TOLLGATE_MAX_ACTIVE_CALLS", 16)
 """At most one log line per this interval about an unavailable database or Redis, and one
 summary of failed authentications."""
 TOLLGATE_AUTH_FAILURE_BURST = env_int("TOLLGATE_AUTH_FAILURE_BURST", 20)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-import sys
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
@@ -76,11 +75,7 @@ async def serve(request: HttpRequest, endpoint: Endpoint, steps: Steps) -> HttpR
     request.call = call  # type: ignore[attr-defined]  # its headers: gateway.api.middleware
     call.affinity_key = request.headers.get(SESSION_HEADER)
     call.traceparent = request.headers.get("traceparent")
-    await call.enter_gate()
-    try:
-        return await call.run(lambda: steps(call, request))
-    finally:
-        call.leave_gate()
+    return await call.run(lambda: steps(call, request))
 
 
 @dataclass(slots=True)
@@ -206,8 +201,6 @@ class Call:
         """Closes the upstream stream handed to a streaming response, should it never be read."""
         self.admission: Admission | None = None
         """The call's share of its rate limits and budgets, settled by ``record``."""
-        self.in_gate = False
-        """Whether the call holds a place in the worker's gate (``gateway.calls.gate``)."""
         if (calls := ACTIVE_CALLS.get()) is not None:
             calls.append(self)
 
@@ -295,26 +288,10 @@ class Call:
         router (``gateway.routing.router``) chooses the route of each attempt, retries and
         falls back; ``self.route`` is then the deployment that served."""
         assert self.routes, "resolve the call's model before calling its upstream"
-        held = self.in_gate
-        self.leave_gate()  # no place in the gate is held while an upstream is awaited
         try:
             return await self.runtime.router.run(self, attempt)
         except NotImplementedError:  # a provider that cannot (Anthropic serves chat only)
             raise unsupported(self.requested_model, self.operation) from None
-        finally:
-            if held and not isinstance(sys.exception(), asyncio.CancelledError):
-                await self.enter_gate(continuing=True)  # back for the rest of its work
-
-    async def enter_gate(self, continuing: bool = False) -> None:
-        """Wait for a place in the worker's gate: ``continuing`` calls (back from their
-        upstream) before new arrivals, each queue in order."""
-        await self.runtime.gate.enter(continuing)
-        self.in_gate = True
-
-    def leave_gate(self) -> None:
-        if self.in_gate:
-            self.in_gate = False
-            self.runtime.gate.leave()
 
     def attempted(self, route: Route, started: float, error: GatewayError | None) -> None:
         """The router reports an attempt that ended: with ``error``, or with the answer
