@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 WORKERS ?= 1
+SERVER ?= uvicorn
 PG_URL ?= postgres://postgres@127.0.0.1:5432/test
 REDIS_TEST_URL ?= redis://127.0.0.1:6379/15
 
@@ -36,10 +37,19 @@ run: install var/secret_key
 # which hold ~20 MB more resident memory per worker for nothing (bench/README.md).
 # TOLLGATE_LOG_FORMAT=json: uvicorn's own lines are JSON from its first (the supervisor of
 # several workers never imports the app, which makes the workers' JSON).
+# SERVER=granian serves with granian instead (fairer when a worker is saturated: #17's figures in
+# bench/README.md); its JSON log config is its own.
 serve: install var/secret_key
+ifeq ($(SERVER),granian)
+	MALLOC_ARENA_MAX=2 $(BIN)/granian --interface asgi --host $(HOST) --port $(PORT) --workers $(WORKERS) \
+		--loop uvloop --no-access-log \
+		$(if $(filter json,$(TOLLGATE_LOG_FORMAT)),--log-config tollgate/granian_json_logging.json) \
+		tollgate.asgi:application
+else
 	MALLOC_ARENA_MAX=2 $(BIN)/uvicorn tollgate.asgi:application --host $(HOST) --port $(PORT) --workers $(WORKERS) \
 		--loop uvloop --http httptools --no-access-log \
 		$(if $(filter json,$(TOLLGATE_LOG_FORMAT)),--log-config tollgate/uvicorn_json_logging.json)
+endif
 
 # Django's SECRET_KEY for local use (admin sessions), made once; production sets DJANGO_SECRET_KEY.
 var/secret_key:

@@ -188,6 +188,17 @@ def worker_pids(server_pid: int, workers: int) -> list[int]:
     return sorted(children)
 
 
+def granian_worker_pids(server_pid: int) -> list[int]:
+    """granian's workers: the children of its main process that run granian."""
+    return sorted(
+        int(entry.name)
+        for entry in Path("/proc").iterdir()
+        if entry.name.isdigit()
+        and _ppid(int(entry.name)) == server_pid
+        and "granian" in _cmdline(int(entry.name))
+    )
+
+
 def rss_kib(pid: int) -> int | None:
     """VmRSS of ``pid`` in KiB, or None when it is gone."""
     try:

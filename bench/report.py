@@ -105,7 +105,7 @@ class Results:
     # --- targets -----------------------------------------------------------------------------
 
     def checks(self) -> list[Check]:
-        out: list[Check] = []
+        out = self._floor_checks()
         for c in (50, 200):
             gw, bare = self.get("gateway", c), self.get("bare", c)
             ratio = gw.rps / bare.rps if gw and bare and bare.rps else None
@@ -122,8 +122,8 @@ class Results:
             Check(
                 "added p50 latency at c1 (gateway - upstream)",
                 f"{added:.3f} ms" if added is not None else "n/a",
-                "<= 1.0 ms",
-                None if added is None else added <= 1.0,
+                "<= 0.5 ms",
+                None if added is None else added <= 0.5,
             )
         )
         gw, bare = self.get("gateway", 200), self.get("bare", 200)
@@ -159,8 +159,8 @@ class Results:
             Check(
                 "streaming TTFB added at c1 (p50)",
                 f"{ttfb:.3f} ms" if ttfb is not None else "n/a",
-                "<= 1.0 ms",
-                None if ttfb is None else ttfb <= 1.0,
+                "<= 0.5 ms",
+                None if ttfb is None else ttfb <= 0.5,
             )
         )
         st = self.get("gateway-stream", 50)
@@ -232,6 +232,45 @@ class Results:
             None if share is None else share <= 0.03,
         )
         return [wrk_check, direct]
+
+    def _floor_checks(self) -> list[Check]:
+        """Issue #17's: the gateway against the floor of the stack (bench/floor) in the same run,
+        and its own tail against its median, with every feature on."""
+        out = []
+        for c in (50, 200):
+            gw, floor = self.get("gateway", c), self.get("floor", c)
+            ratio = gw.rps / floor.rps if gw and floor and floor.rps else None
+            out.append(
+                Check(
+                    f"req/s at c{c} vs the floor",
+                    f"{ratio:.2f}x ({gw.rps:.0f} vs {floor.rps:.0f})" if gw and floor else "n/a",
+                    ">= 1.0x",
+                    None if ratio is None else ratio >= 1.0,
+                )
+            )
+        gw, floor = self.get("gateway", 200), self.get("floor", 200)
+        p99 = gw.median(lambda r: r.p99_ms) if gw else None
+        floor_p99 = floor.median(lambda r: r.p99_ms) if floor else None
+        p50 = gw.median(lambda r: r.p50_ms) if gw else None
+        out.append(
+            Check(
+                "p99 at c200 vs the floor's p99",
+                f"{p99 / floor_p99:.2f}x ({p99:.0f} vs {floor_p99:.0f} ms)"
+                if p99 and floor_p99
+                else "n/a",
+                "<= 1.5x",
+                None if not (p99 and floor_p99) else p99 <= 1.5 * floor_p99,
+            )
+        )
+        out.append(
+            Check(
+                "p99 at c200 vs the gateway's own p50",
+                f"{p99 / p50:.2f}x ({p99:.0f} vs {p50:.0f} ms)" if p99 and p50 else "n/a",
+                "<= 4x",
+                None if not (p99 and p50) else p99 <= 4 * p50,
+            )
+        )
+        return out
 
     def _added_p50(self) -> float | None:
         gw, up = self.get("gateway", 1), self.get("upstream", 1)

@@ -26,7 +26,7 @@ from types import FrameType
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: find bench.*
 
-from bench import wrk
+from bench import stack, wrk
 from bench.ledger import Ledger, LedgerCheck
 from bench.processes import ROOT, Processes, StartupError, log_tail, rss_snapshot
 from bench.report import Results, write_results
@@ -58,7 +58,13 @@ LEAK_FIRST_CALLS = 10_000
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    p.add_argument("--workers", type=int, default=1, help="uvicorn workers (gateway and bare)")
+    p.add_argument("--workers", type=int, default=1, help="server workers (gateway and baselines)")
+    p.add_argument(
+        "--server",
+        choices=("uvicorn", "granian"),
+        default="uvicorn",
+        help="the ASGI server of the gateway and its baselines",
+    )
     p.add_argument("--rounds", type=int, default=2, help="interleaved rounds; medians reported")
     p.add_argument("--duration", type=float, default=4.0, help="seconds per wrk measurement")
     p.add_argument("--concurrency", default="1,50,200", help="comma-separated connection counts")
@@ -105,6 +111,7 @@ def machine_info(args: argparse.Namespace, database: str) -> dict[str, object]:
         "git": (git("rev-parse", "--short", "HEAD") or "unknown") + dirty,
         "wrk": wrk.wrk_version(),
         "workers": args.workers,
+        "server": args.server,
         "database": database,
         "rounds": args.rounds,
         "duration_s": args.duration,
@@ -484,6 +491,7 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    stack.SERVER = args.server
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGHUP, _interrupt)

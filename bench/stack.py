@@ -12,6 +12,7 @@ import os
 import secrets
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from bench.processes import (
     Processes,
     StartupError,
     free_port,
+    granian_worker_pids,
     read_ready_port,
     wait_for_uvicorn,
     worker_pids,
@@ -36,12 +38,15 @@ class Service:
     process: subprocess.Popen[bytes]
     log_path: Path
     workers: int = 1
+    server: str = "uvicorn"
 
     @property
     def port(self) -> int:
         return int(self.base_url.rsplit(":", 1)[1])
 
     def worker_pids(self) -> list[int]:
+        if self.server == "granian":  # its workers are children of its main process, always
+            return granian_worker_pids(self.process.pid)
         return worker_pids(self.process.pid, self.workers)
 
 
@@ -132,6 +137,26 @@ def start_upstream(
     return Service("upstream", f"http://127.0.0.1:{port}", process, log_path)
 
 
+SERVER = "uvicorn"
+"""The ASGI server of the gateway and its baselines (``--server``): uvicorn or granian."""
+
+
+def server_command(app: str, port: int, workers: int) -> list[str]:
+    """``uvicorn APP --workers W --loop uvloop --http httptools --no-access-log``, or granian's
+    equivalent, on 127.0.0.1."""
+    if SERVER == "granian":
+        return [
+            *(sys.executable, "-m", "granian", "--interface", "asgi", "--host", "127.0.0.1"),
+            *("--port", str(port), "--workers", str(workers), "--loop", "uvloop"),
+            *("--no-access-log", app),
+        ]
+    return [
+        *(sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)),
+        *("--workers", str(workers), "--loop", "uvloop", "--http", "httptools"),
+        "--no-access-log",
+    ]
+
+
 def start_uvicorn(
     processes: Processes,
     name: str,
@@ -141,30 +166,18 @@ def start_uvicorn(
     log_dir: Path,
     probe_path: str,
 ) -> Service:
-    """``uvicorn APP --workers W --loop uvloop --http httptools --no-access-log`` on 127.0.0.1."""
+    """The ASGI server (``SERVER``) serving ``app`` with ``workers`` workers on 127.0.0.1."""
     port = free_port()
     log_path = log_dir / f"{name}.log"
-    cmd = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        app,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        str(workers),
-        "--loop",
-        "uvloop",
-        "--http",
-        "httptools",
-        "--no-access-log",
-    ]
-    process = processes.spawn(cmd, env=env, log_path=log_path)
+    process = processes.spawn(server_command(app, port, workers), env=env, log_path=log_path)
     base_url = f"http://127.0.0.1:{port}"
-    wait_for_uvicorn(process, base_url + probe_path, log_path, workers)
-    service = Service(name, base_url, process, log_path, workers)
+    wait_for_uvicorn(
+        process, base_url + probe_path, log_path, workers if SERVER == "uvicorn" else 0
+    )
+    service = Service(name, base_url, process, log_path, workers, SERVER)
+    deadline = time.monotonic() + 30
+    while len(service.worker_pids()) != workers and time.monotonic() < deadline:
+        time.sleep(0.1)  # granian's workers answer before each has shown itself
     if len(service.worker_pids()) != workers:
         raise StartupError(f"{name}: expected {workers} workers, found {service.worker_pids()}")
     return service

@@ -8,8 +8,10 @@ uvicorn (``gateway_server``), both on 127.0.0.1, sharing the test database with 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -286,6 +288,25 @@ class GatewayServer:
         self.process.terminate()
         return self.process.wait(timeout=15)
 
+    def worker_pids(self) -> list[int]:
+        """The processes that serve: uvicorn's one process, or the children granian starts."""
+        if TEST_SERVER != "granian":
+            return [self.process.pid]
+        pids = []
+        for entry in Path("/proc").iterdir():
+            with contextlib.suppress(OSError, ValueError):
+                stat = (entry / "stat").read_text()
+                if int(stat.rsplit(")", 1)[1].split()[1]) == self.process.pid:
+                    pids.append(int(entry.name))
+        return sorted(pids)
+
+    def kill(self) -> None:
+        """SIGKILL every process of the gateway, as the OOM killer would its workers."""
+        for pid in self.worker_pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.process.kill()
+
 
 JSON_LOG_CONFIG = ("--log-config", "tollgate/uvicorn_json_logging.json")
 TEST_SERVER = os.environ.get("TOLLGATE_TEST_SERVER", "uvicorn")
@@ -383,8 +404,11 @@ def start_gateway(
         except httpx.TransportError:
             time.sleep(0.1)
             continue
+        server = GatewayServer(base_url, process, log_path)
+        if TEST_SERVER == "granian" and len(server.worker_pids()) >= workers:
+            return server
         if workers == 1 or log_path.read_text().count("Application startup complete") >= workers:
-            return GatewayServer(base_url, process, log_path)
+            return server
         time.sleep(0.1)
     process.kill()
     raise RuntimeError(f"gateway did not start: {log_path.read_text()}")

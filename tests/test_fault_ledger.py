@@ -202,7 +202,7 @@ def test_sigkill_under_load_loses_no_answered_call(
             hammer(server.base_url, alice.raw, seconds=3.5, concurrency=24)
         )
         await asyncio.sleep(2.5)
-        server.process.kill()
+        server.kill()
         return await running
 
     try:

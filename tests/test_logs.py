@@ -23,7 +23,7 @@ from django.conf import settings as django_settings
 from support.gateway_logs import check_gateway_log
 from support.inprocess import api_client
 
-from conftest import ROOT, TenantKey, ledger_rows, start_gateway
+from conftest import ROOT, TEST_SERVER, TenantKey, ledger_rows, start_gateway
 from gateway import runtime
 from gateway.telemetry.logs import JsonFormatter, RequestLine, RequestLog, configure_logging
 
@@ -184,6 +184,8 @@ def test_make_serves_json_with_workers_writes_json_from_the_supervisor_too(
 ) -> None:
     """With several workers, uvicorn's supervisor never imports the app: ``make serve`` gives
     it tollgate/uvicorn_json_logging.json when TOLLGATE_LOG_FORMAT=json."""
+    if TEST_SERVER != "uvicorn":
+        pytest.skip("uvicorn's supervisor")
     log_config = "tollgate/uvicorn_json_logging.json"
     assert log_config in (ROOT / "Makefile").read_text()
     server = start_gateway(

@@ -114,3 +114,29 @@ def test_a_provider_type_that_forgets_an_operation_cannot_be_created() -> None:
     config = ProviderConfig(type="openai", base_url="http://upstream.test/v1")
     with pytest.raises(TypeError, match="abstract"):
         Forgetful("p", config, httpx.AsyncClient())  # type: ignore[abstract]
+
+
+async def test_an_upstream_client_keeps_no_cookie_from_one_call_to_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A provider's client serves every tenant: a cookie an upstream (or its CDN) sets on one
+    answer is never sent with the next call."""
+    from conftest import write_config
+    from providers.config import load_config
+
+    monkeypatch.setenv("FAKE_UPSTREAM_KEY", "sk-upstream")
+    seen: list[str | None] = []
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("cookie"))
+        return httpx.Response(200, json={}, headers={"set-cookie": "__cf_bm=tenant-a; Path=/"})
+
+    config = load_config(write_config(tmp_path / "config.toml", "http://upstream.test"))
+    factory = ProviderFactory(config, transport=lambda _: httpx.MockTransport(upstream))
+    client = factory.get("fake").client
+    for _ in range(2):
+        response = await client.get("http://upstream.test/v1/models")
+        assert response.headers["set-cookie"].startswith("__cf_bm=")
+    assert seen == [None, None]
+    assert not client.cookies
+    await factory.aclose()
