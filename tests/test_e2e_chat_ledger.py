@@ -99,7 +99,7 @@ def test_shutdown_flushes_queued_ledger_rows(
             assert "Application shutdown complete" in server.log_path.read_text()
     finally:
         if server.process.poll() is None:
-            server.process.kill()
+            server.kill()
             server.process.wait()
 
     rows = list(UsageRecord.objects.filter(request_id__in=request_ids).order_by("id"))
@@ -142,7 +142,7 @@ def test_a_stream_cut_at_shutdown_still_has_its_row(
     finally:
         reader.join(timeout=15)
         if server.process.poll() is None:
-            server.process.kill()
+            server.kill()
             server.process.wait()
     rows = wait_for_rows(1, tenant=alice.tenant)
     assert [(row.status_code, row.error_type, row.stream) for row in rows] == [

@@ -268,7 +268,7 @@ def test_a_process_killed_during_replay_strands_and_doubles_nothing(
     server = start_gateway(tmp_path, fake_upstream)
     try:
         wait_for(lambda: UsageRecord.objects.exists(), message="the replay never started")
-        server.process.kill()
+        server.kill()
         server.process.wait(timeout=10)
     finally:
         stop(server)
