@@ -353,3 +353,48 @@ def test_3000_random_keys_from_one_address_are_throttled(
     # concurrent callers cannot all pass on the same allowance.
     assert looked_up <= 20 + took + 2
     assert not log_lines(server, "Unauthorized")
+
+
+# --- readiness ------------------------------------------------------------------------------------
+
+
+def test_readiness_flips_when_the_database_or_redis_goes_away_and_back(
+    pg: PrivatePostgres, fake_upstream: str, tmp_path: Path
+) -> None:
+    """``/readyz`` (what a load balancer probes): 503 naming Redis while it is down, then the
+    database while it is down, 200 again once each is back; ``/healthz`` stays 200 throughout."""
+
+    def ready() -> tuple[int, dict[str, str]]:
+        answer = httpx.get(server.base_url + "/readyz", timeout=10)
+        return answer.status_code, answer.json()["checks"]
+
+    def settles(expected: int, timeout: float = 15) -> dict[str, str]:
+        deadline = time.monotonic() + timeout
+        while True:
+            status, checks = ready()
+            if status == expected or time.monotonic() > deadline:
+                assert status == expected, checks
+                return checks
+            time.sleep(0.2)
+
+    with private_redis(tmp_path) as redis:
+        server = gateway(tmp_path, fake_upstream, pg, REDIS_URL=redis.url)
+        try:
+            assert settles(200) == {"config": "ok", "database": "ok", "redis": "ok", "ledger": "ok"}
+            redis.stop()
+            down = settles(503)
+            assert down["redis"].startswith("unavailable") and down["database"] == "ok"
+            assert httpx.get(server.base_url + "/healthz").status_code == 200
+            redis.start()
+            settles(200)
+            pg.stop()
+            try:
+                down = settles(503)
+                assert down["database"].startswith("unavailable") and down["redis"] == "ok"
+                assert httpx.get(server.base_url + "/healthz").status_code == 200
+            finally:
+                pg.start()
+            settles(200, timeout=30)
+        finally:
+            server.stop()
+    assert not tracebacks(server)
