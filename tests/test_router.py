@@ -326,3 +326,19 @@ def test_an_upstream_key_cooling_down_is_skipped_while_another_is_usable() -> No
     assert len({keys.pick_usable(health) for _ in range(200)}) == 3  # none usable: any
     clock.now += 31
     assert health.usable(key_target("p", "sk-a"))
+
+
+async def test_the_key_that_got_an_answer_is_remembered_not_one_that_failed() -> None:
+    from providers.base import CREDENTIAL_USED
+
+    router, *_ = make_router(backoff_base_seconds=0)
+
+    async def attempt(route: Route) -> str:
+        CREDENTIAL_USED.set("sk-good" if route.provider_name == "b" else "sk-bad")
+        if route.provider_name == "a":
+            raise upstream_error(503)
+        return "ok"
+
+    call = FakeCall((route("a", priority=0), route("b", priority=1)))
+    assert await run(router, call, attempt) == "ok"
+    assert set(router.key_answered_at) == {"sk-good"}

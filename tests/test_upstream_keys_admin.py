@@ -3,6 +3,7 @@ the upstream's models with the key (against the fake upstream; no internet)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -82,7 +83,7 @@ def test_the_test_action_lists_the_models_of_each_selected_key(admin_client: Cli
     good_row = listing[listing.index(">primary<") :].split("</tr>")[0]
     assert "(test)" in good_row and "none seen" in good_row
     dead_row = listing[listing.index(">gone<") :].split("</tr>")[0]
-    assert "no test passed yet" in dead_row and "could not be reached" in dead_row
+    assert "none seen" in dead_row and "could not be reached" in dead_row
     assert SECRET not in listing
 
 
@@ -131,3 +132,19 @@ def test_the_last_failure_is_the_later_of_a_test_and_the_routers(
     row = row[row.index(">primary<") :].split("</tr>")[0]
     assert "(live)" in row, "an older failed test does not hide the router's newer failure"
     assert "Upstream health" in listing and "/admin/routing/health/" in listing
+
+
+def test_the_last_success_is_the_later_of_a_test_and_a_calls(
+    admin_client: Client, on_fake_upstream: runtime.Runtime
+) -> None:
+    key = stored_key("fake", "primary")
+
+    def row() -> str:
+        listing = admin_client.get("/admin/gateway/providerkey/").content.decode()
+        return listing[listing.index(">primary<") :].split("</tr>")[0]
+
+    assert "none seen" in row()
+    ProviderKey.objects.filter(pk=key.pk).update(test_passed_at="2000-01-01T00:00:00Z")
+    assert "(test)" in row()
+    on_fake_upstream.router.key_answered_at[SECRET] = time.time()  # a call got an answer
+    assert "(live)" in row(), "a call's newer answer is the last success"

@@ -97,6 +97,9 @@ class Router:
         self.sleep = sleep
         self.random = rng or random.Random()
         self.clock = clock
+        self.key_answered_at: dict[str, float] = {}
+        """When an upstream key last got an answer (wall time, this process), by the key: the
+        admin's provider keys page shows it (``gateway.routing.views.key_row``)."""
 
     async def run(self, call: RoutedCall, attempt: Callable[[Route], Awaitable[T]]) -> T:
         started = self.clock()
@@ -161,6 +164,9 @@ class Router:
                 if delay > 0:
                     await self.sleep(delay)
                 continue
+            else:
+                if (key := CREDENTIAL_USED.get()) is not None:
+                    self.key_answered_at[key] = time.time()
             finally:
                 CREDENTIAL_USED.reset(token)
             call.attempted(route, begun, None)

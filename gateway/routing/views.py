@@ -44,16 +44,21 @@ def router_states() -> dict[str, dict[str, Any]]:
 
 
 def key_row(key: ProviderKey, states: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """An upstream key of the admin as the router sees it (never failed: healthy); its target
-    is found by decrypting the key (one that cannot be decrypted is shown as never failed:
+    """An upstream key of the admin as the router sees it (never failed: healthy), and when it
+    last got an answer (``last_success``, this process's calls); its target is found by
+    decrypting the key (one that cannot be decrypted is shown as never failed and never used:
     the router cannot use it either)."""
-    target = ""
+    target, answered = "", None
     if secrets.is_configured():
         try:
-            target = key_target(key.provider, secrets.decrypt(key.secret_encrypted, key.label))
+            raw = secrets.decrypt(key.secret_encrypted, key.label)
         except secrets.SecretKeyWrong:
-            target = ""
+            pass
+        else:
+            target = key_target(key.provider, raw)
+            answered = get_runtime().router.key_answered_at.get(raw)
     row = _row(f"{key.provider}: {key.label}", f"…{key.last4}", states.get(target))
+    row["last_success"] = _when(answered)
     if not key.is_active:
         row["state"] = "inactive"
     return row

@@ -123,11 +123,17 @@ class ProviderKeyAdmin(admin.ModelAdmin):
             return format_html('<span class="state-bad">cooling down until {}</span>', until)
         return format_html('<span class="state-{}">{}</span>', row["state"], row["state"])
 
-    @admin.display(description="last success", ordering="test_passed_at")
+    @admin.display(description="last success")
     def last_success(self, obj: ProviderKey) -> SafeString:
-        if obj.test_passed_at is None:
-            return format_html('<span class="quiet">{}</span>', "no test passed yet")
-        return format_html('{} <span class="quiet">(test)</span>', _moment(obj.test_passed_at))
+        """The later of the last passed test and the last answer a call got with the key (the
+        router's, in the process that answers this page)."""
+        live = key_row(obj, {})["last_success"]
+        successes = [(obj.test_passed_at, "test"), (live, "live")]
+        known = [success for success in successes if success[0] is not None]
+        if not known:
+            return format_html('<span class="quiet">{}</span>', "none seen")
+        moment, where = max(known, key=lambda success: success[0])
+        return format_html('{} <span class="quiet">({})</span>', _moment(moment), where)
 
     @admin.display(description="last failure")
     def last_failure(self, obj: ProviderKey) -> SafeString:
