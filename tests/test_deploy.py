@@ -31,7 +31,7 @@ PLACES = (
     "TOLLGATE_CONFIG",
     "TOLLGATE_VAR_DIR",
     "TOLLGATE_LEDGER_DIR",
-    "PROMETHEUS_MULTIPROC_DIR",
+    "TOLLGATE_METRICS_DIR",
 )
 """Where things are on the production hosts: this machine's instead."""
 PUBLIC_HOST = "gateway.example.com"
@@ -65,7 +65,7 @@ def production_environment(tmp: Path, database: str) -> dict[str, str]:
         "TOLLGATE_CONFIG": str(write_config(tmp / "config.toml", "http://unused.invalid")),
         "TOLLGATE_VAR_DIR": str(tmp / "var"),
         "TOLLGATE_LEDGER_DIR": str(tmp / "ledger"),
-        "PROMETHEUS_MULTIPROC_DIR": str(tmp / "metrics"),
+        "TOLLGATE_METRICS_DIR": str(tmp / "metrics"),
     }
     environment = {
         **documented,
