@@ -314,40 +314,17 @@ TEST_SERVER = os.environ.get("TOLLGATE_TEST_SERVER", "uvicorn")
 
 
 def server_command(port: int, workers: int, server_args: tuple[str, ...] = ()) -> list[str]:
+    app = "tollgate.asgi:application"
+    common = ("--host", "127.0.0.1", "--port", str(port), "--workers", str(workers))
     if TEST_SERVER == "granian":
         return [
-            sys.executable,
-            "-m",
-            "granian",
-            "--interface",
-            "asgi",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            str(workers),
-            "--no-access-log",
-            "--log-config",
-            "tollgate/granian_json_logging.json",
-            *server_args,
-            "tollgate.asgi:application",
+            *(sys.executable, "-m", "granian", "--interface", "asgi", *common, "--no-access-log"),
+            *("--log-config", "tollgate/granian_json_logging.json", *server_args, app),
         ]
     return [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "tollgate.asgi:application",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        str(workers),
-        "--no-access-log",
-        *server_args,
-        # Several workers: uvicorn's supervisor never imports the app, and logs JSON only
-        # with the log config ``make serve`` gives it too.
+        *(sys.executable, "-m", "uvicorn", app, *common, "--no-access-log", *server_args),
+        # Several workers: uvicorn's supervisor never imports the app, and logs JSON only with
+        # the log config ``make serve`` gives it too.
         *(JSON_LOG_CONFIG if workers > 1 and "--log-config" not in server_args else ()),
     ]
 

@@ -8,6 +8,7 @@ POST) or in bulk from the list.
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -94,6 +95,29 @@ class LimitsFormMixin(admin.ModelAdmin):
         return form
 
 
+class MonthUsageMixin(admin.ModelAdmin):
+    """A tenant's or key's page shows its usage this month below its fields, with links to the
+    report; ``usage_of`` names the ledger's field for it (``tenant_id``, ``api_key_id``)."""
+
+    usage_of = ""
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        context = dict(extra_context or {})
+        if object_id.isdigit():
+            first, last = reports.this_month()
+            month = dataclasses.replace(
+                ReportFilter(first, last), **{self.usage_of: int(object_id)}
+            )
+            context["month"] = month_usage(request, month)
+        return super().change_view(request, object_id, form_url, context)
+
+
 class FiguresColumns:
     """Columns of tenants and keys, read from ``gateway.usage.spend``'s annotations."""
 
@@ -140,7 +164,8 @@ class ApiKeyInline(KeyColumns, admin.TabularInline):
 
 
 @admin.register(Tenant)
-class TenantAdmin(LimitsFormMixin, FiguresColumns):
+class TenantAdmin(MonthUsageMixin, LimitsFormMixin, FiguresColumns):
+    usage_of = "tenant_id"
     list_display = (
         "name",
         "is_active",
@@ -179,21 +204,6 @@ class TenantAdmin(LimitsFormMixin, FiguresColumns):
         super().save_model(request, obj, form, change)
         auth.forget_tenant(obj.pk)  # new limits apply at once here, elsewhere within the bound
 
-    def change_view(
-        self,
-        request: HttpRequest,
-        object_id: str,
-        form_url: str = "",
-        extra_context: dict[str, Any] | None = None,
-    ) -> HttpResponse:
-        """The tenant's usage this month, below its keys, with links to the report."""
-        context = dict(extra_context or {})
-        if object_id.isdigit():
-            first, last = reports.this_month()
-            month = ReportFilter(first, last, tenant_id=int(object_id))
-            context["month"] = month_usage(request, month)
-        return super().change_view(request, object_id, form_url, context)
-
 
 def month_usage(request: HttpRequest, month: ReportFilter) -> dict[str, Any]:
     """This month's usage of a tenant or key: totals, by model, and links to the report (for
@@ -228,7 +238,8 @@ class KeyStateFilter(admin.SimpleListFilter):
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(LimitsFormMixin, KeyColumns):
+class ApiKeyAdmin(MonthUsageMixin, LimitsFormMixin, KeyColumns):
+    usage_of = "api_key_id"
     list_display = (
         "prefix",
         "tenant",
@@ -276,21 +287,6 @@ class ApiKeyAdmin(LimitsFormMixin, KeyColumns):
     @admin.display(description="created", ordering="created_at")
     def created(self, key: ApiKey) -> str:
         return _day(key.created_at)
-
-    def change_view(
-        self,
-        request: HttpRequest,
-        object_id: str,
-        form_url: str = "",
-        extra_context: dict[str, Any] | None = None,
-    ) -> HttpResponse:
-        """The key's usage this month, below its fields, with links to the report."""
-        context = dict(extra_context or {})
-        if object_id.isdigit():
-            first, last = reports.this_month()
-            month = ReportFilter(first, last, api_key_id=int(object_id))
-            context["month"] = month_usage(request, month)
-        return super().change_view(request, object_id, form_url, context)
 
     def save_model(self, request: HttpRequest, obj: ApiKey, form: Any, change: bool) -> None:
         if not change:
