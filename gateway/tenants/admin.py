@@ -111,9 +111,8 @@ class MonthUsageMixin(admin.ModelAdmin):
         context = dict(extra_context or {})
         if object_id.isdigit():
             first, last = reports.this_month()
-            month = dataclasses.replace(
-                ReportFilter(first, last), **{self.usage_of: int(object_id)}
-            )
+            whose: dict[str, Any] = {self.usage_of: int(object_id)}
+            month = dataclasses.replace(ReportFilter(first, last), **whose)
             context["month"] = month_usage(request, month)
         return super().change_view(request, object_id, form_url, context)
 
