@@ -37,34 +37,28 @@ class Usage(BaseModel):
     @classmethod
     def from_openai(cls, usage: dict[str, Any] | None) -> Usage:
         """Read OpenAI's ``usage`` object (CompletionUsage)."""
-        if not usage:
-            return cls()
-        prompt_details = usage.get("prompt_tokens_details") or {}
-        completion_details = usage.get("completion_tokens_details") or {}
-        return cls.model_construct(
-            prompt_tokens=usage.get("prompt_tokens"),
-            completion_tokens=usage.get("completion_tokens"),
-            total_tokens=usage.get("total_tokens"),
-            cache_read_tokens=prompt_details.get("cached_tokens"),
-            cache_write_tokens=None,
-            reasoning_tokens=completion_details.get("reasoning_tokens"),
-            estimated=False,
-        )
+        return cls._read(usage, "prompt_tokens", "completion_tokens")
 
     @classmethod
     def from_responses(cls, usage: dict[str, Any] | None) -> Usage:
         """Read the Responses API's ``usage`` object (ResponseUsage)."""
+        return cls._read(usage, "input_tokens", "output_tokens")
+
+    @classmethod
+    def _read(cls, usage: dict[str, Any] | None, prompt: str, completion: str) -> Usage:
+        """The two APIs' usage objects differ only in names: ``<prompt>``, ``<completion>``,
+        their ``_details`` (cached and reasoning tokens) and ``total_tokens``."""
         if not usage:
             return cls()
-        input_details = usage.get("input_tokens_details") or {}
-        output_details = usage.get("output_tokens_details") or {}
+        prompt_details = usage.get(prompt + "_details") or {}
+        completion_details = usage.get(completion + "_details") or {}
         return cls.model_construct(
-            prompt_tokens=usage.get("input_tokens"),
-            completion_tokens=usage.get("output_tokens"),
+            prompt_tokens=usage.get(prompt),
+            completion_tokens=usage.get(completion),
             total_tokens=usage.get("total_tokens"),
-            cache_read_tokens=input_details.get("cached_tokens"),
+            cache_read_tokens=prompt_details.get("cached_tokens"),
             cache_write_tokens=None,
-            reasoning_tokens=output_details.get("reasoning_tokens"),
+            reasoning_tokens=completion_details.get("reasoning_tokens"),
             estimated=False,
         )
 

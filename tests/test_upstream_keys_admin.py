@@ -148,3 +148,23 @@ def test_the_last_success_is_the_later_of_a_test_and_a_calls(
     assert "(test)" in row()
     on_fake_upstream.router.key_answered_at[SECRET] = time.time()  # a call got an answer
     assert "(live)" in row(), "a call's newer answer is the last success"
+
+
+def test_the_key_list_decrypts_each_key_once_for_its_three_health_columns(
+    admin_client: Client, on_fake_upstream: runtime.Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway.routing import views
+
+    stored_key("fake", "primary")
+    stored_key("fake", "secondary")
+    decrypted: list[str] = []
+    decrypt = views.secrets.decrypt
+
+    def counting(secret: bytes, label: str) -> str:
+        decrypted.append(label)
+        return decrypt(secret, label)
+
+    monkeypatch.setattr(views.secrets, "decrypt", counting)
+    listing = admin_client.get("/admin/gateway/providerkey/").content.decode()
+    assert ">primary<" in listing and ">secondary<" in listing
+    assert sorted(decrypted) == ["primary", "secondary"]

@@ -78,6 +78,16 @@ class ProviderKeyForm(forms.ModelForm):
         return key
 
 
+def _health(key: ProviderKey) -> dict[str, Any]:
+    """The key as the router sees it (``key_row``), worked out once per key and page: a list's
+    three health columns would otherwise decrypt the key and snapshot the router three times."""
+    row: dict[str, Any] | None = getattr(key, "_health_row", None)
+    if row is None:
+        row = key_row(key, router_states())
+        key._health_row = row  # type: ignore[attr-defined]
+    return row
+
+
 @admin.register(ProviderKey)
 class ProviderKeyAdmin(admin.ModelAdmin):
     """Each key with the router's view of it (healthy, cooling down...), its last success and
@@ -117,7 +127,7 @@ class ProviderKeyAdmin(admin.ModelAdmin):
 
     @admin.display(description="router")
     def router_state(self, obj: ProviderKey) -> SafeString:
-        row = key_row(obj, router_states())
+        row = _health(obj)
         if row["state"] == "cooling":
             until = f"{row['cooled_until']:%H:%M:%S}"
             return format_html('<span class="state-bad">cooling down until {}</span>', until)
@@ -127,7 +137,7 @@ class ProviderKeyAdmin(admin.ModelAdmin):
     def last_success(self, obj: ProviderKey) -> SafeString:
         """The later of the last passed test and the last answer a call got with the key (the
         router's, in the process that answers this page)."""
-        live = key_row(obj, {})["last_success"]
+        live = _health(obj)["last_success"]
         successes = [(obj.test_passed_at, "test"), (live, "live")]
         known = [success for success in successes if success[0] is not None]
         if not known:
@@ -138,7 +148,7 @@ class ProviderKeyAdmin(admin.ModelAdmin):
     @admin.display(description="last failure")
     def last_failure(self, obj: ProviderKey) -> SafeString:
         """The later of the last failed test and the last live failure the router saw."""
-        row = key_row(obj, router_states())
+        row = _health(obj)
         failures = [
             (obj.test_failed_at, "test", obj.test_error),
             (row["last_failure"], "live", row["last_error"]),
