@@ -43,7 +43,6 @@ from bench.stream_client import measure_stream
 VARIANTS: dict[str, dict[str, str]] = {
     "gateway-nojournal": {"TOLLGATE_LEDGER_JOURNAL": "false"},
     "gateway-nometrics": {"TOLLGATE_METRICS": "false"},
-    "gateway-nolog": {"TOLLGATE_REQUEST_LOG": "false"},
 }
 """The gateway again with one feature off (its environment): a second process on the same
 database, measured beside the gateway so that the difference is what the feature costs."""
