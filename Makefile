@@ -26,11 +26,14 @@ run serve: export DJANGO_DEBUG ?= true
 
 # The demo upstream (config.toml's "demo" model: canned answers, no key) runs beside the gateway
 # on 127.0.0.1:8001 (the port config.toml names) and stops with it.
+DEMO_DOWN := The demo upstream did not start (is 127.0.0.1:8001 taken?): the demo model \
+answers 502 until it does; see var/demo-upstream.log.
 run: install var/secret_key
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py bootstrap_demo --host $(HOST):$(PORT)
 	@$(BIN)/python tests/fake_upstream.py --port 8001 > var/demo-upstream.log 2>&1 & \
 		demo=$$!; trap 'kill $$demo 2>/dev/null' EXIT INT TERM; \
+		(sleep 3; grep -q READY var/demo-upstream.log || echo "$(DEMO_DOWN)" >&2) & \
 		$(MAKE) --no-print-directory serve
 
 # MALLOC_ARENA_MAX=2: glibc otherwise gives the ledger writer thread malloc arenas of its own,
