@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from asgiref.sync import sync_to_async
 from django.conf import settings
 
+from gateway.drain import Drain
 from gateway.limits.policy import Policy
 from gateway.outage import read_database
 from gateway.routing.health import Health
@@ -48,6 +49,8 @@ class Runtime:
     (``gateway.telemetry``)."""
     metrics: Metrics | None = None
     """The Prometheus metrics, also among ``observers`` (TOLLGATE_METRICS; None: off)."""
+    drain: Drain = field(default_factory=Drain)
+    """The requests in flight, cut at the end of a stopping worker's grace (``gateway.drain``)."""
     _purge: asyncio.Task[None] | None = field(init=False, default=None)
     """The daily purge of expired stored responses (``gateway.calls.responses``)."""
 

@@ -6,8 +6,10 @@ import asyncio
 import signal
 import threading
 import time
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -110,11 +112,109 @@ def test_shutdown_flushes_queued_ledger_rows(
     assert not list((tmp_path / "ledger").glob("*.jsonl")), "rows were written, not spooled"
 
 
-def test_a_stream_cut_at_shutdown_still_has_its_row(
+SERVER_STOP_LIMIT = {"uvicorn": "--timeout-graceful-shutdown", "granian": "--workers-kill-timeout"}
+"""Each server's own limit on a stopping worker's requests: uvicorn cancels them (which records
+them), granian SIGKILLs the worker (which would lose what is not recorded)."""
+
+
+def stop_during(server: GatewayServer, request: Any, started: Callable[[], bool]) -> None:
+    """Run ``request`` (it takes no argument) in a thread, stop the server once ``started()``
+    holds, and wait for both."""
+    reader = threading.Thread(target=request)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not started() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert started(), "the request did not get under way"
+        assert server.stop() in (0, -signal.SIGTERM)
+    finally:
+        reader.join(timeout=15)
+        if server.process.poll() is None:
+            server.kill()
+            server.process.wait()
+
+
+def read_slow_stream(server: GatewayServer, alice: TenantKey, received: list[str]) -> None:
+    """slow-stream: 100 events, 100 ms apart; the answer must be cut off (its chunked body never
+    ends), not ended early."""
+    body = {"model": "slow-stream", "messages": HELLO, "stream": True}
+    url = server.base_url + "/v1/chat/completions"
+    with (
+        pytest.raises(httpx.RemoteProtocolError),
+        httpx.stream("POST", url, json=body, headers=alice.headers, timeout=15) as answer,
+    ):
+        received.extend(answer.iter_lines())
+
+
+def test_a_stream_still_running_at_the_end_of_the_shutdown_grace_is_cut_and_recorded(
     tmp_path: Path, fake_upstream: str, tenants: dict[str, TenantKey]
 ) -> None:
-    """Regression: a stream still running when uvicorn's --timeout-graceful-shutdown ran out (the
-    systemd unit allows 30 s) was cancelled with its request, and left no ledger row."""
+    """Regression: under granian a stream still running when --workers-kill-timeout ran out was
+    SIGKILLed with its worker and left no row. The gateway's own grace (1 s here, shorter than the
+    server's 10 s) cuts it first: a 503 server_shutdown row with the tokens streamed so far."""
+    alice = tenants["alice"]
+    server = start_gateway(
+        tmp_path,
+        fake_upstream,
+        env={"TOLLGATE_SHUTDOWN_GRACE_SECONDS": "1"},
+        server_args=(SERVER_STOP_LIMIT[TEST_SERVER], "10"),
+    )
+    received: list[str] = []
+    began = time.monotonic()
+    stop_during(
+        server, lambda: read_slow_stream(server, alice, received), lambda: len(received) > 10
+    )
+    assert time.monotonic() - began < 8, "stopped at the end of the grace, not of the stream"
+    rows = wait_for_rows(1, tenant=alice.tenant)
+    assert [(row.status_code, row.error_type, row.stream) for row in rows] == [
+        (503, "server_shutdown", True)
+    ]
+    assert 0 < rows[0].completion_tokens < 100  # what was streamed before the cut
+    assert "cutting 1 request(s) still running" in server.log_path.read_text()
+
+
+def test_a_call_waiting_on_its_upstream_at_the_end_of_the_grace_gets_a_503_and_a_row(
+    tmp_path: Path, fake_upstream: str, tenants: dict[str, TenantKey]
+) -> None:
+    alice = tenants["alice"]
+    server = start_gateway(
+        tmp_path,
+        fake_upstream,
+        env={"TOLLGATE_SHUTDOWN_GRACE_SECONDS": "0.5"},
+        server_args=(SERVER_STOP_LIMIT[TEST_SERVER], "10"),
+    )
+    outcome: list[object] = []
+
+    def call_slow() -> None:  # slow: the fake upstream answers after 5 s
+        body = {"model": "slow", "messages": HELLO}
+        url = server.base_url + "/v1/chat/completions"
+        outcome.append("sent")
+        try:
+            outcome.append(httpx.post(url, json=body, headers=alice.headers, timeout=15))
+        except httpx.TransportError as exc:
+            outcome.append(exc)
+
+    stop_during(server, call_slow, lambda: bool(outcome) and time.sleep(0.5) is None)
+    answer = outcome[-1]
+    assert isinstance(answer, httpx.Response), answer
+    assert answer.status_code == 503, answer.text
+    assert answer.json()["error"]["code"] == "service_unavailable"
+    assert "restarting" in answer.json()["error"]["message"]
+    assert answer.headers["retry-after"]
+    rows = wait_for_rows(1, tenant=alice.tenant)
+    assert [(row.status_code, row.error_type, row.stream) for row in rows] == [
+        (503, "server_shutdown", False)
+    ]
+    assert rows[0].prompt_tokens > 0  # estimated: the upstream may bill the request
+    assert rows[0].request_id == answer.headers["x-request-id"]
+
+
+def test_a_stream_cut_by_uvicorns_own_shutdown_timeout_still_has_its_row(
+    tmp_path: Path, fake_upstream: str, tenants: dict[str, TenantKey]
+) -> None:
+    """Regression: a stream still running when uvicorn's --timeout-graceful-shutdown ran out
+    (before the gateway's own grace) was cancelled with its request, and left no ledger row."""
     if TEST_SERVER != "uvicorn":
         pytest.skip("uvicorn's --timeout-graceful-shutdown")
     alice = tenants["alice"]
@@ -122,28 +222,9 @@ def test_a_stream_cut_at_shutdown_still_has_its_row(
         tmp_path, fake_upstream, server_args=("--timeout-graceful-shutdown", "1")
     )
     received: list[str] = []
-
-    def read_stream() -> None:  # slow-stream: 100 events, 100 ms apart
-        body = {"model": "slow-stream", "messages": HELLO, "stream": True}
-        url = server.base_url + "/v1/chat/completions"
-        with (
-            pytest.raises(httpx.RemoteProtocolError),  # cut off: the chunked body never ends
-            httpx.stream("POST", url, json=body, headers=alice.headers, timeout=15) as answer,
-        ):
-            received.extend(answer.iter_lines())
-
-    reader = threading.Thread(target=read_stream)
-    reader.start()
-    try:
-        deadline = time.monotonic() + 10
-        while len(received) < 10 and time.monotonic() < deadline:  # the stream is under way
-            time.sleep(0.05)
-        assert server.stop() in (0, -signal.SIGTERM)
-    finally:
-        reader.join(timeout=15)
-        if server.process.poll() is None:
-            server.kill()
-            server.process.wait()
+    stop_during(
+        server, lambda: read_slow_stream(server, alice, received), lambda: len(received) > 10
+    )
     rows = wait_for_rows(1, tenant=alice.tenant)
     assert [(row.status_code, row.error_type, row.stream) for row in rows] == [
         (499, "client_disconnected", True)

@@ -48,6 +48,7 @@ async def _lifespan(receive: Any, send: Any) -> None:
             try:
                 require_secret_key()
                 await runtime.get_runtime().start()
+                runtime.get_runtime().drain.watch_signals(settings.TOLLGATE_SHUTDOWN_GRACE_SECONDS)
                 # What startup loaded (Django, the app, config) lives as long as the process:
                 # out of the collector's sight, a full collection (which a large request body's
                 # parse can trigger) walks only what requests allocate: milliseconds, not tens.

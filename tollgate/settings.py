@@ -214,6 +214,10 @@ TOLLGATE_AUTH_CACHE_SECONDS = env_float("TOLLGATE_AUTH_CACHE_SECONDS", 5.0)
 """How long a key lookup is cached in process: a revoked key stops working within this bound."""
 TOLLGATE_LEDGER_FLUSH_SECONDS = env_float("TOLLGATE_LEDGER_FLUSH_SECONDS", 0.5)
 """Longest time a ledger row waits in memory before its batch is written."""
+TOLLGATE_SHUTDOWN_GRACE_SECONDS = env_float("TOLLGATE_SHUTDOWN_GRACE_SECONDS", 25.0)
+"""How long a stopping worker lets its requests run before it cuts them, recording each cut call
+(gateway.drain): shorter than the server's own limit (uvicorn's --timeout-graceful-shutdown,
+granian's --workers-kill-timeout)."""
 TOLLGATE_MAX_BODY_BYTES = env_int("TOLLGATE_MAX_BODY_BYTES", 32 * 1024 * 1024)
 """Largest request body the API accepts (413 beyond): chat requests may carry images."""
 DATA_UPLOAD_MAX_MEMORY_SIZE = TOLLGATE_MAX_BODY_BYTES

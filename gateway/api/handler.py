@@ -37,12 +37,14 @@ from django.urls import set_script_prefix
 from gateway.api.errors import ResponseAborted, error_response_for
 from gateway.api.middleware import count_without_call, stamp
 from gateway.calls.pipeline import ACTIVE_CALLS, Call
+from gateway.runtime import get_runtime
 from gateway.telemetry.logs import request_answered
 from providers.errors import (
     CallerError,
     HeadersTooLarge,
     InvalidRequest,
     PayloadTooLarge,
+    ServiceUnavailable,
 )
 
 log = logging.getLogger("tollgate")
@@ -135,8 +137,12 @@ class ApiHandler(ASGIHandler):
             await self.send_response(early_response, send)
             return
 
+        answering = False
+
         async def process_request() -> None:
+            nonlocal answering
             response = await self.run_get_response(request)
+            answering = True
             try:
                 await self.send_response(response, send)
             except asyncio.CancelledError:  # the client went away meanwhile
@@ -153,6 +159,7 @@ class ApiHandler(ASGIHandler):
             worker = asyncio.create_task(process_request())
         finally:
             ACTIVE_CALLS.reset(token)
+        get_runtime().drain.track(worker)
         try:
             await asyncio.wait((listener, worker), return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -167,6 +174,17 @@ class ApiHandler(ASGIHandler):
             for call in calls:
                 if not call.recorded:
                     await call.settle_unrecorded()
+        if not answering and get_runtime().drain.cutting:
+            await self._answer_cut(scope["path"], calls, send)
+
+    async def _answer_cut(self, path: str, calls: list[Call], send: Any) -> None:
+        """A call cut by a stopping worker before its answer began (``gateway.drain``): the client
+        gets a retryable 503 rather than a closed connection."""
+        error = ServiceUnavailable("The gateway is restarting and cut the call; retry it.")
+        response = error_response_for(path, error)
+        stamp(response, path, calls[0].request_id if calls else None)
+        with contextlib.suppress(OSError, asyncio.CancelledError):
+            await self.send_response(response, send)
 
     async def _refuse(self, scope: Scope, error: CallerError, send: Any) -> None:
         """Answer a request refused before Django sees it (with its request-log line)."""

@@ -55,6 +55,8 @@ ItemT = TypeVar("ItemT")
 
 CLIENT_CLOSED_REQUEST = 499
 """Status recorded for a call the client abandoned (nginx's convention; never sent)."""
+SERVER_SHUTDOWN = 503
+"""Status recorded for a call cut at the end of a stopping worker's grace (``gateway.drain``)."""
 
 ACTIVE_CALLS: contextvars.ContextVar[list[Call] | None] = contextvars.ContextVar(
     "tollgate_active_calls", default=None
@@ -358,7 +360,7 @@ class Call:
                 raise ResponseAborted(exc.message) from exc
             yield error_event(exc)
         except (asyncio.CancelledError, GeneratorExit):
-            status, error = CLIENT_CLOSED_REQUEST, "client_disconnected"
+            status, error = self.cut_short()
             raise
         except Exception as exc:
             log.exception("stream %s failed", self.request_id)
@@ -455,7 +457,14 @@ class Call:
             completion_tokens=0,
             estimated=True,
         )
-        self.record(usage, CLIENT_CLOSED_REQUEST, "client_disconnected", self.abandoned_units)
+        self.record(usage, *self.cut_short(), self.abandoned_units)
+
+    def cut_short(self) -> tuple[int, str]:
+        """Why a call cancelled before its end ended: its client went away, or the worker is
+        stopping and its grace ran out (``gateway.drain``)."""
+        if self.runtime.drain.cutting:
+            return SERVER_SHUTDOWN, "server_shutdown"
+        return CLIENT_CLOSED_REQUEST, "client_disconnected"
 
     async def settle_unrecorded(self) -> None:
         """For a call its request left behind without a row: the client went away after the
