@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 WORKERS ?= 1
-SERVER ?= uvicorn
+SERVER ?= granian
 PG_URL ?= postgres://postgres@127.0.0.1:5432/test
 REDIS_TEST_URL ?= redis://127.0.0.1:6379/15
 
@@ -40,14 +40,14 @@ run: install var/secret_key
 # which hold ~20 MB more resident memory per worker for nothing (bench/README.md).
 # TOLLGATE_LOG_FORMAT=json: uvicorn's own lines are JSON from its first (the supervisor of
 # several workers never imports the app, which makes the workers' JSON).
-# SERVER=granian serves with granian instead (fairer when a worker is saturated: #17's figures in
-# bench/README.md); its JSON log config is its own.
+# SERVER=granian (the default, as in deploy/tollgate.service: fair when a worker is saturated, #17's
+# figures in bench/README.md) or SERVER=uvicorn; each has a JSON log config of its own.
 serve: install var/secret_key
 ifeq ($(SERVER),granian)
 	MALLOC_ARENA_MAX=2 $(BIN)/granian --interface asgi --host $(HOST) --port $(PORT) --workers $(WORKERS) \
 		--loop uvloop --no-access-log \
 		$(if $(filter json,$(TOLLGATE_LOG_FORMAT)),--log-config tollgate/granian_json_logging.json) \
-		tollgate.asgi:application
+		tollgate.asgi:granian_application
 else
 	MALLOC_ARENA_MAX=2 $(BIN)/uvicorn tollgate.asgi:application --host $(HOST) --port $(PORT) --workers $(WORKERS) \
 		--loop uvloop --http httptools --no-access-log \
@@ -60,12 +60,13 @@ var/secret_key:
 	@umask 077 && $(PYTHON) -c "import secrets; print(secrets.token_urlsafe(50))" > $@
 
 # The whole suite on SQLite, then again on PostgreSQL + Redis. Locally a missing service skips
-# its run; with CI=true it fails.
+# its run; with CI=true it fails. The end-to-end gateways run under granian (what the unit and
+# make serve run) on SQLite, under uvicorn (the other supported server) on PostgreSQL.
 test: test-sqlite test-postgres
 
 test-sqlite: install browser codex claude-code
 	@if $(BIN)/python tests/services.py redis; then \
-		echo "== the suite on SQLite (+ Redis for the shared-counter tests)"; \
+		echo "== the suite on SQLite (+ Redis for the shared-counter tests), the gateways under granian"; \
 		REDIS_URL=$(REDIS_TEST_URL) $(BIN)/pytest; \
 	else \
 		echo "== the suite on SQLite (Redis unreachable: its tests skip, or fail with CI=true)"; \
@@ -74,8 +75,8 @@ test-sqlite: install browser codex claude-code
 
 test-postgres: install browser codex claude-code
 	@if $(BIN)/python tests/services.py postgres redis; then \
-		echo "== the suite on PostgreSQL + Redis"; \
-		DATABASE_URL=$(PG_URL) REDIS_URL=$(REDIS_TEST_URL) $(BIN)/pytest; \
+		echo "== the suite on PostgreSQL + Redis, the gateways under uvicorn"; \
+		DATABASE_URL=$(PG_URL) REDIS_URL=$(REDIS_TEST_URL) TOLLGATE_TEST_SERVER=uvicorn $(BIN)/pytest; \
 	elif [ "$$CI" = "true" ]; then \
 		echo "PostgreSQL or Redis is not reachable, and CI=true: failing." >&2; exit 1; \
 	else \

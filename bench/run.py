@@ -60,8 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=1, help="server workers (gateway and baselines)")
     p.add_argument(
         "--server",
-        choices=("uvicorn", "granian"),
-        default="uvicorn",
+        choices=("granian", "uvicorn"),
+        default="granian",
         help="the ASGI server of the gateway and its baselines",
     )
     p.add_argument("--rounds", type=int, default=2, help="interleaved rounds; medians reported")

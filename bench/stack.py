@@ -82,6 +82,7 @@ def django_env(config: Path, var_dir: Path, settings_module: str) -> dict[str, s
         "TOLLGATE_VAR_DIR": str(var_dir),
         "TOLLGATE_LEDGER_DIR": str(var_dir / "ledger"),
         UPSTREAM_KEY_ENV: "sk-bench-upstream",
+        "TOLLGATE_LOG_FORMAT": "json",  # as deploy/env.example: the request log as JSON lines
         "PYTHONUNBUFFERED": "1",
         # As `make serve` runs it: two malloc arenas instead of one per thread (see README).
         "MALLOC_ARENA_MAX": "2",
@@ -137,7 +138,7 @@ def start_upstream(
     return Service("upstream", f"http://127.0.0.1:{port}", process, log_path)
 
 
-SERVER = "uvicorn"
+SERVER = "granian"
 """The ASGI server of the gateway and its baselines (``--server``): uvicorn or granian."""
 
 
@@ -145,6 +146,8 @@ def server_command(app: str, port: int, workers: int) -> list[str]:
     """``uvicorn APP --workers W --loop uvloop --http httptools --no-access-log``, or granian's
     equivalent, on 127.0.0.1."""
     if SERVER == "granian":
+        if app == "tollgate.asgi:application":
+            app = "tollgate.asgi:granian_application"  # as the unit serves it
         return [
             *(sys.executable, "-m", "granian", "--interface", "asgi", "--host", "127.0.0.1"),
             *("--port", str(port), "--workers", str(workers), "--loop", "uvloop"),

@@ -2,8 +2,9 @@
 
 Three tenants, alice, bob and charlie, each with a key, so that isolation is part of every test.
 Unit tests fake the upstream at the HTTP boundary (``httpx.MockTransport``) through the
-``gateway_runtime`` fixture; end-to-end tests start a fake upstream process and the gateway under
-uvicorn (``gateway_server``), both on 127.0.0.1, sharing the test database with this process.
+``gateway_runtime`` fixture; end-to-end tests start a fake upstream process and the gateway
+(``gateway_server``, under granian or uvicorn: ``TEST_SERVER``), both on 127.0.0.1, sharing the
+test database with this process.
 """
 
 from __future__ import annotations
@@ -309,20 +310,29 @@ class GatewayServer:
 
 
 JSON_LOG_CONFIG = ("--log-config", "tollgate/uvicorn_json_logging.json")
-TEST_SERVER = os.environ.get("TOLLGATE_TEST_SERVER", "uvicorn")
-"""The ASGI server of the end-to-end gateways: uvicorn, or granian (the suite runs with both)."""
+TEST_SERVER = os.environ.get("TOLLGATE_TEST_SERVER", "granian")
+"""The ASGI server of the end-to-end gateways: granian (the unit's and ``make serve``'s), or
+uvicorn (``make test`` runs the suite with each, one per database)."""
 
 
 def server_command(port: int, workers: int, server_args: tuple[str, ...] = ()) -> list[str]:
-    app = "tollgate.asgi:application"
     common = ("--host", "127.0.0.1", "--port", str(port), "--workers", str(workers))
     if TEST_SERVER == "granian":
         return [
             *(sys.executable, "-m", "granian", "--interface", "asgi", *common, "--no-access-log"),
-            *("--log-config", "tollgate/granian_json_logging.json", *server_args, app),
+            *("--log-config", "tollgate/granian_json_logging.json", *server_args),
+            "tollgate.asgi:granian_application",
         ]
     return [
-        *(sys.executable, "-m", "uvicorn", app, *common, "--no-access-log", *server_args),
+        *(
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "tollgate.asgi:application",
+            *common,
+            "--no-access-log",
+            *server_args,
+        ),
         # Several workers: uvicorn's supervisor never imports the app, and logs JSON only with
         # the log config ``make serve`` gives it too.
         *(JSON_LOG_CONFIG if workers > 1 and "--log-config" not in server_args else ()),
@@ -342,10 +352,10 @@ def start_gateway(
     workers: int = 1,
     **provider_options: object,
 ) -> GatewayServer:
-    """Start the gateway under uvicorn; ``env`` overrides its environment (say, the flush delay),
-    ``server_args`` are added to uvicorn's command line. With ``workers`` > 1, returns once every
-    worker has started. It logs JSON lines to ``tmp/gateway.log``, checked after the test module
-    (``gateway_logs_are_json_without_secrets``)."""
+    """Start the gateway (under ``TEST_SERVER``); ``env`` overrides its environment (say, the
+    flush delay), ``server_args`` are added to the server's command line. With ``workers`` > 1,
+    returns once every worker has started. It logs JSON lines to ``tmp/gateway.log``, checked
+    after the test module (``gateway_logs_are_json_without_secrets``)."""
     port = free_port()
     config = write_config(tmp / "config.toml", upstream, **provider_options)
     process_env = {
@@ -398,7 +408,7 @@ def gateway_server(
     fake_upstream: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[GatewayServer]:
-    """The gateway under uvicorn, on the test database, routed to the fake upstream (1 s timeout)"""
+    """The gateway, on the test database, routed to the fake upstream (1 s timeout)"""
     server = start_gateway(tmp_path_factory.mktemp("gateway"), fake_upstream, timeout_seconds=1.0)
     yield server
     if server.process.poll() is None:
@@ -418,7 +428,7 @@ def wait_for_rows(count: int, timeout: float = 10.0, **filters: object) -> list[
 def start_gateway_with_config(
     tmp: Path, config_path: Path, *, env: dict[str, str] | None = None
 ) -> GatewayServer:
-    """Start the gateway under uvicorn with a config.toml of one's own (``config_path``) instead
+    """Start the gateway with a config.toml of one's own (``config_path``) instead
     of ``write_config``'s: ``start_gateway`` with ``TOLLGATE_CONFIG`` overridden. The keys of
     ``env`` (upstream keys, say) are added to the gateway's environment."""
     if config_path.resolve() == (tmp / "config.toml").resolve():

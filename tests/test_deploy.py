@@ -1,7 +1,7 @@
 """The production environment that docs/deploy.md documents (deploy/env.example read after
 deploy/tollgate.service's own ``Environment=`` lines, as systemd does) passes ``manage.py check
 --deploy`` without a warning, refuses to start without DJANGO_SECRET_KEY, and, served by the
-unit's own uvicorn command, answers the probes and the API over plain http while the admin is
+unit's own granian command, answers the probes and the API over plain http while the admin is
 sent to https."""
 
 from __future__ import annotations
@@ -132,18 +132,47 @@ def test_check_deploy_fails_on_plain_http(tmp_path: Path) -> None:
 
 
 def test_without_django_secret_key_nothing_starts(tmp_path: Path) -> None:
-    """env.example as shipped (its DJANGO_SECRET_KEY empty): the unit's check fails, and the
-    server's workers refuse to start, which stops uvicorn instead of restarting them forever;
-    both say which variable to set."""
+    """env.example as shipped (its DJANGO_SECRET_KEY empty): the unit's check fails, so systemd
+    never starts the server; started anyway, its workers refuse to start (granian restarts them,
+    over and over) and it never answers. Both say which variable to set."""
     environment = production_environment(tmp_path, f"sqlite:///{tmp_path}/check.sqlite3")
     environment["DJANGO_SECRET_KEY"] = ""
     message = "DJANGO_SECRET_KEY is not set: set it to a long random value"
     checked = run(environment, unit_command("ExecStartPre"))
     assert checked.returncode == 1
     assert "(tollgate.E002) " + message in checked.stderr
-    server = run(environment, server_command(free_port()))
-    assert "startup failed: " + message in server.stderr
-    assert "failed to start, stopping the parent process" in server.stderr
+    port = free_port()
+    log_path = tmp_path / "server.log"
+    server = subprocess.Popen(
+        server_command(port),
+        cwd=ROOT,
+        env=environment,
+        stdout=log_path.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its workers are its children: stopped with it below
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while log_path.read_text().count("startup failed: " + message) < 2:
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.2)
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait(timeout=10)
+
+
+def test_check_deploy_fails_on_a_broken_config(tmp_path: Path) -> None:
+    """A config.toml a worker would refuse: the unit's check names the file and the key."""
+    environment = production_environment(tmp_path, f"sqlite:///{tmp_path}/check.sqlite3")
+    broken = tmp_path / "broken.toml"
+    broken.write_text('[models.m]\nprovider = "nowhere"\n')
+    environment["TOLLGATE_CONFIG"] = str(broken)
+    checked = run(environment, unit_command("ExecStartPre"))
+    assert checked.returncode == 1
+    assert "(tollgate.E003) " in checked.stderr
+    assert str(broken) in checked.stderr
 
 
 @pytest.fixture
@@ -209,6 +238,6 @@ def test_probes_and_api_answer_plain_http_the_admin_goes_to_https(
         assert csrf_cookie.startswith("csrftoken=") and "; Secure" in csrf_cookie
         # The admin refuses a name it does not serve.
         assert client.get("/admin/login/", headers={"Host": PROBE_HOST}).status_code == 400
-    # systemd's KillMode=mixed: SIGTERM to the supervisor alone, which stops its workers.
+    # systemd's KillMode=mixed: SIGTERM to granian's main process alone, which stops its workers.
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=60) == 0

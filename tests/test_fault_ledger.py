@@ -63,10 +63,13 @@ async def hammer(
     seconds: float | None = None,
     concurrency: int = 16,
     models: list[str] | None = None,
+    load: Load | None = None,
+    stop: asyncio.Event | None = None,
 ) -> Load:
-    """``calls`` calls (or as many as fit in ``seconds``) from ``concurrency`` clients, every
-    other one streamed, cycling through ``models``."""
-    load = Load()
+    """``calls`` calls (or as many as fit in ``seconds``, or until ``stop`` is set) from
+    ``concurrency`` clients, every other one streamed, cycling through ``models``; ``load``
+    (given) shows the progress meanwhile."""
+    load = load if load is not None else Load()
     numbers = itertools.count()
     deadline = time.monotonic() + seconds if seconds is not None else None
     names = models or ["gpt-test"]
@@ -74,8 +77,10 @@ async def hammer(
     async def worker(client: httpx.AsyncClient) -> None:
         while True:
             n = next(numbers)
-            if (calls is not None and n >= calls) or (
-                deadline is not None and time.monotonic() > deadline
+            if (
+                (calls is not None and n >= calls)
+                or (deadline is not None and time.monotonic() > deadline)
+                or (stop is not None and stop.is_set())
             ):
                 return
             await _one(client, key, names[n % len(names)], n % 2 == 1, load)
@@ -196,19 +201,25 @@ def test_sigkill_under_load_loses_no_answered_call(
     server = start_gateway(tmp_path, fake_upstream, env=env)
 
     async def load_then_kill() -> Load:
-        # The kill comes at 2.5 s, while the clients are still calling (until 3.5 s): the calls
-        # in flight die, and the ones after it are refused at once.
+        # The kill comes once 200 calls are answered (however long this machine takes), while
+        # the clients are still calling: the calls in flight die, and for a second more the
+        # ones after it are refused at once.
+        load, enough = Load(), asyncio.Event()
         running = asyncio.create_task(
-            hammer(server.base_url, alice.raw, seconds=3.5, concurrency=24)
+            hammer(server.base_url, alice.raw, seconds=60, concurrency=24, load=load, stop=enough)
         )
-        await asyncio.sleep(2.5)
+        while len(load.completed) < 200:
+            assert not running.done(), load
+            await asyncio.sleep(0.02)
         server.kill()
+        await asyncio.sleep(1.0)
+        enough.set()
         return await running
 
     try:
         load = asyncio.run(load_then_kill())
         server.process.wait(timeout=10)
-        assert len(load.completed) > 200, load
+        assert len(load.completed) >= 200, load
         assert load.failed > 0, "the kill cut calls in flight"
         journals = list((tmp_path / "ledger").glob("journal-*.jsonl"))
         assert journals, "the killed process left its journal"

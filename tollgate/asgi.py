@@ -21,6 +21,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.asgi import get_asgi_application
+from granian.utils.proxies import wrap_asgi_with_proxy_headers
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tollgate.settings")
 
@@ -76,3 +77,12 @@ async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await scrape.answer(scope, send, METRICS_TOKEN, runtime.get_runtime())
     else:
         await django_application(scope, receive, send)
+
+
+granian_application = wrap_asgi_with_proxy_headers(
+    application, os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+)
+"""The application as granian serves it (``make serve``, deploy/tollgate.service). Unlike uvicorn,
+granian reads no ``X-Forwarded-For``: a request from a trusted proxy (FORWARDED_ALLOW_IPS, the
+name uvicorn reads, comma-separated addresses or networks, ``*`` for any; 127.0.0.1 by default)
+gets the client address the proxy forwarded, the one the failed-authentication throttle counts."""
