@@ -72,6 +72,51 @@ def test_rows_are_written_by_the_thread_in_batches(
     assert files(tmp_path / "ledger") == [], "a clean stop leaves no journal behind"
 
 
+class CountingQueue:
+    """The writer's queue, counting the waits that a row being queued would end (each one a
+    wake-up of the writer thread, and a GIL hand-off for the event loop that queued it)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.blocking_gets = 0
+
+    def get(self, timeout: float | None = None) -> object:
+        self.blocking_gets += 1
+        return self.inner.get(timeout=timeout)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_rows_gather_into_a_batch_without_waking_the_writer_for_each(
+    tenants: dict[str, TenantKey], tmp_path: Path
+) -> None:
+    writer = LedgerWriter(tmp_path / "ledger", flush_seconds=0.5, replay_seconds=60)
+    counting = CountingQueue(writer._queue)
+    writer._queue = counting  # type: ignore[assignment]
+    writer.start()
+    time.sleep(0.1)  # the writer is waiting for a first row
+    gets_before = counting.blocking_gets
+    for n in range(20):  # 20 rows over 0.2 s, one call's row every 10 ms
+        writer.record(row(tenants["alice"], n))
+        time.sleep(0.01)
+    wait_until(lambda: UsageRecord.objects.count() == 20)
+    assert counting.blocking_gets - gets_before <= 2, "one wake-up per batch, not per row"
+    writer.stop()
+
+
+def test_a_full_batch_is_written_without_waiting_out_the_flush_interval(
+    tenants: dict[str, TenantKey], tmp_path: Path
+) -> None:
+    writer = LedgerWriter(tmp_path / "ledger", flush_seconds=60, batch_size=50, autostart=False)
+    for n in range(120):  # a backlog: the writer finds it when it starts
+        writer.record(row(tenants["alice"], n))
+    writer.start()
+    wait_until(lambda: UsageRecord.objects.count() >= 100, timeout=5)  # two full batches
+    writer.stop()
+    assert UsageRecord.objects.count() == 120
+
+
 def test_stop_flushes_what_is_queued(tenants: dict[str, TenantKey], tmp_path: Path) -> None:
     writer = LedgerWriter(tmp_path / "ledger", flush_seconds=60)
     writer.start()
