@@ -1,10 +1,12 @@
-"""Where the time goes: py-spy's collapsed stacks by category (bench/pyspy.py)."""
+"""Where the time goes: py-spy's collapsed stacks by category, and the report's section
+(bench/pyspy.py, bench/report.py)."""
 
 from __future__ import annotations
 
 import pytest
 
 from bench.pyspy import read_collapsed, summarize
+from bench.report import Results
 
 LOOP = (
     "thread (4242): MainThread;_run_module_as_main (<frozen runpy>:198);main (uvicorn/main.py:448)"
@@ -146,3 +148,50 @@ def test_the_busiest_gateway_functions_count_what_they_called() -> None:
         ("RequestLog.call_finished (gateway/telemetry/logs.py)", 5, 0),
         ("PassThroughRequest.from_body (providers/base.py)", 4, 0),
     ]
+
+
+META = {
+    "timestamp": "2026-12-01 10:00:00Z",
+    "workers": 1,
+    "database": "SQLite",
+    "nproc": 2,
+    "cpu": "test",
+    "python": "3.11.7",
+    "git": "abc1234",
+    "wrk": "wrk 4.2.0",
+    "delay_ms": 0.0,
+    "stream_chunks": 20,
+    "chunk_gap_ms": 0.0,
+    "rounds": 1,
+    "duration_s": 2.0,
+}
+
+
+def test_the_report_says_where_the_time_goes() -> None:
+    results = Results(meta=META)
+    results.profile = summarize(read_collapsed(STACKS), "bench/results/x-profile.txt")
+    markdown = results.markdown()
+    assert "Where the time goes (py-spy, c50), raw stacks in bench/results/x-profile.txt:" in (
+        markdown
+    )
+    table = markdown[markdown.index("| category | share | samples |") :].splitlines()
+    assert table[2:5] == [
+        "| Django and django-ninja | 16.0% | 16 |",
+        "| upstream call: aiohttp transport | 15.0% | 15 |",
+        "| other gateway code | 14.0% | 14 |",
+    ]
+    assert "Other threads, samples while they ran: ledger-writer 40 (40% of the loop's)" in (
+        markdown
+    )
+    assert "| LedgerWriter.record (gateway/usage/ledger.py) | 12.0% | 12 | 12 |" in markdown
+    saved = results.to_json()["profile"]
+    assert saved["categories"]["ledger journal and queue"] == 12
+    assert saved["raw"] == "bench/results/x-profile.txt"
+
+
+def test_without_profile_the_report_says_how_to_get_it() -> None:
+    markdown = Results(meta=META).markdown()
+    lines = [line for line in markdown.splitlines() if "Where the time goes" in line]
+    assert lines == ["Where the time goes: not profiled in this run (`--profile` adds it)."]
+    assert "| category |" not in markdown
+    assert Results(meta=META).to_json()["profile"] is None
