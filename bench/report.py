@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.ledger import LedgerCheck
+from bench.pyspy import LOOP_THREAD, Profile
 from bench.wrk import WrkResult
 
 TARGET_TITLES = {
@@ -83,7 +84,7 @@ class Results:
     streams: dict[str, dict[str, float | int | str]] = field(default_factory=dict)
     extra_ledger: list[LedgerCheck] = field(default_factory=list)
     memory: dict[str, Any] = field(default_factory=dict)
-    profile: str = ""
+    profile: Profile | None = None  # --profile: py-spy's stacks, summarized
     notes: list[str] = field(default_factory=list)
     metrics_cost: dict[str, float] = field(default_factory=dict)
     """``bench/metrics_cost.py``: microseconds per call (JSON, stream) and per flush."""
@@ -297,7 +298,7 @@ class Results:
             },
             "memory": self.memory,
             "checks": [vars(c) for c in self.checks()],
-            "profile": self.profile,
+            "profile": self.profile.to_json() if self.profile else None,
             "metrics_cost": self.metrics_cost,
             "notes": self.notes,
         }
@@ -345,9 +346,7 @@ class Results:
         for c in self.checks():
             verdict = {True: "PASS", False: "FAIL", None: "n/a"}[c.passed]
             out.append(f"| {c.name} | {c.measured} | {c.target} | {verdict} |")
-        out += self._ledger_markdown() + self._memory_markdown()
-        if self.profile:
-            out += ["", f"Profile: {self.profile}"]
+        out += self._ledger_markdown() + self._memory_markdown() + self._profile_markdown()
         out += [f"\nNote: {note}" for note in self.notes]
         return "\n".join(out) + "\n"
 
@@ -403,6 +402,45 @@ class Results:
                 + ", ".join(f"{n / 1000:.0f}k {_mib(kib)}" for n, kib in leak["samples"])
                 + " (MiB)."
             )
+        return out
+
+    def _profile_markdown(self) -> list[str]:
+        """Where the time goes: the event loop's samples by category, its busiest gateway
+        functions, and what the other threads did beside it."""
+        p = self.profile
+        if p is None:
+            return ["", "Where the time goes: not profiled in this run (`--profile` adds it)."]
+        lead = f"Where the time goes (py-spy, c50), raw stacks in {p.raw}:"
+        if not p.samples:
+            return ["", f"{lead} no sample of the event loop's thread ({LOOP_THREAD})."]
+        out = [
+            "",
+            f"{lead} the event loop's thread ({LOOP_THREAD}), {p.samples:,} samples while it ran "
+            "(its waits, for the poll or for the GIL, are not sampled); each sample goes to the "
+            "innermost frame a rule claims (bench/README.md).",
+            "",
+            "| category | share | samples |",
+            "|---|---:|---:|",
+        ]
+        out += [f"| {name} | {p.share(name):.1%} | {n:,} |" for name, n in p.categories.items()]
+        if p.other_threads:
+            threads = ", ".join(
+                f"{name} {n:,} ({n / p.samples:.0%} of the loop's)"
+                for name, n in p.other_threads.items()
+            )
+            out += ["", f"Other threads, samples while they ran: {threads}."]
+        out += [
+            "",
+            "The gateway functions the loop was in most (the innermost gateway frame of a sample: "
+            "its own lines, or a library it called; own: its lines alone):",
+            "",
+            "| function | share | samples | own |",
+            "|---|---:|---:|---:|",
+        ]
+        out += [
+            f"| {f.name} | {f.samples / p.samples:.1%} | {f.samples:,} | {f.own:,} |"
+            for f in p.functions
+        ]
         return out
 
 

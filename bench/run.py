@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 from bench import stack, wrk
 from bench.ledger import Ledger, LedgerCheck
 from bench.processes import ROOT, Processes, StartupError, log_tail, rss_snapshot
+from bench.pyspy import read_collapsed, summarize
 from bench.report import Results, write_results
 from bench.stack import (
     Service,
@@ -390,26 +391,39 @@ class Bench:
         log(self.results.notes[-1])
 
     def run_profile(self) -> None:
+        """py-spy on the first gateway worker through an extra 10 s at c50: its collapsed stacks
+        (``--format raw``, one line per stack, each thread's named) are kept beside the report,
+        which gives where the event loop's time went (``bench/pyspy.py``)."""
         assert self.gateway is not None
         py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
         if not Path(py_spy).exists():
             self.results.notes.append("--profile: py-spy is not installed (pip install py-spy)")
             return
         stem = self.results.meta["stem"]
-        svg = ROOT / "bench" / "results" / f"{stem}-profile.svg"
-        svg.parent.mkdir(parents=True, exist_ok=True)
+        raw = ROOT / "bench" / "results" / f"{stem}-profile.txt"
+        raw.parent.mkdir(parents=True, exist_ok=True)
         pid = self.gateway.worker_pids()[0]
         spy_log = self.tmp / "py-spy.log"
-        cmd = [py_spy, "record", "--nonblocking", "--duration", "11", "-o", str(svg)]
-        spy = self.processes.spawn([*cmd, "--pid", str(pid)], log_path=spy_log)
+        cmd = [
+            py_spy,
+            "record",
+            "--nonblocking",
+            "--threads",
+            "--format",
+            "raw",
+            "--duration",
+            "11",
+        ]
+        spy = self.processes.spawn([*cmd, "-o", str(raw), "--pid", str(pid)], log_path=spy_log)
         time.sleep(1.0)
         self.wrk("gateway", 50, 10, "profile c50 (py-spy)")
         with contextlib.suppress(subprocess.TimeoutExpired):
             spy.wait(timeout=30)
         self.processes.stop(spy, grace=5)
-        if spy.returncode == 0 and svg.exists():
-            self.results.profile = str(svg.relative_to(ROOT))
-            log(f"profile: {svg}")
+        if spy.returncode == 0 and raw.exists():
+            stacks = read_collapsed(raw.read_text())
+            self.results.profile = summarize(stacks, str(raw.relative_to(ROOT)))
+            log(f"profile: {raw}")
         else:
             self.results.notes.append(
                 f"--profile: py-spy failed (ptrace not permitted?): {log_tail(spy_log, 3)}"
