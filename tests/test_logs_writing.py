@@ -24,8 +24,8 @@ from gateway.telemetry.logs import (
     JsonFormatter,
     RequestLine,
     TextFormatter,
+    log_request_line,
     requests_log,
-    write_request_line,
 )
 from tollgate.asgi import application
 
@@ -114,7 +114,7 @@ async def test_request_lines_on_the_event_loop_are_held_and_written_in_order_in_
     tenants = ["é" * 150] * 60
     tenants[30] = "x" * (select.PIPE_BUF + 10)
     for number, tenant in enumerate(tenants):
-        write_request_line(refused(number, tenant))
+        log_request_line(refused(number, tenant))
     assert 0 < len(console.lines()) < 60, "the last lines are held"
     requests_log.handlers[0].flush()
     assert [line["request_id"] for line in console.lines()] == [f"req_{n}" for n in range(60)]
@@ -130,14 +130,14 @@ async def test_request_lines_on_the_event_loop_are_held_and_written_in_order_in_
 async def test_a_warning_or_another_loggers_record_is_written_at_once_after_the_held_lines(
     console: Writes,
 ) -> None:
-    write_request_line(refused(1))
-    write_request_line(refused(2))
+    log_request_line(refused(1))
+    log_request_line(refused(2))
     assert console.writes == []
     requests_log.warning("request log: slow disk")
     (write,) = console.writes
     messages = [json.loads(line)["message"] for line in write.splitlines()]
     assert messages == ["request", "request", "request log: slow disk"]
-    write_request_line(refused(3))
+    log_request_line(refused(3))
     assert len(console.writes) == 1
     requests_log.handlers[0].handle(logging.makeLogRecord({"name": "tollgate", "msg": "up"}))
     assert [line["message"] for line in console.lines()[3:]] == ["request", "up"]
@@ -148,7 +148,7 @@ async def test_a_held_line_is_written_hold_seconds_later_with_no_line_after_it(
     console: Writes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(logs, "HOLD_SECONDS", 0.01)
-    write_request_line(refused(1))
+    log_request_line(refused(1))
     await asyncio.sleep(0)
     assert console.writes == []
     await asyncio.sleep(0.5)
@@ -156,7 +156,7 @@ async def test_a_held_line_is_written_hold_seconds_later_with_no_line_after_it(
 
 
 def test_off_the_event_loop_a_request_line_is_written_at_once(console: Writes) -> None:
-    write_request_line(refused(1))
+    log_request_line(refused(1))
     assert [line["request_id"] for line in console.lines()] == ["req_1"]
 
 
@@ -165,8 +165,8 @@ def test_the_text_format_writes_the_same_held_lines(console: Writes) -> None:
     handler.setFormatter(TextFormatter())
 
     async def two_lines() -> None:
-        write_request_line(refused(1))
-        write_request_line(refused(2))
+        log_request_line(refused(1))
+        log_request_line(refused(2))
         assert console.writes == []
 
     asyncio.run(two_lines())
@@ -188,7 +188,7 @@ def test_a_filter_on_the_request_log_still_sees_every_line(
 
     monkeypatch.setattr(requests_log, "filters", [drop_even])
     for number in range(4):
-        write_request_line(refused(number))
+        log_request_line(refused(number))
     assert [line["request_id"] for line in console.lines()] == ["req_1", "req_3"]
 
 
@@ -197,7 +197,7 @@ async def test_the_lifespans_shutdown_writes_the_held_lines_then_each_line_at_on
 ) -> None:
     current = gateway_runtime(lambda request: httpx.Response(200))
     current.observers = (logs.RequestLog(),)
-    write_request_line(refused(1))
+    log_request_line(refused(1))
     assert console.writes == []
     messages = [{"type": "lifespan.shutdown"}]
     sent: list[dict[str, Any]] = []
@@ -211,13 +211,13 @@ async def test_the_lifespans_shutdown_writes_the_held_lines_then_each_line_at_on
     await application({"type": "lifespan"}, receive, send)
     assert sent == [{"type": "lifespan.shutdown.complete"}]
     assert [line["request_id"] for line in console.lines()] == ["req_1"]
-    write_request_line(refused(2))  # a stream that outlived the shutdown, say
+    log_request_line(refused(2))  # a stream that outlived the shutdown, say
     assert [line["request_id"] for line in console.lines()] == ["req_1", "req_2"]
 
 
 EXITS_WITH_LINES_HELD = """
 import asyncio, logging, os
-from gateway.telemetry.logs import ConsoleHandler, JsonFormatter, requests_log, write_request_line
+from gateway.telemetry.logs import ConsoleHandler, JsonFormatter, requests_log, log_request_line
 
 handler = ConsoleHandler()
 handler.setFormatter(JsonFormatter())
@@ -226,7 +226,7 @@ requests_log.setLevel(logging.INFO)
 
 async def serve():
     for number in range(3):
-        write_request_line({"request_id": f"req_{number}", "status": 200})
+        log_request_line({"request_id": f"req_{number}", "status": 200})
 
 asyncio.run(serve())  # the loop is closed before the lines' flush was due
 os.write(2, b"exiting\\n")

@@ -17,21 +17,25 @@ answered by the gateway alone, such as the model list) gets one from the API's m
 line's, and a text formatter prints a short readable line. What it never holds: prompts,
 answers, headers, keys (only the key's public prefix, as the admin shows it).
 
-**Writing.** The root's one handler is a ``ConsoleHandler`` (stderr). Every record but a request
-line is written at once, in one write. A request line, written on the event loop, is held back
-and written with the lines after it: when the next would take the held lines past ``PIPE_BUF``
-(4096 bytes), ``HOLD_SECONDS`` (0.1 s) after the first was held, when any other record is
-written (after them, in the same write when it fits), and at the end: the ASGI lifespan's
-shutdown (``RequestLog.shutdown``, from ``Runtime.aclose``; lines after it are written at once)
-and logging's exit handler (``logging.shutdown``) for a process without lifespan. Each write
-holds whole lines only and at most ``PIPE_BUF`` bytes (unless one line is longer), so that the
-workers sharing stderr, a pipe, never split each other's lines. Off the event loop (a thread, a
-management command), a line is written at once. A process killed by SIGKILL loses the request
-lines held: at most the last 0.1 s of them and at most 4096 bytes (about 6 JSON lines or 15 text
-lines); what they record is in the ledger. When nothing on the way could drop or change the
-record (no filter on ``tollgate.requests`` and its parents, and this handler the only one, as
-``settings.LOGGING`` sets it), the line is formatted by the handler's formatter without making a
-``LogRecord`` (``ConsoleHandler.write_request_line``): the same line, at a fraction of the cost.
+**Writing.** The root's one handler is a ``ConsoleHandler`` (stderr; its formatter
+``TextFormatter`` or ``JsonFormatter``). Every record but a request line is written at once. A
+request line written on the event loop is held back, at most ``HOLD_SECONDS`` (0.1 s), and
+written with the lines after it: when the next would take the held lines past ``PIPE_BUF``
+(4096 bytes), when the 0.1 s are up, when any other record is written (after them, in the same
+write when it fits), and at the end: the ASGI lifespan's shutdown (``RequestLog.shutdown``, from
+``Runtime.aclose``; any line after it is written at once) and, in a process without lifespan,
+logging's exit handler (``logging.shutdown``). Off the event loop (a thread, a management
+command), a line is written at once. Each write holds whole lines only, and at most ``PIPE_BUF``
+bytes unless one line is longer (it goes alone): the workers share stderr, a pipe, where a write
+that size is never split by another process's. A process killed by SIGKILL loses the request
+lines it held: at most 4096 bytes of them (about 6 JSON lines, 23 text lines), none older than
+0.1 s unless its event loop was stuck; the ledger has their calls.
+
+When nothing on its way could drop or change the record (no filter on ``tollgate.requests`` and
+its parents, and this handler the only one, as ``settings.LOGGING`` sets it), a request line is
+made by the handler's formatter from its fields, without a ``LogRecord``
+(``ConsoleHandler.write_request_line``): the same line, at a fraction of the cost. Otherwise
+(pytest's ``caplog``, a filter of your own) it goes through ``requests_log.info``.
 """
 
 from __future__ import annotations
@@ -346,7 +350,7 @@ class RequestLog:
             fields["image_count"] = row["image_count"]
             fields["input_characters"] = row["input_characters"]
             fields["audio_seconds"] = row["audio_seconds"]
-        write_request_line(fields)
+        log_request_line(fields)
 
 
 def request_answered(
@@ -377,10 +381,12 @@ def request_answered(
         fields["tenant"] = caller.tenant_name
         fields["key_id"] = caller.key_id
         fields["key_prefix"] = caller.key_prefix
-    write_request_line(fields)
+    log_request_line(fields)
 
 
-def write_request_line(fields: dict[str, Any]) -> None:
+def log_request_line(fields: dict[str, Any]) -> None:
+    """The request line with ``fields`` on ``tollgate.requests``: given to its one handler as it
+    is, when nothing on its way could drop or change it, else through logging."""
     line = RequestLine(fields)
     handler = _sole_console_handler()
     if handler is None:
