@@ -12,12 +12,13 @@ import select
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, TenantKey, start_gateway
 from gateway.telemetry import logs
 from gateway.telemetry.logs import (
     ConsoleHandler,
@@ -246,3 +247,21 @@ def test_a_process_that_exits_without_lifespan_writes_its_held_lines() -> None:
     first, *lines = done.stderr.splitlines()
     assert first == "exiting", "the lines were held until the exit"
     assert [json.loads(line)["request_id"] for line in lines] == ["req_0", "req_1", "req_2"]
+
+
+@pytest.mark.e2e
+def test_every_request_line_of_two_workers_reaches_the_log_whole_after_a_stop(
+    tenants: dict[str, TenantKey], fake_upstream: str, tmp_path: Path
+) -> None:
+    server = start_gateway(tmp_path, fake_upstream, workers=2)
+    try:
+        answered = [
+            httpx.get(server.base_url + "/v1/models", headers=tenants["alice"].headers)
+            for _ in range(40)
+        ]
+    finally:
+        server.stop()
+    lines = [json.loads(line) for line in server.log_path.read_text().splitlines()]
+    logged = [line["request_id"] for line in lines if line["logger"] == "tollgate.requests"]
+    ids = sorted(response.headers["x-request-id"] for response in answered)
+    assert sorted(i for i in logged if i in ids) == ids  # (the others: start_gateway's probes)

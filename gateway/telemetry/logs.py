@@ -23,8 +23,10 @@ request line written on the event loop is held back, at most ``HOLD_SECONDS`` (0
 written with the lines after it: when the next would take the held lines past ``PIPE_BUF``
 (4096 bytes), when the 0.1 s are up, when any other record is written (after them, in the same
 write when it fits), and at the end: the ASGI lifespan's shutdown (``RequestLog.shutdown``, from
-``Runtime.aclose``; any line after it is written at once) and, in a process without lifespan,
-logging's exit handler (``logging.shutdown``). Off the event loop (a thread, a management
+``Runtime.aclose``; any line after it is written at once), which is what counts under a server
+(uvicorn's worker, stopped by SIGTERM, raises it again once shut down: it dies of the signal,
+running no exit handler; granian's forked workers end by ``os._exit``) and, in a process without
+lifespan, logging's exit handler (``logging.shutdown``). Off the event loop (a thread, a management
 command), a line is written at once. Each write holds whole lines only, and at most ``PIPE_BUF``
 bytes unless one line is longer (it goes alone): the workers share stderr, a pipe, where a write
 that size is never split by another process's. A process killed by SIGKILL loses the request
