@@ -1,13 +1,17 @@
 """What the request log and the traces cost a call, in process: ``.venv/bin/python
 bench/telemetry.py``. wrk cannot see a cost of a few percent on a shared machine
 (bench/README.md); this times the observers themselves on one call's row, as ``Call.record``
-hands it to them: the request line written to a file (text, JSON, the logger off), and the
-spans of a call with one and two attempts, batched to an exporter that drops them (sampled in,
-and sampled out). Best of 5 runs of N calls each.
+hands it to them: the request line written to a file by the root's handler of
+``settings.LOGGING`` (``ConsoleHandler``) on an event loop, as in a worker (text, JSON; held and
+written a few at a time), off an event loop (a write per line), through a ``LogRecord`` (when a
+filter or a second handler is on its way), the logger off; and the spans of a call with one and
+two attempts, batched to an exporter that drops them (sampled in, and sampled out). Best of 5
+runs of N calls each.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sys
@@ -39,7 +43,12 @@ from gateway.api.errors import error_response  # noqa: E402
 from gateway.calls.pipeline import Call  # noqa: E402
 from gateway.runtime import build_runtime  # noqa: E402
 from gateway.telemetry import Attempt  # noqa: E402
-from gateway.telemetry.logs import JsonFormatter, RequestLog  # noqa: E402
+from gateway.telemetry.logs import (  # noqa: E402
+    ConsoleHandler,
+    JsonFormatter,
+    RequestLog,
+    TextFormatter,
+)
 from gateway.telemetry.traces import CallTracer, tracer_provider  # noqa: E402
 from gateway.tenants.auth import Caller  # noqa: E402
 from gateway.usage.endpoints import Endpoint  # noqa: E402
@@ -101,19 +110,25 @@ def main() -> None:
     for handler in list(root.handlers):
         root.removeHandler(handler)
     with tempfile.NamedTemporaryFile("w", prefix="request-log-") as file:
-        handler = logging.StreamHandler(file)
+        handler = ConsoleHandler(file)
         root.addHandler(handler)
         request_log = RequestLog()
-        for name, formatter in (
-            ("text", logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")),
-            ("JSON", JsonFormatter()),
-        ):
+
+        def line_cost() -> float:
+            return microseconds_per_call(lambda: request_log.call_finished(call, row), 20_000)
+
+        async def on_the_loop() -> float:
+            return line_cost()
+
+        for name, formatter in (("text", TextFormatter()), ("JSON", JsonFormatter())):
             handler.setFormatter(formatter)
-            cost = microseconds_per_call(lambda: request_log.call_finished(call, row), 20_000)
-            print(f"request line, {name}, to a file: {cost:6.1f} us a call")
+            cost = asyncio.run(on_the_loop())
+            print(f"request line, {name}, on the loop:    {cost:6.1f} us a call")
+        print(f"request line, JSON, off the loop:   {line_cost():6.1f} us a call")
+        root.addHandler(logging.NullHandler())
+        print(f"request line, JSON, via a LogRecord:{asyncio.run(on_the_loop()):6.1f} us a call")
         logging.getLogger("tollgate.requests").setLevel(logging.WARNING)
-        cost = microseconds_per_call(lambda: request_log.call_finished(call, row), 20_000)
-        print(f"request log, logger off:        {cost:6.2f} us a call")
+        print(f"request log, logger off:            {line_cost():6.2f} us a call")
     for sampled in (True, False):
         processor = BatchSpanProcessor(Drop(), max_queue_size=100_000)
         provider = tracer_provider(processor)

@@ -299,7 +299,7 @@ TOLLGATE_TRACES = not env_bool("OTEL_SDK_DISABLED", False) and bool(
 (``gateway.telemetry.traces``); otherwise nothing of OpenTelemetry is imported."""
 
 LOG_FORMATTERS = {
-    "text": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+    "text": {"()": "gateway.telemetry.logs.TextFormatter"},
     "json": {"()": "gateway.telemetry.logs.JsonFormatter"},
 }
 LOGGING_CONFIG = "gateway.telemetry.logs.configure_logging"
@@ -309,8 +309,11 @@ LOGGING = {
     "disable_existing_loggers": False,
     "formatters": {"console": LOG_FORMATTERS[TOLLGATE_LOG_FORMAT]},
     "filters": {"skip_api_responses": {"()": "tollgate.log_filters.SkipApiResponses"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "console"}},
-    # One handler, on the root: every library's warnings come out in the same format.
+    # One handler, on the root: every library's warnings come out in the same format. It holds
+    # request lines back a moment, to write them several at a time (``gateway.telemetry.logs``).
+    "handlers": {
+        "console": {"class": "gateway.telemetry.logs.ConsoleHandler", "formatter": "console"}
+    },
     "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {
         "tollgate": {"level": env_str("TOLLGATE_LOG_LEVEL", "INFO")},

@@ -16,13 +16,38 @@ answered by the gateway alone, such as the model list) gets one from the API's m
 (``request_answered``). The record's message is a ``RequestLine``: its fields become the JSON
 line's, and a text formatter prints a short readable line. What it never holds: prompts,
 answers, headers, keys (only the key's public prefix, as the admin shows it).
+
+**Writing.** The root's one handler is a ``ConsoleHandler`` (stderr; its formatter
+``TextFormatter`` or ``JsonFormatter``). Every record but a request line is written at once. A
+request line written on the event loop is held back, at most ``HOLD_SECONDS`` (0.1 s), and
+written with the lines after it: when the next would take the held lines past ``PIPE_BUF``
+(4096 bytes), when the 0.1 s are up, when any other record is written (after them, in the same
+write when it fits), and at the end: the ASGI lifespan's shutdown (``RequestLog.shutdown``, from
+``Runtime.aclose``; any line after it is written at once), which is what counts under a server
+(uvicorn's worker, stopped by SIGTERM, raises it again once shut down: it dies of the signal,
+running no exit handler; granian's forked workers end by ``os._exit``) and, in a process without
+lifespan, logging's exit handler (``logging.shutdown``). Off the event loop (a thread, a management
+command), a line is written at once. Each write holds whole lines only, and at most ``PIPE_BUF``
+bytes unless one line is longer (it goes alone): the workers share stderr, a pipe, where a write
+that size is never split by another process's. A process killed by SIGKILL loses the request
+lines it held: at most 4096 bytes of them (about 6 JSON lines, 23 text lines), none older than
+0.1 s unless its event loop was stuck; the ledger has their calls.
+
+When nothing on its way could drop or change the record (no filter on ``tollgate.requests`` and
+its parents, and this handler the only one, as ``settings.LOGGING`` sets it), a request line is
+made by the handler's formatter from its fields, without a ``LogRecord``
+(``ConsoleHandler.write_request_line``): the same line, at a fraction of the cost. Otherwise
+(pytest's ``caplog``, a filter of your own) it goes through ``requests_log.info``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import logging
 import logging.config
+import select
 import sys
 import threading
 import time
@@ -40,6 +65,9 @@ if TYPE_CHECKING:
     from gateway.calls.pipeline import Call
 
 requests_log = logging.getLogger("tollgate.requests")
+
+HOLD_SECONDS = 0.1
+"""How long a request line may wait for the lines after it (``ConsoleHandler``)."""
 
 SERVER_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "django.server")
 """Loggers whose servers give them handlers of their own (uvicorn before the app is imported,
@@ -78,18 +106,58 @@ class RequestLine:
         return " ".join(parts)
 
 
-def _utc(record: logging.LogRecord) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + (
-        f".{int(record.msecs):03d}Z"
-    )
+@functools.lru_cache(maxsize=4)
+def _utc_second(second: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
 
 
-class JsonFormatter(logging.Formatter):
+@functools.lru_cache(maxsize=4)
+def _local_second(second: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+
+
+def _msecs(created: float) -> int:
+    """The milliseconds of ``time.time()``'s ``created``, as ``LogRecord.msecs``."""
+    return int((created - int(created)) * 1000)
+
+
+def _json_line(entry: dict[str, Any]) -> str:
+    try:
+        return orjson.dumps(entry, default=str).decode()
+    except TypeError:  # a lone surrogate in some text: orjson refuses it, json escapes it
+        return json.dumps(entry, default=str)
+
+
+class LineFormatter(logging.Formatter):
+    """A formatter that also writes a request line without a record (``ConsoleHandler``)."""
+
+    def request_line(self, line: RequestLine, created: float) -> str:
+        """What ``format`` makes of an INFO record of ``tollgate.requests`` with ``line`` as its
+        message, created at ``created`` (``time.time()``)."""
+        raise NotImplementedError
+
+
+class TextFormatter(LineFormatter):
+    """``%(asctime)s %(levelname)s %(name)s: %(message)s``, the time as logging's default (local,
+    milliseconds after a comma)."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return f"{_local_second(int(record.created))},{int(record.msecs):03d}"
+
+    def request_line(self, line: RequestLine, created: float) -> str:
+        asctime = f"{_local_second(int(created))},{_msecs(created):03d}"
+        return f"{asctime} INFO {requests_log.name}: {line}"
+
+
+class JsonFormatter(LineFormatter):
     """One JSON object per line for every record (see the module's docstring)."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": _utc(record),
+            "time": f"{_utc_second(int(record.created))}.{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,
         }
@@ -102,10 +170,101 @@ class JsonFormatter(logging.Formatter):
             entry["exception"] = self.formatException(record.exc_info)
         if record.stack_info:
             entry["stack"] = self.formatStack(record.stack_info)
+        return _json_line(entry)
+
+    def request_line(self, line: RequestLine, created: float) -> str:
+        return _json_line(
+            {
+                "time": f"{_utc_second(int(created))}.{_msecs(created):03d}Z",
+                "level": "INFO",
+                "logger": requests_log.name,
+                "message": "request",
+                **line.fields,
+            }
+        )
+
+
+class ConsoleHandler(logging.StreamHandler):
+    """The root's handler (``settings.LOGGING``): holds request lines back and writes them with
+    the lines after them, whole lines and at most ``PIPE_BUF`` bytes a write (see the module's
+    docstring)."""
+
+    def __init__(self, stream: Any = None) -> None:
+        super().__init__(stream)
+        self.holding = True
+        """False once the runtime has closed: every line is written at once."""
+        self._held: list[str] = []
+        self._held_bytes = 0
+        self._flush_loop: asyncio.AbstractEventLoop | None = None
+        """The event loop on which a flush is due in ``HOLD_SECONDS``."""
+
+    def emit(self, record: logging.LogRecord) -> None:
         try:
-            return orjson.dumps(entry, default=str).decode()
-        except TypeError:  # a lone surrogate in some text: orjson refuses it, json escapes it
-            return json.dumps(entry, default=str)
+            text = self.format(record) + self.terminator
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+            return
+        if record.name == requests_log.name and record.levelno < logging.WARNING:
+            self._hold(text)
+        else:
+            self._add(text)
+            self._write_held()
+
+    def write_request_line(self, line: RequestLine) -> None:
+        """Write ``line`` as ``emit`` would write its record, without making one (only when no
+        filter is on the way, and this handler's formatter is a ``LineFormatter``)."""
+        assert isinstance(self.formatter, LineFormatter)
+        try:
+            text = self.formatter.request_line(line, time.time()) + self.terminator
+        except Exception:  # logging reports it, as for any record it cannot format
+            requests_log.info(line)
+            return
+        with self.lock:  # type: ignore[union-attr]
+            self._hold(text)
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            self._flush_loop = None
+            self._write_held()
+        super().flush()
+
+    def stop_holding(self) -> None:
+        """Write the lines held, and every line at once from now on."""
+        self.holding = False
+        self.flush()
+
+    def _hold(self, text: str) -> None:
+        self._add(text)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not on an event loop: nothing would flush it
+            loop = None
+        if loop is None or not self.holding:
+            self._write_held()
+        elif self._flush_loop is not loop:  # none due, or due on a loop that may be gone
+            self._flush_loop = loop
+            loop.call_later(HOLD_SECONDS, self.flush)
+
+    def _add(self, text: str) -> None:
+        size = len(text) if text.isascii() else len(text.encode())
+        if self._held_bytes + size > select.PIPE_BUF:
+            self._write_held()
+        self._held.append(text)
+        self._held_bytes += size
+
+    def _write_held(self) -> None:
+        if not self._held:
+            return
+        text = "".join(self._held)
+        self._held.clear()
+        self._held_bytes = 0
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):  # a closed pipe or stream: logging reports it
+            self.handleError(logging.makeLogRecord({"name": requests_log.name, "msg": text}))
 
 
 def configure_logging(config: dict[str, Any]) -> None:
@@ -146,6 +305,16 @@ def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
 class RequestLog:
     """The request log's observer of calls (``Runtime.observers``): one record per call."""
 
+    def shutdown(self) -> None:
+        """The runtime closes (lifespan shutdown): write the request lines held back, and any
+        after them at once (the process may end without running exit handlers)."""
+        logger: logging.Logger | None = requests_log
+        while logger is not None:
+            for handler in logger.handlers:
+                if isinstance(handler, ConsoleHandler):
+                    handler.stop_holding()
+            logger = logger.parent if logger.propagate else None
+
     def call_finished(self, call: Call, row: dict[str, Any]) -> None:
         if not requests_log.isEnabledFor(logging.INFO):
             return
@@ -183,7 +352,7 @@ class RequestLog:
             fields["image_count"] = row["image_count"]
             fields["input_characters"] = row["input_characters"]
             fields["audio_seconds"] = row["audio_seconds"]
-        requests_log.info(RequestLine(fields))
+        log_request_line(fields)
 
 
 def request_answered(
@@ -214,7 +383,43 @@ def request_answered(
         fields["tenant"] = caller.tenant_name
         fields["key_id"] = caller.key_id
         fields["key_prefix"] = caller.key_prefix
-    requests_log.info(RequestLine(fields))
+    log_request_line(fields)
+
+
+def log_request_line(fields: dict[str, Any]) -> None:
+    """The request line with ``fields`` on ``tollgate.requests``: given to its one handler as it
+    is, when nothing on its way could drop or change it, else through logging."""
+    line = RequestLine(fields)
+    handler = _sole_console_handler()
+    if handler is None:
+        requests_log.info(line)
+    else:
+        handler.write_request_line(line)
+
+
+def _sole_console_handler() -> ConsoleHandler | None:
+    """The handler of a request record when nothing on its way could drop or change it: no
+    filter on ``tollgate.requests`` and its parents, one handler, a ``ConsoleHandler`` with a
+    ``LineFormatter`` and no filter (as ``settings.LOGGING`` sets it; pytest's ``caplog`` adds
+    one). None otherwise: the line then goes through ``requests_log.info``."""
+    found: logging.Handler | None = None
+    logger: logging.Logger | None = requests_log
+    while logger is not None:
+        if logger.filters:
+            return None
+        for handler in logger.handlers:
+            if found is not None:
+                return None
+            found = handler
+        logger = logger.parent if logger.propagate else None
+    if (
+        isinstance(found, ConsoleHandler)
+        and isinstance(found.formatter, LineFormatter)
+        and not found.filters
+        and found.level <= logging.INFO
+    ):
+        return found
+    return None
 
 
 def _error_type(response: HttpResponseBase) -> str:
