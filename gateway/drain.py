@@ -17,6 +17,7 @@ the server installed stays in charge of stopping the server).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import threading
@@ -57,7 +58,8 @@ class Drain:
                 continue
 
             def on_stop(signum: int, frame: FrameType | None, server_handler: Any = server_handler):
-                loop.call_soon_threadsafe(self.begin, grace)
+                with contextlib.suppress(RuntimeError):  # the loop has closed: nothing in flight
+                    loop.call_soon_threadsafe(self.begin, grace)
                 server_handler(signum, frame)
 
             signal.signal(number, on_stop)

@@ -75,3 +75,19 @@ async def test_a_request_started_during_the_grace_is_cut_too() -> None:
     drain.track(late)
     await asyncio.sleep(0.1)
     assert late.cancelled() and drain.cutting
+
+
+def test_a_signal_after_the_loop_has_closed_still_reaches_the_server(
+    restored_signals: None,
+) -> None:
+    server_saw: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: server_saw.append(signum))
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(_watch(Drain()))
+    loop.close()
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert server_saw == [signal.SIGTERM]
+
+
+async def _watch(drain: Drain) -> None:
+    drain.watch_signals(grace=1)

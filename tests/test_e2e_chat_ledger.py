@@ -117,6 +117,17 @@ SERVER_STOP_LIMIT = {"uvicorn": "--timeout-graceful-shutdown", "granian": "--wor
 them), granian SIGKILLs the worker (which would lose what is not recorded)."""
 
 
+def start_with_grace(tmp_path: Path, fake_upstream: str, grace: str) -> GatewayServer:
+    """A gateway whose own shutdown grace (``grace`` seconds) ends well before its server's limit
+    (10 s)."""
+    return start_gateway(
+        tmp_path,
+        fake_upstream,
+        env={"TOLLGATE_SHUTDOWN_GRACE_SECONDS": grace},
+        server_args=(SERVER_STOP_LIMIT[TEST_SERVER], "10"),
+    )
+
+
 def stop_during(server: GatewayServer, request: Any, started: Callable[[], bool]) -> None:
     """Run ``request`` (it takes no argument) in a thread, stop the server once ``started()``
     holds, and wait for both."""
@@ -154,12 +165,7 @@ def test_a_stream_still_running_at_the_end_of_the_shutdown_grace_is_cut_and_reco
     SIGKILLed with its worker and left no row. The gateway's own grace (1 s here, shorter than the
     server's 10 s) cuts it first: a 503 server_shutdown row with the tokens streamed so far."""
     alice = tenants["alice"]
-    server = start_gateway(
-        tmp_path,
-        fake_upstream,
-        env={"TOLLGATE_SHUTDOWN_GRACE_SECONDS": "1"},
-        server_args=(SERVER_STOP_LIMIT[TEST_SERVER], "10"),
-    )
+    server = start_with_grace(tmp_path, fake_upstream, grace="1")
     received: list[str] = []
     began = time.monotonic()
     stop_during(
@@ -178,12 +184,7 @@ def test_a_call_waiting_on_its_upstream_at_the_end_of_the_grace_gets_a_503_and_a
     tmp_path: Path, fake_upstream: str, tenants: dict[str, TenantKey]
 ) -> None:
     alice = tenants["alice"]
-    server = start_gateway(
-        tmp_path,
-        fake_upstream,
-        env={"TOLLGATE_SHUTDOWN_GRACE_SECONDS": "0.5"},
-        server_args=(SERVER_STOP_LIMIT[TEST_SERVER], "10"),
-    )
+    server = start_with_grace(tmp_path, fake_upstream, grace="0.5")
     outcome: list[object] = []
 
     def call_slow() -> None:  # slow: the fake upstream answers after 5 s
