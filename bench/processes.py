@@ -129,17 +129,22 @@ def read_ready_port(process: subprocess.Popen[bytes], timeout: float = 15.0) -> 
     return int(line.split()[1])
 
 
-def wait_for_uvicorn(
-    process: subprocess.Popen[bytes], url: str, log_path: Path, workers: int, timeout: float = 60.0
+def wait_for_server(
+    process: subprocess.Popen[bytes],
+    url: str,
+    log_path: Path,
+    workers: int,
+    started_line: str,
+    timeout: float = 60.0,
 ) -> None:
-    """Wait until every worker logged its startup and ``url`` answers (any HTTP status)."""
+    """Wait until every worker logged ``started_line`` and ``url`` answers (any HTTP status)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise StartupError(
                 f"{url}: server exited ({process.returncode}):\n{log_tail(log_path)}"
             )
-        started = log_path.read_text(errors="replace").count("Application startup complete")
+        started = log_path.read_text(errors="replace").count(started_line)
         if started >= workers and _answers(url):
             return
         time.sleep(0.1)

@@ -108,8 +108,7 @@ class Results:
     def checks(self) -> list[Check]:
         out = self._floor_checks()
         for c in (50, 200):
-            gw, bare = self.get("gateway", c), self.get("bare", c)
-            ratio = gw.rps / bare.rps if gw and bare and bare.rps else None
+            ratio = self._rps_ratio("bare", c)
             out.append(
                 Check(
                     f"gateway req/s at c{c} vs bare",
@@ -234,13 +233,18 @@ class Results:
         )
         return [wrk_check, direct]
 
+    def _rps_ratio(self, baseline: str, concurrency: int) -> float | None:
+        """The gateway's req/s over ``baseline``'s at ``concurrency``, when both were measured."""
+        gw, base = self.get("gateway", concurrency), self.get(baseline, concurrency)
+        return gw.rps / base.rps if gw and base and base.rps else None
+
     def _floor_checks(self) -> list[Check]:
         """Issue #17's: the gateway against the floor of the stack (bench/floor) in the same run,
         and its own tail against its median, with every feature on."""
         out = []
         for c in (50, 200):
             gw, floor = self.get("gateway", c), self.get("floor", c)
-            ratio = gw.rps / floor.rps if gw and floor and floor.rps else None
+            ratio = self._rps_ratio("floor", c)
             out.append(
                 Check(
                     f"req/s at c{c} vs the floor",

@@ -35,8 +35,8 @@ from bench.stack import (
     Service,
     django_env,
     prepare_database,
+    start_server,
     start_upstream,
-    start_uvicorn,
     write_config,
 )
 from bench.stream_client import measure_stream
@@ -160,7 +160,7 @@ class Bench:
             self.key = prepare_database(env)
             self.ledger = Ledger(database_url, var_dir / "tollgate.sqlite3")
             self.ledger.use_key(self.key)
-            self.gateway = start_uvicorn(
+            self.gateway = start_server(
                 self.processes,
                 "gateway",
                 "tollgate.asgi:application",
@@ -172,7 +172,7 @@ class Bench:
             log(f"gateway on {self.gateway.base_url}, workers {self.gateway.worker_pids()}")
         for name, overrides in VARIANTS.items():
             if name in only:
-                self.variants[name] = start_uvicorn(
+                self.variants[name] = start_server(
                     self.processes,
                     name,
                     "tollgate.asgi:application",
@@ -189,7 +189,7 @@ class Bench:
                 log(f"{name} on {self.variants[name].base_url}")
         if "bare" in only:
             bare_env = django_env(config, var_dir, "bench.bare.settings")
-            self.bare = start_uvicorn(
+            self.bare = start_server(
                 self.processes,
                 "bare",
                 "bench.bare.asgi:application",
@@ -200,7 +200,7 @@ class Bench:
             )
             log(f"bare ninja on {self.bare.base_url}, workers {self.bare.worker_pids()}")
         if "floor" in only:
-            self.floor_service = start_uvicorn(
+            self.floor_service = start_server(
                 self.processes,
                 "floor",
                 "bench.floor.asgi:application",
@@ -344,7 +344,7 @@ class Bench:
             "json": {"TOLLGATE_REQUEST_LOG": "true", "TOLLGATE_LOG_FORMAT": "json"},
         }
         services = {
-            mode: start_uvicorn(
+            mode: start_server(
                 self.processes,
                 f"gateway-log-{mode}",
                 "tollgate.asgi:application",

@@ -1,6 +1,6 @@
 """The system under test: the fake upstream, the gateway and the bare ninja baseline.
 
-The gateway runs as production runs it (uvicorn, uvloop, httptools, no access log) against its
+The gateway runs as production runs it (granian or uvicorn, uvloop, no access log) against its
 own config.toml and a fresh ``TOLLGATE_VAR_DIR``: a new SQLite database there, or the PostgreSQL
 database named by ``DATABASE_URL`` when it is set. Both are migrated first, and a fresh key is
 issued to the tenant ``bench``.
@@ -12,7 +12,6 @@ import os
 import secrets
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from bench.processes import (
     free_port,
     granian_worker_pids,
     read_ready_port,
-    wait_for_uvicorn,
+    wait_for_server,
     worker_pids,
 )
 
@@ -142,6 +141,11 @@ SERVER = "granian"
 """The ASGI server of the gateway and its baselines (``--server``): uvicorn or granian."""
 
 
+STARTED_LINE = {"granian": "Started worker-", "uvicorn": "Application startup complete"}
+"""What each server logs once per worker that has started: measuring before every worker has
+started would measure fewer workers (and granian loses a stop signal sent meanwhile)."""
+
+
 def server_command(app: str, port: int, workers: int) -> list[str]:
     """``uvicorn APP --workers W --loop uvloop --http httptools --no-access-log``, or granian's
     equivalent, on 127.0.0.1."""
@@ -160,7 +164,7 @@ def server_command(app: str, port: int, workers: int) -> list[str]:
     ]
 
 
-def start_uvicorn(
+def start_server(
     processes: Processes,
     name: str,
     app: str,
@@ -174,13 +178,8 @@ def start_uvicorn(
     log_path = log_dir / f"{name}.log"
     process = processes.spawn(server_command(app, port, workers), env=env, log_path=log_path)
     base_url = f"http://127.0.0.1:{port}"
-    wait_for_uvicorn(
-        process, base_url + probe_path, log_path, workers if SERVER == "uvicorn" else 0
-    )
+    wait_for_server(process, base_url + probe_path, log_path, workers, STARTED_LINE[SERVER])
     service = Service(name, base_url, process, log_path, workers, SERVER)
-    deadline = time.monotonic() + 30
-    while len(service.worker_pids()) != workers and time.monotonic() < deadline:
-        time.sleep(0.1)  # granian's workers answer before each has shown itself
     if len(service.worker_pids()) != workers:
         raise StartupError(f"{name}: expected {workers} workers, found {service.worker_pids()}")
     return service
