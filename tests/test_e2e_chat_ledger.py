@@ -186,17 +186,21 @@ def test_a_call_waiting_on_its_upstream_at_the_end_of_the_grace_gets_a_503_and_a
     alice = tenants["alice"]
     server = start_with_grace(tmp_path, fake_upstream, grace="0.5")
     outcome: list[object] = []
+    sent_at: list[float] = []
 
     def call_slow() -> None:  # slow: the fake upstream answers after 5 s
         body = {"model": "slow", "messages": HELLO}
         url = server.base_url + "/v1/chat/completions"
-        outcome.append("sent")
+        sent_at.append(time.monotonic())
         try:
             outcome.append(httpx.post(url, json=body, headers=alice.headers, timeout=15))
         except httpx.TransportError as exc:
             outcome.append(exc)
 
-    stop_during(server, call_slow, lambda: bool(outcome) and time.sleep(0.5) is None)
+    def waiting_on_its_upstream() -> bool:  # half a second after it was sent
+        return bool(sent_at) and time.monotonic() - sent_at[0] > 0.5
+
+    stop_during(server, call_slow, waiting_on_its_upstream)
     answer = outcome[-1]
     assert isinstance(answer, httpx.Response), answer
     assert answer.status_code == 503, answer.text
