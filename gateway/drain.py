@@ -8,7 +8,8 @@ its own deadline: TOLLGATE_SHUTDOWN_GRACE_SECONDS after the signal, every reques
 cancelled. Its call is recorded as cut by the shutdown (503 ``server_shutdown``, with the tokens
 streamed so far), its connection is closed without ending the body (the client sees a cut answer,
 not a short one), and the server's own drain then ends and the lifespan shutdown writes the
-queued rows. The grace must be shorter than the server's own limit (docs/deploy.md).
+queued rows. A request that still arrives after the cut (on a connection kept alive) is cut
+at once. The grace must be shorter than the server's own limit (docs/deploy.md).
 
 The gateway learns of the signal by chaining its handler in front of the server's (the handler
 the server installed stays in charge of stopping the server).
@@ -43,6 +44,8 @@ class Drain:
     def track(self, request: asyncio.Task[Any]) -> None:
         self.requests.add(request)
         request.add_done_callback(self.requests.discard)
+        if self.cutting:  # past the grace (a kept-alive connection): cut at once, not killed later
+            request.cancel()
 
     def watch_signals(self, grace: float) -> None:
         """Start the grace when the process is told to stop. Called once the server has installed

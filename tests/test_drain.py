@@ -91,3 +91,16 @@ def test_a_signal_after_the_loop_has_closed_still_reaches_the_server(
 
 async def _watch(drain: Drain) -> None:
     drain.watch_signals(grace=1)
+
+
+async def test_a_request_that_arrives_after_the_cut_is_cut_at_once() -> None:
+    """Not left to run into the server's kill, where an unrecorded call would lose its row."""
+    drain = Drain()
+    drain.track(asyncio.create_task(asyncio.sleep(30)))
+    drain.begin(grace=0)
+    await asyncio.sleep(0.01)
+    assert drain.cutting
+    late = asyncio.create_task(asyncio.sleep(30))  # on a connection kept alive
+    drain.track(late)
+    await asyncio.sleep(0)
+    assert late.cancelled()
