@@ -215,6 +215,22 @@ def rss_kib(pid: int) -> int | None:
     return None
 
 
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """CPU time (user + system, every thread) the processes have used so far; a process gone
+    counts 0. The clock ticks at 10 ms: over a measurement of seconds, well under 1%."""
+    total = 0
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[
+            stat.rindex(")") + 2 :
+        ].split()  # after the command name, which may hold spaces
+        total += int(fields[11]) + int(fields[12])  # utime, stime (the stat's 14th and 15th)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def rss_snapshot(pids: Sequence[int]) -> dict[str, int | None]:
     """RSS per worker (KiB, keyed by pid as text), as JSON wants it."""
     return {str(pid): rss_kib(pid) for pid in pids}

@@ -53,6 +53,11 @@ class Row:
     def errors(self) -> int:
         return sum(r.errors for r in self.rounds)
 
+    @property
+    def cpu_us_per_request(self) -> float | None:
+        measured = [c for r in self.rounds if (c := r.cpu_us_per_request) is not None]
+        return statistics.median(measured) if measured else None
+
     def to_json(self) -> dict[str, Any]:
         return {
             "target": self.target,
@@ -62,6 +67,7 @@ class Row:
                 "p50_ms": round(self.median(lambda r: r.p50_ms), 3),
                 "p95_ms": round(self.median(lambda r: r.p95_ms), 3),
                 "p99_ms": round(self.median(lambda r: r.p99_ms), 3),
+                "cpu_us_per_request": self.cpu_us_per_request,
             },
             "errors_total": self.errors,
             "rounds": [r.to_json() for r in self.rounds],
@@ -318,17 +324,18 @@ class Results:
             f"{m['stream_chunks']} stream chunks, gap {m['chunk_gap_ms']} ms. "
             f"{m['rounds']} interleaved round(s) x {m['duration_s']} s, medians shown.",
             "",
-            "| target | conc | req/s | p50 ms | p95 ms | p99 ms | errors |",
-            "|---|---:|---:|---:|---:|---:|---:|",
+            "| target | conc | req/s | p50 ms | p95 ms | p99 ms | errors | worker CPU µs/call |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for row in self.rows.values():
             if not row.rounds:
                 continue
+            cpu = row.cpu_us_per_request
             out.append(
                 f"| {TARGET_TITLES.get(row.target, row.target)} | {row.concurrency} "
                 f"| {row.rps:,.0f} | {row.median(lambda r: r.p50_ms):.2f} "
                 f"| {row.median(lambda r: r.p95_ms):.2f} | {row.median(lambda r: r.p99_ms):.2f} "
-                f"| {row.errors} |"
+                f"| {row.errors} | {'n/a' if cpu is None else f'{cpu:,.0f}'} |"
             )
         if self.streams:
             out += [

@@ -28,7 +28,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 
 from bench import stack, wrk
 from bench.ledger import Ledger, LedgerCheck
-from bench.processes import ROOT, Processes, StartupError, log_tail, rss_snapshot
+from bench.processes import (
+    ROOT,
+    Processes,
+    StartupError,
+    cpu_seconds,
+    log_tail,
+    rss_snapshot,
+)
 from bench.pyspy import read_collapsed, summarize
 from bench.report import Results, write_results
 from bench.stack import (
@@ -240,14 +247,20 @@ class Bench:
             self.floor = self.ledger.quiet_baseline()
 
     def _run_wrk(self, target: str, concurrency: int, duration: float, label: str) -> wrk.WrkResult:
-        url = self._service(target).base_url + PATH
+        service = self._service(target)
+        url = service.base_url + PATH
         script = self._script(target)
+        workers = service.worker_pids()
+        cpu_before = cpu_seconds(workers)
         result = wrk.run_wrk(
             self.processes, url, script, concurrency, duration, self.tmp / "wrk.log"
         )
+        result.cpu_s = cpu_seconds(workers) - cpu_before
+        cpu = result.cpu_us_per_request
         log(
             f"{label:<28} {result.rps:>9,.0f} req/s  p50 {result.p50_ms:7.2f} ms  "
             f"p99 {result.p99_ms:7.2f} ms  errors {result.errors}"
+            + (f"  cpu {cpu:5.0f} us/req" if cpu is not None else "")
         )
         return result
 

@@ -73,6 +73,8 @@ class WrkResult:
     p99_ms: float
     mean_ms: float
     max_ms: float
+    cpu_s: float | None = None
+    """CPU time the target's workers used during the run (all their threads), when known."""
 
     @property
     def rps(self) -> float:
@@ -89,12 +91,25 @@ class WrkResult:
         )
 
     @property
+    def cpu_us_per_request(self) -> float | None:
+        """The workers' CPU per completed request: steadier than req/s on a noisy machine,
+        since it does not count the time the workers waited for a core."""
+        return (
+            self.cpu_s * 1e6 / self.requests if self.cpu_s is not None and self.requests else None
+        )
+
+    @property
     def ok(self) -> int:
         """Completed requests with a non-error status (wrk counts status >= 400 as errors)."""
         return self.requests - self.errors_status
 
     def to_json(self) -> dict[str, object]:
-        return {**asdict(self), "rps": round(self.rps, 1), "errors": self.errors}
+        return {
+            **asdict(self),
+            "rps": round(self.rps, 1),
+            "errors": self.errors,
+            "cpu_us_per_request": self.cpu_us_per_request,
+        }
 
 
 def _parse(stdout: str) -> WrkResult:

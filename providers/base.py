@@ -13,11 +13,11 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
 
-import httpx
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 from pydantic_core import PydanticCustomError
 
 from providers.errors import UpstreamKeyMissing
+from providers.http import UpstreamClient
 from providers.redaction import remember_secret
 from providers.types import (
     AudioStream,
@@ -173,7 +173,7 @@ class BaseProvider(abc.ABC):
     operations: ClassVar[tuple[Operation, ...]]
     """What the upstream can be called for; the others raise ``NotImplementedError``."""
 
-    def __init__(self, name: str, config: ProviderConfig, client: httpx.AsyncClient) -> None:
+    def __init__(self, name: str, config: ProviderConfig, client: UpstreamClient) -> None:
         remember_secret(config.api_key)  # config.toml's key, redacted from upstream errors
         self.name = name
         self.config = config

@@ -1,7 +1,7 @@
 """Builds and caches one provider instance per configured provider, and routes model names.
 
 A model name is either an alias from config.toml's ``[models]`` or ``<provider>/<upstream model>``.
-Nothing else creates providers: each instance owns one pooled ``httpx.AsyncClient`` that lives as
+Nothing else creates providers: each instance owns one pooled ``UpstreamClient`` that lives as
 long as the factory and is closed by ``aclose``.
 """
 
@@ -18,10 +18,11 @@ from providers.anthropic import AnthropicProvider
 from providers.base import BaseProvider
 from providers.config import DeploymentConfig, GatewayConfig, ModelConfig, ProviderConfig
 from providers.errors import ModelNotFound, UnsupportedOperation
+from providers.http import UpstreamClient
 from providers.openai import OpenAIProvider
 from providers.types import OPERATIONS, CredentialSource, Operation
 
-ProviderClass = Callable[[str, ProviderConfig, httpx.AsyncClient], BaseProvider]
+ProviderClass = Callable[[str, ProviderConfig, UpstreamClient], BaseProvider]
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,28 +71,6 @@ def default_transport(config: ProviderConfig) -> httpx.AsyncBaseTransport:
             keepalive_expiry=config.keepalive_seconds,
         )
     )
-
-
-class _NoCookies(httpx.Cookies):
-    def extract_cookies(self, response: httpx.Response) -> None:
-        return None
-
-
-class UpstreamClient(httpx.AsyncClient):
-    """A provider's HTTP client, shared by every tenant's calls: it keeps no cookies. What an
-    upstream (or the CDN in front of it) sets for one call is never sent with another tenant's,
-    and the cookie jar's work on every answer (a fifth of the client's time) is not done."""
-
-    @property
-    def cookies(self) -> httpx.Cookies:
-        return _NO_COOKIES
-
-    @cookies.setter
-    def cookies(self, value: object) -> None:
-        pass  # the jar stays empty
-
-
-_NO_COOKIES = _NoCookies()
 
 
 class ProviderFactory:

@@ -27,6 +27,7 @@ from providers.base import (
 from providers.config import ProviderConfig
 from providers.errors import ProviderError, UpstreamUnavailable, error_for_upstream_status
 from providers.http import (
+    UpstreamClient,
     ended_early,
     json_object,
     post_json,
@@ -54,7 +55,7 @@ class OpenAIProvider(BaseProvider):
 
     operations = OPERATIONS
 
-    def __init__(self, name: str, config: ProviderConfig, client: httpx.AsyncClient) -> None:
+    def __init__(self, name: str, config: ProviderConfig, client: UpstreamClient) -> None:
         super().__init__(name, config, client)
         root = config.base_url.rstrip("/")
         self.url = httpx.URL(root + "/chat/completions")  # URLs parsed once
@@ -154,7 +155,7 @@ class OpenAIProvider(BaseProvider):
         """``GET`` or ``DELETE`` of a response the upstream keeps: ``path`` is its id, with
         ``/input_items`` for those. The upstream's JSON, or its error classified."""
         url = httpx.URL(str(self.responses_url) + "/" + path)
-        request = self.client.build_request(method, url, headers=self.with_credential(self.headers))
+        request = self.client.upstream(method, url, self.with_credential(self.headers))
         response = await send_checked(self.client, self.name, request)
         try:
             with upstream_errors(self.name):
@@ -201,8 +202,8 @@ class OpenAIProvider(BaseProvider):
 
     async def text_to_speech(self, request: SpeechRequest, upstream_model: str) -> AudioStream:
         body = orjson.dumps(request.upstream_body(upstream_model))
-        http = self.client.build_request(
-            "POST", self.speech_url, content=body, headers=self.with_credential(self.headers)
+        http = self.client.upstream(
+            "POST", self.speech_url, self.with_credential(self.headers), body
         )
         response = await send_checked(self.client, self.name, http)
         content_type = response.headers.get("content-type") or "application/octet-stream"

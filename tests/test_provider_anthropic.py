@@ -33,6 +33,7 @@ from providers.errors import (
     UpstreamUnavailable,
 )
 from providers.factory import ProviderFactory, default_transport
+from providers.http import UpstreamClient
 from providers.types import StreamChunk, Usage
 
 SCHEMAS = json.loads(
@@ -63,7 +64,7 @@ def provider(
         **options,
     )
     return AnthropicProvider(
-        "claude", config, httpx.AsyncClient(transport=httpx.MockTransport(handler))
+        "claude", config, UpstreamClient(transport=httpx.MockTransport(handler))
     )
 
 
@@ -523,7 +524,7 @@ async def test_the_factory_builds_anthropic_providers() -> None:
 @pytest.fixture
 async def fake_claude(fake_upstream: str) -> Any:
     config = ProviderConfig(type="anthropic", base_url=fake_upstream + "/v1")
-    client = httpx.AsyncClient(transport=default_transport(config), timeout=10)
+    client = UpstreamClient(transport=default_transport(config), timeout=10)
     claude = AnthropicProvider("fake-claude", config, client)
     yield claude
     await claude.aclose()

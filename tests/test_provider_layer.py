@@ -18,6 +18,7 @@ from conftest import ROOT
 from providers.base import BaseProvider
 from providers.config import ProviderConfig
 from providers.factory import ProviderFactory
+from providers.http import UpstreamClient
 from providers.types import OPERATIONS
 
 PROVIDERS = ROOT / "providers"
@@ -94,7 +95,7 @@ def test_each_provider_type_says_what_it_serves_and_refuses_the_rest(provider_ty
     expected = {"openai": OPERATIONS, "anthropic": ("chat",)}[provider_type]
     assert provider_class.operations == expected
     config = ProviderConfig(type=provider_type, base_url="http://upstream.test/v1")
-    provider = provider_class("p", config, httpx.AsyncClient())
+    provider = provider_class("p", config, UpstreamClient())
     for operation, method in METHODS.items():
         if operation not in provider_class.operations:
             with pytest.raises(NotImplementedError):
@@ -113,7 +114,7 @@ def test_a_provider_type_that_forgets_an_operation_cannot_be_created() -> None:
 
     config = ProviderConfig(type="openai", base_url="http://upstream.test/v1")
     with pytest.raises(TypeError, match="abstract"):
-        Forgetful("p", config, httpx.AsyncClient())  # type: ignore[abstract]
+        Forgetful("p", config, UpstreamClient())  # type: ignore[abstract]
 
 
 async def test_an_upstream_client_keeps_no_cookie_from_one_call_to_the_next(

@@ -25,6 +25,7 @@ from providers.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from providers.http import UpstreamClient
 from providers.openai import OpenAIProvider
 from providers.types import Units
 
@@ -61,7 +62,7 @@ def provider(
         api_key_env="UP_KEY",
         headers={"OpenAI-Organization": "org-1"},
     )
-    client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    client = UpstreamClient(transport=httpx.MockTransport(handler))
     return OpenAIProvider("up", config, client)
 
 
@@ -267,7 +268,7 @@ async def test_keyless_backend_sends_no_authorization(monkeypatch: pytest.Monkey
         return httpx.Response(200, json=COMPLETION)
 
     config = ProviderConfig(type="openai", base_url="http://127.0.0.1:11434/v1")
-    client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    client = UpstreamClient(transport=httpx.MockTransport(handler))
     await OpenAIProvider("ollama", config, client).chat(request(), "llama3.2")
     assert "authorization" not in seen[0].headers
 

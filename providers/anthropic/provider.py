@@ -27,6 +27,7 @@ from providers.base import (
 from providers.config import ProviderConfig
 from providers.errors import UpstreamUnavailable
 from providers.http import (
+    UpstreamClient,
     ended_early,
     json_object,
     keeping_usage,
@@ -55,7 +56,7 @@ class AnthropicProvider(BaseProvider):
 
     operations = ("chat",)
 
-    def __init__(self, name: str, config: ProviderConfig, client: httpx.AsyncClient) -> None:
+    def __init__(self, name: str, config: ProviderConfig, client: UpstreamClient) -> None:
         super().__init__(name, config, client)
         self.url = httpx.URL(config.base_url.rstrip("/") + "/messages")
         self.count_tokens_url = httpx.URL(config.base_url.rstrip("/") + "/messages/count_tokens")
