@@ -15,7 +15,14 @@ from django.db import DatabaseError, OperationalError, connection
 from conftest import TenantKey
 from gateway.models import LedgerDeadLetter, UsageDaily, UsageRecord
 from gateway.usage import ledger as ledger_module
-from gateway.usage.ledger import LedgerWriter, _Retire, clean_row, insert_rows
+from gateway.usage.ledger import (
+    LedgerWriter,
+    _insert_fields,
+    _Retire,
+    clean_row,
+    insert_rows,
+    preparer,
+)
 from gateway.usage.ledger_files import Claim, HeldFile, encode
 
 
@@ -146,6 +153,31 @@ def test_rows_are_mended_where_they_are_built() -> None:
     assert mended["cost_usd"] == Decimal(10) ** 8 - 1
     assert mended["audio_seconds"] == 0
     assert mended["request_id"].startswith("req_"), "every row has a request id"
+
+
+@pytest.mark.django_db
+def test_every_field_is_prepared_as_django_prepares_it(tenants: dict[str, TenantKey]) -> None:
+    """The writer's short cut (``preparer``) hands the database exactly what Django would, for
+    a row as a call builds it, as a replay reads it back from JSON, and for odd values."""
+    built = row(tenants["alice"], 7, stream=True, error_type="", audio_seconds=Decimal("1.5"))
+    replayed = orjson.loads(encode(built))  # times and decimals as text
+    odd: dict[str, Any] = {
+        "prompt_tokens": True,
+        "status_code": "200",
+        "tenant_id": str(tenants["alice"].tenant.pk),
+        "api_key_id": None,
+        "stream": 1,
+        "requested_model": 5,
+    }
+    for field in _insert_fields():
+        prepare = preparer(field)
+        for values in (built, replayed, odd):
+            if field.attname not in values:
+                continue
+            value = values[field.attname]
+            expected = field.get_db_prep_save(value, connection)
+            got = prepare(value)
+            assert (type(got), got) == (type(expected), expected), (field.attname, value)
 
 
 def test_a_poisoned_row_is_mended_and_lands_with_every_other_row(

@@ -8,7 +8,6 @@ its own (e.g. 405). A request that made no call gets its request-log line here
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
@@ -20,6 +19,7 @@ from gateway.runtime import get_runtime
 from gateway.telemetry.logs import request_answered
 from gateway.tenants.auth import Caller
 from providers.errors import GatewayError
+from providers.ids import random_hex
 
 Handler = Callable[[HttpRequest], Awaitable[HttpResponseBase]]
 
@@ -27,7 +27,7 @@ Handler = Callable[[HttpRequest], Awaitable[HttpResponseBase]]
 def stamp(response: HttpResponseBase, path: str, request_id: str | None = None) -> str:
     """The request id every answer carries (``x-request-id``, and Anthropic's ``request-id`` on
     ``/v1/messages``): the call's, which its ledger row keeps, or a new one."""
-    request_id = request_id or "req_" + uuid.uuid4().hex
+    request_id = request_id or "req_" + random_hex()
     response["x-request-id"] = request_id
     if is_anthropic_path(path):
         response["request-id"] = request_id

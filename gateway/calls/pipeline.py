@@ -24,7 +24,6 @@ import asyncio
 import contextvars
 import logging
 import time
-import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -44,6 +43,7 @@ from gateway.tenants.auth import Caller
 from gateway.usage.endpoints import Endpoint
 from providers.errors import GatewayError, InternalError, UpstreamTimeout, UpstreamUnavailable
 from providers.factory import Route, unsupported
+from providers.ids import random_hex
 from providers.pricing import cost_of
 from providers.redaction import redact
 from providers.types import Operation, Units, Usage
@@ -161,7 +161,7 @@ class Call:
         self.caller = caller
         self.endpoint = endpoint
         self.render_error = render_error
-        self.request_id = "req_" + uuid.uuid4().hex
+        self.request_id = "req_" + random_hex()
         self.started = time.perf_counter()
         self.started_at = time.time()
         """The wall-clock time of ``started`` (traces)."""

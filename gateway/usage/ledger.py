@@ -33,7 +33,6 @@ import logging
 import queue
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -42,12 +41,22 @@ from typing import Any, Protocol
 
 from django.db import connection, transaction
 from django.db.backends.base.operations import BaseDatabaseOperations
-from django.db.models import DecimalField
+from django.db.models import (
+    BooleanField,
+    CharField,
+    DecimalField,
+    Field,
+    ForeignKey,
+    IntegerField,
+    TextField,
+)
+from django.db.models.fields import AutoFieldMixin
 
 from gateway.models import LedgerDeadLetter, UsageRecord
 from gateway.outage import DATABASE_DOWN_ERRORS, Outage
 from gateway.usage.ledger_files import Claim, HeldFile, Row, adopt, encode, unclaimed
 from gateway.usage.rollup import add_to_rollup
+from providers.ids import random_hex
 
 log = logging.getLogger("tollgate.ledger")
 
@@ -508,7 +517,7 @@ def clean_row(row: Row) -> Row:
         ):
             row[name] = _clamp_decimal(value, largest)
     if not row.get("request_id"):
-        row["request_id"] = "req_" + uuid.uuid4().hex
+        row["request_id"] = "req_" + random_hex()
     return row
 
 
@@ -563,12 +572,11 @@ def insert_rows(rows: list[Row]) -> int:
     columns = ", ".join(quote(field.column) for field in fields)
     placeholders = "(" + ", ".join(["%s"] * len(fields)) + ")"
     per_statement = max(1, connection.ops.bulk_batch_size(fields, list(unique.values())))
+    preparers = [(field.attname, field, preparer(field)) for field in fields]
     values = [
         [
-            field.get_db_prep_save(
-                row[field.attname] if field.attname in row else field.get_default(), connection
-            )
-            for field in fields
+            prepare(row[name] if name in row else field.get_default())
+            for name, field, prepare in preparers
         ]
         for row in unique.values()
     ]
@@ -588,3 +596,50 @@ def insert_rows(rows: list[Row]) -> int:
 
 def _insert_fields() -> list[Any]:
     return [field for field in UsageRecord._meta.concrete_fields if not field.primary_key]
+
+
+_PLAIN_TYPES: dict[type[Field[Any, Any]], type] = {
+    CharField: str,
+    TextField: str,
+    BooleanField: bool,
+}
+
+
+def preparer(field: Field[Any, Any]) -> Callable[[Any], Any]:
+    """``field.get_db_prep_save(value, connection)``, with a short cut for the values a row
+    mostly holds: text, flags and integers, which it would hand on as they are (integers through
+    the backend's adapter, which types them for PostgreSQL). Anything else (a decimal, a time,
+    a value of an unexpected type) takes Django's whole way. The writer prepares every field of
+    every row, on a thread that holds the GIL the event loop needs."""
+    target = field.target_field if isinstance(field, ForeignKey) else field
+    ops = connection.ops
+
+    def django(value: Any) -> Any:
+        return field.get_db_prep_save(value, connection)
+
+    if isinstance(target, AutoFieldMixin):  # a foreign key's value: the other table's id
+        validate = ops.validate_autopk_value
+
+        def row_id(value: Any) -> Any:
+            if value is None:
+                return None
+            return validate(value) if type(value) is int else django(value)
+
+        return row_id
+    if isinstance(target, IntegerField):
+        adapt, internal_type = ops.adapt_integerfield_value, target.get_internal_type()
+
+        def integer(value: Any) -> Any:
+            if value is None:
+                return None
+            return adapt(value, internal_type) if type(value) is int else django(value)
+
+        return integer
+    plain = _PLAIN_TYPES.get(type(target))
+    if plain is not None:
+
+        def as_is(value: Any) -> Any:
+            return value if value is None or type(value) is plain else django(value)
+
+        return as_is
+    return django

@@ -1,0 +1,40 @@
+"""Random ids (``providers.ids``): never the same twice, in threads or in forked workers."""
+
+from __future__ import annotations
+
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+
+from providers.ids import random_hex
+
+
+def test_ids_are_32_hex_digits_and_never_repeat_across_batches() -> None:
+    ids = [random_hex() for _ in range(2000)]  # several 4096-byte batches
+    assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
+    assert len(set(ids)) == len(ids)
+
+
+def test_threads_never_take_the_same_slice() -> None:
+    with ThreadPoolExecutor(8) as pool:
+        batches = list(pool.map(lambda _: [random_hex() for _ in range(500)], range(8)))
+    ids = [i for batch in batches for i in batch]
+    assert len(set(ids)) == len(ids) == 4000
+
+
+def test_a_forked_child_draws_its_own_ids_not_its_parents() -> None:
+    random_hex()  # the parent holds a batch with ids left in it
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next ids, to the parent
+        try:
+            os.write(write, "".join(random_hex() for _ in range(4)).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    child = os.read(read, 4096).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    parent = "".join(random_hex() for _ in range(4))
+    assert len(child) == 128
+    assert child != parent  # without the reset, the child would repeat the parent's next four
