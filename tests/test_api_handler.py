@@ -1,13 +1,19 @@
 """The lean handler's shortcuts answer as Django would: its kept URL resolutions
-(``ApiHandler.resolve_request``), through the real ASGI app."""
+(``ApiHandler.resolve_request``) and its calls straight to their view (``answer_call``), against
+Django's own handler and ninja's view."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from support.inprocess import answer_everything, api_client, assert_error_shape
+import orjson
+import pytest
+from asgiref.sync import sync_to_async
+from django.test import AsyncClient
+from support.inprocess import ANTHROPIC_PATH, answer_everything, api_client, assert_error_shape
 
-from conftest import TenantKey
+from conftest import TenantKey, ledger_rows
+from gateway.api import routes
 from gateway.api.handler import api_application
 
 
@@ -44,3 +50,70 @@ async def test_a_kept_path_still_answers_each_method_and_unknown_paths_stay_404(
     assert_error_shape("/v1/models", posted)
     assert [r.status_code for r in unknown] == [404, 404]
     assert "/v1/nowhere" not in api_application._static_routes
+
+
+async def _both_ways(path: str, headers: dict[str, str], body: dict[str, Any]) -> list[Any]:
+    """The same call through the lean handler (``ApiHandler.answer_call``) and through Django's
+    own handler and ninja's view (Django's test client): status, body and headers the API sets."""
+    async with api_client() as client:
+        direct = await client.post(path, json=body, headers=headers)
+    through_ninja = await AsyncClient().post(
+        path, body, content_type="application/json", headers=headers
+    )
+    answers = []
+    for response in (direct, through_ninja):
+        content = response.content
+        answers.append(
+            (
+                response.status_code,
+                orjson.loads(content) if content else None,
+                sorted(
+                    name
+                    for name in response.headers
+                    if name.startswith(("x-tollgate-", "x-ratelimit-")) or name == "request-id"
+                ),
+            )
+        )
+    return answers
+
+
+CHAT = {"model": "echo", "messages": [{"role": "user", "content": "hi"}]}
+MESSAGE = {"model": "echo", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "key_header"),
+    [
+        ("/v1/chat/completions", CHAT, "authorization"),
+        (ANTHROPIC_PATH, MESSAGE, "x-api-key"),
+        ("/v1/embeddings", {"model": "echo", "input": "hi"}, "authorization"),
+    ],
+)
+async def test_a_call_answers_alike_through_the_lean_handler_and_ninjas_view(
+    tenants: dict[str, TenantKey], gateway_runtime: Any, path: str, body: Any, key_header: str
+) -> None:
+    current = gateway_runtime(answer_everything)
+    raw = tenants["alice"].raw
+    key = {key_header: f"Bearer {raw}" if key_header == "authorization" else raw}
+    good, good_again = await _both_ways(path, key, body)
+    assert good[0] == 200 and good[:1] + good[2:] == good_again[:1] + good_again[2:]
+    refused, refused_again = await _both_ways(path, {key_header: "Bearer tg-wrong"}, body)
+    assert refused == refused_again and refused[0] == 401
+    rows = await sync_to_async(ledger_rows)(current)
+    assert [r.status_code for r in rows] == [200, 200]  # a refused key makes no call
+
+
+async def test_a_bug_under_a_call_is_a_500_in_the_apis_shape_either_way(
+    tenants: dict[str, TenantKey], gateway_runtime: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gateway_runtime(answer_everything)
+
+    async def broken(*args: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(routes, "serve", broken)
+    headers = {"authorization": f"Bearer {tenants['alice'].raw}"}
+    direct, through_ninja = await _both_ways("/v1/chat/completions", headers, CHAT)
+    assert direct == through_ninja
+    assert direct[0] == 500
+    assert direct[1]["error"]["message"] == "The gateway failed to handle the request."

@@ -43,7 +43,7 @@ def count_without_call(path: str, status: int, caller: object = None) -> None:
         metrics.request_finished(path, status, tenant)
 
 
-def _finish(request: HttpRequest, response: HttpResponseBase, started: float) -> HttpResponseBase:
+def finish(request: HttpRequest, response: HttpResponseBase, started: float) -> HttpResponseBase:
     if not request.path.startswith("/v1/"):
         return response
     if response.status_code >= 400 and not response.get("content-type", "").startswith(
@@ -89,13 +89,13 @@ def api_responses(get_response: Handler) -> Handler:
 
         async def middleware(request: HttpRequest) -> HttpResponseBase:
             started = time.perf_counter()
-            return _finish(request, await get_response(request), started)
+            return finish(request, await get_response(request), started)
 
         markcoroutinefunction(middleware)
         return middleware
 
     def sync_middleware(request: HttpRequest) -> HttpResponseBase:
         started = time.perf_counter()
-        return _finish(request, get_response(request), started)  # type: ignore[arg-type]
+        return finish(request, get_response(request), started)  # type: ignore[arg-type]
 
     return sync_middleware  # type: ignore[return-value]

@@ -25,7 +25,7 @@ from ninja.security.base import AuthBase
 
 from gateway.api.errors import error_response, error_response_for
 from gateway.calls import chat, media, messages, responses
-from gateway.calls.pipeline import serve
+from gateway.calls.pipeline import Steps, serve
 from gateway.outage import read_database
 from gateway.runtime import get_runtime
 from gateway.tenants.auth import Caller, caller_of
@@ -72,27 +72,46 @@ def _json(data: object, status: int = 200) -> HttpResponse:
     return HttpResponse(orjson.dumps(data), status=status, content_type="application/json")
 
 
-@api.post("/chat/completions")
-async def chat_completions(request: HttpRequest) -> HttpResponseBase:
-    return await serve(request, Endpoint.CHAT_COMPLETIONS, chat.completions)
+CALLS: dict[str, tuple[Endpoint, Steps]] = {
+    "/v1/chat/completions": (Endpoint.CHAT_COMPLETIONS, chat.completions),
+    "/v1/messages": (Endpoint.MESSAGES, messages.create),  # Anthropic's Messages API
+    # Anthropic's token count of a Messages request, for any model; not billed:
+    "/v1/messages/count_tokens": (Endpoint.MESSAGES, messages.count_tokens),
+    "/v1/responses": (Endpoint.RESPONSES, responses.create),  # for every chat model
+    "/v1/embeddings": (Endpoint.EMBEDDINGS, media.embeddings),
+    "/v1/images/generations": (Endpoint.IMAGES, media.images),
+    # The audio streams through with the upstream's content type:
+    "/v1/audio/speech": (Endpoint.SPEECH, media.speech),
+    "/v1/audio/transcriptions": (Endpoint.TRANSCRIPTIONS, media.transcriptions),
+}
+"""The calls: ``POST`` to each path runs its endpoint's steps (``gateway.calls``).
+
+``ApiHandler`` answers them with ``answer_call`` directly; the django-ninja view of each path
+calls the same function, for Django's test client (and a ``GET`` is ninja's 405)."""
 
 
-@api.post("/messages")
-async def create_message(request: HttpRequest) -> HttpResponseBase:
-    """Anthropic's Messages API; the key may come as ``x-api-key`` (Anthropic's SDKs) or Bearer."""
-    return await serve(request, Endpoint.MESSAGES, messages.create)
+async def answer_call(request: HttpRequest, endpoint: Endpoint, steps: Steps) -> HttpResponseBase:
+    """One call, as its ninja operation would run it, without the operation's per-request work
+    (a response to merge, parameters to collect): the same authentication (``TenantKey``: Bearer,
+    or ``x-api-key``, which wins), the same error answers (``api.on_exception`` and the handlers
+    below)."""
+    try:
+        request.auth = await caller_of(request, x_api_key=True)  # type: ignore[attr-defined]
+        return await serve(request, endpoint, steps)
+    except Exception as exc:
+        return api.on_exception(request, exc)
 
 
-@api.post("/messages/count_tokens")
-async def count_message_tokens(request: HttpRequest) -> HttpResponseBase:
-    """Anthropic's token count of a Messages request, for any model; not billed."""
-    return await serve(request, Endpoint.MESSAGES, messages.count_tokens)
+def _call_view(path: str, endpoint: Endpoint, steps: Steps) -> None:
+    async def view(request: HttpRequest) -> HttpResponseBase:
+        return await answer_call(request, endpoint, steps)
+
+    name = path.removeprefix("/v1/").replace("/", "_")
+    api.post(path.removeprefix("/v1"), auth=None, operation_id=name, url_name=name)(view)
 
 
-@api.post("/responses")
-async def create_response(request: HttpRequest) -> HttpResponseBase:
-    """OpenAI's Responses API, for every chat model (``gateway.calls.responses``)."""
-    return await serve(request, Endpoint.RESPONSES, responses.create)
+for _path, (_endpoint, _steps) in CALLS.items():
+    _call_view(_path, _endpoint, _steps)
 
 
 @api.get("/responses/{response_id}")
@@ -131,27 +150,6 @@ async def _stored_response(
     if suffix:
         return responses.json_response(responses.input_item_list(stored))
     return responses.json_response(stored.body)
-
-
-@api.post("/embeddings")
-async def embeddings(request: HttpRequest) -> HttpResponseBase:
-    return await serve(request, Endpoint.EMBEDDINGS, media.embeddings)
-
-
-@api.post("/images/generations")
-async def image_generations(request: HttpRequest) -> HttpResponseBase:
-    return await serve(request, Endpoint.IMAGES, media.images)
-
-
-@api.post("/audio/speech")
-async def speech(request: HttpRequest) -> HttpResponseBase:
-    """The audio streams through with the upstream's content type."""
-    return await serve(request, Endpoint.SPEECH, media.speech)
-
-
-@api.post("/audio/transcriptions")
-async def transcriptions(request: HttpRequest) -> HttpResponseBase:
-    return await serve(request, Endpoint.TRANSCRIPTIONS, media.transcriptions)
 
 
 def _model_entry(name: str, owner: str, operations: Sequence[str]) -> dict[str, object]:
