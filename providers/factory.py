@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
+import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
@@ -59,13 +60,27 @@ def unsupported(model: str, operation: Operation) -> UnsupportedOperation:
     return UnsupportedOperation(f"The model `{model}` does not support {operation}.", param="model")
 
 
+class UpstreamTransport(AiohttpTransport):
+    """httpx over aiohttp, whose session keeps no cookies: it serves every tenant's calls, and
+    aiohttp's own jar would send a cookie one answer set (a CDN's ``__cf_bm``, say) with every
+    later call to that host, whichever tenant's. Nor is a jar searched on every call."""
+
+    def get_client(self) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(
+            keepalive_timeout=self.limits.keepalive_expiry,
+            ssl=self.ssl_context,
+            limit=self.limits.max_connections or 0,  # 0: no limit, as httpx's None
+        )
+        return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
+
+
 def default_transport(config: ProviderConfig) -> httpx.AsyncBaseTransport:
     """httpx over aiohttp: several times the throughput of httpx's own transport under load.
 
     Idle connections are dropped before the upstream would drop them (``keepalive_seconds``),
     so that a burst after a pause does not hit a connection the upstream already closed.
     """
-    return AiohttpTransport(
+    return UpstreamTransport(
         limits=httpx.Limits(
             max_connections=config.max_connections,
             keepalive_expiry=config.keepalive_seconds,

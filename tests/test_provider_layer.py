@@ -141,3 +141,46 @@ async def test_an_upstream_client_keeps_no_cookie_from_one_call_to_the_next(
     assert seen == [None, None]
     assert not client.cookies
     await factory.aclose()
+
+
+async def test_the_real_transport_keeps_no_cookie_either(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same over the wire, through httpx over aiohttp as production runs it: aiohttp's own
+    session would keep the cookie and send it with every later call to that host."""
+    from aiohttp import web
+
+    from conftest import write_config
+    from providers.config import load_config
+
+    seen: list[str | None] = []
+
+    async def models(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("cookie"))
+        response = web.json_response({"object": "list", "data": []})
+        response.set_cookie("__cf_bm", "tenant-a", path="/")
+        return response
+
+    app = web.Application()
+    app.router.add_get("/v1/models", models)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    monkeypatch.setenv("FAKE_UPSTREAM_KEY", "sk-upstream")
+    base = f"http://localhost:{port}/v1"  # a name: aiohttp's jar takes no cookie from an address
+    config = load_config(write_config(tmp_path / "config.toml", base))
+    factory = ProviderFactory(config)  # the default transport: aiohttp's
+    client = factory.get("fake").client
+    try:
+        for _ in range(2):
+            request = client.upstream("GET", httpx.URL(base + "/models"), {})
+            response = await client.send_upstream(request)
+            await response.aread()
+            await response.aclose()
+            assert response.headers["set-cookie"].startswith("__cf_bm=")
+    finally:
+        await factory.aclose()
+        await runner.cleanup()
+    assert seen == [None, None]
