@@ -42,10 +42,17 @@ class Drain:
         self._watching = False
 
     def track(self, request: asyncio.Task[Any]) -> None:
+        """``request`` is the task of a request under way, until ``untrack`` (or its end)."""
         self.requests.add(request)
         request.add_done_callback(self.requests.discard)
         if self.cutting:  # past the grace (a kept-alive connection): cut at once, not killed later
             request.cancel()
+
+    def untrack(self, request: asyncio.Task[Any]) -> None:
+        """The request is answered; its task (the server's) may live on, for the next request of
+        its connection."""
+        self.requests.discard(request)
+        request.remove_done_callback(self.requests.discard)
 
     def watch_signals(self, grace: float) -> None:
         """Start the grace when the process is told to stop. Called once the server has installed
