@@ -4,6 +4,7 @@ Django's own handler and ninja's view."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
@@ -117,3 +118,26 @@ async def test_a_bug_under_a_call_is_a_500_in_the_apis_shape_either_way(
     assert direct == through_ninja
     assert direct[0] == 500
     assert direct[1]["error"]["message"] == "The gateway failed to handle the request."
+
+
+async def test_a_server_whose_requests_are_not_plain_asyncio_tasks_is_served_too(
+    tenants: dict[str, TenantKey], gateway_runtime: Any
+) -> None:
+    """granian's --task-impl rust runs each request in a Task subclass that takes no callbacks
+    (every call answered 500 until the handler ran such a request in a task of its own)."""
+
+    class ServerTask(asyncio.Task):  # type: ignore[type-arg]
+        pass
+
+    current = gateway_runtime(answer_everything)
+    headers = {"authorization": f"Bearer {tenants['alice'].raw}"}
+
+    async def call() -> int:
+        async with api_client() as client:
+            response = await client.post("/v1/chat/completions", json=CHAT, headers=headers)
+        return response.status_code
+
+    loop = asyncio.get_running_loop()
+    assert await ServerTask(call(), loop=loop) == 200
+    rows = await sync_to_async(ledger_rows)(current)
+    assert [r.status_code for r in rows] == [200]

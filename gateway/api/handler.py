@@ -141,7 +141,13 @@ class ApiHandler(ASGIHandler):
             settings.MIDDLEWARE = stock
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        await self.handle(scope, receive, send)  # no ThreadSensitiveContext: see the docstring
+        # No ThreadSensitiveContext: see the docstring. The request runs in an asyncio task that a
+        # disconnect may cancel: the server's, or one of ours where the server's is not a plain
+        # asyncio task (granian's --task-impl rust, whose tasks take no callbacks).
+        if type(asyncio.current_task()) is asyncio.Task:
+            await self.handle(scope, receive, send)
+        else:
+            await asyncio.create_task(self.handle(scope, receive, send))
 
     async def handle(self, scope: Scope, receive: Any, send: Any) -> None:
         if (problem := header_problem(scope)) is not None:
