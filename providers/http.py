@@ -23,6 +23,8 @@ from providers.errors import (
 from providers.types import Usage
 
 _ERROR_BODY_LIMIT = 64 * 1024
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+"""Methods httpx gives a ``Content-Length: 0`` when they send no body."""
 
 
 class _NoCookies(httpx.Cookies):
@@ -43,6 +45,7 @@ class UpstreamClient(httpx.AsyncClient):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._extensions = {"timeout": self.timeout.as_dict()}
+        self._defaults = [(name.lower(), name, value) for name, value in self.headers.raw]
 
     def upstream(
         self,
@@ -52,12 +55,25 @@ class UpstreamClient(httpx.AsyncClient):
         content: bytes | None = None,
     ) -> httpx.Request:
         """``build_request(method, url, headers=headers, content=content)``, for an absolute
-        ``url``: the client's default headers, ``headers`` over them, and its timeouts."""
-        merged = httpx.Headers(self.headers)
-        merged.update(headers)
-        return httpx.Request(
-            method, url, headers=merged, content=content, extensions=self._extensions
+        ``url``: the client's default headers, ``headers`` over them (whatever their case), its
+        timeouts, and the ``Host`` and ``Content-Length`` httpx would add; the same request, but
+        its headers are put together once as bytes instead of merged a header at a time."""
+        given = [(name.encode("ascii"), value.encode("ascii")) for name, value in headers.items()]
+        names = {name.lower() for name, _ in given}
+        raw = [] if b"host" in names else [(b"Host", url.netloc)]
+        raw += [(name, value) for lower, name, value in self._defaults if lower not in names]
+        raw += given
+        if b"content-length" not in names and (content is not None or method in _BODY_METHODS):
+            raw.append((b"Content-Length", str(len(content or b"")).encode("ascii")))
+        request = httpx.Request(
+            method,
+            url,
+            headers=raw,
+            stream=httpx.ByteStream(content or b""),
+            extensions=self._extensions,
         )
+        request.read()  # the body is known: ``request.content``, as for ``content=``
+        return request
 
     async def send_upstream(self, request: httpx.Request) -> httpx.Response:
         """``send(request, stream=True)`` by the transport alone (or the proxy's the environment

@@ -184,3 +184,31 @@ async def test_the_real_transport_keeps_no_cookie_either(
         await factory.aclose()
         await runner.cleanup()
     assert seen == [None, None]
+
+
+@pytest.mark.parametrize(
+    ("method", "headers", "content"),
+    [
+        ("POST", {"content-type": "application/json", "authorization": "Bearer k"}, b'{"a":1}'),
+        ("POST", {"Accept": "text/event-stream", "user-agent": "tollgate"}, b"x" * 70_000),
+        ("POST", {"content-type": "application/json"}, None),
+        ("GET", {"authorization": "Bearer k"}, None),
+        ("DELETE", {"X-Custom": "1", "x-custom": "2"}, None),
+    ],
+)
+def test_an_upstream_request_is_the_one_build_request_makes(
+    method: str, headers: dict[str, str], content: bytes | None
+) -> None:
+    """``UpstreamClient.upstream`` puts a request together its own way: the same method, URL,
+    headers (names regardless of case; the given ones over the client's), body and timeouts."""
+    client = UpstreamClient(timeout=httpx.Timeout(30, connect=5))
+    url = httpx.URL("https://api.example.test:8443/v1/chat/completions")
+    ours = client.upstream(method, url, headers, content)
+    httpx_own = client.build_request(method, url, headers=headers, content=content)
+
+    def key(request: httpx.Request) -> list[tuple[bytes, bytes]]:
+        return sorted((name.lower(), value) for name, value in request.headers.raw)
+
+    assert (ours.method, ours.url, key(ours)) == (httpx_own.method, httpx_own.url, key(httpx_own))
+    assert ours.content == httpx_own.content == (content or b"")
+    assert ours.extensions == httpx_own.extensions
