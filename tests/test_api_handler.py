@@ -18,11 +18,16 @@ from gateway.api import routes
 from gateway.api.handler import api_application
 
 
-async def test_a_path_with_parameters_is_resolved_each_time_with_its_own(
-    tenants: dict[str, TenantKey], gateway_runtime: Any
-) -> None:
+@pytest.fixture
+def headers(tenants: dict[str, TenantKey], gateway_runtime: Any) -> dict[str, str]:
+    """Alice's key as Bearer, and an upstream that answers everything."""
     gateway_runtime(answer_everything)
-    headers = {"authorization": f"Bearer {tenants['alice'].raw}"}
+    return {"authorization": f"Bearer {tenants['alice'].raw}"}
+
+
+async def test_a_path_with_parameters_is_resolved_each_time_with_its_own(
+    headers: dict[str, str],
+) -> None:
     async with api_client() as client:
         first = await client.get("/v1/models/echo", headers=headers)
         second = await client.get("/v1/models/no-such-model", headers=headers)
@@ -35,10 +40,8 @@ async def test_a_path_with_parameters_is_resolved_each_time_with_its_own(
 
 
 async def test_a_kept_path_still_answers_each_method_and_unknown_paths_stay_404(
-    tenants: dict[str, TenantKey], gateway_runtime: Any
+    headers: dict[str, str],
 ) -> None:
-    gateway_runtime(answer_everything)
-    headers = {"authorization": f"Bearer {tenants['alice'].raw}"}
     async with api_client() as client:
         listed = await client.get("/v1/models", headers=headers)
         assert "/v1/models" in api_application._static_routes
@@ -105,15 +108,12 @@ async def test_a_call_answers_alike_through_the_lean_handler_and_ninjas_view(
 
 
 async def test_a_bug_under_a_call_is_a_500_in_the_apis_shape_either_way(
-    tenants: dict[str, TenantKey], gateway_runtime: Any, monkeypatch: pytest.MonkeyPatch
+    headers: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    gateway_runtime(answer_everything)
-
     async def broken(*args: Any) -> Any:
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(routes, "serve", broken)
-    headers = {"authorization": f"Bearer {tenants['alice'].raw}"}
     direct, through_ninja = await _both_ways("/v1/chat/completions", headers, CHAT)
     assert direct == through_ninja
     assert direct[0] == 500
