@@ -260,6 +260,8 @@ class ConsoleHandler(logging.StreamHandler):
         text = "".join(self._held)
         self._held.clear()
         self._held_bytes = 0
+        if getattr(self.stream, "closed", False):  # closed under us (pytest's capture at exit)
+            self.stream = sys.stderr
         try:
             self.stream.write(text)
             self.stream.flush()
