@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 from providers.ids import random_hex
@@ -16,10 +17,17 @@ def test_ids_are_32_hex_digits_and_never_repeat_across_batches() -> None:
 
 
 def test_threads_never_take_the_same_slice() -> None:
-    with ThreadPoolExecutor(8) as pool:
-        batches = list(pool.map(lambda _: [random_hex() for _ in range(500)], range(8)))
+    """Ids taken by 8 threads at once are all distinct. Not a proof of the lock: without it the
+    race (two threads between reading and moving the offset) did not show in 3 runs of this."""
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch between any two bytecodes, as under load
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            batches = list(pool.map(lambda _: [random_hex() for _ in range(5000)], range(8)))
+    finally:
+        sys.setswitchinterval(switch)
     ids = [i for batch in batches for i in batch]
-    assert len(set(ids)) == len(ids) == 4000
+    assert len(set(ids)) == len(ids) == 40_000
 
 
 def test_a_forked_child_draws_its_own_ids_not_its_parents() -> None:
