@@ -104,3 +104,17 @@ async def test_a_request_that_arrives_after_the_cut_is_cut_at_once() -> None:
     drain.track(late)
     await asyncio.sleep(0)
     assert late.cancelled()
+
+
+async def test_an_answered_request_is_not_cut_though_its_task_lives_on() -> None:
+    """The server's task may serve the connection's next request: once its request is answered
+    (``untrack``), a cut leaves it alone."""
+    drain = Drain()
+    connection = asyncio.create_task(asyncio.sleep(30))
+    drain.track(connection)
+    drain.untrack(connection)
+    assert drain.requests == set()
+    drain.begin(grace=0)
+    await asyncio.sleep(0.01)
+    assert not connection.cancelled()
+    connection.cancel()

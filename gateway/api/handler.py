@@ -122,8 +122,9 @@ class ApiHandler(ASGIHandler):
 
     def resolve_request(self, request: HttpRequest) -> ResolverMatch:
         """Django's URL resolution, kept for the paths without parameters (a fixed handful, such
-        as ``/v1/chat/completions``): resolving walks every pattern of the API on each request,
-        a twentieth of a call's time on the loop. The URLconf does not change while serving."""
+        as ``/v1/models``): resolving walks every pattern of the API on each request. Calls do
+        not come here (``answer_call``); the model list, usage and wrong methods on call paths
+        do. The URLconf does not change while serving."""
         match = self._static_routes.get(request.path_info)
         if match is None:
             match = super().resolve_request(request)

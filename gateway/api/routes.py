@@ -62,7 +62,7 @@ api = NinjaAPI(
     description="A multi-tenant, OpenAI-compatible LLM gateway.",
     urls_namespace="v1",
     docs_url=None,
-    auth=TenantKey(x_api_key=True),  # Bearer, or x-api-key as Anthropic's clients send it
+    auth=(TENANT_KEY := TenantKey(x_api_key=True)),  # Bearer, or x-api-key (Anthropic's clients)
 )
 
 _STARTED = int(time.time())
@@ -92,11 +92,11 @@ calls the same function, for Django's test client (and a ``GET`` is ninja's 405)
 
 async def answer_call(request: HttpRequest, endpoint: Endpoint, steps: Steps) -> HttpResponseBase:
     """One call, as its ninja operation would run it, without the operation's per-request work
-    (a response to merge, parameters to collect): the same authentication (``TenantKey``: Bearer,
-    or ``x-api-key``, which wins), the same error answers (``api.on_exception`` and the handlers
-    below)."""
+    (a response to merge, parameters to collect): the API's own authentication (``TENANT_KEY``:
+    Bearer, or ``x-api-key``, which wins) and error answers (``api.on_exception`` and the
+    handlers below)."""
     try:
-        request.auth = await caller_of(request, x_api_key=True)  # type: ignore[attr-defined]
+        request.auth = await TENANT_KEY.authenticate(request)  # type: ignore[attr-defined]
         return await serve(request, endpoint, steps)
     except Exception as exc:
         return api.on_exception(request, exc)
