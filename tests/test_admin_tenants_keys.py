@@ -17,7 +17,7 @@ from support.rows import call
 
 from conftest import TenantKey
 from gateway.models import ApiKey, Tenant
-from gateway.usage.ledger import insert_rows
+from gateway.usage.ledger_rows import insert_rows
 from gateway.usage.spend import budget_use, keys_with_figures, tenants_with_figures
 
 

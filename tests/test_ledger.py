@@ -15,15 +15,9 @@ from django.db import DatabaseError, OperationalError, connection
 from conftest import TenantKey
 from gateway.models import LedgerDeadLetter, UsageDaily, UsageRecord
 from gateway.usage import ledger as ledger_module
-from gateway.usage.ledger import (
-    LedgerWriter,
-    _insert_fields,
-    _Retire,
-    clean_row,
-    insert_rows,
-    preparer,
-)
+from gateway.usage.ledger import LedgerWriter, _Retire
 from gateway.usage.ledger_files import Claim, HeldFile, encode
+from gateway.usage.ledger_rows import clean_row, insert_fields, insert_rows, preparer
 
 
 def row(who: TenantKey, n: int, **fields: Any) -> dict[str, Any]:
@@ -169,7 +163,7 @@ def test_every_field_is_prepared_as_django_prepares_it(tenants: dict[str, Tenant
         "stream": 1,
         "requested_model": 5,
     }
-    for field in _insert_fields():
+    for field in insert_fields():
         prepare = preparer(field)
         for values in (built, replayed, odd):
             if field.attname not in values:

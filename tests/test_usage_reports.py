@@ -23,7 +23,8 @@ from support.rows import call
 from conftest import TenantKey
 from gateway.models import UsageDaily, UsageRecord
 from gateway.usage.groups import USAGE_VIEWER_GROUP
-from gateway.usage.ledger import LedgerWriter, insert_rows
+from gateway.usage.ledger import LedgerWriter
+from gateway.usage.ledger_rows import insert_rows
 
 DAY = date(2026, 3, 14)
 

@@ -33,7 +33,7 @@ from django.utils.safestring import SafeString
 from gateway.models import LedgerDeadLetter, UsageDaily, UsageRecord
 from gateway.usage.endpoints import Endpoint
 from gateway.usage.figures import count, seconds, status_badge, usd
-from gateway.usage.ledger import clean_row, insert_rows
+from gateway.usage.ledger_rows import clean_row, insert_rows
 from gateway.usage.reports import rollup_values
 from gateway.usage.totals import list_totals
 

@@ -1,10 +1,10 @@
 """The ledger writer: every call's row reaches the ledger exactly once, whatever fails.
 
-A request hands its row to ``LedgerWriter.record``, which cleans it (``clean_row``: what the
-database would refuse, such as a NUL character in a model name, is mended where the row is built),
-appends it to the process's journal (``ledger_files``: a write to the page cache, before the
-call's answer completes) and queues it. One writer thread per process drains the queue and
-inserts the rows in batches, one batch at most every ``flush_seconds`` or every ``batch_size``
+A request hands its row to ``LedgerWriter.record``, which cleans it (``ledger_rows.clean_row``:
+what the database would refuse, such as a NUL character in a model name, is mended where the row
+is built), appends it to the process's journal (``ledger_files``: a write to the page cache,
+before the call's answer completes) and queues it. One writer thread per process drains the
+queue and inserts the rows in batches (``ledger_rows.insert_rows``), one batch at most every ``flush_seconds`` or every ``batch_size``
 rows, adding them to the daily rollup (``rollup.py``) in the same transaction.
 
 What can go wrong, and what happens then:
@@ -35,32 +35,19 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
-from django.db import connection, transaction
-from django.db.backends.base.operations import BaseDatabaseOperations
-from django.db.models import (
-    BooleanField,
-    CharField,
-    DecimalField,
-    Field,
-    ForeignKey,
-    IntegerField,
-    TextField,
-)
-from django.db.models.fields import AutoFieldMixin
+from django.db import connection
 
-from gateway.models import LedgerDeadLetter, UsageRecord
+from gateway.models import LedgerDeadLetter
 from gateway.outage import DATABASE_DOWN_ERRORS, Outage
 from gateway.usage.ledger_files import Claim, HeldFile, Row, adopt, encode, unclaimed
-from gateway.usage.rollup import add_to_rollup
-from providers.ids import random_hex
+from gateway.usage.ledger_rows import as_text, clean_row, insert_rows
 
 log = logging.getLogger("tollgate.ledger")
 
-__all__ = ["LedgerWriter", "Row", "clean_row", "insert_rows"]
+__all__ = ["LedgerWriter", "Row", "database_answers"]
 
 _STOP = object()
 
@@ -347,7 +334,7 @@ class LedgerWriter:
                     request_id=request_id,
                     tenant_id=tenant_id if isinstance(tenant_id, int) else None,
                     reason=reason,
-                    row=_as_text(row),
+                    row=as_text(row),
                 )
         except Exception as dead:
             raise DatabaseUnavailable(f"the dead letter failed too: {dead}") from dead
@@ -475,171 +462,3 @@ def database_answers() -> bool:
             with contextlib.suppress(Exception):
                 connection.close()
     return False
-
-
-# --- rows --------------------------------------------------------------------------------------
-
-_RANGES = BaseDatabaseOperations.integer_field_ranges
-_TEXT_FIELDS = [
-    (field.attname, field.max_length)
-    for field in UsageRecord._meta.concrete_fields
-    if field.get_internal_type() == "CharField"
-]
-_INT_FIELDS = [
-    (field.attname, *_RANGES[field.get_internal_type()])
-    for field in UsageRecord._meta.concrete_fields
-    if field.get_internal_type() in _RANGES and not field.is_relation and not field.primary_key
-]
-_DECIMAL_FIELDS = [
-    (field.attname, Decimal(10) ** (field.max_digits - field.decimal_places) - 1)
-    for field in UsageRecord._meta.concrete_fields
-    if isinstance(field, DecimalField)
-]
-
-
-def clean_row(row: Row) -> Row:
-    """Mend, in place, what the database would refuse in a row: NUL characters and lone
-    surrogates in text (replaced by U+FFFD), text over its column's length (cut), counts
-    outside their column's range (clamped), decimals that are not finite or too large. A row
-    without a request id gets one: the id is what keeps a replayed row from counting twice."""
-    for name, limit in _TEXT_FIELDS:
-        value = row.get(name)
-        if isinstance(value, str):
-            row[name] = _clean_text(value, limit)
-    for name, low, high in _INT_FIELDS:
-        value = row.get(name)
-        if value is not None and not (isinstance(value, int) and low <= value <= high):
-            row[name] = _clamp_int(value, low, high)
-    for name, largest in _DECIMAL_FIELDS:
-        value = row.get(name)
-        if value is not None and not (
-            isinstance(value, Decimal) and value.is_finite() and abs(value) <= largest
-        ):
-            row[name] = _clamp_decimal(value, largest)
-    if not row.get("request_id"):
-        row["request_id"] = "req_" + random_hex()
-    return row
-
-
-def _clean_text(value: str, limit: int | None) -> str:
-    if "\x00" in value:
-        value = value.replace("\x00", "\ufffd")
-    try:
-        value.encode()
-    except UnicodeEncodeError:  # lone surrogates
-        value = "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in value)
-    return value[:limit] if limit else value
-
-
-def _clamp_int(value: object, low: int, high: int) -> int | None:
-    try:
-        number = int(value)  # type: ignore[call-overload]
-    except (TypeError, ValueError, OverflowError):
-        return None
-    return min(max(number, low), high)
-
-
-def _clamp_decimal(value: object, high: Decimal) -> Decimal:
-    try:
-        number = value if isinstance(value, Decimal) else Decimal(str(value))
-    except (InvalidOperation, ValueError):
-        return Decimal(0)
-    if not number.is_finite():
-        return Decimal(0)
-    return min(max(number, -high), high)
-
-
-def _as_text(row: Row) -> str:
-    try:
-        return encode(row).decode().rstrip("\n")
-    except TypeError:
-        return repr(row)
-
-
-def insert_rows(rows: list[Row]) -> int:
-    """Insert a batch, skipping rows whose request id is already in the ledger, and add the rows
-    that landed to the rollup, in one transaction. Returns how many landed.
-
-    Multi-row ``INSERT ... ON CONFLICT (request_id) DO NOTHING RETURNING request_id``: it tells
-    which rows are new, so that a replay never adds to the rollup twice. Values are adapted by
-    each field, so every database backend gets what it expects; missing fields take defaults."""
-    unique: dict[str, Row] = {}
-    for row in rows:
-        unique.setdefault(row["request_id"], row)
-    fields = _insert_fields()
-    quote = connection.ops.quote_name
-    table = quote(UsageRecord._meta.db_table)
-    columns = ", ".join(quote(field.column) for field in fields)
-    placeholders = "(" + ", ".join(["%s"] * len(fields)) + ")"
-    per_statement = max(1, connection.ops.bulk_batch_size(fields, list(unique.values())))
-    preparers = [(field.attname, field, preparer(field)) for field in fields]
-    values = [
-        [
-            prepare(row[name] if name in row else field.get_default())
-            for name, field, prepare in preparers
-        ]
-        for row in unique.values()
-    ]
-    landed: set[str] = set()
-    with transaction.atomic(), connection.cursor() as cursor:
-        for start in range(0, len(values), per_statement):
-            chunk = values[start : start + per_statement]
-            cursor.execute(
-                f"INSERT INTO {table} ({columns}) VALUES {', '.join([placeholders] * len(chunk))} "
-                f"ON CONFLICT ({quote('request_id')}) DO NOTHING RETURNING {quote('request_id')}",
-                [value for row_values in chunk for value in row_values],
-            )
-            landed.update(request_id for (request_id,) in cursor.fetchall())
-        add_to_rollup(cursor, [row for key, row in unique.items() if key in landed])
-    return len(landed)
-
-
-def _insert_fields() -> list[Any]:
-    return [field for field in UsageRecord._meta.concrete_fields if not field.primary_key]
-
-
-_PLAIN_TYPES: dict[type[Field[Any, Any]], type] = {
-    CharField: str,
-    TextField: str,
-    BooleanField: bool,
-}
-
-
-def preparer(field: Field[Any, Any]) -> Callable[[Any], Any]:
-    """``field.get_db_prep_save(value, connection)``, with a short cut for the values a row
-    mostly holds: text, flags and integers, which it would hand on as they are (integers through
-    the backend's adapter, which types them for PostgreSQL). Anything else (a decimal, a time,
-    a value of an unexpected type) takes Django's whole way. The writer prepares every field of
-    every row, on a thread that holds the GIL the event loop needs."""
-    target = field.target_field if isinstance(field, ForeignKey) else field
-    ops = connection.ops
-
-    def django(value: Any) -> Any:
-        return field.get_db_prep_save(value, connection)
-
-    if isinstance(target, AutoFieldMixin):  # a foreign key's value: the other table's id
-        validate = ops.validate_autopk_value
-
-        def row_id(value: Any) -> Any:
-            if value is None:
-                return None
-            return validate(value) if type(value) is int else django(value)
-
-        return row_id
-    if isinstance(target, IntegerField):
-        adapt, internal_type = ops.adapt_integerfield_value, target.get_internal_type()
-
-        def integer(value: Any) -> Any:
-            if value is None:
-                return None
-            return adapt(value, internal_type) if type(value) is int else django(value)
-
-        return integer
-    plain = _PLAIN_TYPES.get(type(target))
-    if plain is not None:
-
-        def as_is(value: Any) -> Any:
-            return value if value is None or type(value) is plain else django(value)
-
-        return as_is
-    return django

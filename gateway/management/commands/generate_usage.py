@@ -21,7 +21,7 @@ from django.core.management.base import BaseCommand, CommandParser
 from django.db import connection, transaction
 
 from gateway.models import ApiKey, Tenant, UsageRecord
-from gateway.usage.ledger import _insert_fields
+from gateway.usage.ledger_rows import insert_fields
 from gateway.usage.rollup import rebuild_rollup
 
 MODELS = (  # (requested model, provider, USD per Mtok in, out)
@@ -126,7 +126,7 @@ class Command(BaseCommand):
         return result
 
     def _insert(self, rows: list[dict[str, Any]]) -> None:
-        fields = _insert_fields()
+        fields = insert_fields()
         values = [
             [
                 field.get_db_prep_save(

@@ -1,0 +1,199 @@
+"""The ledger's rows: mending what the database would refuse, and inserting a batch.
+
+``clean_row`` mends a row where it is built (``LedgerWriter.record``) and where one is replayed
+or retried from the dead letter; ``insert_rows`` lands a batch idempotently, with its rollup, in
+one transaction. Both are the writer's (``ledger.py``), and the admin's retry of a dead letter
+uses them too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from django.db import connection, transaction
+from django.db.backends.base.operations import BaseDatabaseOperations
+from django.db.models import (
+    BooleanField,
+    CharField,
+    DecimalField,
+    Field,
+    ForeignKey,
+    IntegerField,
+    TextField,
+)
+from django.db.models.fields import AutoFieldMixin
+
+from gateway.models import UsageRecord
+from gateway.usage.ledger_files import Row, encode
+from gateway.usage.rollup import add_to_rollup
+from providers.ids import random_hex
+
+__all__ = ["Row", "as_text", "clean_row", "insert_fields", "insert_rows", "preparer"]
+
+
+_RANGES = BaseDatabaseOperations.integer_field_ranges
+_TEXT_FIELDS = [
+    (field.attname, field.max_length)
+    for field in UsageRecord._meta.concrete_fields
+    if field.get_internal_type() == "CharField"
+]
+_INT_FIELDS = [
+    (field.attname, *_RANGES[field.get_internal_type()])
+    for field in UsageRecord._meta.concrete_fields
+    if field.get_internal_type() in _RANGES and not field.is_relation and not field.primary_key
+]
+_DECIMAL_FIELDS = [
+    (field.attname, Decimal(10) ** (field.max_digits - field.decimal_places) - 1)
+    for field in UsageRecord._meta.concrete_fields
+    if isinstance(field, DecimalField)
+]
+
+
+def clean_row(row: Row) -> Row:
+    """Mend, in place, what the database would refuse in a row: NUL characters and lone
+    surrogates in text (replaced by U+FFFD), text over its column's length (cut), counts
+    outside their column's range (clamped), decimals that are not finite or too large. A row
+    without a request id gets one: the id is what keeps a replayed row from counting twice."""
+    for name, limit in _TEXT_FIELDS:
+        value = row.get(name)
+        if isinstance(value, str):
+            row[name] = _clean_text(value, limit)
+    for name, low, high in _INT_FIELDS:
+        value = row.get(name)
+        if value is not None and not (isinstance(value, int) and low <= value <= high):
+            row[name] = _clamp_int(value, low, high)
+    for name, largest in _DECIMAL_FIELDS:
+        value = row.get(name)
+        if value is not None and not (
+            isinstance(value, Decimal) and value.is_finite() and abs(value) <= largest
+        ):
+            row[name] = _clamp_decimal(value, largest)
+    if not row.get("request_id"):
+        row["request_id"] = "req_" + random_hex()
+    return row
+
+
+def _clean_text(value: str, limit: int | None) -> str:
+    if "\x00" in value:
+        value = value.replace("\x00", "\ufffd")
+    try:
+        value.encode()
+    except UnicodeEncodeError:  # lone surrogates
+        value = "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in value)
+    return value[:limit] if limit else value
+
+
+def _clamp_int(value: object, low: int, high: int) -> int | None:
+    try:
+        number = int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return min(max(number, low), high)
+
+
+def _clamp_decimal(value: object, high: Decimal) -> Decimal:
+    try:
+        number = value if isinstance(value, Decimal) else Decimal(str(value))
+    except (InvalidOperation, ValueError):
+        return Decimal(0)
+    if not number.is_finite():
+        return Decimal(0)
+    return min(max(number, -high), high)
+
+
+def as_text(row: Row) -> str:
+    try:
+        return encode(row).decode().rstrip("\n")
+    except TypeError:
+        return repr(row)
+
+
+def insert_rows(rows: list[Row]) -> int:
+    """Insert a batch, skipping rows whose request id is already in the ledger, and add the rows
+    that landed to the rollup, in one transaction. Returns how many landed.
+
+    Multi-row ``INSERT ... ON CONFLICT (request_id) DO NOTHING RETURNING request_id``: it tells
+    which rows are new, so that a replay never adds to the rollup twice. Values are adapted by
+    each field, so every database backend gets what it expects; missing fields take defaults."""
+    unique: dict[str, Row] = {}
+    for row in rows:
+        unique.setdefault(row["request_id"], row)
+    fields = insert_fields()
+    quote = connection.ops.quote_name
+    table = quote(UsageRecord._meta.db_table)
+    columns = ", ".join(quote(field.column) for field in fields)
+    placeholders = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    per_statement = max(1, connection.ops.bulk_batch_size(fields, list(unique.values())))
+    preparers = [(field.attname, field, preparer(field)) for field in fields]
+    values = [
+        [
+            prepare(row[name] if name in row else field.get_default())
+            for name, field, prepare in preparers
+        ]
+        for row in unique.values()
+    ]
+    landed: set[str] = set()
+    with transaction.atomic(), connection.cursor() as cursor:
+        for start in range(0, len(values), per_statement):
+            chunk = values[start : start + per_statement]
+            cursor.execute(
+                f"INSERT INTO {table} ({columns}) VALUES {', '.join([placeholders] * len(chunk))} "
+                f"ON CONFLICT ({quote('request_id')}) DO NOTHING RETURNING {quote('request_id')}",
+                [value for row_values in chunk for value in row_values],
+            )
+            landed.update(request_id for (request_id,) in cursor.fetchall())
+        add_to_rollup(cursor, [row for key, row in unique.items() if key in landed])
+    return len(landed)
+
+
+def insert_fields() -> list[Any]:
+    return [field for field in UsageRecord._meta.concrete_fields if not field.primary_key]
+
+
+_PLAIN_TYPES: dict[type[Field[Any, Any]], type] = {
+    CharField: str,
+    TextField: str,
+    BooleanField: bool,
+}
+
+
+def preparer(field: Field[Any, Any]) -> Callable[[Any], Any]:
+    """``field.get_db_prep_save(value, connection)``, with a short cut for the values a row
+    mostly holds: text, flags and integers, which it would hand on as they are (integers through
+    the backend's adapter, which types them for PostgreSQL). Anything else (a decimal, a time,
+    a value of an unexpected type) takes Django's whole way. The writer prepares every field of
+    every row, on a thread that holds the GIL the event loop needs."""
+    target = field.target_field if isinstance(field, ForeignKey) else field
+    ops = connection.ops
+
+    def django(value: Any) -> Any:
+        return field.get_db_prep_save(value, connection)
+
+    if isinstance(target, AutoFieldMixin):  # a foreign key's value: the other table's id
+        validate = ops.validate_autopk_value
+
+        def row_id(value: Any) -> Any:
+            if value is None:
+                return None
+            return validate(value) if type(value) is int else django(value)
+
+        return row_id
+    if isinstance(target, IntegerField):
+        adapt, internal_type = ops.adapt_integerfield_value, target.get_internal_type()
+
+        def integer(value: Any) -> Any:
+            if value is None:
+                return None
+            return adapt(value, internal_type) if type(value) is int else django(value)
+
+        return integer
+    plain = _PLAIN_TYPES.get(type(target))
+    if plain is not None:
+
+        def as_is(value: Any) -> Any:
+            return value if value is None or type(value) is plain else django(value)
+
+        return as_is
+    return django
