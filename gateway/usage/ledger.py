@@ -4,8 +4,9 @@ A request hands its row to ``LedgerWriter.record``, which cleans it (``ledger_ro
 what the database would refuse, such as a NUL character in a model name, is mended where the row
 is built), appends it to the process's journal (``ledger_files``: a write to the page cache,
 before the call's answer completes) and queues it. One writer thread per process drains the
-queue and inserts the rows in batches (``ledger_rows.insert_rows``), one batch at most every ``flush_seconds`` or every ``batch_size``
-rows, adding them to the daily rollup (``rollup.py``) in the same transaction.
+queue and inserts the rows in batches (``ledger_rows.insert_rows``), one batch at most every
+``flush_seconds`` or every ``batch_size`` rows, adding them to the daily rollup (``rollup.py``)
+in the same transaction.
 
 What can go wrong, and what happens then:
 
