@@ -224,10 +224,8 @@ def cpu_seconds(pids: Sequence[int]) -> float:
             stat = Path(f"/proc/{pid}/stat").read_text()
         except OSError:
             continue
-        fields = stat[
-            stat.rindex(")") + 2 :
-        ].split()  # after the command name, which may hold spaces
-        total += int(fields[11]) + int(fields[12])  # utime, stime (the stat's 14th and 15th)
+        after_name = stat[stat.rindex(")") + 2 :].split()  # the name may hold spaces
+        total += int(after_name[11]) + int(after_name[12])  # utime, stime: the 14th, 15th fields
     return total / os.sysconf("SC_CLK_TCK")
 
 
