@@ -11,15 +11,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
-import aiohttp
 import httpx
-from httpx_aiohttp import AiohttpTransport
 
 from providers.anthropic import AnthropicProvider
 from providers.base import BaseProvider
 from providers.config import DeploymentConfig, GatewayConfig, ModelConfig, ProviderConfig
 from providers.errors import ModelNotFound, UnsupportedOperation
-from providers.http import UpstreamClient
+from providers.http import UpstreamClient, UpstreamTransport
 from providers.openai import OpenAIProvider
 from providers.types import OPERATIONS, CredentialSource, Operation
 
@@ -58,20 +56,6 @@ class Route:
 
 def unsupported(model: str, operation: Operation) -> UnsupportedOperation:
     return UnsupportedOperation(f"The model `{model}` does not support {operation}.", param="model")
-
-
-class UpstreamTransport(AiohttpTransport):
-    """httpx over aiohttp, whose session keeps no cookies: it serves every tenant's calls, and
-    aiohttp's own jar would send a cookie one answer set (a CDN's ``__cf_bm``, say) with every
-    later call to that host, whichever tenant's. Nor is a jar searched on every call."""
-
-    def get_client(self) -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(
-            keepalive_timeout=self.limits.keepalive_expiry,
-            ssl=self.ssl_context,
-            limit=self.limits.max_connections or 0,  # 0: no limit, as httpx's None
-        )
-        return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
 
 
 def default_transport(config: ProviderConfig) -> httpx.AsyncBaseTransport:

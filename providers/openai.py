@@ -30,8 +30,8 @@ from providers.http import (
     UpstreamClient,
     ended_early,
     json_object,
+    post_for_json,
     post_json,
-    read_json_object,
     send_checked,
     upstream_errors,
 )
@@ -81,10 +81,15 @@ class OpenAIProvider(BaseProvider):
         self, url: httpx.URL, body: dict[str, Any], list_key: str, what: str
     ) -> tuple[bytes, dict[str, Any]]:
         """POST and read a JSON object whose ``list_key`` is a list; else the upstream broke."""
-        async with self._post(body, url) as response:
-            return await read_json_object(
-                response, self.name, lambda data: isinstance(data.get(list_key), list), what
-            )
+        return await post_for_json(
+            self.client,
+            self.name,
+            url,
+            self.with_credential(self.headers),
+            body,
+            lambda data: isinstance(data.get(list_key), list),
+            what,
+        )
 
     # --- chat ------------------------------------------------------------------------------------
 
@@ -155,7 +160,7 @@ class OpenAIProvider(BaseProvider):
         """``GET`` or ``DELETE`` of a response the upstream keeps: ``path`` is its id, with
         ``/input_items`` for those. The upstream's JSON, or its error classified."""
         url = httpx.URL(str(self.responses_url) + "/" + path)
-        request = self.client.upstream(method, url, self.with_credential(self.headers))
+        request = self.client.upstream(method, url, self.with_credential(self.headers), whole=True)
         response = await send_checked(self.client, self.name, request)
         try:
             with upstream_errors(self.name):

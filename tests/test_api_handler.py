@@ -148,3 +148,78 @@ async def test_a_server_whose_requests_are_not_plain_asyncio_tasks_is_served_too
     assert served.done() and served.result() == 200
     rows = await sync_to_async(ledger_rows)(current)
     assert [r.status_code for r in rows] == [200]
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        (CHAT, 200),
+        ({**CHAT, "stream": True}, 200),
+        ({**CHAT, "model": "no-such-model"}, 404),
+    ],
+)
+async def test_the_observers_learn_of_a_call_after_its_answer_is_sent(
+    tenants: dict[str, TenantKey], gateway_runtime: Any, body: dict[str, Any], status: int
+) -> None:
+    """Metrics, the request log and traces watch a call; the client need not wait for them. The
+    ledger row is queued before the answer (it must outlive a crash); the observers are told
+    once the answer's last byte is sent, once each, and through ninja's view (no handler to
+    tell them later) at once."""
+    current = gateway_runtime(answer_everything)
+    events: list[str] = []
+
+    class Watcher:
+        def call_finished(self, call: Any, row: dict[str, Any]) -> None:
+            events.append(f"observer {row['status_code']}")
+
+    current.observers = (Watcher(),)
+    payload = orjson.dumps(body)
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/chat/completions",
+        "raw_path": b"/v1/chat/completions",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"authorization", f"Bearer {tenants['alice'].raw}".encode()),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(payload)).encode()),
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+    }
+    answered = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        if not events:
+            events.append("request")
+            return {"type": "http.request", "body": payload, "more_body": False}
+        await answered.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            events.append(f"answer {message['status']}")
+        elif not message.get("more_body", False):
+            events.append("answer ended")
+            answered.set()
+
+    await api_application(scope, receive, send)
+    assert events == ["request", f"answer {status}", "answer ended", f"observer {status}"]
+
+    events.clear()
+    response = await AsyncClient().post(
+        "/v1/chat/completions",
+        body,
+        content_type="application/json",
+        headers={"authorization": f"Bearer {tenants['alice'].raw}"},
+    )
+    assert response.status_code == status
+    if response.streaming:
+        assert events == []  # the stream is recorded as it is read
+        assert b"[DONE]" in b"".join([chunk async for chunk in response.streaming_content])
+    assert events == [f"observer {status}"]

@@ -23,7 +23,8 @@ Django's thread hop to log a 4xx/5xx answer is skipped for every ``/v1`` request
 Before Django sees a request, the handler refuses what no view should parse: headers over
 TOLLGATE_MAX_HEADER_BYTES (431) or not ASCII where the gateway reads them (400), and bodies over
 the path's limit (413, as soon as it is known). After the view, it settles the calls the request
-left without a ledger row (``gateway.calls.pipeline``).
+left without a ledger row (``gateway.calls.pipeline``), and then tells the observers of its
+calls (metrics, the request log, traces): after the answer, not before it.
 """
 
 from __future__ import annotations
@@ -211,9 +212,13 @@ class ApiHandler(ASGIHandler):
             ACTIVE_CALLS.reset(token)
             if task.cancelling() and (listener.done() or drain.cutting):
                 task.uncancel()  # our own cancel, handled: later awaits are not cancelled
-            for call in calls:
-                if not call.recorded:
-                    await call.settle_unrecorded()
+            try:
+                for call in calls:
+                    if not call.recorded:
+                        await call.settle_unrecorded()
+            finally:
+                for call in calls:
+                    call.tell_observers()  # the answer is sent: off the call's latency
         if not answering and drain.cutting:
             await self._answer_cut(scope["path"], calls, send)
 

@@ -62,7 +62,8 @@ ACTIVE_CALLS: contextvars.ContextVar[list[Call] | None] = contextvars.ContextVar
     "tollgate_active_calls", default=None
 )
 """The calls of the request being handled: ``gateway.api.handler.ApiHandler`` stamps their
-headers on the answer and settles any call left without a ledger row."""
+headers on the answer, settles any call left without a ledger row, and tells the observers of
+each call once its answer is sent (``Call.tell_observers``)."""
 
 Steps = Callable[["Call", HttpRequest], Awaitable[HttpResponseBase]]
 
@@ -203,8 +204,12 @@ class Call:
         """Closes the upstream stream handed to a streaming response, should it never be read."""
         self.admission: Admission | None = None
         """The call's share of its rate limits and budgets, settled by ``record``."""
+        self._told: dict[str, Any] | None = None
+        """The row whose observers are still to be told; see ``tell_observers``."""
+        self._tell_later = False
         if (calls := ACTIVE_CALLS.get()) is not None:
             calls.append(self)
+            self._tell_later = True  # the handler tells them once the answer is sent
 
     # --- the steps -------------------------------------------------------------------------------
 
@@ -439,6 +444,18 @@ class Call:
                 self.admission.settle(total or usage.prompt_tokens or 0, row["cost_usd"])
         elif self.admission is not None:  # a token count: it costs nothing
             self.admission.settle(0, Decimal(0))
+        self._told = row
+        if not self._tell_later:
+            self.tell_observers()
+
+    def tell_observers(self) -> None:
+        """Hand the recorded call to the runtime's observers (metrics, the request log, traces):
+        once. Under ``ApiHandler`` (every served request) this waits until the answer has been
+        sent, so that what only watches the call is not on its latency; the ledger row, which
+        must outlive a crash, is queued before the answer all the same (``record``)."""
+        row, self._told = self._told, None
+        if row is None:
+            return
         for observer in self.runtime.observers:
             try:
                 observer.call_finished(self, row)

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 import httpx
@@ -31,8 +31,8 @@ from providers.http import (
     ended_early,
     json_object,
     keeping_usage,
+    post_for_json,
     post_json,
-    read_json_object,
     upstream_errors,
 )
 from providers.sse import iter_sse
@@ -73,10 +73,23 @@ class AnthropicProvider(BaseProvider):
         headers: dict[str, str] | None = None,
         url: httpx.URL | None = None,
     ) -> contextlib.AbstractAsyncContextManager[httpx.Response]:
-        merged = {**self.headers, **self.accepted(headers)} if headers else self.headers
-        return post_json(
-            self.client, self.name, url or self.url, self.with_credential(merged), body
+        return post_json(self.client, self.name, url or self.url, self._headers(headers), body)
+
+    async def _post_for_json(
+        self,
+        body: dict[str, Any],
+        headers: dict[str, str] | None,
+        is_answer: Callable[[dict[str, Any]], bool],
+        what: str,
+        url: httpx.URL | None = None,
+    ) -> tuple[bytes, dict[str, Any]]:
+        return await post_for_json(
+            self.client, self.name, url or self.url, self._headers(headers), body, is_answer, what
         )
+
+    def _headers(self, headers: dict[str, str] | None) -> dict[str, str]:
+        merged = {**self.headers, **self.accepted(headers)} if headers else self.headers
+        return self.with_credential(merged)
 
     def accepted(self, headers: dict[str, str]) -> dict[str, str]:
         """A client's headers as this upstream takes them: its ``anthropic-beta`` values only
@@ -100,10 +113,13 @@ class AnthropicProvider(BaseProvider):
         body = {**body, "model": upstream_model}
         for field in ("max_tokens", "stream", "stop_sequences", "temperature", "metadata"):
             body.pop(field, None)  # count_tokens refuses what only a generation takes
-        async with self._post(body, headers, self.count_tokens_url) as response:
-            raw, _ = await read_json_object(
-                response, self.name, lambda data: "input_tokens" in data, "a token count"
-            )
+        raw, _ = await self._post_for_json(
+            body,
+            headers,
+            lambda data: "input_tokens" in data,
+            "a token count",
+            self.count_tokens_url,
+        )
         return raw
 
     def credential_headers(self, key: str) -> dict[str, str]:
@@ -111,8 +127,7 @@ class AnthropicProvider(BaseProvider):
 
     async def chat(self, request: ChatRequest, upstream_model: str) -> ChatResponse:
         body = to_anthropic(request, upstream_model, self.config)
-        async with self._post(body) as response:
-            _, message = await read_json_object(response, self.name, _is_message, "a message")
+        _, message = await self._post_for_json(body, None, _is_message, "a message")
         usage = usage_from_anthropic(message.get("usage"))
         return ChatResponse.model_construct(
             body=from_anthropic(message, request.model), usage=usage, raw=None
@@ -163,8 +178,7 @@ class AnthropicProvider(BaseProvider):
         """Send an Anthropic Messages request as it is; return the answer's bytes and usage.
         ``headers`` (the client's anthropic-version and anthropic-beta) override ours."""
         body = {**body, "model": upstream_model, "stream": False}
-        async with self._post(body, headers) as response:
-            raw, message = await read_json_object(response, self.name, _is_message, "a message")
+        raw, message = await self._post_for_json(body, headers, _is_message, "a message")
         return raw, usage_from_anthropic(message.get("usage"))
 
     async def messages_stream(
