@@ -162,7 +162,9 @@ class ApiHandler(ASGIHandler):
         except PayloadTooLarge as exc:
             await self._refuse(scope, exc, send)
             return
-        set_script_prefix(settings.FORCE_SCRIPT_NAME or scope.get("root_path", "") or "/")
+        prefix = settings.FORCE_SCRIPT_NAME or scope.get("root_path", "")
+        if prefix:  # else "/", which Django takes when none is set: a context write saved
+            set_script_prefix(prefix)
         request, early_response = self.create_request(scope, body)
         if request is None:
             assert early_response is not None  # create_request returns one or the other
