@@ -73,6 +73,24 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule(SERVER, files=("uvicorn/", "granian/", "httptools/", "h11/")),
     Rule("upstream call: httpx", files=("httpx/", "httpcore/")),
+    # The gateway's own HTTP plumbing (providers/http.py): its client's request building is
+    # httpx's work done its way, its transport aiohttp's.
+    Rule(
+        "upstream call: httpx",
+        files=("providers/http.py",),
+        functions=("UpstreamClient.upstream", "UpstreamClient.send_upstream"),
+    ),
+    Rule(
+        "upstream call: aiohttp transport",
+        files=("providers/http.py",),
+        functions=(
+            "UpstreamTransport.handle_async_request",
+            "UpstreamTransport._response",
+            "UpstreamTransport._timeout",
+            "_aiohttp_headers",
+            "_answer_extensions",
+        ),
+    ),
     Rule(
         "upstream call: aiohttp transport",
         files=("httpx_aiohttp/", "aiohttp/", "aiohappyeyeballs/", "yarl/", "multidict/"),

@@ -70,6 +70,13 @@ thread (4260) 9
             f"{UPSTREAM};AiohttpTransport.handle_async_request (httpx_aiohttp/transport.py:80) 1",
             "upstream call: aiohttp transport",
         ),
+        # the gateway's own HTTP plumbing is the upstream call's, not "other gateway code"
+        (
+            f"{CALL};UpstreamTransport.handle_async_request (providers/http.py:110) 1",
+            "upstream call: aiohttp transport",
+        ),
+        (f"{CALL};UpstreamClient.upstream (providers/http.py:170) 1", "upstream call: httpx"),
+        (f"{CALL};post_for_json (providers/http.py:300) 1", "other gateway code"),
         # no rule claims uuid.py: the sample is its caller's, the call pipeline
         (
             f"{CALL};Call.__init__ (gateway/calls/pipeline.py:120);uuid4 (uuid.py:723) 1",
