@@ -213,6 +213,7 @@ def upstream_errors(provider: str) -> Iterator[None]:
 
     The aiohttp transport reports a refused or dropped connection as ``httpx.ConnectTimeout``;
     that is an unreachable upstream (502), not a timeout. A read that waits too long is a 504.
+    An answer whose compression is broken is the upstream's fault too (502).
     """
     try:
         yield
@@ -221,6 +222,10 @@ def upstream_errors(provider: str) -> Iterator[None]:
     except httpx.TransportError as exc:
         raise UpstreamUnavailable(
             f"The upstream provider '{provider}' could not be reached or closed the connection."
+        ) from exc
+    except httpx.DecodingError as exc:  # a compressed answer that does not decompress
+        raise UpstreamUnavailable(
+            f"The upstream provider '{provider}' sent an answer that could not be decoded."
         ) from exc
 
 

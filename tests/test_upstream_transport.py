@@ -202,3 +202,22 @@ def test_headers_go_to_aiohttp_as_httpx_gives_them(raw: list[tuple[bytes, bytes]
 
     headers = httpx.Headers(raw)
     assert _aiohttp_headers(headers) == list(headers.items())
+
+
+@pytest.mark.parametrize("whole", [True, False])
+async def test_an_answer_whose_compression_is_broken_is_an_unreachable_upstream(
+    client: UpstreamClient, whole: bool
+) -> None:
+    """A 502 in the API's shape, read whole or streamed: not the 500 of a gateway bug."""
+    broken = answer(200, b"\x1f\x8b\x08\x00not gzip at all", "content-encoding: gzip")
+    async with RawUpstream([broken]) as base:
+        with pytest.raises(UpstreamUnavailable, match="could not be decoded"):
+            if whole:
+                await post_for_json(
+                    client, "fake", httpx.URL(base), {}, {}, lambda data: True, "an answer"
+                )
+            else:
+                from providers.http import post_json, read_json_object
+
+                async with post_json(client, "fake", httpx.URL(base), {}, {}) as response:
+                    await read_json_object(response, "fake", lambda data: True, "an answer")
