@@ -45,7 +45,7 @@ class Runtime:
     """REDIS_URL: the routers' health is shared by every process (``gateway.routing.shared``)."""
     shared_health: SharedHealth | None = field(init=False, default=None)
     observers: tuple[CallObserver, ...] = ()
-    """Told of every call when its row is built: metrics, request log, traces
+    """Told of every call once it is recorded and answered: metrics, request log, traces
     (``gateway.telemetry``)."""
     metrics: Metrics | None = None
     """The Prometheus metrics, also among ``observers`` (TOLLGATE_METRICS; None: off)."""

@@ -3,7 +3,7 @@ use Django's client). Every ``/v1`` answer gets here its request id, what served
 (``x-tollgate-model``, ``x-tollgate-deployment``, ``x-tollgate-attempts``) and the caller's
 rate-limit headers, and keeps OpenAI's (or Anthropic's) error shape even where Django answers on
 its own (e.g. 405). A request that made no call gets its request-log line here
-(``gateway.telemetry.logs``); a call's is written when its ledger row is built."""
+(``gateway.telemetry.logs``); a call's once the call is recorded and answered."""
 
 from __future__ import annotations
 

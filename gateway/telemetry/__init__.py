@@ -1,11 +1,12 @@
 """What the gateway tells its operators: metrics (``metrics``), a log line per request
 (``logs``) and traces (``traces``).
 
-They all learn of a call the same way: when its ledger row is built, ``Call.record`` hands the
-call and its row to every ``CallObserver`` of the runtime (``Runtime.observers``). The call
+They all learn of a call the same way: once its ledger row is built and its answer sent,
+``Call.tell_observers`` hands the call and its row to every ``CallObserver`` of the runtime
+(``Runtime.observers``; ``ApiHandler`` calls it after the answer, ninja's view at once). The call
 carries what a row does not: each upstream attempt with its timing (``Attempt``), when the answer
 started, how long the upstream took, and the error that ended it (``call.error``: a refusal
-is told apart from an upstream's 429 there). Observers run on the request path, once per call:
+is told apart from an upstream's 429 there). Observers run on the event loop, once per call:
 they must be cheap, and must not raise (one that does is logged and the call goes on).
 """
 

@@ -10,12 +10,12 @@ through logging, so that a gateway run by ``uvicorn tollgate.asgi:application`` 
 but JSON lines.
 
 **Request log** (``TOLLGATE_REQUEST_LOG``, on by default): one record per API request on the
-``tollgate.requests`` logger. A call's is written by ``RequestLog`` when its ledger row is built
-(``gateway.telemetry``); a request that made no call (refused before one, such as a bad key, or
-answered by the gateway alone, such as the model list) gets one from the API's middleware
-(``request_answered``). The record's message is a ``RequestLine``: its fields become the JSON
-line's, and a text formatter prints a short readable line. What it never holds: prompts,
-answers, headers, keys (only the key's public prefix, as the admin shows it).
+``tollgate.requests`` logger. A call's is written by ``RequestLog`` once the call is recorded
+and answered (``gateway.telemetry``); a request that made no call (refused before one, such as a
+bad key, or answered by the gateway alone, such as the model list) gets one from the API's
+middleware (``request_answered``). The record's message is a ``RequestLine``: its fields
+become the JSON line's, and a text formatter prints a short readable line. What it never
+holds: prompts, answers, headers, keys (only the key's public prefix, as the admin shows it).
 
 **Writing.** The root's one handler is a ``ConsoleHandler`` (stderr; its formatter
 ``TextFormatter`` or ``JsonFormatter``). Every record but a request line is written at once. A

@@ -5,7 +5,7 @@ Imported only when ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or ``..._TRACES_ENDPOINT``) 
 The exporter reads OpenTelemetry's standard variables itself (endpoint, headers, timeout,
 ``OTEL_SERVICE_NAME``, ``OTEL_TRACES_SAMPLER``...).
 
-The spans are made when the call's ledger row is built (``CallTracer.call_finished``), with the
+The spans are made once the call is recorded and answered (``CallTracer.call_finished``), with the
 times the call kept (``time.perf_counter`` readings placed on the wall clock by
 ``call.started_at``): nothing runs during the call, and a span costs the request path only its
 building; a ``BatchSpanProcessor`` thread sends them.
