@@ -306,9 +306,11 @@ async def post_json(
     url: httpx.URL,
     headers: dict[str, str],
     body: dict[str, Any],
+    whole: bool = False,
 ) -> AsyncIterator[httpx.Response]:
-    """POST ``body`` and yield the streamed response once its status is known to be 2xx."""
-    request = client.upstream("POST", url, headers, orjson.dumps(body))
+    """POST ``body`` and yield the response once its status is known to be 2xx: streamed, or
+    ``whole`` (read before it is yielded: ``READ_WHOLE``)."""
+    request = client.upstream("POST", url, headers, orjson.dumps(body), whole=whole)
     response = await send_checked(client, provider, request)
     try:
         yield response
@@ -327,12 +329,8 @@ async def post_for_json(
 ) -> tuple[bytes, dict[str, Any]]:
     """POST ``body`` and read the whole answer (``READ_WHOLE``): its bytes and its JSON object,
     which ``is_answer`` must accept (``read_json_object``)."""
-    request = client.upstream("POST", url, headers, orjson.dumps(body), whole=True)
-    response = await send_checked(client, provider, request)
-    try:
+    async with post_json(client, provider, url, headers, body, whole=True) as response:
         return await read_json_object(response, provider, is_answer, what)
-    finally:
-        await response.aclose()
 
 
 def json_object(raw: bytes) -> dict[str, Any] | None:

@@ -27,6 +27,7 @@ from providers.base import (
 from providers.config import ProviderConfig
 from providers.errors import ProviderError, UpstreamUnavailable, error_for_upstream_status
 from providers.http import (
+    READ_WHOLE,
     UpstreamClient,
     ended_early,
     json_object,
@@ -240,6 +241,7 @@ class OpenAIProvider(BaseProvider):
             data=fields,
             files=files,
             headers=self.with_credential(self.form_headers),
+            extensions={READ_WHOLE: True},  # the transcript, read in one go
         )
         await http.aread()  # a sized body: one Content-Length for every transport
         response = await send_checked(self.client, self.name, http)
