@@ -35,21 +35,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-async def _call(app: Any, headers: list[tuple[bytes, bytes]], body: bytes) -> int:
-    scope = {
+def post_scope(path: str, headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+    """The ASGI scope of a ``POST`` to ``path`` from 127.0.0.1, as a server would hand it over
+    (the tests that drive the application by hand use it too)."""
+    return {
         "type": "http",
         "asgi": {"version": "3.0"},
         "http_version": "1.1",
         "method": "POST",
         "scheme": "http",
-        "path": "/v1/chat/completions",
-        "raw_path": b"/v1/chat/completions",
+        "path": path,
+        "raw_path": path.encode(),
         "query_string": b"",
         "root_path": "",
         "headers": headers,
         "client": ("127.0.0.1", 50000),
         "server": ("127.0.0.1", 8000),
     }
+
+
+async def _call(app: Any, headers: list[tuple[bytes, bytes]], body: bytes) -> int:
+    scope = post_scope("/v1/chat/completions", headers)
     sent = False
     done = asyncio.Event()
     status = 0

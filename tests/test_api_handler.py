@@ -13,6 +13,7 @@ from asgiref.sync import sync_to_async
 from django.test import AsyncClient
 from support.inprocess import ANTHROPIC_PATH, answer_everything, api_client, assert_error_shape
 
+from bench.inprocess import post_scope
 from conftest import TenantKey, ledger_rows
 from gateway.api import routes
 from gateway.api.handler import api_application
@@ -174,24 +175,14 @@ async def test_the_observers_learn_of_a_call_after_its_answer_is_sent(
 
     current.observers = (Watcher(),)
     payload = orjson.dumps(body)
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/v1/chat/completions",
-        "raw_path": b"/v1/chat/completions",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [
+    scope = post_scope(
+        "/v1/chat/completions",
+        [
             (b"authorization", f"Bearer {tenants['alice'].raw}".encode()),
             (b"content-type", b"application/json"),
             (b"content-length", str(len(payload)).encode()),
         ],
-        "client": ("127.0.0.1", 50000),
-        "server": ("127.0.0.1", 8000),
-    }
+    )
     answered = asyncio.Event()
 
     async def receive() -> dict[str, Any]:

@@ -9,6 +9,7 @@ import httpx
 import orjson
 from asgiref.sync import sync_to_async
 
+from bench.inprocess import post_scope
 from conftest import TenantKey, ledger_rows
 from gateway.api.handler import api_application
 
@@ -48,19 +49,13 @@ async def test_disconnect_before_the_stream_is_read_is_recorded(
             left.set()  # the client goes away as the headers go out...
             await asyncio.sleep(30)  # ...and the send never completes
 
-    scope = {
-        "type": "http",
-        "method": "POST",
-        "path": "/v1/chat/completions",
-        "root_path": "",
-        "query_string": b"",
-        "server": ("127.0.0.1", 80),
-        "client": ("127.0.0.1", 5000),
-        "headers": [
+    scope = post_scope(
+        "/v1/chat/completions",
+        [
             (b"authorization", f"Bearer {tenants['alice'].raw}".encode()),
             (b"content-type", b"application/json"),
         ],
-    }
+    )
     await asyncio.wait_for(api_application(scope, receive, send), timeout=10)
 
     rows = await sync_to_async(ledger_rows)(current)
