@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 WORKERS ?= 1
-SERVER ?= granian
+SERVER ?= uvicorn
 PG_URL ?= postgres://postgres@127.0.0.1:5432/test
 REDIS_TEST_URL ?= redis://127.0.0.1:6379/15
 
@@ -40,8 +40,10 @@ run: install var/secret_key
 # which hold ~20 MB more resident memory per worker for nothing (bench/README.md).
 # TOLLGATE_LOG_FORMAT=json: uvicorn's own lines are JSON from its first (the supervisor of
 # several workers never imports the app, which makes the workers' JSON).
-# SERVER=granian (the default, as in deploy/tollgate.service: fair when a worker is saturated, #17's
-# figures in bench/README.md) or SERVER=uvicorn; each has a JSON log config of its own.
+# SERVER=uvicorn (the default, as in deploy/tollgate.service) on Tollgate's loop: uvloop, accepting
+# every waiting connection at each turn, so a saturated worker is fair to callers that connect
+# (tollgate/uvicorn_loop.py; #17's figures in bench/README.md); or SERVER=granian. Each has a JSON
+# log config of its own.
 serve: install var/secret_key
 ifeq ($(SERVER),granian)
 	MALLOC_ARENA_MAX=2 $(BIN)/granian --interface asgi --host $(HOST) --port $(PORT) --workers $(WORKERS) \
@@ -50,7 +52,7 @@ ifeq ($(SERVER),granian)
 		tollgate.asgi:granian_application
 else
 	MALLOC_ARENA_MAX=2 $(BIN)/uvicorn tollgate.asgi:application --host $(HOST) --port $(PORT) --workers $(WORKERS) \
-		--loop uvloop --http httptools --no-access-log \
+		--loop tollgate.uvicorn_loop:new_event_loop --http httptools --no-access-log \
 		$(if $(filter json,$(TOLLGATE_LOG_FORMAT)),--log-config tollgate/uvicorn_json_logging.json)
 endif
 
@@ -60,13 +62,13 @@ var/secret_key:
 	@umask 077 && $(PYTHON) -c "import secrets; print(secrets.token_urlsafe(50))" > $@
 
 # The whole suite on SQLite, then again on PostgreSQL + Redis. Locally a missing service skips
-# its run; with CI=true it fails. The end-to-end gateways run under granian (what the unit and
-# make serve run) on SQLite, under uvicorn (the other supported server) on PostgreSQL.
+# its run; with CI=true it fails. The end-to-end gateways run under uvicorn (what the unit and
+# make serve run) on SQLite, under granian (the other supported server) on PostgreSQL.
 test: test-sqlite test-postgres
 
 test-sqlite: install browser codex claude-code
 	@if $(BIN)/python tests/services.py redis; then \
-		echo "== the suite on SQLite (+ Redis for the shared-counter tests), the gateways under granian"; \
+		echo "== the suite on SQLite (+ Redis for the shared-counter tests), the gateways under uvicorn"; \
 		REDIS_URL=$(REDIS_TEST_URL) $(BIN)/pytest; \
 	else \
 		echo "== the suite on SQLite (Redis unreachable: its tests skip, or fail with CI=true)"; \
@@ -75,8 +77,8 @@ test-sqlite: install browser codex claude-code
 
 test-postgres: install browser codex claude-code
 	@if $(BIN)/python tests/services.py postgres redis; then \
-		echo "== the suite on PostgreSQL + Redis, the gateways under uvicorn"; \
-		DATABASE_URL=$(PG_URL) REDIS_URL=$(REDIS_TEST_URL) TOLLGATE_TEST_SERVER=uvicorn $(BIN)/pytest; \
+		echo "== the suite on PostgreSQL + Redis, the gateways under granian"; \
+		DATABASE_URL=$(PG_URL) REDIS_URL=$(REDIS_TEST_URL) TOLLGATE_TEST_SERVER=granian $(BIN)/pytest; \
 	elif [ "$$CI" = "true" ]; then \
 		echo "PostgreSQL or Redis is not reachable, and CI=true: failing." >&2; exit 1; \
 	else \

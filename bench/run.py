@@ -68,8 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=1, help="server workers (gateway and baselines)")
     p.add_argument(
         "--server",
-        choices=("granian", "uvicorn"),
-        default="granian",
+        choices=("uvicorn", "granian"),
+        default="uvicorn",
         help="the ASGI server of the gateway and its baselines",
     )
     p.add_argument("--rounds", type=int, default=2, help="interleaved rounds; medians reported")

@@ -137,7 +137,10 @@ def start_upstream(
     return Service("upstream", f"http://127.0.0.1:{port}", process, log_path)
 
 
-SERVER = "granian"
+UVICORN_LOOP = "tollgate.uvicorn_loop:new_event_loop"
+"""uvloop, accepting every waiting connection at each turn (``tollgate/uvicorn_loop.py``)."""
+
+SERVER = "uvicorn"
 """The ASGI server of the gateway and its baselines (``--server``): uvicorn or granian."""
 
 
@@ -147,8 +150,8 @@ started would measure fewer workers (and granian loses a stop signal sent meanwh
 
 
 def server_command(app: str, port: int, workers: int) -> list[str]:
-    """``uvicorn APP --workers W --loop uvloop --http httptools --no-access-log``, or granian's
-    equivalent, on 127.0.0.1."""
+    """``uvicorn APP --workers W --loop tollgate.uvicorn_loop:new_event_loop --http httptools
+    --no-access-log``, or granian's equivalent, on 127.0.0.1."""
     if SERVER == "granian":
         if app == "tollgate.asgi:application":
             app = "tollgate.asgi:granian_application"  # as the unit serves it
@@ -159,7 +162,7 @@ def server_command(app: str, port: int, workers: int) -> list[str]:
         ]
     return [
         *(sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)),
-        *("--workers", str(workers), "--loop", "uvloop", "--http", "httptools"),
+        *("--workers", str(workers), "--loop", UVICORN_LOOP, "--http", "httptools"),
         "--no-access-log",
     ]
 

@@ -5,9 +5,10 @@ Settings fall back to a development key (var/secret_key) or to one made up per p
 tests, type checks and one-off commands run without it. A server cannot: its workers and hosts
 must share one key, or an admin session signed by one worker is refused by the next. So without
 DEBUG the server refuses to start (``tollgate.asgi``'s lifespan), and ``manage.py check
---deploy`` reports it. The systemd unit runs that check before it starts the server: granian
-(2.8) restarts a worker that fails to start over and over, so a start that cannot work must stop
-before it (docs/deploy.md).
+--deploy`` reports it. The systemd unit runs that check before it starts the server: uvicorn's
+supervisor stops when a worker fails to start, but exits 0, and granian (2.8, the other supported
+server) restarts such a worker over and over, so a start that cannot work must stop before it
+(docs/deploy.md).
 """
 
 from __future__ import annotations

@@ -310,9 +310,11 @@ class GatewayServer:
 
 
 JSON_LOG_CONFIG = ("--log-config", "tollgate/uvicorn_json_logging.json")
-TEST_SERVER = os.environ.get("TOLLGATE_TEST_SERVER", "granian")
-"""The ASGI server of the end-to-end gateways: granian (the unit's and ``make serve``'s), or
-uvicorn (``make test`` runs the suite with each, one per database)."""
+TEST_SERVER = os.environ.get("TOLLGATE_TEST_SERVER", "uvicorn")
+"""The ASGI server of the end-to-end gateways: uvicorn on Tollgate's loop (the unit's and ``make
+serve``'s), or granian (``make test`` runs the suite with each, one per database)."""
+UVICORN_LOOP = ("--loop", "tollgate.uvicorn_loop:new_event_loop", "--http", "httptools")
+"""uvicorn's loop and HTTP parser, as ``make serve`` and the unit give them."""
 
 
 def server_command(port: int, workers: int, server_args: tuple[str, ...] = ()) -> list[str]:
@@ -330,6 +332,7 @@ def server_command(port: int, workers: int, server_args: tuple[str, ...] = ()) -
             "uvicorn",
             "tollgate.asgi:application",
             *common,
+            *UVICORN_LOOP,
             "--no-access-log",
             *server_args,
         ),

@@ -1,11 +1,12 @@
 """The production environment that docs/deploy.md documents (deploy/env.example read after
 deploy/tollgate.service's own ``Environment=`` lines, as systemd does) passes ``manage.py check
 --deploy`` without a warning, refuses to start without DJANGO_SECRET_KEY, and, served by the
-unit's own granian command, answers the probes and the API over plain http while the admin is
+unit's own uvicorn command, answers the probes and the API over plain http while the admin is
 sent to https."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shlex
@@ -133,8 +134,8 @@ def test_check_deploy_fails_on_plain_http(tmp_path: Path) -> None:
 
 def test_without_django_secret_key_nothing_starts(tmp_path: Path) -> None:
     """env.example as shipped (its DJANGO_SECRET_KEY empty): the unit's check fails, so systemd
-    never starts the server; started anyway, its workers refuse to start (granian restarts them,
-    over and over) and it never answers. Both say which variable to set."""
+    never starts the server; started anyway, its workers refuse to start (and uvicorn's supervisor
+    stops) and it never answers. Both say which variable to set."""
     environment = production_environment(tmp_path, f"sqlite:///{tmp_path}/check.sqlite3")
     environment["DJANGO_SECRET_KEY"] = ""
     message = "DJANGO_SECRET_KEY is not set: set it to a long random value"
@@ -159,7 +160,8 @@ def test_without_django_secret_key_nothing_starts(tmp_path: Path) -> None:
         with pytest.raises(httpx.TransportError):
             httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
     finally:
-        os.killpg(server.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # uvicorn's supervisor may have stopped
+            os.killpg(server.pid, signal.SIGKILL)
         server.wait(timeout=10)
 
 
@@ -200,9 +202,8 @@ def production_server(
         except httpx.TransportError:
             time.sleep(0.2)
             continue
-        # Both workers started: granian 2.8 loses a stop signal that comes while a worker starts
-        # (that worker then waits for the kill timeout).
-        if log_path.read_text().count("Started worker-") >= 2:
+        # Both workers started: the SIGTERM below then stops two serving workers.
+        if log_path.read_text().count("Application startup complete") >= 2:
             break
         time.sleep(0.1)
     yield base_url, process
@@ -243,6 +244,6 @@ def test_probes_and_api_answer_plain_http_the_admin_goes_to_https(
         assert csrf_cookie.startswith("csrftoken=") and "; Secure" in csrf_cookie
         # The admin refuses a name it does not serve.
         assert client.get("/admin/login/", headers={"Host": PROBE_HOST}).status_code == 400
-    # systemd's KillMode=mixed: SIGTERM to granian's main process alone, which stops its workers.
+    # systemd's KillMode=mixed: SIGTERM to uvicorn's supervisor alone, which stops its workers.
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=60) == 0

@@ -82,7 +82,8 @@ async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
 granian_application = wrap_asgi_with_proxy_headers(
     application, os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
 )
-"""The application as granian serves it (``make serve``, deploy/tollgate.service). Unlike uvicorn,
-granian reads no ``X-Forwarded-For``: a request from a trusted proxy (FORWARDED_ALLOW_IPS, the
-name uvicorn reads, comma-separated addresses or networks, ``*`` for any; 127.0.0.1 by default)
-gets the client address the proxy forwarded, the one the failed-authentication throttle counts."""
+"""The application as granian serves it (``make serve SERVER=granian``, docs/deploy.md). Unlike
+uvicorn, granian reads no ``X-Forwarded-For``: a request from a trusted proxy
+(FORWARDED_ALLOW_IPS, the name uvicorn reads, comma-separated addresses or networks, ``*`` for
+any; 127.0.0.1 by default) gets the client address the proxy forwarded, the one the
+failed-authentication throttle counts."""

@@ -1,0 +1,202 @@
+"""uvicorn's event loop: uvloop, with a listening socket that accepts every waiting connection.
+
+``uvicorn ... --loop tollgate.uvicorn_loop:new_event_loop``: what ``make serve``, the systemd unit
+and the bench run. uvloop's own server (0.23) accepts one connection per turn of the loop (strace:
+one ``accept4`` per ``epoll_pwait``).
+A saturated worker's turn lasts as long as the work of every call it holds, tens of milliseconds:
+two hundred callers that connect at once then wait up to 200 turns, seconds, in the kernel's
+accept queue before the application sees them, while callers on open connections are served at
+once (issue #17: p99 at c200 was 16x the median, the floor endpoint's alike). Here a turn accepts
+every connection waiting, as asyncio's own loop does: a new caller waits one turn, as any other.
+
+Plain TCP only: a Unix socket or TLS served by uvicorn itself keeps uvloop's server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import uvloop
+
+log = logging.getLogger("tollgate")
+
+ACCEPT_RETRY_SECONDS = 1.0
+"""After running out of file descriptors or memory, the pause before accepting again (the loop
+would otherwise spin on a socket that stays readable), as asyncio's ``ACCEPT_RETRY_DELAY``."""
+OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+class AcceptingServer(asyncio.AbstractServer):
+    """Listening sockets served by ``loop.add_reader``: each time one is readable, every waiting
+    connection (up to ``backlog``) is accepted and handed to ``loop.connect_accepted_socket``."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sockets: Iterable[socket.socket],
+        protocol_factory: Callable[[], asyncio.BaseProtocol],
+        backlog: int,
+    ) -> None:
+        self._loop = loop
+        self._sockets = list(sockets)
+        self._protocol_factory = protocol_factory
+        self._backlog = backlog
+        self._serving = False
+        self._closed = loop.create_future()
+        self._handshakes: set[asyncio.Task[Any]] = set()
+
+    @property
+    def sockets(self) -> tuple[socket.socket, ...]:
+        return tuple(self._sockets)
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
+    def is_serving(self) -> bool:
+        return self._serving
+
+    async def start_serving(self) -> None:
+        if self._serving or self._closed.done():
+            return
+        self._serving = True
+        for sock in self._sockets:
+            sock.setblocking(False)
+            sock.listen(self._backlog)
+            self._loop.add_reader(sock.fileno(), self._accept, sock)
+
+    async def serve_forever(self) -> None:
+        await self.start_serving()
+        await self.wait_closed()
+
+    def close(self) -> None:
+        """Stop accepting and close the listening sockets; open connections are the server's
+        (uvicorn shuts them down itself)."""
+        if self._closed.done():
+            return
+        self._serving = False
+        for sock in self._sockets:
+            self._loop.remove_reader(sock.fileno())
+            sock.close()
+        self._closed.set_result(None)
+
+    async def wait_closed(self) -> None:
+        await asyncio.shield(self._closed)
+
+    async def __aenter__(self) -> AcceptingServer:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+        await self.wait_closed()
+
+    def _accept(self, sock: socket.socket) -> None:
+        for _ in range(self._backlog):
+            try:
+                conn, _address = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return  # nothing more waits
+            except ConnectionAbortedError:
+                continue  # the caller gave up before we got to it
+            except OSError as exc:
+                if exc.errno not in OUT_OF_RESOURCES:
+                    raise  # the loop logs it; the reader stays
+                log.error("accepting a connection failed (%s); retrying in 1 s", exc)
+                self._loop.remove_reader(sock.fileno())
+                self._loop.call_later(ACCEPT_RETRY_SECONDS, self._resume, sock)
+                return
+            handshake = self._loop.create_task(self._connect(conn))
+            self._handshakes.add(handshake)
+            handshake.add_done_callback(self._handshakes.discard)
+
+    async def _connect(self, conn: socket.socket) -> None:
+        try:
+            await self._loop.connect_accepted_socket(self._protocol_factory, conn)
+        except OSError:  # the caller hung up meanwhile: nothing to serve
+            conn.close()
+
+    def _resume(self, sock: socket.socket) -> None:
+        if self._serving:
+            self._loop.add_reader(sock.fileno(), self._accept, sock)
+
+
+class Loop(uvloop.Loop):
+    """uvloop, whose plain TCP servers are ``AcceptingServer``s."""
+
+    async def create_server(  # type: ignore[override]
+        self,
+        protocol_factory: Callable[[], asyncio.BaseProtocol],
+        host: str | None = None,
+        port: int | None = None,
+        *,
+        family: int = socket.AF_UNSPEC,
+        flags: int = socket.AI_PASSIVE,
+        sock: socket.socket | None = None,
+        backlog: int = 100,
+        ssl: Any = None,
+        reuse_port: bool | None = None,
+        start_serving: bool = True,
+        **kwargs: Any,
+    ) -> asyncio.AbstractServer:
+        plain_tcp = (sock is None and port is not None) or (
+            sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6)
+        )
+        if ssl is not None or kwargs or not plain_tcp:
+            uvloops: Any = super()
+            return await uvloops.create_server(
+                protocol_factory,
+                host,
+                port,
+                family=family,
+                flags=flags,
+                sock=sock,
+                backlog=backlog,
+                ssl=ssl,
+                reuse_port=reuse_port,
+                start_serving=start_serving,
+                **kwargs,
+            )
+        if sock is not None:
+            sockets = [sock]
+        else:
+            sockets = await self._listening_sockets(host, port, family, flags, reuse_port)
+        server = AcceptingServer(self, sockets, protocol_factory, backlog)
+        if start_serving:
+            await server.start_serving()
+        return server
+
+    async def _listening_sockets(
+        self,
+        host: str | None,
+        port: int | None,
+        family: int,
+        flags: int,
+        reuse_port: bool | None,
+    ) -> list[socket.socket]:
+        """One bound socket per address ``host`` resolves to (every interface for ``None``), as
+        asyncio binds them: SO_REUSEADDR, IPv6 sockets IPv6-only."""
+        infos = await self.getaddrinfo(
+            host, port, family=family, type=socket.SOCK_STREAM, flags=flags
+        )
+        sockets: list[socket.socket] = []
+        try:
+            for address_family, address in dict.fromkeys((info[0], info[4]) for info in infos):
+                sockets.append(
+                    socket.create_server(
+                        address, family=address_family, reuse_port=bool(reuse_port)
+                    )
+                )
+        except OSError:
+            for sock in sockets:
+                sock.close()
+            raise
+        return sockets
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """The loop factory ``uvicorn --loop tollgate.uvicorn_loop:new_event_loop`` calls."""
+    return Loop()
