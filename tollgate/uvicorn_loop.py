@@ -105,7 +105,11 @@ class AcceptingServer(asyncio.AbstractServer):
             except OSError as exc:
                 if exc.errno not in OUT_OF_RESOURCES:
                     raise  # the loop logs it; the reader stays
-                log.error("accepting a connection failed (%s); retrying in 1 s", exc)
+                log.error(
+                    "accepting a connection failed (%s); retrying in %s s",
+                    exc,
+                    ACCEPT_RETRY_SECONDS,
+                )
                 self._loop.remove_reader(sock.fileno())
                 self._loop.call_later(ACCEPT_RETRY_SECONDS, self._resume, sock)
                 return
