@@ -21,6 +21,7 @@ TARGET_TITLES = {
     "gateway-nojournal": "gateway, ledger journal off",
     "floor": "floor: ninja on stock Django, nothing else",
     "gateway-nometrics": "gateway, metrics off",
+    "gateway-2x": "gateway, twice the workers",
 }
 
 
@@ -179,14 +180,7 @@ class Results:
             )
         )
         for c in (1, 50):
-            on, off = self.get("gateway", c), self.get("gateway-nojournal", c)
-            # Each round measures both back to back: the median of the rounds' own ratios
-            # is steadier than a ratio of medians when the machine's speed drifts.
-            ratios = (
-                [a.rps / b.rps for a, b in zip(on.rounds, off.rounds, strict=False) if b.rps]
-                if on and off
-                else []
-            )
+            ratios = self._round_ratios("gateway", "gateway-nojournal", c)
             cost = 1 - statistics.median(ratios) if ratios else None
             out.append(
                 Check(
@@ -197,6 +191,7 @@ class Results:
                 )
             )
         out += self._metrics_checks()
+        out += self._scaling_checks()
         growth = self.memory.get("leak", {}).get("growth_pct")
         out.append(
             Check(
@@ -211,12 +206,8 @@ class Results:
     def _metrics_checks(self) -> list[Check]:
         """The metrics' cost: wrk's throughput with them on vs off at c50 (the same rounds), and
         the direct measure, microseconds per call against a whole call's time at c50."""
-        on, off = self.get("gateway", 50), self.get("gateway-nometrics", 50)
-        ratios = (
-            [a.rps / b.rps for a, b in zip(on.rounds, off.rounds, strict=False) if b.rps]
-            if on and off
-            else []
-        )
+        on = self.get("gateway", 50)
+        ratios = self._round_ratios("gateway", "gateway-nometrics", 50)
         cost = 1 - statistics.median(ratios) if ratios else None
         wrk_check = Check(
             "metrics' cost at c50 (req/s, metrics on vs off)",
@@ -238,6 +229,33 @@ class Results:
             None if share is None else share <= 0.03,
         )
         return [wrk_check, direct]
+
+    def _round_ratios(self, target: str, baseline: str, concurrency: int) -> list[float]:
+        """``target``'s req/s over ``baseline``'s, round by round: each round measures both back
+        to back, so the median of these is steadier than a ratio of medians when the machine's
+        speed drifts."""
+        a, b = self.get(target, concurrency), self.get(baseline, concurrency)
+        if not (a and b):
+            return []
+        return [x.rps / y.rps for x, y in zip(a.rounds, b.rounds, strict=False) if y.rps]
+
+    def _scaling_checks(self) -> list[Check]:
+        """Twice the workers against the gateway, in the same rounds (issue #17)."""
+        out = []
+        for c in (50, 200):
+            ratios = self._round_ratios("gateway-2x", "gateway", c)
+            ratio = statistics.median(ratios) if ratios else None
+            out.append(
+                Check(
+                    f"req/s at c{c}, twice the workers vs the gateway (median of rounds)",
+                    f"{ratio:.2f}x ({', '.join(f'{r:.2f}' for r in ratios)})"
+                    if ratio is not None
+                    else "n/a",
+                    ">= 1.8x",
+                    None if ratio is None else ratio >= 1.8,
+                )
+            )
+        return out
 
     def _rps_ratio(self, baseline: str, concurrency: int) -> float | None:
         """The gateway's req/s over ``baseline``'s at ``concurrency``, when both were measured."""

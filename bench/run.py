@@ -54,10 +54,13 @@ VARIANTS: dict[str, dict[str, str]] = {
 }
 """The gateway again with one feature off (its environment): a second process on the same
 database, measured beside the gateway so that the difference is what the feature costs."""
-TARGETS = ("upstream", "floor", "bare", "gateway", *VARIANTS, "gateway-stream")
+DOUBLED = "gateway-2x"
+"""The gateway again with twice the workers (issue #17: two workers on two cores at least 1.8x
+one worker's throughput), measured beside it in each round."""
+TARGETS = ("upstream", "floor", "bare", "gateway", *VARIANTS, DOUBLED, "gateway-stream")
 """wrk targets, in the order each round visits them."""
-ONLY_AT = {"gateway-nometrics": 50}
-"""Targets measured at one concurrency only (when it is among --concurrency)."""
+ONLY_AT = {"gateway-nometrics": {50}, DOUBLED: {50, 200}}
+"""Targets measured at some concurrencies only (those among --concurrency)."""
 SELECTABLE = (*TARGETS, "ttfb", "metrics-cost", "request-log")
 PATH = "/v1/chat/completions"
 LEAK_FIRST_CALLS = 10_000
@@ -159,7 +162,7 @@ class Bench:
         env = self.env = django_env(config, var_dir, "tollgate.settings")
         database_url = os.environ.get("DATABASE_URL")
         need_gateway = (
-            bool(only & {"gateway", "gateway-stream", "ttfb", "request-log", *VARIANTS})
+            bool(only & {"gateway", "gateway-stream", "ttfb", "request-log", DOUBLED, *VARIANTS})
             or a.leak_calls
             or a.profile
         )
@@ -177,7 +180,9 @@ class Bench:
                 "/v1/models",
             )
             log(f"gateway on {self.gateway.base_url}, workers {self.gateway.worker_pids()}")
-        for name, overrides in VARIANTS.items():
+        variants = {name: (overrides, a.workers) for name, overrides in VARIANTS.items()}
+        variants[DOUBLED] = ({}, 2 * a.workers)
+        for name, (overrides, workers) in variants.items():
             if name in only:
                 self.variants[name] = start_server(
                     self.processes,
@@ -189,11 +194,11 @@ class Bench:
                         "TOLLGATE_LEDGER_DIR": str(var_dir / f"ledger-{name}"),
                         "TOLLGATE_METRICS_DIR": str(var_dir / f"metrics-{name}"),
                     },
-                    a.workers,
+                    workers,
                     self.tmp,
                     "/v1/models",
                 )
-                log(f"{name} on {self.variants[name].base_url}")
+                log(f"{name} on {self.variants[name].base_url}, {workers} workers")
         if "bare" in only:
             bare_env = django_env(config, var_dir, "bench.bare.settings")
             self.bare = start_server(
@@ -302,7 +307,7 @@ class Bench:
         for round_no in range(1, a.rounds + 1):
             for concurrency in a.concurrency:
                 for target in targets:
-                    if ONLY_AT.get(target, concurrency) != concurrency:
+                    if concurrency not in ONLY_AT.get(target, {concurrency}):
                         continue
                     label = f"[r{round_no}] {target} c{concurrency}"
                     result = self.wrk(target, concurrency, a.duration, label)

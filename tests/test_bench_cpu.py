@@ -6,7 +6,7 @@ import os
 import time
 
 from bench.processes import cpu_seconds
-from bench.report import Row
+from bench.report import Results, Row
 from bench.wrk import WrkResult
 
 
@@ -30,3 +30,21 @@ def test_cpu_per_call_is_the_median_of_the_rounds_that_measured_it() -> None:
     row = Row("gateway", 50, [result(2000, 1.2), result(1000, 1.0), result(4000, None)])
     assert row.cpu_us_per_request == 800  # median of 600 and 1,000; the unmeasured round left out
     assert Row("gateway", 50, [result(10, None)]).cpu_us_per_request is None
+
+
+def test_twice_the_workers_is_held_to_1_8x_the_gateway_round_by_round() -> None:
+    """Issue #17's two workers: the median of each round's own ratio, at c50 and c200; n/a when
+    the doubled gateway was not measured."""
+    results = Results(meta={})
+    for gateway, doubled in ((2000, 3800), (2400, 4200), (1800, 3500)):  # 1.90, 1.75, 1.94
+        results.row("gateway", 50).rounds.append(result(gateway, None))
+        results.row("gateway-2x", 50).rounds.append(result(doubled, None))
+    checks = {check.name: check for check in results.checks()}
+    c50 = checks["req/s at c50, twice the workers vs the gateway (median of rounds)"]
+    assert (c50.measured, c50.target, c50.passed) == ("1.90x (1.90, 1.75, 1.94)", ">= 1.8x", True)
+    c200 = checks["req/s at c200, twice the workers vs the gateway (median of rounds)"]
+    assert (c200.measured, c200.passed) == ("n/a", None)
+    results.row("gateway", 200).rounds.append(result(2000, None))
+    results.row("gateway-2x", 200).rounds.append(result(3400, None))
+    c200 = {check.name: check for check in results.checks()}[c200.name]
+    assert (c200.measured, c200.passed) == ("1.70x (1.70)", False)
