@@ -25,6 +25,7 @@ from bench.processes import (
     wait_for_server,
     worker_pids,
 )
+from tollgate.uvicorn_loop import UVICORN_LOOP_ARG
 
 MODEL = "bench-model"
 UPSTREAM_KEY_ENV = "BENCH_UPSTREAM_KEY"
@@ -137,9 +138,6 @@ def start_upstream(
     return Service("upstream", f"http://127.0.0.1:{port}", process, log_path)
 
 
-UVICORN_LOOP = "tollgate.uvicorn_loop:new_event_loop"
-"""uvloop, accepting every waiting connection at each turn (``tollgate/uvicorn_loop.py``)."""
-
 SERVER = "uvicorn"
 """The ASGI server of the gateway and its baselines (``--server``): uvicorn or granian."""
 
@@ -162,7 +160,7 @@ def server_command(app: str, port: int, workers: int) -> list[str]:
         ]
     return [
         *(sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)),
-        *("--workers", str(workers), "--loop", UVICORN_LOOP, "--http", "httptools"),
+        *("--workers", str(workers), "--loop", UVICORN_LOOP_ARG, "--http", "httptools"),
         "--no-access-log",
     ]
 

@@ -32,6 +32,7 @@ from gateway.tenants import auth
 from gateway.usage.ledger import LedgerWriter
 from providers.config import GatewayConfig, load_config
 from providers.factory import ProviderFactory
+from tollgate.uvicorn_loop import UVICORN_LOOP_ARG
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -313,7 +314,7 @@ JSON_LOG_CONFIG = ("--log-config", "tollgate/uvicorn_json_logging.json")
 TEST_SERVER = os.environ.get("TOLLGATE_TEST_SERVER", "uvicorn")
 """The ASGI server of the end-to-end gateways: uvicorn on Tollgate's loop (the unit's and ``make
 serve``'s), or granian (``make test`` runs the suite with each, one per database)."""
-UVICORN_LOOP = ("--loop", "tollgate.uvicorn_loop:new_event_loop", "--http", "httptools")
+UVICORN_LOOP = ("--loop", UVICORN_LOOP_ARG, "--http", "httptools")
 """uvicorn's loop and HTTP parser, as ``make serve`` and the unit give them."""
 
 

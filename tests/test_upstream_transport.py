@@ -14,7 +14,14 @@ import orjson
 import pytest
 
 from providers.errors import UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
-from providers.http import READ_WHOLE, UpstreamClient, UpstreamTransport, post_for_json
+from providers.http import (
+    READ_WHOLE,
+    UpstreamClient,
+    UpstreamTransport,
+    post_for_json,
+    post_json,
+    read_json_object,
+)
 
 Answer = Callable[[asyncio.StreamWriter], Awaitable[None]]
 
@@ -217,7 +224,5 @@ async def test_an_answer_whose_compression_is_broken_is_an_unreachable_upstream(
                     client, "fake", httpx.URL(base), {}, {}, lambda data: True, "an answer"
                 )
             else:
-                from providers.http import post_json, read_json_object
-
                 async with post_json(client, "fake", httpx.URL(base), {}, {}) as response:
                     await read_json_object(response, "fake", lambda data: True, "an answer")

@@ -193,7 +193,7 @@ def test_uvicorn_serves_on_the_loop(tmp_path: Path, workers: int) -> None:
             [
                 *(sys.executable, "-m", "uvicorn", "bench.floor.asgi:application"),
                 *("--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)),
-                *("--loop", "tollgate.uvicorn_loop:new_event_loop", "--no-access-log"),
+                *("--loop", uvicorn_loop.UVICORN_LOOP_ARG, "--no-access-log"),
             ],
             cwd=ROOT,
             env={**os.environ, "DJANGO_SETTINGS_MODULE": "bench.floor.settings"},

@@ -204,3 +204,8 @@ class Loop(uvloop.Loop):
 def new_event_loop() -> asyncio.AbstractEventLoop:
     """The loop factory ``uvicorn --loop tollgate.uvicorn_loop:new_event_loop`` calls."""
     return Loop()
+
+
+UVICORN_LOOP_ARG = f"{__name__}:{new_event_loop.__name__}"
+"""What to give uvicorn's ``--loop`` (the bench and the tests do; the Makefile and the unit spell
+it out)."""
