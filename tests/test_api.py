@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from decimal import Decimal
 
 import httpx
@@ -62,6 +63,8 @@ async def test_a_call_is_answered_and_recorded(
     assert (row.prompt_tokens, row.completion_tokens, row.total_tokens) == (10, 20, 30)
     assert row.cost_usd == Decimal("0.00005")  # 10 * 1 + 20 * 2 micro-USD
     assert row.request_id == response.headers["x-request-id"]
+    # time-ordered (providers.ids), so that the ledger's unique index grows at one end
+    assert abs(int(row.request_id.removeprefix("req_")[:12], 16) / 1000 - time.time()) < 60
     assert (row.provider, row.upstream_model, row.status_code) == ("fake", "fake-gpt", 200)
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 import pytest
 from django.db import DatabaseError, OperationalError, connection
+from django.test.utils import CaptureQueriesContext
 
 from conftest import TenantKey
 from gateway.models import LedgerDeadLetter, UsageDaily, UsageRecord
@@ -216,6 +217,33 @@ def test_inserts_are_idempotent_and_the_rollup_counts_each_row_once(
     assert UsageRecord.objects.count() == 10 == rollup_calls()
     total = sum(UsageDaily.objects.values_list("prompt_tokens", flat=True))
     assert total == sum(range(10))
+
+
+def ledger_inserts(queries: CaptureQueriesContext) -> list[str]:
+    table = UsageRecord._meta.db_table
+    start = f"INSERT INTO {connection.ops.quote_name(table)}"
+    return [q["sql"] for q in queries.captured_queries if q["sql"].startswith(start)]
+
+
+def test_a_batch_of_new_rows_is_inserted_without_returning_and_a_replay_with_it(
+    tenants: dict[str, TenantKey],
+) -> None:
+    """New rows take plain inserts (SQLite's RETURNING would hand the GIL back and forth once per
+    row). When a late statement of the batch meets a row already there, the statements before it
+    are rolled back with it, and the batch is inserted again with RETURNING: each row lands and
+    is counted in the rollup once."""
+    rows = [row(tenants["charlie"], n) for n in range(300)]  # several statements on any backend
+    assert insert_rows(rows[-1:]) == 1
+    with CaptureQueriesContext(connection) as fresh:
+        assert insert_rows(rows[:150]) == 150
+    assert ledger_inserts(fresh)  # several statements on SQLite (33 rows each), one on PostgreSQL
+    assert not any("RETURNING" in sql for sql in ledger_inserts(fresh))
+    with CaptureQueriesContext(connection) as replay:
+        assert insert_rows(rows) == 149, "the last row and the first 150 are already there"
+    assert any("RETURNING" in sql for sql in ledger_inserts(replay))
+    assert UsageRecord.objects.count() == 300 == rollup_calls()
+    total = sum(UsageDaily.objects.values_list("prompt_tokens", flat=True))
+    assert total == sum(range(300))
 
 
 def test_a_failing_database_spools_rows_and_the_running_writer_replays_them_when_it_answers(

@@ -19,7 +19,7 @@ from gateway.runtime import get_runtime
 from gateway.telemetry.logs import request_answered
 from gateway.tenants.auth import Caller
 from providers.errors import GatewayError
-from providers.ids import random_hex
+from providers.ids import time_ordered_hex
 
 Handler = Callable[[HttpRequest], Awaitable[HttpResponseBase]]
 
@@ -27,7 +27,7 @@ Handler = Callable[[HttpRequest], Awaitable[HttpResponseBase]]
 def stamp(response: HttpResponseBase, path: str, request_id: str | None = None) -> str:
     """The request id every answer carries (``x-request-id``, and Anthropic's ``request-id`` on
     ``/v1/messages``): the call's, which its ledger row keeps, or a new one."""
-    request_id = request_id or "req_" + random_hex()
+    request_id = request_id or "req_" + time_ordered_hex()
     response["x-request-id"] = request_id
     if is_anthropic_path(path):
         response["request-id"] = request_id

@@ -43,7 +43,7 @@ from gateway.tenants.auth import Caller
 from gateway.usage.endpoints import Endpoint
 from providers.errors import GatewayError, InternalError, UpstreamTimeout, UpstreamUnavailable
 from providers.factory import Route, unsupported
-from providers.ids import random_hex
+from providers.ids import time_ordered_hex
 from providers.pricing import cost_of
 from providers.redaction import redact
 from providers.types import Operation, Units, Usage
@@ -162,7 +162,7 @@ class Call:
         self.caller = caller
         self.endpoint = endpoint
         self.render_error = render_error
-        self.request_id = "req_" + random_hex()
+        self.request_id = "req_" + time_ordered_hex()
         self.started = time.perf_counter()
         self.started_at = time.time()
         """The wall-clock time of ``started`` (traces)."""

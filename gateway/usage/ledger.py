@@ -19,8 +19,9 @@ What can go wrong, and what happens then:
 - **The process is killed** (SIGKILL, the OOM killer): its journal is left unclaimed, and any
   writer (a sibling worker, or the next start) replays it.
 - **A replay is cut short, or happens twice**: inserts skip request ids already in the ledger
-  (``INSERT ... ON CONFLICT (request_id) DO NOTHING RETURNING``) and only what landed is added to
-  the rollup, so nothing is counted twice.
+  (``INSERT ... ON CONFLICT (request_id) DO NOTHING``; a batch that skipped one is inserted
+  again with ``RETURNING``) and only what landed is added to the rollup, so nothing is counted
+  twice.
 
 ``stop`` writes what is queued and deletes the journal; the ASGI lifespan calls it on shutdown,
 and an ``atexit`` hook does for processes that have no lifespan.

@@ -8,7 +8,7 @@ uses them too.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -28,7 +28,7 @@ from django.db.models.fields import AutoFieldMixin
 from gateway.models import UsageRecord
 from gateway.usage.ledger_files import Row, encode
 from gateway.usage.rollup import add_to_rollup
-from providers.ids import random_hex
+from providers.ids import time_ordered_hex
 
 __all__ = ["Row", "as_text", "clean_row", "insert_fields", "insert_rows", "preparer"]
 
@@ -71,7 +71,7 @@ def clean_row(row: Row) -> Row:
         ):
             row[name] = _clamp_decimal(value, largest)
     if not row.get("request_id"):
-        row["request_id"] = "req_" + random_hex()
+        row["request_id"] = "req_" + time_ordered_hex()
     return row
 
 
@@ -110,41 +110,72 @@ def as_text(row: Row) -> str:
         return repr(row)
 
 
+class _Replayed(Exception):
+    """A statement of the plain insert skipped a row already in the ledger: roll it back."""
+
+
 def insert_rows(rows: list[Row]) -> int:
     """Insert a batch, skipping rows whose request id is already in the ledger, and add the rows
     that landed to the rollup, in one transaction. Returns how many landed.
 
-    Multi-row ``INSERT ... ON CONFLICT (request_id) DO NOTHING RETURNING request_id``: it tells
-    which rows are new, so that a replay never adds to the rollup twice. Values are adapted by
-    each field, so every database backend gets what it expects; missing fields take defaults."""
+    Each statement is a multi-row ``INSERT ... ON CONFLICT (request_id) DO NOTHING``; values are
+    adapted by each field, so every database backend gets what it expects, and missing fields
+    take defaults. When every row of every statement lands (the database's count of changed rows
+    says so), that is all. When one did not (a replay of rows already written), the transaction
+    is rolled back and the batch is inserted again with ``RETURNING request_id``, which tells the
+    rows that are new, so that the rollup never counts one twice.
+
+    Why not ``RETURNING`` always: SQLite hands back its rows one step at a time, and Python's
+    driver lets go of the GIL and takes it again around each step. At a ledger row per call,
+    that is a GIL hand-off with the event loop per call, where one per statement will do."""
     unique: dict[str, Row] = {}
     for row in rows:
         unique.setdefault(row["request_id"], row)
+    values = _values(unique.values())
+    try:
+        _insert(values, unique, returning=False)
+        return len(unique)
+    except _Replayed:
+        return _insert(values, unique, returning=True)
+
+
+def _values(rows: Iterable[Row]) -> list[list[Any]]:
+    preparers = [(field.attname, field, preparer(field)) for field in insert_fields()]
+    return [
+        [
+            prepare(row[name] if name in row else field.get_default())
+            for name, field, prepare in preparers
+        ]
+        for row in rows
+    ]
+
+
+def _insert(values: list[list[Any]], rows: dict[str, Row], returning: bool) -> int:
+    """Insert ``values`` (``rows``' own) and add what landed to the rollup. Without
+    ``returning``, raise ``_Replayed`` (the transaction rolled back) unless every row landed."""
     fields = insert_fields()
     quote = connection.ops.quote_name
     table = quote(UsageRecord._meta.db_table)
     columns = ", ".join(quote(field.column) for field in fields)
     placeholders = "(" + ", ".join(["%s"] * len(fields)) + ")"
-    per_statement = max(1, connection.ops.bulk_batch_size(fields, list(unique.values())))
-    preparers = [(field.attname, field, preparer(field)) for field in fields]
-    values = [
-        [
-            prepare(row[name] if name in row else field.get_default())
-            for name, field, prepare in preparers
-        ]
-        for row in unique.values()
-    ]
+    per_statement = max(1, connection.ops.bulk_batch_size(fields, list(rows.values())))
+    suffix = f" RETURNING {quote('request_id')}" if returning else ""
     landed: set[str] = set()
     with transaction.atomic(), connection.cursor() as cursor:
         for start in range(0, len(values), per_statement):
             chunk = values[start : start + per_statement]
             cursor.execute(
                 f"INSERT INTO {table} ({columns}) VALUES {', '.join([placeholders] * len(chunk))} "
-                f"ON CONFLICT ({quote('request_id')}) DO NOTHING RETURNING {quote('request_id')}",
+                f"ON CONFLICT ({quote('request_id')}) DO NOTHING{suffix}",
                 [value for row_values in chunk for value in row_values],
             )
-            landed.update(request_id for (request_id,) in cursor.fetchall())
-        add_to_rollup(cursor, [row for key, row in unique.items() if key in landed])
+            if returning:
+                landed.update(request_id for (request_id,) in cursor.fetchall())
+            elif cursor.rowcount != len(chunk):
+                raise _Replayed
+        if not returning:
+            landed = set(rows)
+        add_to_rollup(cursor, [row for key, row in rows.items() if key in landed])
     return len(landed)
 
 
