@@ -229,6 +229,15 @@ def cpu_seconds(pids: Sequence[int]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def machine_cpu_seconds() -> float:
+    """CPU time the whole machine has used so far, every CPU and every process (``/proc/stat``:
+    all but idle and I/O wait; guest time is already in user time)."""
+    with open("/proc/stat") as stat:
+        ticks = [int(t) for t in stat.readline().split()[1:9]]
+    idle, iowait = ticks[3], ticks[4]
+    return (sum(ticks) - idle - iowait) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_snapshot(pids: Sequence[int]) -> dict[str, int | None]:
     """RSS per worker (KiB, keyed by pid as text), as JSON wants it."""
     return {str(pid): rss_kib(pid) for pid in pids}

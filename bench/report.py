@@ -257,6 +257,65 @@ class Results:
             )
         return out
 
+    def scaling(self, concurrency: int) -> dict[str, float] | None:
+        """What bounds twice the workers on this machine, the medians of each round's figures:
+        ``ratio`` (req/s, twice the workers over the gateway), ``busy`` (the share of the
+        machine's CPUs in use during the doubled run), ``gateway_us`` and ``doubled_us`` (the
+        workers' CPU per call), ``others_us`` (the rest of the machine's, per call of the doubled
+        run: wrk, the fake upstream, the kernel), and ``own_cores`` (the ratio two workers would
+        reach on cores of their own: twice the workers' cores over the CPU they take per call,
+        against the gateway's req/s)."""
+        one, two = self.get("gateway", concurrency), self.get("gateway-2x", concurrency)
+        cpus, workers = self.meta.get("nproc"), self.meta.get("workers")
+        if not (one and two and cpus and workers):
+            return None
+        rounds = list(zip(one.rounds, two.rounds, strict=False))
+        figures: dict[str, list[float]] = {}
+        for a, b in rounds:
+            if not (a.cpu_us_per_request and b.cpu_us_per_request and b.others_us_per_request):
+                continue
+            assert b.machine_cpu_s is not None
+            for name, value in (
+                ("ratio", b.rps / a.rps),
+                ("busy", b.machine_cpu_s / (b.duration_s * cpus)),
+                ("gateway_us", a.cpu_us_per_request),
+                ("doubled_us", b.cpu_us_per_request),
+                ("others_us", b.others_us_per_request),
+                ("own_cores", 2 * workers * 1e6 / b.cpu_us_per_request / a.rps),
+            ):
+                figures.setdefault(name, []).append(value)
+        if not figures:
+            return None
+        return {name: statistics.median(values) for name, values in figures.items()}
+
+    def _scaling_markdown(self) -> list[str]:
+        rows = [(c, s) for c in (50, 200) if (s := self.scaling(c))]
+        if not rows:
+            return []
+        cpus, workers = self.meta["nproc"], self.meta["workers"]
+        out = [
+            "",
+            f"Twice the workers ({2 * workers}) on this machine's {cpus} CPUs, which also run wrk "
+            "and the fake upstream (medians of the rounds; bench/README.md):",
+            "",
+            "| conc | req/s vs the gateway | CPUs busy | worker CPU µs/call, gateway / twice "
+            "| rest of the machine µs/call | on cores of their own |",
+            "|---:|---:|---:|---:|---:|---:|",
+        ]
+        for c, s in rows:
+            out.append(
+                f"| {c} | {s['ratio']:.2f}x | {s['busy']:.0%} | {s['gateway_us']:,.0f} / "
+                f"{s['doubled_us']:,.0f} | {s['others_us']:,.0f} | {s['own_cores']:.2f}x |"
+            )
+        out += [
+            "",
+            "The last column is derived, not measured: the calls per second that "
+            f"{2 * workers} cores would give the doubled workers at the CPU they took per call, "
+            "against the gateway's req/s. When the CPUs are all busy, the measured ratio is "
+            "bounded by what wrk and the upstream take from the same cores.",
+        ]
+        return out
+
     def _rps_ratio(self, baseline: str, concurrency: int) -> float | None:
         """The gateway's req/s over ``baseline``'s at ``concurrency``, when both were measured."""
         gw, base = self.get("gateway", concurrency), self.get(baseline, concurrency)
@@ -375,6 +434,7 @@ class Results:
         for c in self.checks():
             verdict = {True: "PASS", False: "FAIL", None: "n/a"}[c.passed]
             out.append(f"| {c.name} | {c.measured} | {c.target} | {verdict} |")
+        out += self._scaling_markdown()
         out += self._ledger_markdown() + self._memory_markdown() + self._profile_markdown()
         out += [f"\nNote: {note}" for note in self.notes]
         return "\n".join(out) + "\n"

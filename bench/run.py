@@ -34,6 +34,7 @@ from bench.processes import (
     StartupError,
     cpu_seconds,
     log_tail,
+    machine_cpu_seconds,
     rss_snapshot,
 )
 from bench.pyspy import read_collapsed, summarize
@@ -256,11 +257,12 @@ class Bench:
         url = service.base_url + PATH
         script = self._script(target)
         workers = service.worker_pids()
-        cpu_before = cpu_seconds(workers)
+        cpu_before, machine_before = cpu_seconds(workers), machine_cpu_seconds()
         result = wrk.run_wrk(
             self.processes, url, script, concurrency, duration, self.tmp / "wrk.log"
         )
         result.cpu_s = cpu_seconds(workers) - cpu_before
+        result.machine_cpu_s = machine_cpu_seconds() - machine_before
         cpu = result.cpu_us_per_request
         log(
             f"{label:<28} {result.rps:>9,.0f} req/s  p50 {result.p50_ms:7.2f} ms  "

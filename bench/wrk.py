@@ -75,6 +75,9 @@ class WrkResult:
     max_ms: float
     cpu_s: float | None = None
     """CPU time the target's workers used during the run (all their threads), when known."""
+    machine_cpu_s: float | None = None
+    """CPU time the whole machine used during the run: the workers, wrk, the fake upstream, the
+    kernel's work for them, anything else running."""
 
     @property
     def rps(self) -> float:
@@ -97,6 +100,13 @@ class WrkResult:
         return (
             self.cpu_s * 1e6 / self.requests if self.cpu_s is not None and self.requests else None
         )
+
+    @property
+    def others_us_per_request(self) -> float | None:
+        """The CPU the rest of the machine used per completed request (wrk, the upstream...)."""
+        if self.cpu_s is None or self.machine_cpu_s is None or not self.requests:
+            return None
+        return (self.machine_cpu_s - self.cpu_s) * 1e6 / self.requests
 
     @property
     def ok(self) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-from bench.processes import cpu_seconds
+from bench.processes import cpu_seconds, machine_cpu_seconds
 from bench.report import Results, Row
 from bench.wrk import WrkResult
 
@@ -20,8 +20,17 @@ def test_cpu_seconds_counts_what_a_process_burns_and_nothing_for_one_gone() -> N
     assert cpu_seconds([2**22 + 12345]) == 0  # no such process
 
 
-def result(requests: int, cpu_s: float | None) -> WrkResult:
-    return WrkResult(requests, 4.0, 0, 0, 0, 0, 0, 0, 1.0, 2.0, 3.0, 1.0, 4.0, cpu_s=cpu_s)
+def result(requests: int, cpu_s: float | None, machine_cpu_s: float | None = None) -> WrkResult:
+    return WrkResult(requests, 4.0, 0, 0, 0, 0, 0, 0, 1.0, 2.0, 3.0, 1.0, 4.0, cpu_s, machine_cpu_s)
+
+
+def test_machine_cpu_seconds_counts_this_process_burning_among_the_rest() -> None:
+    before = machine_cpu_seconds()
+    deadline = time.process_time() + 0.3
+    while time.process_time() < deadline:
+        pass
+    used = machine_cpu_seconds() - before
+    assert 0.25 <= used <= 0.3 + 2.0 * (os.cpu_count() or 1)  # and whatever else ran meanwhile
 
 
 def test_cpu_per_call_is_the_median_of_the_rounds_that_measured_it() -> None:
@@ -48,3 +57,22 @@ def test_twice_the_workers_is_held_to_1_8x_the_gateway_round_by_round() -> None:
     results.row("gateway-2x", 200).rounds.append(result(3400, None))
     c200 = {check.name: check for check in results.checks()}[c200.name]
     assert (c200.measured, c200.passed) == ("1.70x (1.70)", False)
+
+
+def test_the_report_tells_what_bounds_twice_the_workers_on_this_machine() -> None:
+    """Per round: the ratio, how busy the machine's CPUs were in the doubled run, each gateway's
+    CPU per call, the rest of the machine's, and what two cores of their own would give."""
+    results = Results(meta={"nproc": 2, "workers": 1})
+    for gateway, doubled in ((2000, 3000), (1800, 3000), (2200, 3300)):  # 4 s each
+        results.row("gateway", 50).rounds.append(result(4 * gateway, 4.0, 4.8))
+        results.row("gateway-2x", 50).rounds.append(result(4 * doubled, 6.6, 7.8))
+    scaling = results.scaling(50)
+    assert scaling is not None and results.scaling(200) is None
+    assert round(scaling["ratio"], 3) == 1.5  # 1.5, 1.667, 1.5
+    assert round(scaling["busy"], 3) == 0.975  # 7.8 CPU-s of 2 CPUs x 4 s
+    assert round(scaling["gateway_us"]) == 500  # 500, 556, 455
+    assert round(scaling["doubled_us"]) == 550  # 550, 550, 500
+    assert round(scaling["others_us"]) == 100  # 1.2 CPU-s over 12,000 calls
+    assert round(scaling["own_cores"], 2) == 1.82  # 2 cores / 550 us = 3,636/s, over 2,000
+    markdown = results._scaling_markdown()
+    assert "| 50 | 1.50x | 98% | 500 / 550 | 100 | 1.82x |" in markdown
