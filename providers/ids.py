@@ -9,10 +9,10 @@ parent's; two threads never take the same slice.
 ``time_ordered_hex()`` is the same 32 hex digits laid out as UUIDv7 lays them out: the
 milliseconds since the epoch first, then 80 random bits. Request ids take it because the ledger
 keeps them in a unique index: ids that sort by time land at the index's right edge, a few pages
-per batch, where random ones each dirty a page of their own anywhere in it. Measured with a
-million rows already in the table, inserting batches of 800: SQLite wrote 10.9 KiB per row
-with random ids and 0.7 KiB with these (29.5 and 7.6 us of CPU per row); PostgreSQL wrote
-1.83 and 0.54 KiB of WAL per row.
+per batch, where random ones each dirty a page of their own anywhere in it. Measured by
+``bench/ledger_ids.py`` (a million rows already in the table, then batches of 800): SQLite wrote
+10.9 KiB per row with random ids and 0.8 KiB with these (20.7 and 2.9 us of CPU per row);
+PostgreSQL wrote 1.86 and 0.57 KiB of WAL per row.
 """
 
 from __future__ import annotations
