@@ -12,8 +12,10 @@ import errno
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ from typing import Any
 import pytest
 import uvloop
 
-from bench.processes import free_port, wait_for_server
+from bench.processes import free_port
 from tollgate import uvicorn_loop
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,12 +56,28 @@ def connect(port: int, count: int) -> list[socket.socket]:
     return [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(count)]
 
 
+def connect_unix(path: str, count: int) -> list[socket.socket]:
+    clients = []
+    for _ in range(count):
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        client.settimeout(5)
+        client.connect(path)
+        clients.append(client)
+    return clients
+
+
+def connect_to(server: Any, count: int) -> list[socket.socket]:
+    address = server.sockets[0].getsockname()
+    if isinstance(address, str):
+        return connect_unix(address, count)
+    return connect(address[1], count)
+
+
 async def accepted_after_turns(server: Any, callers: int, turns: int) -> int:
     """Connect ``callers`` at once while the loop is not running, then let it make ``turns``
     turns: how many connections did the server's protocol see made?"""
     Echo.made = 0
-    port = server.sockets[0].getsockname()[1]
-    clients = connect(port, callers)  # the loop is here, not polling: they all wait to be accepted
+    clients = connect_to(server, callers)  # the loop is here, not polling: all wait to be accepted
     try:
         for _ in range(turns):
             await asyncio.sleep(0)
@@ -131,12 +149,78 @@ def test_a_socket_given_is_served_as_it_is_bound() -> None:
     assert run(uvicorn_loop.new_event_loop, main()) == b"pong"
 
 
-def test_a_unix_socket_keeps_uvloops_own_server(tmp_path: Path) -> None:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.bind(str(tmp_path / "s"))
+@pytest.mark.parametrize("given", ["path", "sock"])
+def test_a_unix_socket_accepts_every_connection_waiting_and_serves_them(
+    tmp_path: Path, given: str
+) -> None:
+    """``uvicorn --uds PATH`` (``create_unix_server(path=...)``), and the socket uvicorn's
+    supervisor binds for ``--workers N --uds`` (``create_server(sock=...)``)."""
+    path = str(tmp_path / "tollgate.sock")
+    sock = None
+    if given == "sock":
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(path)
+
+    async def main() -> tuple[int, bytes]:
+        loop = asyncio.get_running_loop()
+        if sock is None:
+            server = await loop.create_unix_server(Echo, path, backlog=512)
+        else:
+            server = await loop.create_server(Echo, sock=sock, backlog=512)
+        assert isinstance(server, uvicorn_loop.AcceptingServer)
+        try:
+            made = await accepted_after_turns(server, 100, turns=10)
+            reader, writer = await asyncio.open_unix_connection(path)
+            writer.write(b"ping")
+            echoed = await reader.readexactly(4)
+            writer.close()
+            return made, echoed
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    assert run(uvicorn_loop.new_event_loop, main()) == (100, b"ping")
+
+
+def test_stock_uvloop_accepts_a_unix_socket_connection_a_turn(tmp_path: Path) -> None:
+    """What the loop mends on a Unix socket too (and that the test above can tell)."""
+    path = str(tmp_path / "stock.sock")
+
+    async def main() -> int:
+        server = await asyncio.get_running_loop().create_unix_server(Echo, path, backlog=512)
+        try:
+            return await accepted_after_turns(server, 100, turns=10)
+        finally:
+            server.close()
+
+    assert run(uvloop.new_event_loop, main()) <= 20
+
+
+def test_a_unix_socket_path_replaces_a_stale_socket_never_another_file(tmp_path: Path) -> None:
+    stale = tmp_path / "stale.sock"
+    gone = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    gone.bind(str(stale))
+    gone.close()  # the file stays, as a server killed leaves it
+    other = tmp_path / "not-a-socket"
+    other.write_text("keep me")
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_unix_server(Echo, str(stale))
+        server.close()
+        with pytest.raises(OSError, match="already in use"):
+            await loop.create_unix_server(Echo, str(other))
+
+    run(uvicorn_loop.new_event_loop, main())
+    assert other.read_text() == "keep me"
+
+
+def test_tls_keeps_uvloops_own_server() -> None:
+    """uvicorn's own TLS (``--ssl-certfile``) needs uvloop's handshake: its server, unchanged."""
 
     async def main() -> str:
-        server = await asyncio.get_running_loop().create_server(Echo, sock=sock)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        server = await asyncio.get_running_loop().create_server(Echo, "127.0.0.1", 0, ssl=context)
         server.close()
         return type(server).__module__
 
@@ -181,19 +265,24 @@ def test_out_of_file_descriptors_pauses_accepting_then_resumes(
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_uvicorn_serves_on_the_loop(tmp_path: Path, workers: int) -> None:
-    """``--loop tollgate.uvicorn_loop:new_event_loop``, as ``make serve SERVER=uvicorn`` gives it:
-    uvicorn binds its address (one worker) or hands its workers the socket its supervisor bound
-    (two), serves callers that connect together, and stops cleanly. The app is the bench's floor
-    endpoint: no database to set up."""
-    port = free_port()
+@pytest.mark.parametrize("listen", ["tcp", "unix"])
+def test_uvicorn_serves_on_the_loop(tmp_path: Path, listen: str, workers: int) -> None:
+    """``--loop tollgate.uvicorn_loop:new_event_loop``, as ``make serve`` gives it: uvicorn binds
+    its address, TCP or a Unix socket (``--uds``, as a reverse proxy on the same host talks to
+    it), itself (one worker) or hands its workers the socket its supervisor bound (two), serves
+    callers that connect together, and stops cleanly. The app is the bench's floor endpoint: no
+    database to set up."""
+    port, path = free_port(), tmp_path / "tollgate.sock"
+    where = (
+        ("--host", "127.0.0.1", "--port", str(port)) if listen == "tcp" else ("--uds", str(path))
+    )
     log_path = tmp_path / "uvicorn.log"
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
             [
-                *(sys.executable, "-m", "uvicorn", "bench.floor.asgi:application"),
-                *("--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)),
-                *("--loop", uvicorn_loop.UVICORN_LOOP_ARG, "--no-access-log"),
+                *(sys.executable, "-m", "uvicorn", "bench.floor.asgi:application", *where),
+                *("--workers", str(workers), "--loop", uvicorn_loop.UVICORN_LOOP_ARG),
+                "--no-access-log",
             ],
             cwd=ROOT,
             env={**os.environ, "DJANGO_SETTINGS_MODULE": "bench.floor.settings"},
@@ -201,12 +290,12 @@ def test_uvicorn_serves_on_the_loop(tmp_path: Path, workers: int) -> None:
             stderr=subprocess.STDOUT,
         )
     try:
-        url = f"http://127.0.0.1:{port}/v1/chat/completions"
-        wait_for_server(process, url, log_path, workers, "Application startup complete")
-        clients = connect(port, 20)
-        request = (
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n"
-        )
+        deadline = time.monotonic() + 30
+        while log_path.read_text().count("Application startup complete") < workers:
+            assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.05)
+        clients = connect(port, 20) if listen == "tcp" else connect_unix(str(path), 20)
+        request = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
         for client in clients:
             client.sendall(request)
         for client in clients:

@@ -9,7 +9,8 @@ accept queue before the application sees them, while callers on open connections
 once (issue #17: p99 at c200 was 16x the median, the floor endpoint's alike). Here a turn accepts
 every connection waiting, as asyncio's own loop does: a new caller waits one turn, as any other.
 
-Plain TCP only: a Unix socket or TLS served by uvicorn itself keeps uvloop's server.
+TCP and Unix sockets (``--uds``, and a socket uvicorn's supervisor binds for ``--workers N``) are
+served so; TLS served by uvicorn itself (``--ssl-*``) keeps uvloop's server.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 import socket
+import stat
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -146,10 +149,10 @@ class Loop(uvloop.Loop):
         start_serving: bool = True,
         **kwargs: Any,
     ) -> asyncio.AbstractServer:
-        plain_tcp = (sock is None and port is not None) or (
-            sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6)
+        plain = (sock is None and port is not None) or (
+            sock is not None and sock.type == socket.SOCK_STREAM
         )
-        if ssl is not None or kwargs or not plain_tcp:
+        if ssl is not None or kwargs or not plain:
             uvloops: Any = super()
             return await uvloops.create_server(
                 protocol_factory,
@@ -169,6 +172,40 @@ class Loop(uvloop.Loop):
         else:
             sockets = await self._listening_sockets(host, port, family, flags, reuse_port)
         server = AcceptingServer(self, sockets, protocol_factory, backlog)
+        if start_serving:
+            await server.start_serving()
+        return server
+
+    async def create_unix_server(  # type: ignore[override]
+        self,
+        protocol_factory: Callable[[], asyncio.BaseProtocol],
+        path: str | os.PathLike[str] | None = None,
+        *,
+        sock: socket.socket | None = None,
+        backlog: int = 100,
+        ssl: Any = None,
+        start_serving: bool = True,
+        **kwargs: Any,
+    ) -> asyncio.AbstractServer:
+        """A Unix socket server: bound to ``path`` (a stale socket file there is replaced, as
+        asyncio and uvloop do; any other file there is an error), or on ``sock``."""
+        if ssl is not None or kwargs or (path is None) == (sock is None):
+            uvloops: Any = super()
+            return await uvloops.create_unix_server(
+                protocol_factory,
+                path,
+                sock=sock,
+                backlog=backlog,
+                ssl=ssl,
+                start_serving=start_serving,
+                **kwargs,
+            )
+        if sock is None:
+            assert path is not None
+            sock = _bind_unix(os.fspath(path))
+        elif sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+            raise ValueError(f"A UNIX domain stream socket was expected, got {sock!r}")
+        server = AcceptingServer(self, [sock], protocol_factory, backlog)
         if start_serving:
             await server.start_serving()
         return server
@@ -199,6 +236,24 @@ class Loop(uvloop.Loop):
                 sock.close()
             raise
         return sockets
+
+
+def _bind_unix(path: str) -> socket.socket:
+    if not path.startswith("\0"):  # a file, not Linux's abstract namespace
+        try:
+            if stat.S_ISSOCK(os.stat(path).st_mode):
+                os.remove(path)  # left by a server that is gone
+        except FileNotFoundError:
+            pass
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise OSError(errno.EADDRINUSE, f"Address {path!r} is already in use") from None
+        raise
+    return sock
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
