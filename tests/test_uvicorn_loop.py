@@ -149,24 +149,14 @@ def test_a_socket_given_is_served_as_it_is_bound() -> None:
     assert run(uvicorn_loop.new_event_loop, main()) == b"pong"
 
 
-@pytest.mark.parametrize("given", ["path", "sock"])
-def test_a_unix_socket_accepts_every_connection_waiting_and_serves_them(
-    tmp_path: Path, given: str
+def test_a_unix_socket_path_accepts_every_connection_waiting_and_serves_them(
+    tmp_path: Path,
 ) -> None:
-    """``uvicorn --uds PATH`` (``create_unix_server(path=...)``), and the socket uvicorn's
-    supervisor binds for ``--workers N --uds`` (``create_server(sock=...)``)."""
+    """``uvicorn --uds PATH`` with one worker: the loop binds the path, the socket is its own."""
     path = str(tmp_path / "tollgate.sock")
-    sock = None
-    if given == "sock":
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.bind(path)
 
     async def main() -> tuple[int, bytes]:
-        loop = asyncio.get_running_loop()
-        if sock is None:
-            server = await loop.create_unix_server(Echo, path, backlog=512)
-        else:
-            server = await loop.create_server(Echo, sock=sock, backlog=512)
+        server = await asyncio.get_running_loop().create_unix_server(Echo, path, backlog=512)
         assert isinstance(server, uvicorn_loop.AcceptingServer)
         try:
             made = await accepted_after_turns(server, 100, turns=10)
@@ -180,6 +170,94 @@ def test_a_unix_socket_accepts_every_connection_waiting_and_serves_them(
             await server.wait_closed()
 
     assert run(uvicorn_loop.new_event_loop, main()) == (100, b"ping")
+
+
+@pytest.mark.parametrize("family", ["tcp", "unix"])
+def test_a_socket_handed_over_is_shared_so_a_turn_takes_a_share_of_it(
+    tmp_path: Path, family: str
+) -> None:
+    """uvicorn's supervisor hands every worker the socket it bound (``sock=``). A turn takes half
+    of what waits (TCP tells how many), or ``SHARED_BATCH`` (a Unix socket does not): more
+    than one a turn, fewer than all, and the queue drains in a few turns."""
+    if family == "tcp":
+        sock = socket.create_server(("127.0.0.1", 0), backlog=512)
+    else:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(str(tmp_path / "shared.sock"))
+
+    async def main() -> list[int]:
+        server = await asyncio.get_running_loop().create_server(Echo, sock=sock, backlog=512)
+        assert isinstance(server, uvicorn_loop.AcceptingServer)
+        try:
+            Echo.made = 0
+            clients = connect_to(server, 100)
+            made = []  # after each turn
+            for _ in range(30):
+                await asyncio.sleep(0)
+                made.append(Echo.made)
+            for client in clients:
+                client.close()
+            return made
+        finally:
+            server.close()
+
+    made = run(uvicorn_loop.new_event_loop, main())
+    most_in_a_turn = max(b - a for a, b in zip([0, *made], made, strict=False))
+    assert most_in_a_turn == (50 if family == "tcp" else uvicorn_loop.SHARED_BATCH)
+    assert made[-1] == 100
+
+
+def test_two_workers_on_one_socket_each_take_a_share_of_a_burst() -> None:
+    """Two servers on one listening socket (two descriptors of it, as two workers hold it), both
+    readable each turn: 50 callers connecting at once are split, not taken whole by the first
+    (which took every waiting connection before: a whole burst on one of two workers in 3 runs
+    of 10, the other idle)."""
+    listening = socket.create_server(("127.0.0.1", 0), backlog=512)
+    port = listening.getsockname()[1]
+
+    class Counted(Echo):
+        by_server: list[int] = [0, 0]
+
+    def counting(index: int) -> Callable[[], asyncio.Protocol]:
+        def protocol() -> asyncio.Protocol:
+            Counted.by_server[index] += 1
+            return Echo()
+
+        return protocol
+
+    async def main() -> list[int]:
+        loop = asyncio.get_running_loop()
+        servers = [
+            await loop.create_server(counting(i), sock=listening.dup(), backlog=512)
+            for i in range(2)
+        ]
+        clients = connect(port, 50)
+        for _ in range(20):
+            await asyncio.sleep(0)
+        for client in clients:
+            client.close()
+        for server in servers:
+            server.close()
+        return Counted.by_server
+
+    first, second = run(uvicorn_loop.new_event_loop, main())
+    listening.close()
+    assert first + second == 50
+    assert min(first, second) >= 10, (first, second)
+
+
+def test_queued_tells_how_many_connections_wait_on_a_tcp_socket(tmp_path: Path) -> None:
+    listening = socket.create_server(("127.0.0.1", 0), backlog=64)
+    clients = connect(listening.getsockname()[1], 7)
+    assert uvicorn_loop.queued(listening) == 7
+    listening.accept()[0].close()
+    assert uvicorn_loop.queued(listening) == 6
+    unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    unix.bind(str(tmp_path / "q.sock"))
+    unix.listen(8)
+    assert uvicorn_loop.queued(unix) is None
+    for each in (*clients, listening, unix):
+        each.close()
 
 
 def test_stock_uvloop_accepts_a_unix_socket_connection_a_turn(tmp_path: Path) -> None:

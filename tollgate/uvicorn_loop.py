@@ -11,6 +11,14 @@ every connection waiting, as asyncio's own loop does: a new caller waits one tur
 
 TCP and Unix sockets (``--uds``, and a socket uvicorn's supervisor binds for ``--workers N``) are
 served so; TLS served by uvicorn itself (``--ssl-*``) keeps uvloop's server.
+
+A socket handed over (``sock=``: uvicorn's supervisor binds one for all its workers) may be shared
+with other processes, all woken when it is readable: a worker taking every waiting connection
+would take a burst whole (50 callers connecting at once all landed on one of two workers in 3 runs
+of 10, the other idle for their lifetime). From such a socket a turn takes half of what waits
+(the kernel's count, TCP's ``TCP_INFO``), at least one; the other workers take the rest, and a
+queue still drains in a few turns. A Unix socket tells no count: ``SHARED_BATCH`` a turn. A socket
+the loop bound itself (``host``/``port``, ``path``) is its own: every waiting connection.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import logging
 import os
 import socket
 import stat
+import struct
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -32,11 +41,18 @@ ACCEPT_RETRY_SECONDS = 1.0
 """After running out of file descriptors or memory, the pause before accepting again (the loop
 would otherwise spin on a socket that stays readable), as asyncio's ``ACCEPT_RETRY_DELAY``."""
 OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+SHARED_BATCH = 8
+"""Connections a turn takes from a socket maybe shared with other workers whose queue length is
+not known (a Unix socket)."""
+_TCP_INFO_QUEUED = 24
+"""Offset of ``tcpi_unacked`` in Linux's ``struct tcp_info``: for a listening socket, the
+connections waiting in its accept queue."""
 
 
 class AcceptingServer(asyncio.AbstractServer):
     """Listening sockets served by ``loop.add_reader``: each time one is readable, every waiting
-    connection (up to ``backlog``) is accepted and handed to ``loop.connect_accepted_socket``."""
+    connection (up to ``backlog``) is accepted and handed to ``loop.connect_accepted_socket``;
+    from ``shared`` sockets, a fair share of them (the module's docstring)."""
 
     def __init__(
         self,
@@ -44,11 +60,13 @@ class AcceptingServer(asyncio.AbstractServer):
         sockets: Iterable[socket.socket],
         protocol_factory: Callable[[], asyncio.BaseProtocol],
         backlog: int,
+        shared: bool = False,
     ) -> None:
         self._loop = loop
         self._sockets = list(sockets)
         self._protocol_factory = protocol_factory
         self._backlog = backlog
+        self._shared = shared
         self._serving = False
         self._closed = loop.create_future()
         self._handshakes: set[asyncio.Task[Any]] = set()
@@ -98,7 +116,7 @@ class AcceptingServer(asyncio.AbstractServer):
         await self.wait_closed()
 
     def _accept(self, sock: socket.socket) -> None:
-        for _ in range(self._backlog):
+        for _ in range(self._share(sock) if self._shared else self._backlog):
             try:
                 conn, _address = sock.accept()
             except (BlockingIOError, InterruptedError):
@@ -119,6 +137,14 @@ class AcceptingServer(asyncio.AbstractServer):
             handshake = self._loop.create_task(self._connect(conn))
             self._handshakes.add(handshake)
             handshake.add_done_callback(self._handshakes.discard)
+
+    def _share(self, sock: socket.socket) -> int:
+        """This turn's take from a shared socket: half of the connections waiting, at least
+        one; ``SHARED_BATCH`` when the socket does not tell."""
+        waiting = queued(sock)
+        if waiting is None:
+            return min(SHARED_BATCH, self._backlog)
+        return max(1, (waiting + 1) // 2)
 
     async def _connect(self, conn: socket.socket) -> None:
         try:
@@ -171,7 +197,7 @@ class Loop(uvloop.Loop):
             sockets = [sock]
         else:
             sockets = await self._listening_sockets(host, port, family, flags, reuse_port)
-        server = AcceptingServer(self, sockets, protocol_factory, backlog)
+        server = AcceptingServer(self, sockets, protocol_factory, backlog, shared=sock is not None)
         if start_serving:
             await server.start_serving()
         return server
@@ -205,7 +231,8 @@ class Loop(uvloop.Loop):
             sock = _bind_unix(os.fspath(path))
         elif sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
             raise ValueError(f"A UNIX domain stream socket was expected, got {sock!r}")
-        server = AcceptingServer(self, [sock], protocol_factory, backlog)
+        shared = path is None
+        server = AcceptingServer(self, [sock], protocol_factory, backlog, shared=shared)
         if start_serving:
             await server.start_serving()
         return server
@@ -236,6 +263,20 @@ class Loop(uvloop.Loop):
                 sock.close()
             raise
         return sockets
+
+
+def queued(sock: socket.socket) -> int | None:
+    """How many connections wait in a listening TCP socket's accept queue; None for a socket
+    that does not tell (a Unix socket, a system without ``TCP_INFO``)."""
+    if sock.family not in (socket.AF_INET, socket.AF_INET6) or not hasattr(socket, "TCP_INFO"):
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_QUEUED + 4)
+    except OSError:
+        return None
+    if len(info) < _TCP_INFO_QUEUED + 4:
+        return None
+    return int(struct.unpack_from("I", info, _TCP_INFO_QUEUED)[0])
 
 
 def _bind_unix(path: str) -> socket.socket:
