@@ -41,9 +41,9 @@ run: install var/secret_key
 # TOLLGATE_LOG_FORMAT=json: uvicorn's own lines are JSON from its first (the supervisor of
 # several workers never imports the app, which makes the workers' JSON).
 # SERVER=uvicorn (the default, as in deploy/tollgate.service) on Tollgate's loop: uvloop, accepting
-# every waiting connection at each turn, so a saturated worker is fair to callers that connect
-# (tollgate/uvicorn_loop.py; #17's figures in bench/README.md); or SERVER=granian. Each has a JSON
-# log config of its own.
+# every waiting connection at each turn (a fair share of them when workers share the socket), so a
+# saturated worker is fair to callers that connect (tollgate/uvicorn_loop.py; #17's figures in
+# bench/README.md); or SERVER=granian. Each has a JSON log config of its own.
 serve: install var/secret_key
 ifeq ($(SERVER),granian)
 	MALLOC_ARENA_MAX=2 $(BIN)/granian --interface asgi --host $(HOST) --port $(PORT) --workers $(WORKERS) \

@@ -229,18 +229,40 @@ def test_a_batch_of_new_rows_is_inserted_without_returning_and_a_replay_with_it(
     tenants: dict[str, TenantKey],
 ) -> None:
     """New rows take plain inserts (SQLite's RETURNING would hand the GIL back and forth once per
-    row). When a late statement of the batch meets a row already there, the statements before it
-    are rolled back with it, and the batch is inserted again with RETURNING: each row lands and
-    is counted in the rollup once."""
+    row). When the batch meets a row already there, it is inserted again with RETURNING: each row
+    lands and is counted in the rollup once."""
     rows = [row(tenants["charlie"], n) for n in range(300)]  # several statements on any backend
     assert insert_rows(rows[-1:]) == 1
     with CaptureQueriesContext(connection) as fresh:
         assert insert_rows(rows[:150]) == 150
-    assert ledger_inserts(fresh)  # several statements on SQLite (33 rows each), one on PostgreSQL
+    assert ledger_inserts(fresh)  # several statements on SQLite (37 rows each), one on PostgreSQL
     assert not any("RETURNING" in sql for sql in ledger_inserts(fresh))
     with CaptureQueriesContext(connection) as replay:
         assert insert_rows(rows) == 149, "the last row and the first 150 are already there"
     assert any("RETURNING" in sql for sql in ledger_inserts(replay))
+    assert UsageRecord.objects.count() == 300 == rollup_calls()
+    total = sum(UsageDaily.objects.values_list("prompt_tokens", flat=True))
+    assert total == sum(range(300))
+
+
+def test_statements_that_landed_before_the_one_that_met_a_row_are_rolled_back_with_it(
+    tenants: dict[str, TenantKey],
+) -> None:
+    """Only the batch's last row is already there: on SQLite (37 rows a statement) the plain
+    statements before the last one land, then the last one comes up short; all of them roll back
+    and the RETURNING pass inserts the other 299, each counted in the rollup once. Were the first
+    statements kept, the RETURNING pass would find their rows there and the rollup would miss
+    them."""
+    rows = [row(tenants["charlie"], n) for n in range(300)]
+    assert insert_rows(rows[-1:]) == 1
+    with CaptureQueriesContext(connection) as replay:
+        assert insert_rows(rows) == 299
+    plain = [sql for sql in ledger_inserts(replay) if "RETURNING" not in sql]
+    per_statement = connection.ops.bulk_batch_size(insert_fields(), rows)
+    statements = -(-len(rows) // per_statement)
+    assert len(plain) == statements  # those before the last landed, the last came up short
+    if connection.vendor == "sqlite":
+        assert statements > 1
     assert UsageRecord.objects.count() == 300 == rollup_calls()
     total = sum(UsageDaily.objects.values_list("prompt_tokens", flat=True))
     assert total == sum(range(300))

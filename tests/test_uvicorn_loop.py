@@ -215,12 +215,11 @@ def test_two_workers_on_one_socket_each_take_a_share_of_a_burst() -> None:
     listening = socket.create_server(("127.0.0.1", 0), backlog=512)
     port = listening.getsockname()[1]
 
-    class Counted(Echo):
-        by_server: list[int] = [0, 0]
+    by_server = [0, 0]
 
     def counting(index: int) -> Callable[[], asyncio.Protocol]:
         def protocol() -> asyncio.Protocol:
-            Counted.by_server[index] += 1
+            by_server[index] += 1
             return Echo()
 
         return protocol
@@ -238,7 +237,7 @@ def test_two_workers_on_one_socket_each_take_a_share_of_a_burst() -> None:
             client.close()
         for server in servers:
             server.close()
-        return Counted.by_server
+        return by_server
 
     first, second = run(uvicorn_loop.new_event_loop, main())
     listening.close()

@@ -15,7 +15,7 @@ served so; TLS served by uvicorn itself (``--ssl-*``) keeps uvloop's server.
 A socket handed over (``sock=``: uvicorn's supervisor binds one for all its workers) may be shared
 with other processes, all woken when it is readable: a worker taking every waiting connection
 would take a burst whole (50 callers connecting at once all landed on one of two workers in 3 runs
-of 10, the other idle for their lifetime). From such a socket a turn takes half of what waits
+of 12, the other idle for their lifetime). From such a socket a turn takes half of what waits
 (the kernel's count, TCP's ``TCP_INFO``), at least one; the other workers take the rest, and a
 queue still drains in a few turns. A Unix socket tells no count: ``SHARED_BATCH`` a turn. A socket
 the loop bound itself (``host``/``port``, ``path``) is its own: every waiting connection.
@@ -158,7 +158,8 @@ class AcceptingServer(asyncio.AbstractServer):
 
 
 class Loop(uvloop.Loop):
-    """uvloop, whose plain TCP servers are ``AcceptingServer``s."""
+    """uvloop, whose TCP and Unix socket servers are ``AcceptingServer``s (uvloop's own for TLS
+    and for options it alone knows)."""
 
     async def create_server(  # type: ignore[override]
         self,
@@ -193,14 +194,12 @@ class Loop(uvloop.Loop):
                 start_serving=start_serving,
                 **kwargs,
             )
+        shared = sock is not None
         if sock is not None:
             sockets = [sock]
         else:
             sockets = await self._listening_sockets(host, port, family, flags, reuse_port)
-        server = AcceptingServer(self, sockets, protocol_factory, backlog, shared=sock is not None)
-        if start_serving:
-            await server.start_serving()
-        return server
+        return await self._serve(sockets, protocol_factory, backlog, shared, start_serving)
 
     async def create_unix_server(  # type: ignore[override]
         self,
@@ -231,8 +230,19 @@ class Loop(uvloop.Loop):
             sock = _bind_unix(os.fspath(path))
         elif sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
             raise ValueError(f"A UNIX domain stream socket was expected, got {sock!r}")
-        shared = path is None
-        server = AcceptingServer(self, [sock], protocol_factory, backlog, shared=shared)
+        return await self._serve([sock], protocol_factory, backlog, path is None, start_serving)
+
+    async def _serve(
+        self,
+        sockets: list[socket.socket],
+        protocol_factory: Callable[[], asyncio.BaseProtocol],
+        backlog: int,
+        shared: bool,
+        start_serving: bool,
+    ) -> AcceptingServer:
+        """The server of ``sockets``; ``shared``: handed over, not bound here, so maybe shared
+        with other workers (the module's docstring)."""
+        server = AcceptingServer(self, sockets, protocol_factory, backlog, shared=shared)
         if start_serving:
             await server.start_serving()
         return server

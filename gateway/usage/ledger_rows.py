@@ -131,16 +131,17 @@ def insert_rows(rows: list[Row]) -> int:
     unique: dict[str, Row] = {}
     for row in rows:
         unique.setdefault(row["request_id"], row)
-    values = _values(unique.values())
+    fields = insert_fields()
+    values = _values(fields, unique.values())
     try:
-        _insert(values, unique, returning=False)
+        _insert(fields, values, unique, returning=False)
         return len(unique)
     except _Replayed:
-        return _insert(values, unique, returning=True)
+        return _insert(fields, values, unique, returning=True)
 
 
-def _values(rows: Iterable[Row]) -> list[list[Any]]:
-    preparers = [(field.attname, field, preparer(field)) for field in insert_fields()]
+def _values(fields: list[Any], rows: Iterable[Row]) -> list[list[Any]]:
+    preparers = [(field.attname, field, preparer(field)) for field in fields]
     return [
         [
             prepare(row[name] if name in row else field.get_default())
@@ -150,10 +151,12 @@ def _values(rows: Iterable[Row]) -> list[list[Any]]:
     ]
 
 
-def _insert(values: list[list[Any]], rows: dict[str, Row], returning: bool) -> int:
-    """Insert ``values`` (``rows``' own) and add what landed to the rollup. Without
-    ``returning``, raise ``_Replayed`` (the transaction rolled back) unless every row landed."""
-    fields = insert_fields()
+def _insert(
+    fields: list[Any], values: list[list[Any]], rows: dict[str, Row], returning: bool
+) -> int:
+    """Insert ``values`` (``rows``' own, for ``fields``) and add what landed to the rollup.
+    Without ``returning``, raise ``_Replayed`` (the transaction rolled back) unless every row
+    landed."""
     quote = connection.ops.quote_name
     table = quote(UsageRecord._meta.db_table)
     columns = ", ".join(quote(field.column) for field in fields)
