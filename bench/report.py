@@ -269,9 +269,8 @@ class Results:
         cpus, workers = self.meta.get("nproc"), self.meta.get("workers")
         if not (one and two and cpus and workers):
             return None
-        rounds = list(zip(one.rounds, two.rounds, strict=False))
         figures: dict[str, list[float]] = {}
-        for a, b in rounds:
+        for a, b in zip(one.rounds, two.rounds, strict=False):
             if not (a.cpu_us_per_request and b.cpu_us_per_request and b.others_us_per_request):
                 continue
             assert b.machine_cpu_s is not None
@@ -385,6 +384,7 @@ class Results:
             },
             "memory": self.memory,
             "checks": [vars(c) for c in self.checks()],
+            "scaling": {str(c): self.scaling(c) for c in (50, 200)},
             "profile": self.profile.to_json() if self.profile else None,
             "metrics_cost": self.metrics_cost,
             "notes": self.notes,

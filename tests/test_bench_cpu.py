@@ -76,3 +76,4 @@ def test_the_report_tells_what_bounds_twice_the_workers_on_this_machine() -> Non
     assert round(scaling["own_cores"], 2) == 1.82  # 2 cores / 550 us = 3,636/s, over 2,000
     markdown = results._scaling_markdown()
     assert "| 50 | 1.50x | 98% | 500 / 550 | 100 | 1.82x |" in markdown
+    assert results.to_json()["scaling"] == {"50": scaling, "200": None}  # in the JSON report too
