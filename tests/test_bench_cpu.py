@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import replace
 
 from bench.processes import cpu_seconds, machine_cpu_seconds
 from bench.report import Results, Row
@@ -77,3 +78,18 @@ def test_the_report_tells_what_bounds_twice_the_workers_on_this_machine() -> Non
     markdown = results._scaling_markdown()
     assert "| 50 | 1.50x | 98% | 500 / 550 | 100 | 1.82x |" in markdown
     assert results.to_json()["scaling"] == {"50": scaling, "200": None}  # in the JSON report too
+
+
+def test_the_tail_is_held_to_4x_the_gateways_own_p50_at_c200_and_at_c1() -> None:
+    """#17's bound at c200, and ours at c1: there, a p99 of 10 ms against a p50 of 0.7 ms was
+    the event loop kept waiting for the GIL by the ledger writer."""
+    results = Results(meta={})
+    for concurrency, p50, p99 in ((200, 150.0, 240.0), (1, 0.7, 10.3)):
+        measured = replace(result(1000, None), p50_ms=p50, p99_ms=p99)
+        results.row("gateway", concurrency).rounds.append(measured)
+    checks = {check.name: check for check in results.checks()}
+    c200 = checks["p99 at c200 vs the gateway's own p50"]
+    assert (c200.measured, c200.target, c200.passed) == ("1.60x (240 vs 150 ms)", "<= 4x", True)
+    c1 = checks["p99 at c1 vs the gateway's own p50"]
+    assert (c1.measured, c1.passed) == ("14.71x (10.30 vs 0.70 ms)", False)
+    assert checks["p99 at c200 vs the floor's p99"].passed is None  # no floor measured
