@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from django.core.exceptions import ValidationError
 from django.db import DatabaseError, OperationalError, connection
 from django.test.utils import CaptureQueriesContext
 
@@ -153,7 +154,8 @@ def test_rows_are_mended_where_they_are_built() -> None:
 @pytest.mark.django_db
 def test_every_field_is_prepared_as_django_prepares_it(tenants: dict[str, TenantKey]) -> None:
     """The writer's short cut (``preparer``) hands the database exactly what Django would, for
-    a row as a call builds it, as a replay reads it back from JSON, and for odd values."""
+    a row as a call builds it, as a replay reads it back from JSON, and for odd values; what
+    Django refuses, it refuses too."""
     built = row(tenants["alice"], 7, stream=True, error_type="", audio_seconds=Decimal("1.5"))
     replayed = orjson.loads(encode(built))  # times and decimals as text
     odd: dict[str, Any] = {
@@ -163,6 +165,9 @@ def test_every_field_is_prepared_as_django_prepares_it(tenants: dict[str, Tenant
         "api_key_id": None,
         "stream": 1,
         "requested_model": 5,
+        "created_at": datetime(2026, 11, 30, 19, 5, tzinfo=timezone(timedelta(hours=-5))),
+        "cost_usd": 0.125,
+        "audio_seconds": Decimal("2.50"),
     }
     for field in insert_fields():
         prepare = preparer(field)
@@ -173,6 +178,10 @@ def test_every_field_is_prepared_as_django_prepares_it(tenants: dict[str, Tenant
             expected = field.get_db_prep_save(value, connection)
             got = prepare(value)
             assert (type(got), got) == (type(expected), expected), (field.attname, value)
+    cost = preparer(UsageRecord._meta.get_field("cost_usd"))
+    for refused in (Decimal("NaN"), Decimal("-Infinity"), "lots"):
+        with pytest.raises(ValidationError):
+            cost(refused)
 
 
 def test_a_poisoned_row_is_mended_and_lands_with_every_other_row(
