@@ -46,8 +46,9 @@ GIL_SWITCH_SECONDS = 0.0005
 """How long a thread may keep the GIL while another waits for it (Python's default: 5 ms). The
 event loop shares the GIL with the ledger writer, whose batches are Python work of tens of
 milliseconds: each time the loop came back from the kernel while the writer held the GIL, it
-waited up to the whole interval, several times in one call. At c=1 that made p99 7.7-11.5 ms
-against a p50 of 0.7 ms; at 0.5 ms it is 2.4-3.9 ms, throughput unchanged (bench/README.md)."""
+waited up to the whole interval, several times in one call: p99 at c=1 was 10-11 ms against a
+p50 of 0.75 ms. At 0.5 ms it was 2.6-4.3 ms against 4.4-6.8 ms at 5 ms in alternating runs (with
+the writer's lighter rows), throughput unchanged (bench/README.md, issue #17's seventh pass)."""
 
 
 def tune_interpreter() -> None:
