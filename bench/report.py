@@ -315,6 +315,29 @@ class Results:
         ]
         return out
 
+    def c1_floor(self) -> dict[str, float] | None:
+        """The p50s at c1 of the floor (no upstream call), the gateway (its whole call) and
+        the upstream, when all three were measured: the added-latency targets are absolute, and
+        where the floor alone answers in more than 0.5 ms, the machine is what they measure."""
+        rows = {name: self.get(name, 1) for name in ("floor", "gateway", "upstream")}
+        if not all(rows.values()):
+            return None
+        return {name: row.median(lambda r: r.p50_ms) for name, row in rows.items() if row}
+
+    def _c1_floor_markdown(self) -> list[str]:
+        p50 = self.c1_floor()
+        if p50 is None:
+            return []
+        return [
+            "",
+            f"At c1 the floor (a do-nothing view, no upstream call) answered at p50 "
+            f"{p50['floor']:.2f} ms, {p50['floor'] - p50['upstream']:.2f} ms over the upstream's "
+            f"own; the gateway's whole call, the upstream's included, at {p50['gateway']:.2f} ms "
+            f"({p50['gateway'] / p50['floor']:.2f}x the floor's). The added-latency targets at c1 "
+            "are absolute: on a machine where the floor alone adds more than 0.5 ms, they "
+            "measure the machine.",
+        ]
+
     def _rps_ratio(self, baseline: str, concurrency: int) -> float | None:
         """The gateway's req/s over ``baseline``'s at ``concurrency``, when both were measured."""
         gw, base = self.get("gateway", concurrency), self.get(baseline, concurrency)
@@ -391,6 +414,7 @@ class Results:
             "memory": self.memory,
             "checks": [vars(c) for c in self.checks()],
             "scaling": {str(c): self.scaling(c) for c in (50, 200)},
+            "c1_p50_ms": self.c1_floor(),
             "profile": self.profile.to_json() if self.profile else None,
             "metrics_cost": self.metrics_cost,
             "notes": self.notes,
@@ -440,7 +464,7 @@ class Results:
         for c in self.checks():
             verdict = {True: "PASS", False: "FAIL", None: "n/a"}[c.passed]
             out.append(f"| {c.name} | {c.measured} | {c.target} | {verdict} |")
-        out += self._scaling_markdown()
+        out += self._c1_floor_markdown() + self._scaling_markdown()
         out += self._ledger_markdown() + self._memory_markdown() + self._profile_markdown()
         out += [f"\nNote: {note}" for note in self.notes]
         return "\n".join(out) + "\n"

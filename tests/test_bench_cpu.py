@@ -93,3 +93,17 @@ def test_the_tail_is_held_to_4x_the_gateways_own_p50_at_c200_and_at_c1() -> None
     c1 = checks["p99 at c1 vs the gateway's own p50"]
     assert (c1.measured, c1.passed) == ("14.71x (10.30 vs 0.70 ms)", False)
     assert checks["p99 at c200 vs the floor's p99"].passed is None  # no floor measured
+
+
+def test_the_report_sets_the_c1_figures_beside_the_floors_own() -> None:
+    """The added-latency targets at c1 are absolute: the floor's own p50 tells what the machine
+    allows (this session's: 0.82 ms for a do-nothing view, the gateway's whole call 0.74 ms)."""
+    results = Results(meta={})
+    assert results.c1_floor() is None
+    for target, p50 in (("upstream", 0.03), ("floor", 0.82), ("gateway", 0.74)):
+        results.row(target, 1).rounds.append(replace(result(1000, None), p50_ms=p50))
+    assert results.c1_floor() == {"floor": 0.82, "gateway": 0.74, "upstream": 0.03}
+    [line] = [line for line in results._c1_floor_markdown() if line]
+    assert "at p50 0.82 ms, 0.79 ms over the upstream's own" in line
+    assert "at 0.74 ms (0.90x the floor's)" in line
+    assert results.to_json()["c1_p50_ms"]["floor"] == 0.82
