@@ -319,10 +319,11 @@ class Results:
         """The p50s at c1 of the floor (no upstream call), the gateway (its whole call) and
         the upstream, when all three were measured: the added-latency targets are absolute, and
         where the floor alone answers in more than 0.5 ms, the machine is what they measure."""
-        rows = {name: self.get(name, 1) for name in ("floor", "gateway", "upstream")}
-        if not all(rows.values()):
+        floor, gateway, upstream = (self.get(name, 1) for name in ("floor", "gateway", "upstream"))
+        if not (floor and gateway and upstream):
             return None
-        return {name: row.median(lambda r: r.p50_ms) for name, row in rows.items() if row}
+        rows = {"floor": floor, "gateway": gateway, "upstream": upstream}
+        return {name: row.median(lambda r: r.p50_ms) for name, row in rows.items()}
 
     def _c1_floor_markdown(self) -> list[str]:
         p50 = self.c1_floor()

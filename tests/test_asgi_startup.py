@@ -48,7 +48,9 @@ print(json.dumps({"before": before, "after": after, "sent": sent}))
 """
 
 
-def test_a_started_worker_hands_the_gil_over_within_half_a_millisecond(tmp_path: Path) -> None:
+def test_a_started_worker_sets_a_half_millisecond_gil_switch_and_freezes_startup(
+    tmp_path: Path,
+) -> None:
     """Python's 5 ms would let the ledger writer keep the event loop waiting that long, several
     times in one call; what startup loaded is frozen out of the collector's walks."""
     env = {**os.environ, "DJANGO_DEBUG": "true", "TOLLGATE_VAR_DIR": str(tmp_path)}

@@ -211,7 +211,7 @@ def test_two_workers_on_one_socket_each_take_a_share_of_a_burst() -> None:
     """Two servers on one listening socket (two descriptors of it, as two workers hold it), both
     readable each turn: 50 callers connecting at once are split, not taken whole by the first
     (which took every waiting connection before: a whole burst on one of two workers in 3 runs
-    of 10, the other idle)."""
+    of 12, the other idle)."""
     listening = socket.create_server(("127.0.0.1", 0), backlog=512)
     port = listening.getsockname()[1]
 
