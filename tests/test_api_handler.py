@@ -214,3 +214,31 @@ async def test_the_observers_learn_of_a_call_after_its_answer_is_sent(
         assert events == []  # the stream is recorded as it is read
         assert b"[DONE]" in b"".join([chunk async for chunk in response.streaming_content])
     assert events == [f"observer {status}"]
+
+
+async def test_every_answer_but_a_stream_says_its_length(headers: dict[str, str]) -> None:
+    """Django's CommonMiddleware gives the admin's answers a Content-Length; the API's chain
+    leaves it out, and without one the server frames a whole answer in chunks (and an HTTP/1.0
+    client cannot keep its connection). Every answer that is not a stream carries its own:
+    a call's, the model list, a refusal before Django (a wrong key, a header too large), a
+    method Django refuses."""
+    big = {**headers, "x-padding": "x" * 70_000}
+    async with api_client() as client:
+        answers = [
+            await client.post("/v1/chat/completions", headers=headers, json=CHAT),
+            await client.get("/v1/models", headers=headers),
+            await client.post("/v1/chat/completions", headers={"authorization": "Bearer tg-no"}),
+            await client.post("/v1/chat/completions", headers=big, json=CHAT),
+            await client.get("/v1/chat/completions", headers=headers),
+        ]
+        async with client.stream(
+            "POST", "/v1/chat/completions", headers=headers, json={**CHAT, "stream": True}
+        ) as stream:
+            streamed = b"".join([chunk async for chunk in stream.aiter_raw()])
+            stream_headers = stream.headers
+    assert [a.status_code for a in answers] == [200, 200, 401, 431, 405]
+    for answer in answers:
+        assert answer.headers["content-length"] == str(len(answer.content)), answer.request.url
+        assert "transfer-encoding" not in answer.headers
+    assert streamed.endswith(b"data: [DONE]\n\n")
+    assert "content-length" not in stream_headers

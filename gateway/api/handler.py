@@ -224,6 +224,14 @@ class ApiHandler(ASGIHandler):
         if not answering and drain.cutting:
             await self._answer_cut(scope["path"], calls, send)
 
+    async def send_response(self, response: HttpResponseBase, send: Any) -> None:
+        """Django's, with the length of every answer that is not a stream, as Django's
+        CommonMiddleware gives the admin's (the API's chain leaves it out): without it the
+        server frames a whole answer in chunks, and an HTTP/1.0 client loses its connection."""
+        if not response.streaming and "content-length" not in response:
+            response["Content-Length"] = str(len(response.content))  # type: ignore[attr-defined]
+        await super().send_response(response, send)
+
     @staticmethod
     async def _cancel_on_disconnect(receive: Any, request: asyncio.Task[Any]) -> None:
         """Cancel ``request`` when its client disconnects (the body has been read: nothing else
