@@ -177,6 +177,7 @@ def test_a_stored_response_is_continued_retrieved_listed_and_deleted(
     second = client.responses.create(
         model="resp-echo", input="And now?", previous_response_id=first.id
     )
+    assert first.id < second.id  # time-ordered: a stored response's key lands at the index's end
     echoed = json.loads(second.output_text)["body"]["messages"]
     contents = json.dumps(echoed)
     assert "Remember: blue" in contents and first.output_text in contents and "And now?" in contents

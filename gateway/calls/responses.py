@@ -35,7 +35,7 @@ from gateway.outage import read_database
 from providers.base import ChatRequest
 from providers.errors import GatewayError, InvalidRequest, ModelNotFound, ServiceUnavailable
 from providers.factory import Route
-from providers.ids import random_hex
+from providers.ids import time_ordered_hex
 from providers.openai import OpenAIProvider
 from providers.responses.request import BridgedRequest, to_chat
 from providers.responses.response import from_chat
@@ -125,7 +125,7 @@ class Turn:
         self.body = body
         self.history = history
         self.store = body.get("store", True) is not False
-        self.response_id = "resp_" + random_hex()
+        self.response_id = "resp_" + time_ordered_hex()  # stored: its key sorts by time
         self.created_at = int(time.time())
         self._bridged: BridgedRequest | None = None
         self._chat: ChatRequest | None = None
