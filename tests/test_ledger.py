@@ -184,6 +184,46 @@ def test_every_field_is_prepared_as_django_prepares_it(tenants: dict[str, Tenant
             cost(refused)
 
 
+@pytest.mark.django_db
+def test_a_batch_lands_as_the_orm_saves_each_row(tenants: dict[str, TenantKey]) -> None:
+    """What ``insert_rows`` stores (on PostgreSQL, one JSON document the server unpacks; on
+    SQLite, rows of parameters) is what Django's ORM stores for the same row, field for field:
+    text that needs quoting or escaping, text at its column's length, decimals with more places
+    than their column keeps, times in another zone with microseconds, counts left empty, a
+    field left to its default, and a row as a replay reads it back from JSON."""
+    alice = tenants["alice"]
+    eastern = timezone(timedelta(hours=-5, minutes=-30))
+    rows = [
+        row(alice, 1),
+        row(
+            alice,
+            2,
+            requested_model='it\'s \\ a "model" %s %(x)s {} [] \t \u00e9\u4e2d\U0001f600',
+            error_message="x" * UsageRecord._meta.get_field("error_message").max_length,
+            cost_usd=Decimal("0.12345678901234"),
+            audio_seconds=Decimal("12.3456"),
+            created_at=datetime(2026, 11, 30, 1, 2, 3, 456789, tzinfo=eastern),
+            completion_tokens=None,
+            total_tokens=None,
+            stream=True,
+            status_code=499,
+            endpoint="embeddings",
+        ),
+        row(alice, 3, cost_usd=Decimal("1E+2"), served_model="", provider="fake"),
+    ]
+    rows.append(
+        orjson.loads(encode(row(alice, 4, cost_usd=Decimal("0.5")))) | {"request_id": "req_4"}
+    )
+    assert insert_rows([clean_row(dict(r)) for r in rows]) == len(rows)
+    for r in rows:
+        UsageRecord.objects.create(**clean_row(dict(r, request_id=r["request_id"] + "-orm")))
+    names = [f.attname for f in insert_fields() if f.attname != "request_id"]
+    for r in rows:
+        landed = UsageRecord.objects.filter(request_id=r["request_id"]).values(*names).get()
+        saved = UsageRecord.objects.filter(request_id=r["request_id"] + "-orm").values(*names).get()
+        assert landed == saved, r["request_id"]
+
+
 def test_a_poisoned_row_is_mended_and_lands_with_every_other_row(
     tenants: dict[str, TenantKey], tmp_path: Path
 ) -> None:
