@@ -1,0 +1,80 @@
+"""The two counter stores agree: Redis's Lua scripts give, call for call, the verdicts and rate
+windows the in-process counters give (admissions, refusals and their Retry-After, what each
+window has used and when it frees, budgets loaded, reserved and settled)."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import astuple, replace
+
+import pytest
+from support.redis_db import redis_url  # noqa: F401 - a fixture
+
+from gateway.limits.counters import Check, MemoryCounters, RedisCounters, Verdict
+
+START = 1_800_000_000  # the counters' clock, in seconds: the test sets it
+
+
+def check(scope: str, **limits: int | None) -> Check:
+    fields: dict[str, int | None] = {"rpm": None, "tpm": None, "cap": None, **limits}
+    return Check(
+        scope=scope,
+        tokens=0,
+        reserve=0,
+        period="total",
+        ttl=3600,
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+def outcome(verdict: Verdict) -> tuple[object, ...]:
+    """What a caller learns of a verdict (not the store's own handle and epoch)."""
+    windows = tuple(astuple(window) for window in verdict.windows)
+    return (verdict.refusal, verdict.index, verdict.retry_after, verdict.spent,
+            verdict.reserved, windows)  # fmt: skip
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_redis_gives_the_verdicts_and_windows_of_the_counters_in_memory(
+    redis_url: str,  # noqa: F811 - the fixture
+    seed: int,
+) -> None:
+    draw = random.Random(seed)
+    scopes = [
+        check("tenant:1", rpm=14, tpm=3_000, cap=150_000),
+        check("key:1", rpm=8),
+        check("key:2", tpm=1_500, cap=90_000),
+    ]
+    memory, redis = MemoryCounters(), RedisCounters(redis_url)
+    admitted: list[tuple[list[Check], int]] = []
+    outcomes = {"admitted": 0, "refused": set()}
+    now = START
+    try:
+        for _ in range(600):
+            now += draw.choice([0, 0, 0, 0, 1, 1, 1, 2, 5, 61])
+            tokens = draw.randrange(0, 400)
+            checks = [
+                replace(c, tokens=tokens, reserve=draw.randrange(0, 900))
+                for c in draw.sample(scopes, draw.randint(1, 2))
+            ]
+            verdicts = [await memory.admit(checks, now), await redis.admit(checks, now)]
+            if verdicts[0].refusal == "load":  # the ledger's spent, as the policy loads it
+                loading, spent = checks[verdicts[0].index], draw.randrange(0, 20_000)
+                for store in (memory, redis):
+                    await store.load_spent(loading, spent)
+                continue
+            assert outcome(verdicts[0]) == outcome(verdicts[1]), (now, checks)
+            if verdicts[0].refusal is None:
+                outcomes["admitted"] += 1
+                admitted.append((checks, now))
+            else:
+                outcomes["refused"].add(verdicts[0].refusal)  # type: ignore[attr-defined]
+            if admitted and draw.random() < 0.6:  # an earlier call ends
+                ended, second = admitted.pop(draw.randrange(len(admitted)))
+                used, cost = draw.randrange(0, 500), draw.randrange(0, 900)
+                for store in (memory, redis):
+                    await store.settle(ended, second, used, cost)
+    finally:
+        await redis.aclose()
+    assert outcomes["admitted"] > 100
+    assert outcomes["refused"] == {"rpm", "tpm", "budget"}, "every refusal was compared"
