@@ -181,22 +181,28 @@ class MemoryCounters:
 # --- Redis ---------------------------------------------------------------------------------------
 
 _LUA_WINDOW = """
+-- A window's buckets younger than ``oldest`` (older ones are deleted): their total and the
+-- earliest one's second (nil: none). No sort: only a refusal needs the buckets in order.
 local function window(key, oldest)
   local flat = redis.call('HGETALL', key)
-  local total, buckets = 0, {}
+  local total, first = 0, nil
   for i = 1, #flat, 2 do
-    local second, count = tonumber(flat[i]), tonumber(flat[i + 1])
+    local second = tonumber(flat[i])
     if second < oldest then
       redis.call('HDEL', key, flat[i])
     else
-      total = total + count
-      buckets[#buckets + 1] = {second, count}
+      total = total + tonumber(flat[i + 1])
+      if first == nil or second < first then first = second end
     end
   end
-  table.sort(buckets, function(a, b) return a[1] < b[1] end)
-  return total, buckets
+  return total, first
 end
-local function retry_after(buckets, total, limit, need, now)
+-- Seconds until enough of the window's buckets (pruned by ``window``) age out for ``need``.
+local function retry_after(key, total, limit, need, now)
+  local flat = redis.call('HGETALL', key)
+  local buckets = {}
+  for i = 1, #flat, 2 do buckets[#buckets + 1] = {tonumber(flat[i]), tonumber(flat[i + 1])} end
+  table.sort(buckets, function(a, b) return a[1] < b[1] end)
   local excess = total + need - limit
   for _, bucket in ipairs(buckets) do
     excess = excess - bucket[2]
@@ -215,27 +221,27 @@ if redis.call('GET', KEYS[1]) ~= ARGV[2] then return {'epoch', 0} end
 local now = tonumber(ARGV[1])
 local oldest = now - 59
 local n = (#KEYS - 1) / 3
+local windows = {}  -- window key -> {total, earliest second}, as the checks found them
 for i = 0, n - 1 do
   local k, a = 1 + i * 3, 3 + i * 6
   local rpm, tpm, tokens = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
   local cap, reserve = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
   if cap >= 0 then
-    local spent = redis.call('HGET', KEYS[k + 3], 'spent')
-    if not spent then return {'load', i} end
-    spent = tonumber(spent)
-    local reserved = tonumber(redis.call('HGET', KEYS[k + 3], 'reserved') or '0')
+    local budget = redis.call('HMGET', KEYS[k + 3], 'spent', 'reserved')
+    if not budget[1] then return {'load', i} end
+    local spent, reserved = tonumber(budget[1]), tonumber(budget[2] or '0')
     if spent + reserved >= cap or spent + reserved + reserve > cap then
       return {'budget', i, 0, spent, reserved}
     end
   end
-  if rpm >= 0 then
-    local total, buckets = window(KEYS[k + 1], oldest)
-    if total + 1 > rpm then return {'rpm', i, retry_after(buckets, total, rpm, 1, now)} end
-  end
-  if tpm >= 0 then
-    local total, buckets = window(KEYS[k + 2], oldest)
-    if total + tokens > tpm then
-      return {'tpm', i, retry_after(buckets, total, tpm, tokens, now)}
+  for j, spec in ipairs({{'rpm', rpm, 1}, {'tpm', tpm, tokens}}) do
+    if spec[2] >= 0 then
+      local key = KEYS[k + j]
+      local total, first = window(key, oldest)
+      if total + spec[3] > spec[2] then
+        return {spec[1], i, retry_after(key, total, spec[2], spec[3], now)}
+      end
+      windows[key] = {total, first}
     end
   end
 end
@@ -253,9 +259,12 @@ for i = 0, n - 1 do
       local key = KEYS[k + j]
       redis.call('HINCRBY', key, tostring(now), spec[2])
       redis.call('EXPIRE', key, 61)
-      local total, buckets = window(key, oldest)
+      local seen = windows[key]
+      local total, first = seen[1] + spec[2], seen[2]
+      if first == nil or now < first then first = now end
+      windows[key] = {total, first}
       result[#result + 1] = total
-      result[#result + 1] = buckets[1][1] + 60 - now
+      result[#result + 1] = first + 60 - now
     else
       result[#result + 1] = 0
       result[#result + 1] = 0
