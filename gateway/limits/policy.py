@@ -24,8 +24,9 @@ import asyncio
 import logging
 import math
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from django.conf import settings
@@ -159,12 +160,19 @@ _PERIOD_TTL = {"daily": 2 * 86400, "monthly": 32 * 86400, "total": 7 * 86400}
 def period_of(period: str, now: datetime) -> tuple[str, datetime | None]:
     """The counter name of the UTC calendar period containing ``now``, and its start."""
     if period == "daily":
-        start = now.replace(hour=0, minute=0, second=0, microsecond=0)
-        return "d" + start.strftime("%Y%m%d"), start
+        return _period_start("d", now.year, now.month, now.day, now.tzinfo)
     if period == "monthly":
-        start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-        return "m" + start.strftime("%Y%m"), start
+        return _period_start("m", now.year, now.month, 1, now.tzinfo)
     return "total", None
+
+
+@lru_cache(maxsize=16)
+def _period_start(
+    prefix: str, year: int, month: int, day: int, tz: tzinfo | None
+) -> tuple[str, datetime]:
+    """Made once a period rather than on every call of a tenant with a budget."""
+    start = datetime(year, month, day, tzinfo=tz)
+    return prefix + start.strftime("%Y%m%d" if prefix == "d" else "%Y%m"), start
 
 
 def to_units(usd: Decimal, rounding: str = ROUND_HALF_UP) -> int:
