@@ -23,6 +23,8 @@ from typing import Any, Protocol
 
 from redis.exceptions import RedisError
 
+from gateway.limits.redis_pipe import Pipe
+
 WINDOW_SECONDS = 60
 
 
@@ -360,6 +362,7 @@ class RedisCounters:
             url, socket_connect_timeout=timeout, socket_timeout=timeout, retry=Retry(NoBackoff(), 0)
         )
         self.epoch = ""
+        self._pipe = Pipe.for_url(url, timeout)  # a call's two scripts (None: redis-py's)
         self._admit = self.client.register_script(ADMIT_LUA)
         self._settle = self.client.register_script(SETTLE_LUA)
         self._load = self.client.register_script(LOAD_LUA)
@@ -379,7 +382,7 @@ class RedisCounters:
         for _ in range(3):  # another process may renew the epoch meanwhile: follow it
             epoch = self.epoch
             keys, args = self._admit_args(checks, now, epoch)
-            reply = await self._admit(keys=keys, args=args)
+            reply = await self._run(self._admit, keys, args)
             kind = _text(reply[0])
             if kind == "epoch":
                 await self.renew_epoch(epoch)
@@ -434,7 +437,13 @@ class RedisCounters:
         for check in checks:
             keys += [f"tg:rl:{check.scope}:tpm", self.budget_key(check, epoch)]
             args += [_opt(check.tpm), check.tokens, _opt(check.cap), check.reserve, check.ttl]
-        await self._settle(keys=keys, args=args)
+        await self._run(self._settle, keys, args)
+
+    async def _run(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        """A script of every call: down the pipe, where there is one."""
+        if self._pipe is None:
+            return await script(keys=keys, args=args)
+        return await self._pipe.script(script.sha, script.script, keys, args)
 
     async def reserve(self, checks: list[Check]) -> None:
         """Add the reservations of a call in flight to the current epoch's budgets."""
@@ -454,4 +463,6 @@ class RedisCounters:
             await pipe.execute()
 
     async def aclose(self) -> None:
+        if self._pipe is not None:
+            self._pipe.close()
         await self.client.aclose()
