@@ -54,7 +54,7 @@ async def test_redis_gives_the_verdicts_and_windows_of_the_counters_in_memory(
             now += draw.choice([0, 0, 0, 0, 1, 1, 1, 2, 5, 61])
             tokens = draw.randrange(0, 400)
             checks = [
-                replace(c, tokens=tokens, reserve=draw.randrange(0, 900))
+                replace(c, tokens=tokens, reserve=draw.choice([0, *[draw.randrange(1, 900)] * 3]))
                 for c in draw.sample(scopes, draw.randint(1, 2))
             ]
             verdicts = [await memory.admit(checks, now), await redis.admit(checks, now)]
@@ -78,3 +78,31 @@ async def test_redis_gives_the_verdicts_and_windows_of_the_counters_in_memory(
         await redis.aclose()
     assert outcomes["admitted"] > 100
     assert outcomes["refused"] == {"rpm", "tpm", "budget"}, "every refusal was compared"
+
+
+async def test_a_settlement_that_would_change_nothing_is_not_sent(
+    redis_url: str,  # noqa: F811 - the fixture
+) -> None:
+    """A caller with a request rate only (no budget, no token rate) has nothing to settle: its
+    call runs one script in Redis, not two. One with a budget settles."""
+    redis = RedisCounters(redis_url)
+    sent: list[str] = []
+    run = redis._run
+
+    async def counting(script: object, keys: list[str], args: list[object]) -> object:
+        if script is redis._settle:
+            sent.append(keys[1])  # the first check's token window
+        return await run(script, keys, args)
+
+    redis._run = counting  # type: ignore[method-assign]
+    rate_only = [check("key:1", rpm=10)]
+    with_budget = [check("tenant:1", cap=1_000, tpm=100)]
+    try:
+        assert (await redis.admit(rate_only, START)).refusal is None
+        await redis.settle(rate_only, START, 0, 5)
+        await redis.load_spent(with_budget[0], 0)
+        assert (await redis.admit(with_budget, START)).refusal is None
+        await redis.settle(with_budget, START, 0, 5)
+    finally:
+        await redis.aclose()
+    assert sent == ["tg:rl:tenant:1:tpm"]  # the budget's settlement alone

@@ -292,7 +292,8 @@ for i = 0, (#KEYS - 1) / 2 - 1 do
     redis.call('HINCRBY', KEYS[k + 1], second, tokens - tonumber(ARGV[a + 1]))
   end
   if same_epoch and tonumber(ARGV[a + 2]) >= 0 then
-    redis.call('HINCRBY', KEYS[k + 2], 'reserved', -tonumber(ARGV[a + 3]))
+    -- 0 - x, not -x: Lua makes -0 of a reservation of 0, which HINCRBY refuses as no integer
+    redis.call('HINCRBY', KEYS[k + 2], 'reserved', 0 - tonumber(ARGV[a + 3]))
     if redis.call('HEXISTS', KEYS[k + 2], 'spent') == 1 then
       redis.call('HINCRBY', KEYS[k + 2], 'spent', cost)
     end
@@ -431,7 +432,10 @@ class RedisCounters:
         self, epoch: str, checks: list[Check], second: int, tokens: int, cost: int
     ) -> None:
         """``settle`` for a call admitted in ``epoch`` (its budgets are left alone if Redis has
-        moved on to another)."""
+        moved on to another). Nothing to send when no check has a budget and the call used the
+        tokens it was counted for (or no check counts tokens): the script would change nothing."""
+        if all(c.cap is None and (c.tpm is None or c.tokens == tokens) for c in checks):
+            return
         keys = [EPOCH_KEY]
         args: list[int | str] = [epoch, second, tokens, cost]
         for check in checks:
