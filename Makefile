@@ -118,6 +118,8 @@ format: install
 
 # The load benchmark (bench/README.md), e.g. make bench BENCH_ARGS="--workers 2 --rounds 1".
 BENCH_ARGS ?=
+# Where gateway-redis counts (when Redis answers on 127.0.0.1:6379): a database of its own.
+BENCH_REDIS_URL ?= redis://127.0.0.1:6379/14
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 bench: install
@@ -125,7 +127,9 @@ bench: install
 		echo "== installing wrk"; \
 		$(SUDO) apt-get install -y wrk || { $(SUDO) apt-get update && $(SUDO) apt-get install -y wrk; }; \
 	}
-	$(BIN)/python bench/run.py $(BENCH_ARGS)
+	@redis=""; if $(BIN)/python tests/services.py redis; then redis="--redis-url $(BENCH_REDIS_URL)"; fi; \
+		echo "$(BIN)/python bench/run.py $$redis $(BENCH_ARGS)"; \
+		$(BIN)/python bench/run.py $$redis $(BENCH_ARGS)
 	$(BIN)/python bench/routing.py
 
 clean:

@@ -22,6 +22,7 @@ TARGET_TITLES = {
     "floor": "floor: ninja on stock Django, nothing else",
     "gateway-nometrics": "gateway, metrics off",
     "gateway-2x": "gateway, twice the workers",
+    "gateway-redis": "gateway, limits counted in Redis",
 }
 
 
@@ -191,6 +192,16 @@ class Results:
                 )
             )
         out += self._metrics_checks()
+        ratios = self._round_ratios("gateway-redis", "gateway", 50)
+        kept = statistics.median(ratios) if ratios else None
+        out.append(
+            Check(
+                "limits counted in Redis, c50 (req/s vs in memory; ours)",
+                f"{kept:.0%} of the gateway's" if kept is not None else "n/a (no --redis-url)",
+                ">= 75%",
+                None if kept is None else kept >= 0.75,
+            )
+        )
         out += self._scaling_checks()
         growth = self.memory.get("leak", {}).get("growth_pct")
         out.append(

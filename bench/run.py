@@ -42,6 +42,7 @@ from bench.report import Results, write_results
 from bench.stack import (
     Service,
     django_env,
+    limit_tenant,
     prepare_database,
     start_server,
     start_upstream,
@@ -55,12 +56,15 @@ VARIANTS: dict[str, dict[str, str]] = {
 }
 """The gateway again with one feature off (its environment): a second process on the same
 database, measured beside the gateway so that the difference is what the feature costs."""
+REDIS = "gateway-redis"
+"""The gateway again with its counters in Redis (``--redis-url``): the bench tenant's rate limits
+and budget, counted in every call, shared as several processes share them in production."""
 DOUBLED = "gateway-2x"
 """The gateway again with twice the workers (issue #17: two workers on two cores at least 1.8x
 one worker's throughput), measured beside it in each round."""
-TARGETS = ("upstream", "floor", "bare", "gateway", *VARIANTS, DOUBLED, "gateway-stream")
+TARGETS = ("upstream", "floor", "bare", "gateway", *VARIANTS, REDIS, DOUBLED, "gateway-stream")
 """wrk targets, in the order each round visits them."""
-ONLY_AT = {"gateway-nometrics": {50}, DOUBLED: {50, 200}}
+ONLY_AT = {"gateway-nometrics": {50}, REDIS: {50}, DOUBLED: {50, 200}}
 """Targets measured at some concurrencies only (those among --concurrency)."""
 SELECTABLE = (*TARGETS, "ttfb", "metrics-cost", "request-log")
 PATH = "/v1/chat/completions"
@@ -85,12 +89,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stream-requests", type=int, default=200, help="TTFB client requests")
     p.add_argument("--leak-calls", type=int, default=0, help="also drive N calls at c50 for RSS")
     p.add_argument("--profile", action="store_true", help="py-spy the gateway under c50 load")
-    p.add_argument("--only", default=",".join(SELECTABLE), help=f"subset of {SELECTABLE}")
+    p.add_argument("--only", default="", help=f"subset of {SELECTABLE}")
+    p.add_argument(
+        "--redis-url",
+        default="",
+        help=f"a Redis database for {REDIS} (its tg:* keys are the bench's); none: not measured",
+    )
     a = p.parse_args(argv)
     a.concurrency = [int(c) for c in str(a.concurrency).split(",") if c.strip()]
-    a.only = [t.strip() for t in str(a.only).split(",") if t.strip()]
+    everything = [t for t in SELECTABLE if t != REDIS or a.redis_url]
+    a.only = [t.strip() for t in str(a.only).split(",") if t.strip()] or everything
     if unknown := set(a.only) - set(SELECTABLE):
         p.error(f"--only: unknown {sorted(unknown)}; choose from {', '.join(SELECTABLE)}")
+    if REDIS in a.only and not a.redis_url:
+        p.error(f"--only {REDIS} needs --redis-url")
+    a.everything = a.only == everything
     if a.workers < 1 or a.rounds < 1 or a.duration < 1 or not a.concurrency:
         p.error("--workers, --rounds, --duration (s) must be >= 1, --concurrency not empty")
     if a.leak_calls and a.leak_calls <= LEAK_FIRST_CALLS:
@@ -163,12 +176,16 @@ class Bench:
         env = self.env = django_env(config, var_dir, "tollgate.settings")
         database_url = os.environ.get("DATABASE_URL")
         need_gateway = (
-            bool(only & {"gateway", "gateway-stream", "ttfb", "request-log", DOUBLED, *VARIANTS})
+            bool(
+                only
+                & {"gateway", "gateway-stream", "ttfb", "request-log", DOUBLED, REDIS, *VARIANTS}
+            )
             or a.leak_calls
             or a.profile
         )
         if need_gateway:
             self.key = prepare_database(env)
+            limit_tenant(env)
             self.ledger = Ledger(database_url, var_dir / "tollgate.sqlite3")
             self.ledger.use_key(self.key)
             self.gateway = start_server(
@@ -183,6 +200,7 @@ class Bench:
             log(f"gateway on {self.gateway.base_url}, workers {self.gateway.worker_pids()}")
         variants = {name: (overrides, a.workers) for name, overrides in VARIANTS.items()}
         variants[DOUBLED] = ({}, 2 * a.workers)
+        variants[REDIS] = ({"REDIS_URL": a.redis_url}, a.workers)
         for name, (overrides, workers) in variants.items():
             if name in only:
                 self.variants[name] = start_server(
@@ -514,7 +532,7 @@ class Bench:
             self.run_leak()
         if self.args.workers != 1:
             self.results.notes.append("the targets are defined for 1 worker")
-        if self.args.only != list(SELECTABLE):
+        if not self.args.everything:
             self.results.notes.append(f"partial run: --only {','.join(self.args.only)}")
 
 

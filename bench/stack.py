@@ -87,8 +87,9 @@ def django_env(config: Path, var_dir: Path, settings_module: str) -> dict[str, s
         # As `make serve` runs it: two malloc arenas instead of one per thread (see README).
         "MALLOC_ARENA_MAX": "2",
     }
-    for name in ("TOLLGATE_AUTH_CACHE_SECONDS", "TOLLGATE_LEDGER_FLUSH_SECONDS"):
+    for name in ("TOLLGATE_AUTH_CACHE_SECONDS", "TOLLGATE_LEDGER_FLUSH_SECONDS", "REDIS_URL"):
         env.pop(name, None)  # the production defaults, whatever the caller's shell says
+    # (REDIS_URL: counters in process memory, but for the target that asks for Redis)
     return env
 
 
@@ -113,6 +114,18 @@ def prepare_database(env: dict[str, str]) -> str:
     manage(env, "migrate", "--noinput")
     output = manage(env, "create_api_key", "--tenant", "bench", "--name", "load-benchmark")
     return output.strip().splitlines()[-1].strip()
+
+
+def limit_tenant(env: dict[str, str]) -> None:
+    """Give tenant ``bench`` a request rate, a token rate and a budget, as production tenants
+    have, none of which a run comes near: every call is counted against them."""
+    manage(
+        env,
+        "shell",
+        "-c",
+        "from gateway.models import Tenant; Tenant.objects.filter(name='bench').update("
+        "rpm_limit=10**8, tpm_limit=10**11, budget_usd=10**8, budget_period='monthly')",
+    )
 
 
 def start_upstream(

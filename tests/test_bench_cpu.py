@@ -107,3 +107,20 @@ def test_the_report_sets_the_c1_figures_beside_the_floors_own() -> None:
     assert "at p50 0.82 ms, 0.79 ms over the upstream's own" in line
     assert "at 0.74 ms (0.90x the floor's)" in line
     assert results.to_json()["c1_p50_ms"]["floor"] == 0.82
+
+
+def test_limits_in_redis_are_held_to_three_quarters_of_the_gateway_and_asked_for() -> None:
+    """The gateway with its counters in Redis, round by round against the gateway's; measured
+    only with --redis-url (``make bench`` passes one when Redis answers)."""
+    from bench.run import REDIS, parse_args
+
+    results = Results(meta={})
+    name = "limits counted in Redis, c50 (req/s vs in memory; ours)"
+    assert {c.name: c for c in results.checks()}[name].measured == "n/a (no --redis-url)"
+    for gateway, redis in ((1000, 880), (1200, 1000), (900, 600)):  # 0.88, 0.83, 0.67
+        results.row("gateway", 50).rounds.append(result(gateway, None))
+        results.row(REDIS, 50).rounds.append(result(redis, None))
+    check = {c.name: c for c in results.checks()}[name]
+    assert (check.measured, check.target, check.passed) == ("83% of the gateway's", ">= 75%", True)
+    assert REDIS not in parse_args([]).only and parse_args([]).everything
+    assert REDIS in parse_args(["--redis-url", "redis://127.0.0.1:6379/14"]).only
