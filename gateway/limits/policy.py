@@ -264,7 +264,10 @@ class Policy:
     async def _counted(self, checks: list[Check], second: int) -> Verdict:
         """The store's verdict. Shielded: a caller cancelled while the store counts it (a
         client gone during a Redis round trip) must not leave its reservation behind, so a
-        count that lands after the cancellation is released at once."""
+        count that lands after the cancellation is released at once. Counters in memory count
+        at once, with nothing to await: no task to shield."""
+        if type(self.store) is MemoryCounters:  # itself: a subclass may await in admit
+            return self.store.admit_now(checks, second)
         counting = asyncio.ensure_future(self.store.admit(checks, second))
         try:
             return await asyncio.shield(counting)
