@@ -172,3 +172,11 @@ def test_tls_and_options_the_pipe_does_not_know_go_through_redis_py() -> None:
         assert RedisCounters(url)._pipe is None
     for url in ("redis://127.0.0.1:6379/2", "unix:///run/redis.sock?db=1"):
         assert Pipe.for_url(url, 0.5) is not None
+
+
+def test_a_pipe_used_on_another_loop_connects_again(redis_url: str) -> None:  # noqa: F811
+    """The first loop is closed with the connection it made: the second loop does not touch it."""
+    pipe = pipe_for(redis_url)
+    assert asyncio.run(pipe.command(("ECHO", "first"))) == b"first"
+    assert asyncio.run(pipe.command(("ECHO", "second"))) == b"second"
+    pipe.close()

@@ -117,15 +117,17 @@ class Pipe:
         if connection is None or not connection.open:
             connection = await self._connect()
         elif connection.loop is not asyncio.get_running_loop():  # a new loop (tests)
-            connection.abort(RedisConnectionError("Redis's connection belongs to another loop"))
+            self._connection = None  # left to its own loop, which may be closed: not touched
             connection = await self._connect()
         return await connection.send(_pack(args), self.timeout)
 
     async def _connect(self) -> _Connection:
         """One connection attempt at a time, shared by the commands that wait for it."""
-        if self._connecting is None or self._connecting.done():
-            self._connecting = asyncio.get_running_loop().create_task(self._open())
-        return await asyncio.shield(self._connecting)
+        loop = asyncio.get_running_loop()
+        pending = self._connecting
+        if pending is None or pending.done() or pending.get_loop() is not loop:
+            self._connecting = pending = loop.create_task(self._open())
+        return await asyncio.shield(pending)
 
     async def _open(self) -> _Connection:
         loop = asyncio.get_running_loop()
@@ -159,9 +161,9 @@ class Pipe:
         return connection
 
     def close(self) -> None:
-        if self._connection is not None:
-            self._connection.abort(RedisConnectionError("Redis's connection was closed"))
-            self._connection = None
+        connection, self._connection = self._connection, None
+        if connection is not None and not connection.loop.is_closed():
+            connection.abort(RedisConnectionError("Redis's connection was closed"))
 
 
 def _pack(args: tuple[Any, ...]) -> bytes:
