@@ -46,13 +46,14 @@ _serial = itertools.count()
 
 def encode(row: Row) -> bytes:
     """One row as a JSON line (decimals as strings, datetimes in ISO 8601)."""
-    return orjson.dumps(row, default=_encode_value, option=orjson.OPT_APPEND_NEWLINE)
+    return orjson.dumps(row, default=json_value, option=orjson.OPT_APPEND_NEWLINE)
 
 
-def _encode_value(value: object) -> str:
+def json_value(value: object) -> str:
+    """What orjson does not encode itself: a decimal, as exact text."""
     if isinstance(value, Decimal):
         return str(value)
-    raise TypeError(type(value).__name__)
+    raise TypeError(f"{type(value).__name__} is not a ledger value")
 
 
 def _create_locked(directory: Path, kind: str) -> tuple[int, Path]:

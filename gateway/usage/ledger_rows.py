@@ -29,7 +29,7 @@ from django.db.models import (
 from django.db.models.fields import AutoFieldMixin
 
 from gateway.models import UsageRecord
-from gateway.usage.ledger_files import Row, encode
+from gateway.usage.ledger_files import Row, encode, json_value
 from gateway.usage.rollup import add_to_rollup
 from providers.ids import time_ordered_hex
 
@@ -135,10 +135,11 @@ def insert_rows(rows: list[Row]) -> int:
     for row in rows:
         unique.setdefault(row["request_id"], row)
     fields = insert_fields()
-    values = _values(fields, unique.values(), for_json=connection.vendor == "postgresql")
+    postgres = connection.vendor == "postgresql"
+    values = _values(fields, unique.values(), for_json=postgres)
     statements = (
         _json_statement(fields, values)
-        if connection.vendor == "postgresql"
+        if postgres
         else _values_statements(fields, values, list(unique.values()))
     )
     try:
@@ -202,7 +203,7 @@ def _json_statement(fields: list[Any], values: list[list[Any]]) -> list[_Stateme
     columns = ", ".join(quote(name) for name in names)
     document = orjson.dumps(
         [dict(zip(names, row_values, strict=True)) for row_values in values],
-        default=_json_value,
+        default=json_value,
     ).decode()
     sql = (
         f"INSERT INTO {table} ({columns}) SELECT {columns} "
@@ -210,12 +211,6 @@ def _json_statement(fields: list[Any], values: list[list[Any]]) -> list[_Stateme
         f"ON CONFLICT ({quote('request_id')}) DO NOTHING"
     )
     return [(sql, [document], len(values))]
-
-
-def _json_value(value: object) -> object:
-    if isinstance(value, Decimal):
-        return str(value)  # exact, as the numeric column reads it
-    raise TypeError(f"{type(value).__name__} is not a ledger value")
 
 
 def _insert(statements: list[_Statement], rows: dict[str, Row], returning: bool) -> int:
