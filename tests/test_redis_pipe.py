@@ -6,15 +6,13 @@ pipe does not know goes through redis-py."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis as sync_redis
 from redis.exceptions import AuthenticationError, ConnectionError, TimeoutError
-from support.private_services import require
+from support.private_services import private_redis
 from support.redis_db import redis_url  # noqa: F401 - a fixture
 
 from bench.processes import free_port
@@ -125,27 +123,8 @@ async def test_a_refused_connection_is_a_connection_error() -> None:
 @pytest.fixture
 def redis_with_password(tmp_path: Path) -> Iterator[int]:
     """A private redis-server that asks for the password ``secret``."""
-    port = free_port()
-    server = subprocess.Popen(
-        [
-            *(require("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", ""),
-            *("--appendonly", "no", "--dir", str(tmp_path), "--requirepass", "secret"),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        client = sync_redis.Redis(port=port, password="secret", socket_connect_timeout=0.2)
-        for _ in range(200):
-            try:
-                client.ping()
-                break
-            except sync_redis.RedisError:
-                time.sleep(0.05)
-        yield port
-    finally:
-        server.kill()
-        server.wait(10)
+    with private_redis(tmp_path, password="secret") as server:
+        yield server.port
 
 
 async def test_the_urls_password_and_database_are_used(redis_with_password: int) -> None:

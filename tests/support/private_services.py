@@ -102,9 +102,10 @@ class PrivateRedis:
     """redis-server on ``port``, without persistence: after ``stop`` and ``start`` it is empty,
     as a Redis restarted without its data."""
 
-    def __init__(self, directory: Path, port: int) -> None:
+    def __init__(self, directory: Path, port: int, password: str | None = None) -> None:
         self.directory = directory
         self.port = port
+        self.password = password  # --requirepass, when given
         self.url = f"redis://127.0.0.1:{port}/0"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -123,6 +124,7 @@ class PrivateRedis:
                 "no",
                 "--dir",
                 str(self.directory),
+                *(("--requirepass", self.password) if self.password else ()),
             ],
             stdout=(self.directory / "redis.log").open("ab"),
             stderr=subprocess.STDOUT,
@@ -136,7 +138,7 @@ class PrivateRedis:
     def _answers(self) -> bool:
         import redis
 
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        client = redis.Redis(port=self.port, password=self.password, socket_connect_timeout=0.2)
         try:
             return bool(client.ping())
         except redis.RedisError:
@@ -173,9 +175,10 @@ def private_postgres() -> Iterator[PrivatePostgres]:
 
 
 @contextmanager
-def private_redis(tmp: Path) -> Iterator[PrivateRedis]:
-    """A private Redis; stopped at the end whatever happened."""
-    server = PrivateRedis(tmp / "redis", free_port())
+def private_redis(tmp: Path, password: str | None = None) -> Iterator[PrivateRedis]:
+    """A private Redis (asking for ``password``, if given); stopped at the end whatever
+    happened."""
+    server = PrivateRedis(tmp / "redis", free_port(), password)
     server.start()
     try:
         yield server
