@@ -159,3 +159,15 @@ def test_a_pipe_used_on_another_loop_connects_again(redis_url: str) -> None:  # 
     assert asyncio.run(pipe.command(("ECHO", "first"))) == b"first"
     assert asyncio.run(pipe.command(("ECHO", "second"))) == b"second"
     pipe.close()
+
+
+async def test_a_command_on_a_connection_lost_meanwhile_is_a_connection_error() -> None:
+    """Redis may close a connection between the pipe taking it and writing to it (past its
+    maxclients it closes a new one at once): the command fails as Redis being down does (the
+    policy then counts in memory or answers 503), not with an error no one catches (a 500)."""
+    from gateway.limits.redis_pipe import _Connection
+
+    connection = _Connection(asyncio.get_running_loop())
+    connection.connection_lost(None)  # before anything was written
+    with pytest.raises(ConnectionError):
+        await connection.send(b"*1\r\n$4\r\nPING\r\n", 1.0)

@@ -49,9 +49,11 @@ class _Connection(asyncio.Protocol):
 
     def send(self, packed: bytes, timeout: float | None) -> asyncio.Future[Any]:
         future = self.loop.create_future()
+        if self.transport is None:  # lost since the caller took it (Redis closed it at once)
+            future.set_exception(RedisConnectionError("Connection to Redis lost"))
+            return future
         timer = self.loop.call_later(timeout, self._expire, future) if timeout else None
         self.waiting.append((future, timer))
-        assert self.transport is not None
         self.transport.write(packed)
         return future
 
