@@ -120,6 +120,9 @@ format: install
 BENCH_ARGS ?=
 # Where gateway-redis counts (when Redis answers on 127.0.0.1:6379): a database of its own.
 BENCH_REDIS_URL ?= redis://127.0.0.1:6379/14
+# Where gateway-postgres gets a database of its own, dropped after the run (when PostgreSQL
+# answers on 127.0.0.1:5432): the server of this URL.
+BENCH_POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/postgres
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 bench: install
@@ -127,9 +130,12 @@ bench: install
 		echo "== installing wrk"; \
 		$(SUDO) apt-get install -y wrk || { $(SUDO) apt-get update && $(SUDO) apt-get install -y wrk; }; \
 	}
-	@redis=""; if $(BIN)/python tests/services.py redis; then redis="--redis-url $(BENCH_REDIS_URL)"; fi; \
-		echo "$(BIN)/python bench/run.py $$redis $(BENCH_ARGS)"; \
-		$(BIN)/python bench/run.py $$redis $(BENCH_ARGS)
+	@given=""; \
+		if $(BIN)/python tests/services.py redis; then given="--redis-url $(BENCH_REDIS_URL)"; fi; \
+		if $(BIN)/python tests/services.py postgres; then \
+			given="$$given --postgres-url $(BENCH_POSTGRES_URL)"; fi; \
+		echo "$(BIN)/python bench/run.py $$given $(BENCH_ARGS)"; \
+		$(BIN)/python bench/run.py $$given $(BENCH_ARGS)
 	$(BIN)/python bench/routing.py
 
 clean:

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -41,7 +42,9 @@ from bench.pyspy import read_collapsed, summarize
 from bench.report import Results, write_results
 from bench.stack import (
     Service,
+    create_database,
     django_env,
+    drop_database,
     limit_tenant,
     prepare_database,
     start_server,
@@ -59,12 +62,20 @@ database, measured beside the gateway so that the difference is what the feature
 REDIS = "gateway-redis"
 """The gateway again with its counters in Redis (``--redis-url``): the bench tenant's rate limits
 and budget, counted in every call, shared as several processes share them in production."""
+POSTGRES = "gateway-postgres"
+"""The gateway again on PostgreSQL (``--postgres-url``), production's database, where the default
+run uses SQLite: a database of its own on that server, created for the run and dropped after it.
+Its ledger writer's batches and key lookups are PostgreSQL's (the writer's cost there went unseen
+for seven passes of issue #17, the bench measuring SQLite alone)."""
 DOUBLED = "gateway-2x"
 """The gateway again with twice the workers (issue #17: two workers on two cores at least 1.8x
 one worker's throughput), measured beside it in each round."""
-TARGETS = ("upstream", "floor", "bare", "gateway", *VARIANTS, REDIS, DOUBLED, "gateway-stream")
+TARGETS = (
+    *("upstream", "floor", "bare", "gateway", *VARIANTS),
+    *(REDIS, POSTGRES, DOUBLED, "gateway-stream"),
+)
 """wrk targets, in the order each round visits them."""
-ONLY_AT = {"gateway-nometrics": {50}, REDIS: {50}, DOUBLED: {50, 200}}
+ONLY_AT = {"gateway-nometrics": {50}, REDIS: {50}, POSTGRES: {1, 50}, DOUBLED: {50, 200}}
 """Targets measured at some concurrencies only (those among --concurrency)."""
 SELECTABLE = (*TARGETS, "ttfb", "metrics-cost", "request-log")
 PATH = "/v1/chat/completions"
@@ -95,14 +106,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="",
         help=f"a Redis database for {REDIS} (its tg:* keys are the bench's); none: not measured",
     )
+    p.add_argument(
+        "--postgres-url",
+        default="",
+        help=f"a PostgreSQL server (the URL of any database on it) where {POSTGRES} gets a "
+        "database of its own, dropped after the run; none: not measured",
+    )
     a = p.parse_args(argv)
     a.concurrency = [int(c) for c in str(a.concurrency).split(",") if c.strip()]
-    everything = [t for t in SELECTABLE if t != REDIS or a.redis_url]
+    asked = {REDIS: a.redis_url, POSTGRES: a.postgres_url}  # measured when given
+    everything = [t for t in SELECTABLE if asked.get(t, True)]
     a.only = [t.strip() for t in str(a.only).split(",") if t.strip()] or everything
     if unknown := set(a.only) - set(SELECTABLE):
         p.error(f"--only: unknown {sorted(unknown)}; choose from {', '.join(SELECTABLE)}")
-    if REDIS in a.only and not a.redis_url:
-        p.error(f"--only {REDIS} needs --redis-url")
+    for target, flag in ((REDIS, "--redis-url"), (POSTGRES, "--postgres-url")):
+        if target in a.only and not asked[target]:
+            p.error(f"--only {target} needs {flag}")
     a.everything = a.only == everything
     if a.workers < 1 or a.rounds < 1 or a.duration < 1 or not a.concurrency:
         p.error("--workers, --rounds, --duration (s) must be >= 1, --concurrency not empty")
@@ -147,6 +166,17 @@ def machine_info(args: argparse.Namespace, database: str) -> dict[str, object]:
     }
 
 
+@dataclass
+class Books:
+    """A database the gateways write their ledger to: the bench key issued there, the ledger's
+    reader, and the id above which the next measurement's rows are counted (None: take it once
+    the ledger is quiet)."""
+
+    key: str
+    ledger: Ledger
+    floor: int | None = None
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace, processes: Processes, tmp: Path) -> None:
         self.args = args
@@ -157,10 +187,9 @@ class Bench:
         self.variants: dict[str, Service] = {}  # VARIANTS: the gateway with a feature off
         self.bare: Service | None = None
         self.floor_service: Service | None = None  # bench/floor: the stack's floor (#17)
-        self.ledger: Ledger | None = None
-        self.key = ""
+        self.books: dict[str, Books] = {}  # "main" (SQLite or DATABASE_URL), POSTGRES's
+        self.scratch_database = ""  # POSTGRES's, dropped by close()
         self.env: dict[str, str] = {}  # the gateway's environment
-        self.floor: int | None = None  # ledger id floor; None: recompute once the ledger is quiet
         self.results = Results(meta={})
 
     # --- setup ---------------------------------------------------------------------------------
@@ -178,16 +207,14 @@ class Bench:
         need_gateway = (
             bool(
                 only
-                & {"gateway", "gateway-stream", "ttfb", "request-log", DOUBLED, REDIS, *VARIANTS}
+                & {"gateway", "gateway-stream", "ttfb", "request-log", DOUBLED, REDIS, POSTGRES}
+                | only & set(VARIANTS)
             )
             or a.leak_calls
             or a.profile
         )
         if need_gateway:
-            self.key = prepare_database(env)
-            limit_tenant(env)
-            self.ledger = Ledger(database_url, var_dir / "tollgate.sqlite3")
-            self.ledger.use_key(self.key)
+            self.books["main"] = self._books(env, database_url, var_dir / "tollgate.sqlite3")
             self.gateway = start_server(
                 self.processes,
                 "gateway",
@@ -201,6 +228,12 @@ class Bench:
         variants = {name: (overrides, a.workers) for name, overrides in VARIANTS.items()}
         variants[DOUBLED] = ({}, 2 * a.workers)
         variants[REDIS] = ({"REDIS_URL": a.redis_url}, a.workers)
+        if POSTGRES in only:
+            self.scratch_database = create_database(a.postgres_url)
+            log(f"{POSTGRES}: database {self.scratch_database}")
+            overrides = {"DATABASE_URL": self.scratch_database}
+            self.books[POSTGRES] = self._books({**env, **overrides}, self.scratch_database)
+            variants[POSTGRES] = (overrides, a.workers)
         for name, (overrides, workers) in variants.items():
             if name in only:
                 self.variants[name] = start_server(
@@ -247,6 +280,25 @@ class Bench:
         self.results.memory["bare_before"] = self._rss(self.bare)
 
     @staticmethod
+    def _books(env: dict[str, str], database_url: str | None, sqlite: Path | None = None) -> Books:
+        """Migrate the gateway's database, issue the bench key there and limit its tenant."""
+        key = prepare_database(env)
+        limit_tenant(env)
+        ledger = Ledger(database_url, sqlite or Path())
+        ledger.use_key(key)
+        return Books(key, ledger)
+
+    def books_of(self, target: str) -> Books | None:
+        return self.books.get(POSTGRES if target == POSTGRES else "main")
+
+    def close(self) -> None:
+        """Close the ledgers' connections and drop POSTGRES's database (its gateway stopped)."""
+        for books in self.books.values():
+            books.ledger.close()
+        if self.scratch_database:
+            drop_database(self.args.postgres_url, self.scratch_database)
+
+    @staticmethod
     def _rss(service: Service | None) -> dict[str, int | None]:
         return rss_snapshot(service.worker_pids()) if service else {}
 
@@ -261,14 +313,17 @@ class Bench:
         return service
 
     def _script(self, target: str) -> Path:
-        return wrk.write_script(self.tmp / f"{target}.lua", self.key, target == "gateway-stream")
+        books = self.books_of(target)
+        key = books.key if books else ""
+        return wrk.write_script(self.tmp / f"{target}.lua", key, target == "gateway-stream")
 
     # --- measurements --------------------------------------------------------------------------
 
-    def _ensure_floor(self) -> None:
+    def _ensure_floor(self, target: str = "gateway") -> None:
         """Gateway rows are counted above ``floor``: take it once the ledger is quiet."""
-        if self.ledger and self.floor is None:
-            self.floor = self.ledger.quiet_baseline()
+        books = self.books_of(target)
+        if books and books.floor is None:
+            books.floor = books.ledger.quiet_baseline()
 
     def _run_wrk(self, target: str, concurrency: int, duration: float, label: str) -> wrk.WrkResult:
         service = self._service(target)
@@ -290,14 +345,15 @@ class Bench:
         return result
 
     def _check_ledger(
-        self, label: str, in_flight: int, completed: int, completed_ok: int
+        self, label: str, in_flight: int, completed: int, completed_ok: int, target: str = "gateway"
     ) -> LedgerCheck | None:
         """Compare the rows written since ``floor`` with the calls the client completed."""
-        if not self.ledger or self.floor is None:
+        books = self.books_of(target)
+        if not books or books.floor is None:
             return None
         wait = 3.0 + completed / 2000  # a long run may leave a backlog to write
-        check = self.ledger.check(label, in_flight, completed, completed_ok, self.floor, wait)
-        self.floor = self.ledger.max_id()
+        check = books.ledger.check(label, in_flight, completed, completed_ok, books.floor, wait)
+        books.floor = books.ledger.max_id()
         log(
             f"{'':<28} ledger {'exact' if check.exact else 'MISMATCH'}: "
             f"{check.completed_ok} x 2xx, {check.rows_200} rows 200, other {check.rows_other}, "
@@ -309,10 +365,10 @@ class Bench:
         """One wrk run; for the gateway, followed by its ledger check, kept in the results."""
         gateway = target.startswith("gateway")
         if gateway:
-            self._ensure_floor()
+            self._ensure_floor(target)
         result = self._run_wrk(target, concurrency, duration, label)
         if gateway:
-            check = self._check_ledger(label, concurrency, result.requests, result.ok)
+            check = self._check_ledger(label, concurrency, result.requests, result.ok, target)
             if check and label.startswith("["):
                 self.results.row(target, concurrency).ledger.append(check)
             elif check:
@@ -341,7 +397,7 @@ class Bench:
             assert service is not None
             if name == "gateway":
                 self._ensure_floor()
-            timings = measure_stream(service.base_url, PATH, body, self.key, count=n)
+            timings = measure_stream(service.base_url, PATH, body, self.books["main"].key, count=n)
             self.results.streams[name] = timings.summary()
             log(f"stream c1 {name:<19} {timings.summary()}")
             if timings.first_error:
@@ -410,7 +466,7 @@ class Bench:
                     rps[mode].append(result.rps)
         for service in services.values():
             self.processes.stop(service.process)
-        self.floor = None  # these calls' rows are no other measurement's
+        self.books["main"].floor = None  # these calls' rows are no other measurement's
         median = {mode: statistics.median(values) for mode, values in rps.items()}
         cost = {}  # the median of each round's own ratio: a slow minute hits all modes alike
         for mode in ("text", "json"):
@@ -572,8 +628,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip the cleanup
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         processes.stop_all()
-        if bench.ledger:
-            bench.ledger.close()
+        bench.close()
         if keep_tmp:
             log(f"logs kept in {tmp}")
         else:

@@ -14,6 +14,10 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg import sql
 
 from bench.processes import (
     ROOT,
@@ -125,6 +129,25 @@ def limit_tenant(env: dict[str, str]) -> None:
         *("set_limits", "--tenant", "bench", "--rpm", str(10**8), "--tpm", str(2 * 10**9)),
         *("--budget-usd", str(10**8), "--period", "monthly"),
     )
+
+
+def create_database(server_url: str) -> str:
+    """A new, empty database for this run on the PostgreSQL server of ``server_url`` (a URL of
+    any database there); its URL. ``drop_database`` removes it: nothing else on the server is
+    touched."""
+    name = f"tollgate_bench_{os.getpid()}_{secrets.token_hex(3)}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
+
+
+def drop_database(server_url: str, database_url: str) -> None:
+    """Drop the database of ``database_url`` (made by ``create_database``), connected to the
+    server through ``server_url``; its gateways are stopped, but close any connection left."""
+    name = urlsplit(database_url).path.lstrip("/")
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
+        conn.execute(drop.format(sql.Identifier(name)))
 
 
 def start_upstream(

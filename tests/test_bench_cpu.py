@@ -124,3 +124,22 @@ def test_limits_in_redis_are_held_to_three_quarters_of_the_gateway_and_asked_for
     assert (check.measured, check.target, check.passed) == ("83% of the gateway's", ">= 75%", True)
     assert REDIS not in parse_args([]).only and parse_args([]).everything
     assert REDIS in parse_args(["--redis-url", "redis://127.0.0.1:6379/14"]).only
+
+
+def test_the_gateway_on_postgresql_is_held_to_four_fifths_of_the_gateway_and_asked_for() -> None:
+    """The gateway on PostgreSQL, round by round against the gateway's (SQLite by default);
+    measured only with --postgres-url (``make bench`` passes one when PostgreSQL answers)."""
+    from bench.run import ONLY_AT, POSTGRES, parse_args
+
+    results = Results(meta={})
+    name = "the gateway on PostgreSQL, c50 (req/s vs the gateway; ours)"
+    assert {c.name: c for c in results.checks()}[name].measured == "n/a (no --postgres-url)"
+    for gateway, postgres in ((1000, 700), (1200, 1000), (900, 780)):  # 0.70, 0.83, 0.87
+        results.row("gateway", 50).rounds.append(result(gateway, None))
+        results.row(POSTGRES, 50).rounds.append(result(postgres, None))
+    check = {c.name: c for c in results.checks()}[name]
+    assert (check.measured, check.target, check.passed) == ("83% of the gateway's", ">= 80%", True)
+    assert POSTGRES not in parse_args([]).only and parse_args([]).everything
+    given = parse_args(["--postgres-url", "postgres://postgres@127.0.0.1:5432/postgres"])
+    assert POSTGRES in given.only and given.everything
+    assert ONLY_AT[POSTGRES] == {1, 50}
