@@ -25,6 +25,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
+import psycopg
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: find bench.*
 
 from bench import stack, wrk
@@ -296,7 +298,10 @@ class Bench:
         for books in self.books.values():
             books.ledger.close()
         if self.scratch_database:
-            drop_database(self.args.postgres_url, self.scratch_database)
+            try:
+                drop_database(self.args.postgres_url, self.scratch_database)
+            except psycopg.Error as exc:  # the run's own outcome stands; say what is left
+                log(f"{POSTGRES}: could not drop {self.scratch_database}: {exc}")
 
     @staticmethod
     def _rss(service: Service | None) -> dict[str, int | None]:
