@@ -1,18 +1,23 @@
 """The counters' pipe to Redis (``gateway.limits.redis_pipe``): every command gets its own
 reply, whatever its neighbours do (cancelled, timed out, cut off); a lost script, a lost
-connection and a silent server are survived; the URL's password and database are used; what the
-pipe does not know goes through redis-py."""
+connection and a silent server are survived; the URL's password and database are used; TLS
+(``rediss://``) connects or fails exactly as redis-py does, against a private redis-server serving
+TLS with a throwaway CA; what the pipe does not know goes through redis-py."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 import redis as sync_redis
+import redis.asyncio
+import uvloop
 from redis.exceptions import AuthenticationError, ConnectionError, TimeoutError
-from support.private_services import private_redis
+from support.private_services import PrivateRedis, private_redis
 from support.redis_db import redis_url  # noqa: F401 - a fixture
 
 from bench.processes import free_port
@@ -145,12 +150,134 @@ async def test_the_urls_password_and_database_are_used(redis_with_password: int)
         await wrong.command(("PING",))
 
 
-def test_tls_and_options_the_pipe_does_not_know_go_through_redis_py() -> None:
-    for url in ("rediss://127.0.0.1:6380/0", "redis://127.0.0.1:6379/0?socket_keepalive=true"):
-        assert Pipe.for_url(url, 0.5) is None
-        assert RedisCounters(url)._pipe is None
-    for url in ("redis://127.0.0.1:6379/2", "unix:///run/redis.sock?db=1"):
-        assert Pipe.for_url(url, 0.5) is not None
+def test_options_the_pipe_does_not_know_go_through_redis_py() -> None:
+    for url in (
+        "redis://127.0.0.1:6379/0?socket_keepalive=true",
+        "rediss://127.0.0.1:6380/0?ssl_min_version=TLSv1_2",  # a string: redis-py fails with it
+        "rediss://127.0.0.1:6380/0?ssl_ca_certs=/ca.pem&socket_keepalive=true",
+        "redis://127.0.0.1:6379/0?ssl_ca_certs=/ca.pem",  # TLS's options, without TLS
+        "unix://?db=1",  # no socket named
+    ):
+        assert Pipe.for_url(url, 0.5) is None, url
+        assert RedisCounters(url)._pipe is None, url
+    for url in (
+        "redis://127.0.0.1:6379/2",
+        "unix:///run/redis.sock?db=1",
+        "rediss://127.0.0.1:6380/0",
+        "rediss://u:p@127.0.0.1:6380/0?ssl_cert_reqs=optional&ssl_ca_certs=/ca.pem",
+    ):
+        assert Pipe.for_url(url, 0.5) is not None, url
+        assert RedisCounters(url)._pipe is not None, url
+
+
+@pytest.fixture(scope="module")
+def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateRedis]:
+    """A private redis-server serving TLS too (``tls_port``), with a certificate for 127.0.0.1
+    only, signed by a throwaway CA (``tls.ca``); it does not ask clients for certificates."""
+    with private_redis(tmp_path_factory.mktemp("tls"), tls=True) as server:
+        yield server
+
+
+def tls_url(server: PrivateRedis, query: str = "", host: str = "127.0.0.1", db: int = 0) -> str:
+    assert server.tls is not None
+    ca_pem = quote(server.tls.ca.read_text(), safe="")
+    return f"rediss://{host}:{server.tls_port}/{db}?" + query.format(
+        ca=server.tls.ca, ca_pem=ca_pem
+    )
+
+
+async def test_scripts_and_commands_go_down_the_pipe_over_tls(tls_redis: PrivateRedis) -> None:
+    url = tls_url(tls_redis, "ssl_ca_certs={ca}", db=2)
+    assert RedisCounters(url)._pipe is not None
+    pipe = pipe_for(url)
+    source = "return ARGV[1] .. KEYS[1]"
+    sha = hashlib.sha1(source.encode()).hexdigest()  # not loaded yet: NOSCRIPT, then loaded
+    try:
+        replies = await asyncio.gather(*(pipe.command(("ECHO", f"n{i}")) for i in range(100)))
+        assert await pipe.script(sha, source, ["k"], ["v"]) == b"vk"
+        assert await pipe.command(("SET", "tg:test:tls", "yes")) == b"OK"
+        clients = sync_redis.Redis(port=tls_redis.port).client_list()
+    finally:
+        pipe.close()
+    assert replies == [f"n{i}".encode() for i in range(100)]
+    assert sync_redis.Redis(port=tls_redis.port, db=2).get("tg:test:tls") == b"yes"
+    [ours] = [client for client in clients if client["name"] == NAME]
+    assert ours["laddr"] == f"127.0.0.1:{tls_redis.tls_port}"  # Redis's TLS port, not its plain one
+
+
+@pytest.mark.parametrize(
+    ("host", "query", "error"),
+    [
+        ("127.0.0.1", "ssl_ca_certs={ca}", None),
+        ("127.0.0.1", "ssl_ca_data={ca_pem}", None),
+        ("127.0.0.1", "", "self-signed certificate in certificate chain"),  # not a system CA
+        ("127.0.0.1", "ssl_cert_reqs=optional", "self-signed certificate in certificate chain"),
+        # (optional: a certificate the server sends is verified all the same)
+        ("localhost", "ssl_ca_certs={ca}", "Hostname mismatch"),  # not a name it carries
+        ("localhost", "ssl_ca_certs={ca}&ssl_check_hostname=false", None),
+        ("localhost", "ssl_cert_reqs=none", None),  # nothing verified, as asked
+        ("127.0.0.1", "ssl_ca_certs={ca}&ssl_ciphers=nonsense", "No cipher can be selected"),
+    ],
+)
+async def test_tls_connects_or_fails_as_redis_py_does(
+    tls_redis: PrivateRedis, host: str, query: str, error: str | None
+) -> None:
+    """The same URL connects through the pipe and through redis-py, or fails in both with
+    redis-py's ``ConnectionError`` (Redis down, to the counters), for the same reason."""
+    url = tls_url(tls_redis, query, host)
+    pipe = pipe_for(url)
+    client = redis.asyncio.from_url(url, socket_connect_timeout=2)
+    try:
+        for ping in (lambda: pipe.command(("PING",)), client.ping):
+            if error is None:
+                assert await ping()
+            else:
+                with pytest.raises(ConnectionError, match=error):
+                    await ping()
+    finally:
+        pipe.close()
+        await client.aclose()
+
+
+@pytest.fixture
+def tls_redis_asking_certificates(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """As ``tls_redis``, but refusing a TLS client without a certificate signed by ``tls.ca``."""
+    with private_redis(tmp_path, tls=True, tls_auth_clients="yes") as server:
+        yield server
+
+
+async def test_the_urls_client_certificate_is_sent(
+    tls_redis_asking_certificates: PrivateRedis,
+) -> None:
+    server = tls_redis_asking_certificates
+    assert server.tls is not None
+    without = pipe_for(tls_url(server, "ssl_ca_certs={ca}"))
+    with pytest.raises(ConnectionError):
+        await without.command(("PING",))
+    query = f"ssl_ca_certs={{ca}}&ssl_certfile={server.tls.client_cert}"
+    pipe = pipe_for(tls_url(server, f"{query}&ssl_keyfile={server.tls.client_key}"))
+    try:
+        assert await pipe.command(("PING",)) == b"PONG"
+    finally:
+        pipe.close()
+
+
+def test_tls_on_uvloop(tls_redis: PrivateRedis) -> None:
+    """The server's loop, uvloop, has its own TLS: the same outcomes."""
+
+    async def ping(url: str) -> object:
+        pipe = pipe_for(url)
+        try:
+            return await pipe.command(("PING",))
+        finally:
+            pipe.close()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        assert runner.run(ping(tls_url(tls_redis, "ssl_ca_certs={ca}"))) == b"PONG"
+        with pytest.raises(ConnectionError, match="certificate verify failed"):
+            runner.run(ping(tls_url(tls_redis)))
+        with pytest.raises(ConnectionError, match="Hostname mismatch"):
+            runner.run(ping(tls_url(tls_redis, "ssl_ca_certs={ca}", "localhost")))
 
 
 def test_a_pipe_used_on_another_loop_connects_again(redis_url: str) -> None:  # noqa: F811

@@ -8,12 +8,15 @@ command of the process shares one connection, written as they come, answered in 
 still does everything else (budgets loaded from the ledger, epochs, reservations moved after an
 outage), where a round trip is rare.
 
-Plain TCP and Unix sockets, as redis-py reads the URL (host, port, db, user, password); a URL
-with anything more (TLS, socket options) gets no pipe (``Pipe.for_url`` is None), and its
-counters go through redis-py. Failures raise redis-py's exceptions: ``ConnectionError`` (the
-connection failed or was lost, every command waiting on it with it), ``TimeoutError`` (no
-answer within ``timeout``: the connection is dropped, as replies would no longer match their
-commands) and ``ResponseError``.
+TCP, TLS (``rediss://``) and Unix sockets, as redis-py reads the URL: host, port, db, user,
+password, and for TLS the ``ssl_*`` options of ``_TLS_OPTIONS``, from which redis-py's own
+``SSLConnection`` makes the ``ssl.SSLContext``, so its defaults hold (the certificate verified
+against the system's CAs or ``ssl_ca_certs``, the host name checked). A URL with anything more
+(socket options, ``ssl_min_version``) gets no pipe (``Pipe.for_url`` is None), and its counters
+go through redis-py. Failures raise redis-py's exceptions: ``ConnectionError`` (the connection
+failed, its TLS handshake too, or was lost, every command waiting on it with it),
+``TimeoutError`` (no answer within ``timeout``: the connection is dropped, as replies would no
+longer match their commands) and ``ResponseError``.
 """
 
 from __future__ import annotations
@@ -23,14 +26,33 @@ from collections import deque
 from typing import Any
 
 import hiredis
-from redis.asyncio.connection import parse_url
+from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection, parse_url
 from redis.exceptions import AuthenticationError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 NAME = "tollgate-counters"
 """The connection's name in Redis's ``CLIENT LIST``."""
-_PLAIN = frozenset({"host", "port", "db", "username", "password", "path", "connection_class"})
+_TCP_OPTIONS = frozenset({"host", "port", "db", "username", "password"})
+_TLS_OPTIONS = frozenset(
+    {
+        "ssl_cert_reqs",
+        "ssl_ca_certs",
+        "ssl_ca_data",
+        "ssl_check_hostname",
+        "ssl_certfile",
+        "ssl_keyfile",
+        "ssl_ciphers",
+    }
+)
+"""All of ``SSLConnection``'s arguments but ``ssl_min_version``, which a URL gives as a string that
+redis-py cannot use (it then fails every connection)."""
+_KNOWN_OPTIONS: dict[type | None, frozenset[str]] = {
+    None: _TCP_OPTIONS,
+    SSLConnection: _TCP_OPTIONS | _TLS_OPTIONS,
+    UnixDomainSocketConnection: frozenset({"path", "db", "username", "password"}),
+}
+"""The URL's options the pipe uses, by ``parse_url``'s ``connection_class`` (None: TCP)."""
 
 
 class _Connection(asyncio.Protocol):
@@ -91,19 +113,25 @@ class _Connection(asyncio.Protocol):
 
 
 class Pipe:
-    def __init__(self, options: dict[str, Any], timeout: float | None) -> None:
+    def __init__(
+        self, options: dict[str, Any], timeout: float | None, tls: dict[str, Any] | None = None
+    ) -> None:
         self.options = options
         self.timeout = timeout
+        self.tls = tls  # SSLConnection's arguments (``ssl_*``), for a TLS connection
         self._connection: _Connection | None = None
         self._connecting: asyncio.Task[_Connection] | None = None
 
     @classmethod
     def for_url(cls, url: str, timeout: float | None) -> Pipe | None:
-        options = parse_url(url)
-        kind = options.get("connection_class")
-        if set(options) - _PLAIN or (kind is not None and "path" not in options):
-            return None  # TLS, or an option this pipe does not know: redis-py does it all
-        return cls(dict(options), timeout)
+        options: dict[str, Any] = dict(parse_url(url))
+        kind = options.pop("connection_class", None)
+        if not set(options) <= _KNOWN_OPTIONS.get(kind, frozenset()):
+            return None  # an option this pipe does not know: redis-py does it all
+        if kind is UnixDomainSocketConnection and "path" not in options:
+            return None  # no socket named: redis-py fails as it does
+        tls = {name: options.pop(name) for name in _TLS_OPTIONS & set(options)}
+        return cls(options, timeout, tls if kind is SSLConnection else None)
 
     async def script(self, sha: str, source: str, keys: list[str], args: list[Any]) -> Any:
         """``EVALSHA``; the script is loaded first if Redis does not have it (a restart)."""
@@ -141,7 +169,13 @@ class Pipe:
                     await loop.create_unix_connection(lambda: connection, options["path"])
                 else:
                     host, port = options.get("host", "localhost"), options.get("port", 6379)
-                    await loop.create_connection(lambda: connection, host, port)
+                    if self.tls is None:
+                        await loop.create_connection(lambda: connection, host, port)
+                    else:  # made at each connection, so that renewed certificates are read
+                        context = SSLConnection(**self.tls).ssl_context.get()
+                        await loop.create_connection(
+                            lambda: connection, host, port, ssl=context, server_hostname=host
+                        )
                 if options.get("password") is not None:
                     user = [options["username"]] if options.get("username") else []
                     reply = await connection.send(_pack(("AUTH", *user, options["password"])), None)
