@@ -325,6 +325,8 @@ async def test_a_call_cancelled_while_its_admission_is_counted_leaves_no_reserva
     from gateway.limits.policy import CallerLimits, Estimate, ScopeLimits
 
     class SlowCounters(MemoryCounters):
+        counts_at_once = False  # it awaits in admit, as Redis's round trip
+
         def __init__(self) -> None:
             super().__init__()
             self.counting = asyncio.Event()

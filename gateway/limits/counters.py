@@ -69,6 +69,11 @@ class Verdict:
 
 
 class CounterStore(Protocol):
+    counts_at_once: bool
+    """True for ``MemoryCounters``, which count with nothing to await: the policy calls their
+    ``admit_now`` and ``settle_now`` directly, without a task (and a shield) per call. A
+    subclass that awaits in ``admit`` says False."""
+
     async def admit(self, checks: list[Check], now: int) -> Verdict: ...
 
     async def load_spent(self, check: Check, spent: int) -> None:
@@ -99,6 +104,8 @@ def _reset(buckets: dict[int, int], now: int) -> int:
 
 class MemoryCounters:
     """Counters of one process: the default, when REDIS_URL is not set."""
+
+    counts_at_once = True
 
     def __init__(self) -> None:
         self._windows: dict[str, dict[int, int]] = {}
@@ -353,6 +360,8 @@ class RedisCounters:
     loads the budgets of the new epoch from the ledger, as for a scope seen the first time.
     A process back from a Redis outage starts one too (``gateway.limits.resilient_counters``).
     ``timeout`` bounds each operation (connect and reply), with no retry."""
+
+    counts_at_once = False
 
     def __init__(self, url: str, timeout: float | None = None) -> None:
         import redis.asyncio as redis  # only when REDIS_URL is set

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from django.conf import settings
 from django.db.models import Sum
@@ -264,10 +264,10 @@ class Policy:
     async def _counted(self, checks: list[Check], second: int) -> Verdict:
         """The store's verdict. Shielded: a caller cancelled while the store counts it (a
         client gone during a Redis round trip) must not leave its reservation behind, so a
-        count that lands after the cancellation is released at once. Counters in memory count
-        at once, with nothing to await: no task to shield."""
-        if type(self.store) is MemoryCounters:  # itself: a subclass may await in admit
-            return self.store.admit_now(checks, second)
+        count that lands after the cancellation is released at once. A store that counts at
+        once (in memory) has nothing to await: no task to shield."""
+        if self.store.counts_at_once:
+            return cast(MemoryCounters, self.store).admit_now(checks, second)
         counting = asyncio.ensure_future(self.store.admit(checks, second))
         try:
             return await asyncio.shield(counting)
@@ -283,8 +283,10 @@ class Policy:
         Admission(self, checks, second, {}, done.result().hold).settle(0, Decimal(0))
 
     def settle(self, admission: Admission, tokens: int, cost: int) -> None:
-        if isinstance(self.store, MemoryCounters):
-            self.store.settle_now(admission.checks, admission.second, tokens, cost)
+        if self.store.counts_at_once:
+            cast(MemoryCounters, self.store).settle_now(
+                admission.checks, admission.second, tokens, cost
+            )
             return
         try:
             loop = asyncio.get_running_loop()

@@ -55,6 +55,8 @@ class Hold:
 class ResilientCounters:
     """The ``CounterStore`` over Redis when REDIS_URL is set (see the module's docstring)."""
 
+    counts_at_once = False
+
     def __init__(self, redis: RedisCounters, fail_open: bool = True) -> None:
         self.redis = redis
         self.fail_open = fail_open
