@@ -2,7 +2,8 @@
 
 The loop's servers run here on 127.0.0.1 with real sockets; the callers connect with blocking
 sockets, whose handshake the kernel completes before the server accepts (as wrk's 200 connections
-wait in the accept queue of a busy worker).
+wait in the accept queue of a busy worker). TLS callers then run their TLS handshake on the loop,
+against a throwaway CA's certificate for 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -16,23 +17,33 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Coroutine
+import warnings
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import uvloop
+from support.private_services import TlsFiles, make_tls_files
 
 from bench.processes import free_port
 from tollgate import uvicorn_loop
 
 ROOT = Path(__file__).resolve().parent.parent
+REQUEST = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+"""A call to the bench's floor endpoint, which answers 200 with no database."""
 
 
 class Echo(asyncio.Protocol):
-    """Counts the connections made; answers every chunk with its own bytes."""
+    """Counts the connections accepted (a TLS connection's protocol is made then, before its
+    handshake) and made; answers every chunk with its own bytes."""
 
+    accepted = 0
     made = 0
+
+    def __init__(self) -> None:
+        type(self).accepted += 1
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         type(self).made += 1
@@ -73,6 +84,35 @@ def connect_to(server: Any, count: int) -> list[socket.socket]:
     return connect(address[1], count)
 
 
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    return make_tls_files(tmp_path_factory.mktemp("tls"))
+
+
+def server_context(files: TlsFiles) -> ssl.SSLContext:
+    """What uvicorn makes of ``--ssl-certfile`` and ``--ssl-keyfile``."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(files.server_cert, files.server_key)
+    return context
+
+
+def client_context(files: TlsFiles) -> ssl.SSLContext:
+    """A caller that verifies the server's certificate against the CA, and its address."""
+    return ssl.create_default_context(cafile=files.ca)
+
+
+async def tls_echo(client: socket.socket, context: ssl.SSLContext, data: bytes) -> bytes:
+    """Run a TLS handshake on ``client``, a connected socket, then send ``data``: the echo."""
+    client.setblocking(False)
+    reader, writer = await asyncio.open_connection(
+        sock=client, ssl=context, server_hostname="127.0.0.1"
+    )
+    writer.write(data)
+    echoed = await reader.readexactly(len(data))
+    writer.close()
+    return echoed
+
+
 async def accepted_after_turns(server: Any, callers: int, turns: int) -> int:
     """Connect ``callers`` at once while the loop is not running, then let it make ``turns``
     turns: how many connections did the server's protocol see made?"""
@@ -108,6 +148,149 @@ def test_a_turn_of_the_loop_accepts_every_connection_waiting(
 
     made = run(loop_factory, main())
     assert at_least <= made <= at_most
+
+
+@pytest.mark.parametrize(
+    ("loop_factory", "at_least", "at_most"),
+    [(uvicorn_loop.new_event_loop, 100, 100), (uvloop.new_event_loop, 0, 20)],
+    ids=["tollgate loop: all at once", "stock uvloop: one a turn"],
+)
+def test_a_turn_of_the_loop_accepts_every_tls_connection_waiting(
+    tls_files: TlsFiles,
+    loop_factory: Callable[[], asyncio.AbstractEventLoop],
+    at_least: int,
+    at_most: int,
+) -> None:
+    """uvicorn serving TLS itself (``--ssl-*``) gives ``ssl``: a turn accepts every connection
+    waiting all the same (uvloop's own server, which the loop kept for TLS before, one a turn),
+    and each then completes its handshake and is served."""
+
+    async def main() -> tuple[int, list[bytes]]:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            Echo, "127.0.0.1", 0, backlog=512, ssl=server_context(tls_files)
+        )
+        Echo.accepted = 0
+        clients = connect_to(server, 100)
+        try:
+            for _ in range(10):
+                await asyncio.sleep(0)
+            accepted = Echo.accepted
+            context = client_context(tls_files)
+            echoed = await asyncio.gather(*(tls_echo(c, context, b"ping") for c in clients))
+            return accepted, echoed
+        finally:
+            for client in clients:
+                client.close()
+            server.close()
+            await server.wait_closed()
+
+    accepted, echoed = run(loop_factory, main())
+    assert at_least <= accepted <= at_most
+    assert echoed == [b"ping"] * 100
+
+
+def test_tls_callers_that_fail_the_handshake_are_dropped_while_others_are_served(
+    tls_files: TlsFiles,
+) -> None:
+    """A caller speaking plain http to the TLS port, one that sends its hello and hangs up, and
+    one silent until the handshake timeout are each dropped, their tasks ended, while a TLS
+    caller connecting meanwhile is served at once; the server serves on, and nothing is left
+    for the loop's exception handler."""
+    timeout = 0.5
+
+    async def main() -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        reported: list[dict[str, Any]] = []
+        loop.set_exception_handler(lambda _loop, context: reported.append(context))
+        server: Any = await loop.create_server(
+            Echo, "127.0.0.1", 0, ssl=server_context(tls_files), ssl_handshake_timeout=timeout
+        )
+        port = server.sockets[0].getsockname()[1]
+        started = loop.time()
+        silent, silent_writer = await asyncio.open_connection("127.0.0.1", port)
+        plain, plain_writer = await asyncio.open_connection("127.0.0.1", port)
+        plain_writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        _hung_up, hung_up_writer = await asyncio.open_connection("127.0.0.1", port)
+        hung_up_writer.write(client_hello(client_context(tls_files)))
+        hung_up_writer.close()
+        plain_answer = await asyncio.wait_for(plain.read(), 2)
+        served = await tls_echo(connect(port, 1)[0], client_context(tls_files), b"ping")
+        served_after = loop.time() - started
+        still_in_handshake = len(server._handshakes)  # the silent caller's
+        silent_answer = await asyncio.wait_for(silent.read(), 2)
+        dropped_after = loop.time() - started
+        await asyncio.sleep(0.05)
+        left = len(server._handshakes)
+        served_on = await tls_echo(connect(port, 1)[0], client_context(tls_files), b"pong")
+        silent_writer.close()
+        plain_writer.close()
+        server.close()
+        await server.wait_closed()
+        return {
+            "plain": plain_answer,
+            "served": served,
+            "in handshake": still_in_handshake,
+            "silent": silent_answer,
+            "left": left,
+            "served on": served_on,
+            "reported": reported,
+            "served early": served_after < timeout,
+            "dropped at the timeout": timeout <= dropped_after < 2,
+        }
+
+    assert run(uvicorn_loop.new_event_loop, main()) == {
+        "plain": b"",
+        "served": b"ping",
+        "in handshake": 1,
+        "silent": b"",
+        "left": 0,
+        "served on": b"pong",
+        "reported": [],
+        "served early": True,
+        "dropped at the timeout": True,
+    }
+
+
+def client_hello(context: ssl.SSLContext) -> bytes:
+    """The first flight of a TLS handshake, as a caller sends it."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    handshake = context.wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
+    with pytest.raises(ssl.SSLWantReadError):
+        handshake.do_handshake()
+    return outgoing.read()
+
+
+def test_closing_a_tls_server_drops_the_handshakes_under_way(tls_files: TlsFiles) -> None:
+    """``close`` cancels the handshakes under way (uvicorn never sees those connections, so
+    could not shut them down), one begun and one accepted in the same turn as the close, not
+    yet begun; ``wait_closed`` returns once they have ended, their sockets closed."""
+
+    async def main() -> tuple[int, list[bytes]]:
+        loop = asyncio.get_running_loop()
+        server: Any = await loop.create_server(Echo, "127.0.0.1", 0, ssl=server_context(tls_files))
+        begun = connect_to(server, 1)[0]
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert len(server._handshakes) == 1
+        not_begun = connect_to(server, 1)[0]
+        server._accept(server.sockets[0])  # its task made, not yet run: the loop is here
+        server.close()
+        async with asyncio.timeout(1):  # not wait_for: its task would give the handshakes turns
+            await server.wait_closed()
+        left = len(server._handshakes)
+        answers = []
+        for client in (begun, not_begun):
+            client.settimeout(1)  # blocking the loop: the server must have closed it already
+            answers.append(client.recv(64))
+            client.close()
+        return left, answers
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        outcome = run(uvicorn_loop.new_event_loop, main())
+    assert outcome == (0, [b"", b""])  # closed at once, the handshake timeout being 60 s
+    assert [str(w.message) for w in caught if w.category is ResourceWarning] == []
 
 
 def test_a_connection_accepted_is_served_and_the_server_closes() -> None:
@@ -292,18 +475,6 @@ def test_a_unix_socket_path_replaces_a_stale_socket_never_another_file(tmp_path:
     assert other.read_text() == "keep me"
 
 
-def test_tls_keeps_uvloops_own_server() -> None:
-    """uvicorn's own TLS (``--ssl-certfile``) needs uvloop's handshake: its server, unchanged."""
-
-    async def main() -> str:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        server = await asyncio.get_running_loop().create_server(Echo, "127.0.0.1", 0, ssl=context)
-        server.close()
-        return type(server).__module__
-
-    assert run(uvicorn_loop.new_event_loop, main()).startswith("uvloop")
-
-
 def test_out_of_file_descriptors_pauses_accepting_then_resumes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -341,23 +512,16 @@ def test_out_of_file_descriptors_pauses_accepting_then_resumes(
     assert run(uvicorn_loop.new_event_loop, main()) == (0, 3)
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-@pytest.mark.parametrize("listen", ["tcp", "unix"])
-def test_uvicorn_serves_on_the_loop(tmp_path: Path, listen: str, workers: int) -> None:
-    """``--loop tollgate.uvicorn_loop:new_event_loop``, as ``make serve`` gives it: uvicorn binds
-    its address, TCP or a Unix socket (``--uds``, as a reverse proxy on the same host talks to
-    it), itself (one worker) or hands its workers the socket its supervisor bound (two), serves
-    callers that connect together, and stops cleanly. The app is the bench's floor endpoint: no
-    database to set up."""
-    port, path = free_port(), tmp_path / "tollgate.sock"
-    where = (
-        ("--host", "127.0.0.1", "--port", str(port)) if listen == "tcp" else ("--uds", str(path))
-    )
+@contextmanager
+def uvicorn_on_the_loop(tmp_path: Path, workers: int, *options: str) -> Iterator[Path]:
+    """uvicorn with ``options`` and ``--loop tollgate.uvicorn_loop:new_event_loop``, as ``make
+    serve`` gives it, serving the bench's floor endpoint (no database to set up) once every
+    worker has started; it must stop cleanly when terminated. Yields its log's path."""
     log_path = tmp_path / "uvicorn.log"
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
             [
-                *(sys.executable, "-m", "uvicorn", "bench.floor.asgi:application", *where),
+                *(sys.executable, "-m", "uvicorn", "bench.floor.asgi:application", *options),
                 *("--workers", str(workers), "--loop", uvicorn_loop.UVICORN_LOOP_ARG),
                 "--no-access-log",
             ],
@@ -371,16 +535,49 @@ def test_uvicorn_serves_on_the_loop(tmp_path: Path, listen: str, workers: int) -
         while log_path.read_text().count("Application startup complete") < workers:
             assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()
             time.sleep(0.05)
-        clients = connect(port, 20) if listen == "tcp" else connect_unix(str(path), 20)
-        request = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
-        for client in clients:
-            client.sendall(request)
-        for client in clients:
-            assert client.recv(64).startswith(b"HTTP/1.1 200"), log_path.read_text()
-            client.close()
+        yield log_path
     finally:
         process.terminate()
         returncode = process.wait(timeout=30)
     # One worker re-raises the SIGTERM it handled (exit -15) once shut down; a supervisor exits 0.
     assert returncode in (0, -signal.SIGTERM), log_path.read_text()
     assert "Finished server process" in log_path.read_text()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("listen", ["tcp", "unix"])
+def test_uvicorn_serves_on_the_loop(tmp_path: Path, listen: str, workers: int) -> None:
+    """uvicorn binds its address, TCP or a Unix socket (``--uds``, as a reverse proxy on the
+    same host talks to it), itself (one worker) or hands its workers the socket its supervisor
+    bound (two), serves callers that connect together, and stops cleanly."""
+    port, path = free_port(), tmp_path / "tollgate.sock"
+    where = (
+        ("--host", "127.0.0.1", "--port", str(port)) if listen == "tcp" else ("--uds", str(path))
+    )
+    with uvicorn_on_the_loop(tmp_path, workers, *where) as log_path:
+        clients = connect(port, 20) if listen == "tcp" else connect_unix(str(path), 20)
+        for client in clients:
+            client.sendall(REQUEST)
+        for client in clients:
+            assert client.recv(64).startswith(b"HTTP/1.1 200"), log_path.read_text()
+            client.close()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_uvicorn_serves_tls_on_the_loop(tmp_path: Path, tls_files: TlsFiles, workers: int) -> None:
+    """uvicorn serving TLS itself (``--ssl-keyfile``, ``--ssl-certfile``), on the address it
+    binds (one worker) or the socket its supervisor hands its workers (two): callers that
+    connect together each verify its certificate against the CA and get their answer."""
+    port = free_port()
+    tls = ("--ssl-keyfile", str(tls_files.server_key), "--ssl-certfile", str(tls_files.server_cert))
+    where = ("--host", "127.0.0.1", "--port", str(port))
+    with uvicorn_on_the_loop(tmp_path, workers, *where, *tls) as log_path:
+        context = client_context(tls_files)
+        clients = [
+            context.wrap_socket(client, server_hostname="127.0.0.1") for client in connect(port, 20)
+        ]
+        for client in clients:
+            client.sendall(REQUEST)
+        for client in clients:
+            assert client.recv(64).startswith(b"HTTP/1.1 200"), log_path.read_text()
+            client.close()

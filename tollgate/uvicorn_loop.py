@@ -10,7 +10,9 @@ once (issue #17: p99 at c200 was 16x the median, the floor endpoint's alike). He
 every connection waiting, as asyncio's own loop does: a new caller waits one turn, as any other.
 
 TCP and Unix sockets (``--uds``, and a socket uvicorn's supervisor binds for ``--workers N``) are
-served so; TLS served by uvicorn itself (``--ssl-*``) keeps uvloop's server.
+served so, plain or TLS served by uvicorn itself (``--ssl-*``): a TLS connection is accepted as
+any other, and its handshake then runs in uvloop's SSL protocol, on its own, while the loop goes on
+accepting and serving. Only options uvloop alone knows keep uvloop's server.
 
 A socket handed over (``sock=``: uvicorn's supervisor binds one for all its workers) may be shared
 with other processes, all woken when it is readable: a worker taking every waiting connection
@@ -31,6 +33,8 @@ import socket
 import stat
 import struct
 from collections.abc import Callable, Iterable
+from functools import partial
+from ssl import SSLContext
 from typing import Any
 
 import uvloop
@@ -52,7 +56,13 @@ connections waiting in its accept queue."""
 class AcceptingServer(asyncio.AbstractServer):
     """Listening sockets served by ``loop.add_reader``: each time one is readable, every waiting
     connection (up to ``backlog``) is accepted and handed to ``loop.connect_accepted_socket``;
-    from ``shared`` sockets, a fair share of them (the module's docstring)."""
+    from ``shared`` sockets, a fair share of them (the module's docstring).
+
+    With ``ssl``, each connection accepted is handed over with it and its timeouts (None:
+    uvloop's, 60 s and 30 s), and its TLS handshake runs in a task of ``_handshakes`` (a plain
+    connection's lasts a turn). A handshake that fails (a plain-http caller, a caller silent
+    until the handshake timeout, one that hangs up) closes its connection and ends its task;
+    the application never sees it."""
 
     def __init__(
         self,
@@ -61,12 +71,18 @@ class AcceptingServer(asyncio.AbstractServer):
         protocol_factory: Callable[[], asyncio.BaseProtocol],
         backlog: int,
         shared: bool = False,
+        ssl: SSLContext | None = None,
+        ssl_handshake_timeout: float | None = None,
+        ssl_shutdown_timeout: float | None = None,
     ) -> None:
         self._loop = loop
         self._sockets = list(sockets)
         self._protocol_factory = protocol_factory
         self._backlog = backlog
         self._shared = shared
+        self._ssl = ssl
+        self._ssl_handshake_timeout = ssl_handshake_timeout
+        self._ssl_shutdown_timeout = ssl_shutdown_timeout
         self._serving = False
         self._closed = loop.create_future()
         self._handshakes: set[asyncio.Task[Any]] = set()
@@ -95,18 +111,24 @@ class AcceptingServer(asyncio.AbstractServer):
         await self.wait_closed()
 
     def close(self) -> None:
-        """Stop accepting and close the listening sockets; open connections are the server's
-        (uvicorn shuts them down itself)."""
+        """Stop accepting, close the listening sockets and cancel the handshakes under way: a
+        connection not yet handed to the application is dropped, as one still waiting in the
+        accept queue is. Open connections are the application's (uvicorn shuts them down)."""
         if self._closed.done():
             return
         self._serving = False
         for sock in self._sockets:
             self._loop.remove_reader(sock.fileno())
             sock.close()
+        for handshake in self._handshakes:
+            handshake.cancel()
         self._closed.set_result(None)
 
     async def wait_closed(self) -> None:
+        """Until ``close``, and the end of the handshakes it cancelled: their sockets closed."""
         await asyncio.shield(self._closed)
+        if self._handshakes:
+            await asyncio.wait(self._handshakes)
 
     async def __aenter__(self) -> AcceptingServer:
         return self
@@ -136,7 +158,7 @@ class AcceptingServer(asyncio.AbstractServer):
                 return
             handshake = self._loop.create_task(self._connect(conn))
             self._handshakes.add(handshake)
-            handshake.add_done_callback(self._handshakes.discard)
+            handshake.add_done_callback(partial(self._connected, conn))
 
     def _share(self, sock: socket.socket) -> int:
         """This turn's take from a shared socket: half of the connections waiting, at least
@@ -148,8 +170,23 @@ class AcceptingServer(asyncio.AbstractServer):
 
     async def _connect(self, conn: socket.socket) -> None:
         try:
-            await self._loop.connect_accepted_socket(self._protocol_factory, conn)
-        except OSError:  # the caller hung up meanwhile: nothing to serve
+            await self._loop.connect_accepted_socket(
+                self._protocol_factory,
+                conn,
+                ssl=self._ssl,
+                ssl_handshake_timeout=self._ssl_handshake_timeout,
+                ssl_shutdown_timeout=self._ssl_shutdown_timeout,
+            )
+        except OSError:  # the caller hung up meanwhile, or failed the TLS handshake (SSLError)
+            conn.close()
+
+    def _connected(self, conn: socket.socket, handshake: asyncio.Task[Any]) -> None:
+        """A handshake's end. Cancelled by ``close`` before it began, its socket is closed
+        here, or nothing would close it. Cancelled mid-handshake, the socket is its transport's,
+        which uvloop closes: closing it here only marks it closed (uvloop holds an io reference
+        to it) or finds it already detached, so nothing is closed twice."""
+        self._handshakes.discard(handshake)
+        if handshake.cancelled():
             conn.close()
 
     def _resume(self, sock: socket.socket) -> None:
@@ -158,8 +195,8 @@ class AcceptingServer(asyncio.AbstractServer):
 
 
 class Loop(uvloop.Loop):
-    """uvloop, whose TCP and Unix socket servers are ``AcceptingServer``s (uvloop's own for TLS
-    and for options it alone knows)."""
+    """uvloop, whose TCP and Unix socket servers, plain or TLS (an ``ssl.SSLContext``), are
+    ``AcceptingServer``s (uvloop's own for options it alone knows)."""
 
     async def create_server(  # type: ignore[override]
         self,
@@ -173,13 +210,16 @@ class Loop(uvloop.Loop):
         backlog: int = 100,
         ssl: Any = None,
         reuse_port: bool | None = None,
+        ssl_handshake_timeout: float | None = None,
+        ssl_shutdown_timeout: float | None = None,
         start_serving: bool = True,
         **kwargs: Any,
     ) -> asyncio.AbstractServer:
         plain = (sock is None and port is not None) or (
             sock is not None and sock.type == socket.SOCK_STREAM
         )
-        if ssl is not None or kwargs or not plain:
+        tls = (ssl, ssl_handshake_timeout, ssl_shutdown_timeout)
+        if kwargs or not plain or not _served_here(*tls):
             uvloops: Any = super()
             return await uvloops.create_server(
                 protocol_factory,
@@ -191,6 +231,8 @@ class Loop(uvloop.Loop):
                 backlog=backlog,
                 ssl=ssl,
                 reuse_port=reuse_port,
+                ssl_handshake_timeout=ssl_handshake_timeout,
+                ssl_shutdown_timeout=ssl_shutdown_timeout,
                 start_serving=start_serving,
                 **kwargs,
             )
@@ -199,7 +241,7 @@ class Loop(uvloop.Loop):
             sockets = [sock]
         else:
             sockets = await self._listening_sockets(host, port, family, flags, reuse_port)
-        return await self._serve(sockets, protocol_factory, backlog, shared, start_serving)
+        return await self._serve(sockets, protocol_factory, backlog, shared, start_serving, *tls)
 
     async def create_unix_server(  # type: ignore[override]
         self,
@@ -209,12 +251,15 @@ class Loop(uvloop.Loop):
         sock: socket.socket | None = None,
         backlog: int = 100,
         ssl: Any = None,
+        ssl_handshake_timeout: float | None = None,
+        ssl_shutdown_timeout: float | None = None,
         start_serving: bool = True,
         **kwargs: Any,
     ) -> asyncio.AbstractServer:
         """A Unix socket server: bound to ``path`` (a stale socket file there is replaced, as
         asyncio and uvloop do; any other file there is an error), or on ``sock``."""
-        if ssl is not None or kwargs or (path is None) == (sock is None):
+        tls = (ssl, ssl_handshake_timeout, ssl_shutdown_timeout)
+        if kwargs or (path is None) == (sock is None) or not _served_here(*tls):
             uvloops: Any = super()
             return await uvloops.create_unix_server(
                 protocol_factory,
@@ -222,6 +267,8 @@ class Loop(uvloop.Loop):
                 sock=sock,
                 backlog=backlog,
                 ssl=ssl,
+                ssl_handshake_timeout=ssl_handshake_timeout,
+                ssl_shutdown_timeout=ssl_shutdown_timeout,
                 start_serving=start_serving,
                 **kwargs,
             )
@@ -230,7 +277,9 @@ class Loop(uvloop.Loop):
             sock = _bind_unix(os.fspath(path))
         elif sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
             raise ValueError(f"A UNIX domain stream socket was expected, got {sock!r}")
-        return await self._serve([sock], protocol_factory, backlog, path is None, start_serving)
+        return await self._serve(
+            [sock], protocol_factory, backlog, path is None, start_serving, *tls
+        )
 
     async def _serve(
         self,
@@ -239,10 +288,22 @@ class Loop(uvloop.Loop):
         backlog: int,
         shared: bool,
         start_serving: bool,
+        ssl: SSLContext | None,
+        ssl_handshake_timeout: float | None,
+        ssl_shutdown_timeout: float | None,
     ) -> AcceptingServer:
         """The server of ``sockets``; ``shared``: handed over, not bound here, so maybe shared
         with other workers (the module's docstring)."""
-        server = AcceptingServer(self, sockets, protocol_factory, backlog, shared=shared)
+        server = AcceptingServer(
+            self,
+            sockets,
+            protocol_factory,
+            backlog,
+            shared=shared,
+            ssl=ssl,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
+        )
         if start_serving:
             await server.start_serving()
         return server
@@ -273,6 +334,24 @@ class Loop(uvloop.Loop):
                 sock.close()
             raise
         return sockets
+
+
+def _served_here(
+    ssl: object, ssl_handshake_timeout: float | None, ssl_shutdown_timeout: float | None
+) -> bool:
+    """Whether an ``AcceptingServer`` serves these: no TLS, or an ``SSLContext`` with its
+    timeouts. A timeout that is not positive is refused here, before a socket is bound (uvloop
+    would refuse it at every connection accepted). The rest (a timeout without ``ssl``, an
+    ``ssl`` that is no context) is left to uvloop's server, which refuses it."""
+    if ssl is None:
+        return ssl_handshake_timeout is None and ssl_shutdown_timeout is None
+    for name, timeout in (
+        ("ssl_handshake_timeout", ssl_handshake_timeout),
+        ("ssl_shutdown_timeout", ssl_shutdown_timeout),
+    ):
+        if timeout is not None and timeout <= 0:
+            raise ValueError(f"{name} should be a positive number, got {timeout}")
+    return isinstance(ssl, SSLContext)
 
 
 def queued(sock: socket.socket) -> int | None:
