@@ -23,7 +23,7 @@ from typing import Any
 import uvloop
 
 from bench.processes import Processes
-from bench.stack import django_env, prepare_database, start_upstream, write_config
+from bench.stack import django_env, limit_tenant, prepare_database, start_upstream, write_config
 from bench.wrk import request_body
 
 
@@ -137,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             env = django_env(config, tmp / "var", "tollgate.settings")
             env["TOLLGATE_LOG_FORMAT"] = "json"
             key = prepare_database(env)
+            limit_tenant(env)  # as make bench: every call admitted and settled against limits
             os.environ.update(env)
             uvloop.install()  # as the servers run it
             with open(os.devnull, "w") as null, contextlib.redirect_stderr(null):
