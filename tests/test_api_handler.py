@@ -17,6 +17,7 @@ from bench.inprocess import post_scope
 from conftest import TenantKey, ledger_rows
 from gateway.api import routes
 from gateway.api.handler import api_application
+from gateway.tenants import auth
 
 
 @pytest.fixture
@@ -242,3 +243,33 @@ async def test_every_answer_but_a_stream_says_its_length(headers: dict[str, str]
         assert "transfer-encoding" not in answer.headers
     assert streamed.endswith(b"data: [DONE]\n\n")
     assert "content-length" not in stream_headers
+
+
+async def test_a_rate_limited_callers_headers_go_out_once_with_every_answer(
+    tenants: dict[str, TenantKey], gateway_runtime: Any
+) -> None:
+    """The policy's x-ratelimit-* headers are sent by the handler itself (not set on Django's
+    response): each once, with a whole answer and with a stream, beside the answer's own."""
+    alice = tenants["alice"]
+    alice.tenant.rpm_limit, alice.tenant.tpm_limit = 100, 100_000
+    await sync_to_async(alice.tenant.save)()
+    auth._key_cache.clear()
+    gateway_runtime(answer_everything)
+    headers = {"authorization": f"Bearer {alice.raw}"}
+    async with api_client() as client:
+        whole = await client.post("/v1/chat/completions", headers=headers, json=CHAT)
+        async with client.stream(
+            "POST", "/v1/chat/completions", headers=headers, json={**CHAT, "stream": True}
+        ) as stream:
+            await stream.aread()
+    for answer, requests_left in ((whole, "99"), (stream, "98")):
+        assert answer.status_code == 200
+        for name in ("limit-requests", "remaining-requests", "reset-requests", "limit-tokens"):
+            assert len(answer.headers.get_list(f"x-ratelimit-{name}")) == 1, (name, answer)
+        assert answer.headers["x-ratelimit-limit-requests"] == "100"
+        assert answer.headers["x-ratelimit-remaining-requests"] == requests_left
+        assert answer.headers["x-request-id"].startswith("req_")
+        assert answer.headers["content-type"].startswith(
+            "application/json" if answer is whole else "text/event-stream"
+        )
+    assert whole.headers["content-length"] == str(len(whole.content))

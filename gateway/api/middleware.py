@@ -22,6 +22,11 @@ from providers.errors import GatewayError
 from providers.ids import time_ordered_hex
 
 Handler = Callable[[HttpRequest], Awaitable[HttpResponseBase]]
+GATEWAY_HEADERS = "gateway_headers"
+"""An answer's attribute: headers the gateway made itself, ASCII by construction (the policy's
+``x-ratelimit-*``), which ``ApiHandler.send_response`` sends after the answer's own without
+Django's checks of each header set on a response. Only that handler sends them: it serves every
+``/v1/`` request (``tollgate.asgi``); Django's test clients, which have their own, do not."""
 
 
 def stamp(response: HttpResponseBase, path: str, request_id: str | None = None) -> str:
@@ -63,8 +68,7 @@ def finish(request: HttpRequest, response: HttpResponseBase, started: float) -> 
         response["x-tollgate-deployment"] = route.deployment
         response["x-tollgate-attempts"] = str(call.attempts)
     if call.admission is not None:  # a rate-limited caller learns where it stands
-        for name, value in call.admission.headers.items():
-            response[name] = value
+        setattr(response, GATEWAY_HEADERS, call.admission.headers)
     return response
 
 
