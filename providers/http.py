@@ -88,7 +88,7 @@ class UpstreamTransport(AiohttpTransport):
         except httpx.RequestNotRead:  # a streamed body: aiohttp reads it from httpx's stream
             return await super().handle_async_request(request)
         extensions = request.extensions
-        with map_aiohttp_exceptions():
+        try:
             answer = await self.client.request(
                 request.method,
                 str(request.url),
@@ -106,6 +106,9 @@ class UpstreamTransport(AiohttpTransport):
                 body = await answer.read()
             finally:
                 answer.release()  # the connection back to the pool, or closed on a failure
+        except Exception:  # mapped as the stock transport maps it: entered on a failure only
+            with map_aiohttp_exceptions():
+                raise
         response = self._response(request, answer, httpx.ByteStream(body))
         if answer.headers.get("content-encoding", "identity") == "identity":
             response._content = body  # as ``read`` would set it, without its chunk pipeline
@@ -207,26 +210,37 @@ class UpstreamClient(httpx.AsyncClient):
 _NO_COOKIES = _NoCookies()
 
 
-@contextlib.contextmanager
-def upstream_errors(provider: str) -> Iterator[None]:
-    """Turn transport failures into the error tree.
+TRANSPORT_FAILURES = (httpx.TransportError, httpx.DecodingError)
+"""What ``upstream_error`` classifies: a failure of the upstream's connection or of its bytes."""
+
+
+def upstream_error(provider: str, exc: httpx.TransportError | httpx.DecodingError) -> ProviderError:
+    """A transport failure in the error tree.
 
     The aiohttp transport reports a refused or dropped connection as ``httpx.ConnectTimeout``;
     that is an unreachable upstream (502), not a timeout. A read that waits too long is a 504.
     An answer whose compression is broken is the upstream's fault too (502).
     """
+    if isinstance(exc, (httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout)):
+        return UpstreamTimeout(f"The upstream provider '{provider}' timed out.")
+    if isinstance(exc, httpx.TransportError):
+        return UpstreamUnavailable(
+            f"The upstream provider '{provider}' could not be reached or closed the connection."
+        )
+    return UpstreamUnavailable(
+        f"The upstream provider '{provider}' sent an answer that could not be decoded."
+    )
+
+
+@contextlib.contextmanager
+def upstream_errors(provider: str) -> Iterator[None]:
+    """Turn transport failures into the error tree (``upstream_error``). The JSON path, a
+    call's every step, says ``except TRANSPORT_FAILURES`` itself: a context manager is a
+    generator made, entered and left, on every call."""
     try:
         yield
-    except (httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout) as exc:
-        raise UpstreamTimeout(f"The upstream provider '{provider}' timed out.") from exc
-    except httpx.TransportError as exc:
-        raise UpstreamUnavailable(
-            f"The upstream provider '{provider}' could not be reached or closed the connection."
-        ) from exc
-    except httpx.DecodingError as exc:  # a compressed answer that does not decompress
-        raise UpstreamUnavailable(
-            f"The upstream provider '{provider}' sent an answer that could not be decoded."
-        ) from exc
+    except TRANSPORT_FAILURES as exc:
+        raise upstream_error(provider, exc) from exc
 
 
 def upstream_error_detail(body: bytes) -> tuple[str | None, str | None, str | None]:
@@ -288,15 +302,29 @@ async def send_checked(
 ) -> httpx.Response:
     """Send ``request`` and return the streamed response once its status is known to be 2xx.
     The caller closes the response."""
-    with upstream_errors(provider):
-        response = await client.send_upstream(request)
     try:
-        with upstream_errors(provider):
-            await raise_for_upstream_status(provider, response)
-    except BaseException:
-        await response.aclose()
-        raise
+        response = await client.send_upstream(request)
+    except TRANSPORT_FAILURES as exc:
+        raise upstream_error(provider, exc) from exc
+    if response.status_code >= 400:
+        try:
+            with upstream_errors(provider):
+                await raise_for_upstream_status(provider, response)  # it raises
+        finally:
+            await response.aclose()
     return response
+
+
+async def _post(
+    client: UpstreamClient,
+    provider: str,
+    url: httpx.URL,
+    headers: dict[str, str],
+    body: dict[str, Any],
+    whole: bool,
+) -> httpx.Response:
+    request = client.upstream("POST", url, headers, orjson.dumps(body), whole=whole)
+    return await send_checked(client, provider, request)
 
 
 @contextlib.asynccontextmanager
@@ -310,8 +338,7 @@ async def post_json(
 ) -> AsyncIterator[httpx.Response]:
     """POST ``body`` and yield the response once its status is known to be 2xx: streamed, or
     ``whole`` (read before it is yielded: ``READ_WHOLE``)."""
-    request = client.upstream("POST", url, headers, orjson.dumps(body), whole=whole)
-    response = await send_checked(client, provider, request)
+    response = await _post(client, provider, url, headers, body, whole)
     try:
         yield response
     finally:
@@ -328,9 +355,13 @@ async def post_for_json(
     what: str,
 ) -> tuple[bytes, dict[str, Any]]:
     """POST ``body`` and read the whole answer (``READ_WHOLE``): its bytes and its JSON object,
-    which ``is_answer`` must accept (``read_json_object``)."""
-    async with post_json(client, provider, url, headers, body, whole=True) as response:
+    which ``is_answer`` must accept (``read_json_object``). As ``post_json``, without an
+    asynchronous context manager made for each call."""
+    response = await _post(client, provider, url, headers, body, whole=True)
+    try:
         return await read_json_object(response, provider, is_answer, what)
+    finally:
+        await response.aclose()
 
 
 def json_object(raw: bytes) -> dict[str, Any] | None:
@@ -347,8 +378,10 @@ async def read_json_object(
 ) -> tuple[bytes, dict[str, Any]]:
     """Read a whole upstream answer: its bytes and its JSON object, which ``is_answer`` must
     accept; anything else means the upstream broke (502)."""
-    with upstream_errors(provider):
+    try:
         raw = await response.aread()
+    except TRANSPORT_FAILURES as exc:
+        raise upstream_error(provider, exc) from exc
     data = json_object(raw)
     if data is None or not is_answer(data):
         raise UpstreamUnavailable(
