@@ -69,6 +69,7 @@ Steps = Callable[["Call", HttpRequest], Awaitable[HttpResponseBase]]
 
 SESSION_HEADER = "x-claude-code-session-id"
 """A client's session id: its calls keep to one deployment (``Call.affinity_key``)."""
+_SESSION_META = "HTTP_" + SESSION_HEADER.upper().replace("-", "_")  # as Django's META names it
 
 
 async def serve(request: HttpRequest, endpoint: Endpoint, steps: Steps) -> HttpResponseBase:
@@ -76,8 +77,9 @@ async def serve(request: HttpRequest, endpoint: Endpoint, steps: Steps) -> HttpR
     caller: Caller = request.auth  # type: ignore[attr-defined]
     call = Call(get_runtime(), caller, endpoint, error_renderer_for(request.path))
     request.call = call  # type: ignore[attr-defined]  # its headers: gateway.api.middleware
-    call.affinity_key = request.headers.get(SESSION_HEADER)
-    call.traceparent = request.headers.get("traceparent")
+    meta = request.META  # not request.headers: a dict of every header built for two lookups
+    call.affinity_key = meta.get(_SESSION_META)
+    call.traceparent = meta.get("HTTP_TRACEPARENT")
     return await call.run(lambda: steps(call, request))
 
 

@@ -94,7 +94,7 @@ _key_cache = KeyCache()
 
 
 def bearer_token(request: HttpRequest) -> str | None:
-    header = request.headers.get("authorization", "")
+    header = request.META.get("HTTP_AUTHORIZATION", "")  # as request.headers, which it builds
     scheme, _, token = header.partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
@@ -104,7 +104,7 @@ def bearer_token(request: HttpRequest) -> str | None:
 async def caller_of(request: HttpRequest, *, x_api_key: bool = False) -> Caller:
     """Who sent ``request``: its key as Bearer (or, on Anthropic's API, ``x-api-key``, which
     wins), checked against its client address's allowance of failures."""
-    key = request.headers.get("x-api-key") if x_api_key else None
+    key = request.META.get("HTTP_X_API_KEY") if x_api_key else None
     return await authenticate(key or bearer_token(request), client_address(request))
 
 
