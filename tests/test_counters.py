@@ -106,3 +106,32 @@ async def test_a_settlement_that_would_change_nothing_is_not_sent(
     finally:
         await redis.aclose()
     assert sent == ["tg:rl:tenant:1:tpm"]  # the budget's settlement alone
+
+
+def test_a_window_in_memory_keeps_what_a_count_of_its_seconds_gives_the_clock_going_back_too() -> (
+    None
+):
+    """``_Window`` keeps its total and its oldest second as counts come (the clock sometimes
+    stepping back, as a wall clock may) and go: at every step, what summing its seconds afresh
+    gives, as the counters did before it kept them."""
+    from gateway.limits.counters import WINDOW_SECONDS, _Window
+
+    draw = random.Random(7)
+    window, seconds = _Window(), {}  # the same counts, kept plainly
+    now = START
+    for _ in range(3000):
+        now += draw.choice([0, 0, 1, 1, 2, 7, 61, -1, -3])  # a step back now and then
+        window.at(now)
+        seconds = {s: c for s, c in seconds.items() if s >= now - WINDOW_SECONDS + 1}
+        assert list(window.buckets) == sorted(seconds) and window.buckets == seconds
+        assert window.total == sum(seconds.values())
+        assert window.reset(now) == (min(seconds) + WINDOW_SECONDS - now if seconds else 0)
+        count = draw.randrange(1, 50)
+        window.add(now, count)
+        seconds[now] = seconds.get(now, 0) + count
+        if draw.random() < 0.3:  # a settlement: a second still kept gets more or fewer
+            second = draw.choice(list(seconds))
+            delta = draw.randrange(-seconds[second], 20)
+            window.add(second, delta)
+            seconds[second] += delta
+    assert window.total == sum(seconds.values())

@@ -98,8 +98,40 @@ def _retry_after(buckets: dict[int, int], total: int, limit: int, need: int, now
     return WINDOW_SECONDS
 
 
-def _reset(buckets: dict[int, int], now: int) -> int:
-    return min(buckets) + WINDOW_SECONDS - now if buckets else 0
+class _Window:
+    """A rate window in memory: a count per second of the last ``WINDOW_SECONDS``, oldest first,
+    and their total, kept as counts come and go: a call looks at its window without a pass over
+    its sixty seconds (three each call, when the total was summed and the old seconds sought)."""
+
+    __slots__ = ("buckets", "total")
+
+    def __init__(self) -> None:
+        self.buckets: dict[int, int] = {}  # second -> count, in order of second
+        self.total = 0
+
+    def at(self, now: int) -> _Window:
+        """The window as of ``now``: the seconds before it dropped."""
+        buckets, oldest = self.buckets, now - WINDOW_SECONDS + 1
+        while buckets:
+            first = next(iter(buckets))
+            if first >= oldest:
+                break
+            self.total -= buckets.pop(first)
+        return self
+
+    def add(self, second: int, count: int) -> None:
+        buckets = self.buckets
+        if second in buckets:
+            buckets[second] += count
+        else:
+            if buckets and second < next(reversed(buckets)):  # the clock went back: re-order
+                self.buckets = buckets = dict(sorted({**buckets, second: 0}.items()))
+            buckets[second] = count
+        self.total += count
+
+    def reset(self, now: int) -> int:
+        """Seconds until the oldest count leaves the window (0: empty)."""
+        return next(iter(self.buckets)) + WINDOW_SECONDS - now if self.buckets else 0
 
 
 class MemoryCounters:
@@ -108,15 +140,14 @@ class MemoryCounters:
     counts_at_once = True
 
     def __init__(self) -> None:
-        self._windows: dict[str, dict[int, int]] = {}
+        self._windows: dict[str, _Window] = {}
         self._budgets: dict[str, list[int]] = {}  # key -> [spent, reserved]
 
-    def _window(self, key: str, now: int) -> tuple[dict[int, int], int]:
-        buckets = self._windows.setdefault(key, {})
-        oldest = now - WINDOW_SECONDS + 1
-        for second in [s for s in buckets if s < oldest]:
-            del buckets[second]
-        return buckets, sum(buckets.values())
+    def _window(self, key: str, now: int) -> _Window:
+        window = self._windows.get(key)
+        if window is None:
+            window = self._windows[key] = _Window()
+        return window.at(now)
 
     async def admit(self, checks: list[Check], now: int) -> Verdict:
         return self.admit_now(checks, now)
@@ -134,9 +165,10 @@ class MemoryCounters:
             for kind, limit, need in (("rpm", check.rpm, 1), ("tpm", check.tpm, check.tokens)):
                 if limit is None:
                     continue
-                buckets, total = self._window(f"{check.scope}:{kind}", now)
-                if total + need > limit:
-                    return Verdict(kind, index, _retry_after(buckets, total, limit, need, now))
+                window = self._window(f"{check.scope}:{kind}", now)
+                if window.total + need > limit:
+                    retry = _retry_after(window.buckets, window.total, limit, need, now)
+                    return Verdict(kind, index, retry)
         verdict = Verdict()
         for check in checks:
             if check.cap is not None:
@@ -146,9 +178,9 @@ class MemoryCounters:
                 if limit is None:
                     counts += [0, 0]
                     continue
-                buckets = self._windows[f"{check.scope}:{kind}"]
-                buckets[now] = buckets.get(now, 0) + need
-                counts += [sum(buckets.values()), _reset(buckets, now)]
+                window = self._windows[f"{check.scope}:{kind}"]
+                window.add(now, need)
+                counts += [window.total, window.reset(now)]
             verdict.windows.append(Window(*counts))
         return verdict
 
@@ -166,9 +198,9 @@ class MemoryCounters:
     def settle_now(self, checks: list[Check], second: int, tokens: int, cost: int) -> None:
         for check in checks:
             if check.tpm is not None and tokens != check.tokens:
-                buckets = self._windows.get(f"{check.scope}:tpm", {})
-                if second in buckets:
-                    buckets[second] += tokens - check.tokens
+                window = self._windows.get(f"{check.scope}:tpm")
+                if window is not None and second in window.buckets:
+                    window.add(second, tokens - check.tokens)
             if check.cap is not None and (budget := self._budgets.get(check.budget_key)):
                 budget[0] += cost
                 budget[1] -= check.reserve
@@ -177,9 +209,9 @@ class MemoryCounters:
         """(window, second, count) of the rate windows' last 60 seconds."""
         oldest = now - WINDOW_SECONDS + 1
         return [
-            (window, second, count)
-            for window, buckets in self._windows.items()
-            for second, count in buckets.items()
+            (name, second, count)
+            for name, window in self._windows.items()
+            for second, count in window.buckets.items()
             if second >= oldest and count
         ]
 
