@@ -61,7 +61,9 @@ def clean_row(row: Row) -> Row:
     without a request id gets one: the id is what keeps a replayed row from counting twice."""
     for name, limit in _TEXT_FIELDS:
         value = row.get(name)
-        if isinstance(value, str):
+        if isinstance(value, str) and (
+            not value.isascii() or "\x00" in value or (limit and len(value) > limit)
+        ):  # the rest, nearly every value, is kept as it is without a call
             row[name] = _clean_text(value, limit)
     for name, low, high in _INT_FIELDS:
         value = row.get(name)
