@@ -100,7 +100,7 @@ class OpenAIProvider(BaseProvider):
         body.pop("stream_options", None)
         raw, data = await self._post_for_json(self.url, body, "choices", "a chat completion")
         usage = Usage.from_openai(data.get("usage"))
-        return ChatResponse.model_construct(body=data, usage=usage, raw=raw)
+        return ChatResponse(body=data, usage=usage, raw=raw)
 
     async def stream(
         self, request: ChatRequest, upstream_model: str

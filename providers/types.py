@@ -9,14 +9,13 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict
-
 Operation = Literal["chat", "embeddings", "images", "speech", "transcription"]
 """What a model can be called for; config.toml's ``operations`` lists a model's."""
 OPERATIONS: tuple[Operation, ...] = get_args(Operation)
 
 
-class Usage(BaseModel):
+@dataclass(slots=True)
+class Usage:
     """Token usage of one call; ``None`` where the upstream did not say.
 
     ``prompt_tokens`` counts all input tokens, cached ones included; ``cache_read_tokens`` and
@@ -52,7 +51,7 @@ class Usage(BaseModel):
             return cls()
         prompt_details = usage.get(prompt + "_details") or {}
         completion_details = usage.get(completion + "_details") or {}
-        return cls.model_construct(
+        return cls(
             prompt_tokens=usage.get(prompt),
             completion_tokens=usage.get(completion),
             total_tokens=usage.get("total_tokens"),
@@ -63,14 +62,13 @@ class Usage(BaseModel):
         )
 
 
-class ChatResponse(BaseModel):
+@dataclass(slots=True)
+class ChatResponse:
     """A complete (non-streamed) answer.
 
     ``body`` is the ``chat.completion`` object the client receives. ``raw`` holds the upstream's
     own bytes when they can go to the client unchanged, so the gateway does not re-encode them.
     """
-
-    model_config = ConfigDict(arbitrary_types_allowed=True)
 
     body: dict[str, Any]
     usage: Usage

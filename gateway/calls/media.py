@@ -14,6 +14,7 @@ read the body, capped) and forwarded as multipart; its file is held to TOLLGATE_
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -99,7 +100,7 @@ async def transcriptions(call: Call, request: HttpRequest) -> HttpResponseBase:
     if units is None or units.audio_seconds is None:
         # The upstream did not say how long the audio was (text, srt and vtt answers never
         # do): bill the gateway's estimate from the upload, marked as estimated.
-        usage, units = usage.model_copy(update={"estimated": True}), estimate
+        usage, units = dataclasses.replace(usage, estimated=True), estimate
     return call.answer_json(answer.raw, usage, units, answer.content_type)
 
 

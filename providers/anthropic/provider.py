@@ -129,9 +129,7 @@ class AnthropicProvider(BaseProvider):
         body = to_anthropic(request, upstream_model, self.config)
         _, message = await self._post_for_json(body, None, _is_message, "a message")
         usage = usage_from_anthropic(message.get("usage"))
-        return ChatResponse.model_construct(
-            body=from_anthropic(message, request.model), usage=usage, raw=None
-        )
+        return ChatResponse(body=from_anthropic(message, request.model), usage=usage, raw=None)
 
     async def stream(
         self, request: ChatRequest, upstream_model: str
