@@ -165,12 +165,16 @@ class ApiHandler(ASGIHandler):
         prefix = settings.FORCE_SCRIPT_NAME or scope.get("root_path", "")
         if prefix:  # else "/", which Django takes when none is set: a context write saved
             set_script_prefix(prefix)
-        request, early_response = self.create_request(scope, body)
+        request, early_response = self.create_request(scope, io.BytesIO(body))
         if request is None:
             assert early_response is not None  # create_request returns one or the other
             count_without_call(scope["path"], early_response.status_code)
             await self.send_response(early_response, send)
             return
+        if scope["path"] not in UPLOAD_PATHS:
+            # The body is read and held to its limit (``_read_body``): Django's ``body`` would
+            # check its size again, read it from the stream and wrap it in a new one.
+            request._body = body
 
         answering = False
         direct = CALLS.get(request.path_info) if request.method == "POST" else None
@@ -303,7 +307,7 @@ class ApiHandler(ASGIHandler):
         request_answered(request_id, scope.get("method", ""), path, response)
         await self.send_response(response, send)
 
-    async def _read_body(self, receive: Any, scope: Scope) -> io.BytesIO:
+    async def _read_body(self, receive: Any, scope: Scope) -> bytes:
         """The whole body, or ``PayloadTooLarge`` as soon as it is known to exceed the path's
         limit: at once when Content-Length says so (the server discards what the client still
         sends, and the client then reads the 413)."""
@@ -323,7 +327,7 @@ class ApiHandler(ASGIHandler):
                 raise too_large(scope["path"], limit)
             parts.append(chunk)
             if not message.get("more_body", False):
-                return io.BytesIO(b"".join(parts))
+                return b"".join(parts)
 
 
 api_application = ApiHandler()
