@@ -26,6 +26,9 @@ from bench.processes import Processes
 from bench.stack import django_env, limit_tenant, prepare_database, start_upstream, write_config
 from bench.wrk import request_body
 
+WARM_UP_MAX = 1000
+"""The warm-up's calls: as many as a round's, up to this."""
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -111,7 +114,7 @@ async def _measure(args: argparse.Namespace, key: str) -> None:
     application, get_runtime = asgi.application, asgi.runtime.get_runtime
     await get_runtime().start()
     try:
-        await _round(application, key, min(args.calls, 1000), args.concurrency)  # warm-up
+        await _round(application, key, min(args.calls, WARM_UP_MAX), args.concurrency)  # warm-up
         results = [
             await _round(application, key, args.calls, args.concurrency) for _ in range(args.rounds)
         ]
