@@ -21,14 +21,17 @@ def test_gateway_postgres_gets_a_database_of_its_own_dropped_after_the_run() -> 
         pytest.skip("PostgreSQL does not answer on 127.0.0.1:5432")
     made = create_database(SERVER)
     name = urlsplit(made).path.lstrip("/")
-    assert name.startswith("tollgate_bench_")
-    assert urlsplit(made)._replace(path="") == urlsplit(SERVER)._replace(path="")  # same server
-    left_open = psycopg.connect(made)  # a gateway's connection the stop did not close
     try:
-        assert left_open.execute("SELECT current_database()").fetchone() == (name,)
-        drop_database(SERVER, made)
+        assert name.startswith("tollgate_bench_")
+        assert urlsplit(made)._replace(path="") == urlsplit(SERVER)._replace(path="")
+        left_open = psycopg.connect(made)  # a gateway's connection the stop did not close
+        try:
+            assert left_open.execute("SELECT current_database()").fetchone() == (name,)
+            drop_database(SERVER, made)
+        finally:
+            left_open.close()
+        with psycopg.connect(SERVER) as conn:
+            found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+            assert found.fetchall() == []
     finally:
-        left_open.close()
-    with psycopg.connect(SERVER) as conn:
-        found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchall()
-    assert found == []
+        drop_database(SERVER, made)  # IF EXISTS: a failed check leaves no database behind
