@@ -46,6 +46,7 @@ from providers.types import (
     StreamChunk,
     Units,
     Usage,
+    token_count,
 )
 
 _RESPONSE_ENDS = frozenset({"response.completed", "response.incomplete", "response.failed"})
@@ -267,18 +268,14 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def _count(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
 def image_usage(usage: Any) -> Usage:
     """gpt-image models report ``{input_tokens, output_tokens, total_tokens}``."""
     if not isinstance(usage, dict):
         return Usage()
     return Usage(
-        prompt_tokens=_count(usage.get("input_tokens")),
-        completion_tokens=_count(usage.get("output_tokens")),
-        total_tokens=_count(usage.get("total_tokens")),
+        prompt_tokens=token_count(usage.get("input_tokens")),
+        completion_tokens=token_count(usage.get("output_tokens")),
+        total_tokens=token_count(usage.get("total_tokens")),
     )
 
 
@@ -294,9 +291,9 @@ def transcription_usage(data: dict[str, Any]) -> tuple[Usage, Decimal | None]:
         seconds = _seconds(usage.get("seconds"))
     elif usage.get("type") == "tokens":
         tokens = Usage(
-            prompt_tokens=_count(usage.get("input_tokens")),
-            completion_tokens=_count(usage.get("output_tokens")),
-            total_tokens=_count(usage.get("total_tokens")),
+            prompt_tokens=token_count(usage.get("input_tokens")),
+            completion_tokens=token_count(usage.get("output_tokens")),
+            total_tokens=token_count(usage.get("total_tokens")),
         )
     if seconds is None:
         seconds = _seconds(data.get("duration"))

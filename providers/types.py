@@ -34,32 +34,42 @@ class Usage:
     abandoned before its answer, a transcription whose upstream did not say how long it was."""
 
     @classmethod
-    def from_openai(cls, usage: dict[str, Any] | None) -> Usage:
+    def from_openai(cls, usage: Any) -> Usage:
         """Read OpenAI's ``usage`` object (CompletionUsage)."""
         return cls._read(usage, "prompt_tokens", "completion_tokens")
 
     @classmethod
-    def from_responses(cls, usage: dict[str, Any] | None) -> Usage:
+    def from_responses(cls, usage: Any) -> Usage:
         """Read the Responses API's ``usage`` object (ResponseUsage)."""
         return cls._read(usage, "input_tokens", "output_tokens")
 
     @classmethod
-    def _read(cls, usage: dict[str, Any] | None, prompt: str, completion: str) -> Usage:
+    def _read(cls, usage: Any, prompt: str, completion: str) -> Usage:
         """The two APIs' usage objects differ only in names: ``<prompt>``, ``<completion>``,
-        their ``_details`` (cached and reasoning tokens) and ``total_tokens``."""
-        if not usage:
+        their ``_details`` (cached and reasoning tokens) and ``total_tokens``. What is not a
+        count where one belongs (an upstream's text, a fraction, an object) is not said: the
+        call is answered and billed on what is, never failed over its usage."""
+        if not isinstance(usage, dict):
             return cls()
-        prompt_details = usage.get(prompt + "_details") or {}
-        completion_details = usage.get(completion + "_details") or {}
+        prompt_details = usage.get(prompt + "_details")
+        completion_details = usage.get(completion + "_details")
         return cls(
-            prompt_tokens=usage.get(prompt),
-            completion_tokens=usage.get(completion),
-            total_tokens=usage.get("total_tokens"),
-            cache_read_tokens=prompt_details.get("cached_tokens"),
-            cache_write_tokens=None,
-            reasoning_tokens=completion_details.get("reasoning_tokens"),
-            estimated=False,
+            prompt_tokens=token_count(usage.get(prompt)),
+            completion_tokens=token_count(usage.get(completion)),
+            total_tokens=token_count(usage.get("total_tokens")),
+            cache_read_tokens=token_count(prompt_details.get("cached_tokens"))
+            if isinstance(prompt_details, dict)
+            else None,
+            reasoning_tokens=token_count(completion_details.get("reasoning_tokens"))
+            if isinstance(completion_details, dict)
+            else None,
         )
+
+
+def token_count(value: Any) -> int | None:
+    """``value`` when an upstream's JSON gave a count there (an integer, not a boolean), else
+    None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 @dataclass(slots=True)

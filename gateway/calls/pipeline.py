@@ -396,11 +396,12 @@ class Call:
         """Queue the call's ledger row: its tokens, its other ``units`` if any, and its cost;
         for a failed call, its ``error`` code and the ``message`` the caller was told, redacted
         (``providers.redaction``) before the ledger cuts it to its column.
-        Exactly once: a second record of the same call is a bug, logged and dropped."""
+        Exactly once: a second record of the same call is a bug, logged and dropped. The call
+        counts as recorded once its row is made: a failure while making it (a value the cost
+        cannot use) leaves the error answer's row to be recorded instead, not none."""
         if self.recorded:
             log.error("call %s recorded twice; the second record is dropped", self.request_id)
             return
-        self.recorded = True
         self.ended = time.perf_counter()
         route = self.route
         total = usage.total_tokens
@@ -440,6 +441,7 @@ class Call:
             row["image_count"] = units.images
             row["input_characters"] = units.characters
             row["audio_seconds"] = units.audio_seconds
+        self.recorded = True
         if self.keeps_row:
             self.runtime.ledger.record(row)
             if self.admission is not None:
