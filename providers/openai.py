@@ -146,11 +146,16 @@ class OpenAIProvider(BaseProvider):
                         raise UpstreamUnavailable(
                             f"The upstream provider '{self.name}' sent an invalid event."
                         )
-                    kind = payload.get("type") or event or ""
+                    kind = payload.get("type")
+                    if not isinstance(kind, str) or not kind:
+                        kind = event or ""
                     usage = None
                     if kind in _RESPONSE_ENDS:
                         finished = True
-                        usage = Usage.from_responses((payload.get("response") or {}).get("usage"))
+                        ended = payload.get("response")
+                        usage = Usage.from_responses(
+                            ended.get("usage") if isinstance(ended, dict) else None
+                        )
                     elif kind == "error":
                         raise self._stream_error(payload.get("error") or payload)
                     raw = b"event: " + kind.encode() + b"\ndata: " + data + b"\n\n"
