@@ -117,7 +117,7 @@ class OpenAIProvider(BaseProvider):
                         return
                     chunk = self._parse_chunk(data)
                     finished = finished or any(
-                        choice.get("finish_reason") for choice in chunk.payload.get("choices") or ()
+                        choice.get("finish_reason") for choice in chunk.choices
                     )
                     yield chunk
         if not finished:
@@ -135,9 +135,9 @@ class OpenAIProvider(BaseProvider):
         self, body: dict[str, Any], upstream_model: str
     ) -> AsyncGenerator[NativeEvent, None]:
         """Stream a Responses request as it is; each event as the upstream sent it, with the
-        usage once ``response.completed`` (or ``.incomplete``, ``.failed``) carries it."""
+        usage once ``response.completed`` (or ``.incomplete``, ``.failed``) carries it. That
+        event ends the stream: whatever an upstream sends after it is not passed on."""
         body = {**body, "model": upstream_model, "stream": True}
-        finished = False
         async with self._post(body, self.responses_url) as response:
             with upstream_errors(self.name):
                 async for event, data in iter_sse(response.aiter_bytes()):
@@ -151,7 +151,6 @@ class OpenAIProvider(BaseProvider):
                         kind = event or ""
                     usage = None
                     if kind in _RESPONSE_ENDS:
-                        finished = True
                         ended = payload.get("response")
                         usage = Usage.from_responses(
                             ended.get("usage") if isinstance(ended, dict) else None
@@ -160,8 +159,9 @@ class OpenAIProvider(BaseProvider):
                         raise self._stream_error(payload.get("error") or payload)
                     raw = b"event: " + kind.encode() + b"\ndata: " + data + b"\n\n"
                     yield NativeEvent(raw, usage, kind.endswith(".delta"))
-        if not finished:
-            raise ended_early(self.name)
+                    if kind in _RESPONSE_ENDS:
+                        return
+        raise ended_early(self.name)
 
     async def stored_response(self, method: str, path: str) -> bytes:
         """``GET`` or ``DELETE`` of a response the upstream keeps: ``path`` is its id, with

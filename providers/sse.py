@@ -26,7 +26,7 @@ async def iter_sse(chunks: AsyncIterable[bytes]) -> AsyncIterator[tuple[str | No
             elif line.startswith(b"data:"):
                 data.append(line[6:] if line[5:6] == b" " else line[5:])
             elif line.startswith(b"event:"):
-                event = line[6:].strip().decode()
+                event = line[6:].strip().decode(errors="replace")  # an upstream's, maybe not UTF-8
             # comments (":") and other fields (id, retry) carry nothing we use
     if data:
         yield event, b"\n".join(data)

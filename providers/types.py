@@ -119,8 +119,22 @@ class StreamChunk:
     usage: Usage | None = None
 
     @property
+    def choices(self) -> list[dict[str, Any]]:
+        """The chunk's choices that are objects (``choices_of``)."""
+        return choices_of(self.payload)
+
+    @property
     def is_usage_only(self) -> bool:
-        return self.usage is not None and not self.payload.get("choices")
+        return self.usage is not None and not self.choices
+
+
+def choices_of(chunk: dict[str, Any]) -> list[dict[str, Any]]:
+    """The choices of a ``chat.completion.chunk`` an upstream sent, those that are objects:
+    none when its ``choices`` is not a list."""
+    choices = chunk.get("choices")
+    if not isinstance(choices, list):
+        return []
+    return [choice for choice in choices if isinstance(choice, dict)]
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ test database with this process.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import signal
@@ -30,6 +31,7 @@ from gateway import runtime
 from gateway.models import ApiKey, Tenant, UsageRecord
 from gateway.tenants import auth
 from gateway.usage.ledger import LedgerWriter
+from providers.base import BaseProvider
 from providers.config import GatewayConfig, load_config
 from providers.factory import ProviderFactory
 from tollgate.uvicorn_loop import UVICORN_LOOP_ARG
@@ -166,9 +168,7 @@ def write_config(path: Path, upstream: str, **provider_options: object) -> Path:
     0.006 per minute; ``embed-test``, ``image-test``, ``gpt-image-test``, ``tts-test`` and
     ``stt-test`` serve one operation each; ``claude-media`` is an Anthropic model that declares
     every operation (its provider implements chat only)."""
-    options = "".join(
-        f"{key} = {value!r}\n".replace("'", '"') for key, value in provider_options.items()
-    )
+    options = "".join(f"{key} = {json.dumps(value)}\n" for key, value in provider_options.items())
     text = f"""
 [providers.fake]
 type = "openai"
@@ -213,14 +213,16 @@ UpstreamHandler = Callable[[httpx.Request], httpx.Response]
 @pytest.fixture
 def gateway_runtime(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Callable[[UpstreamHandler], runtime.Runtime]]:
-    """Install a runtime whose upstream is ``handler``; its ledger is flushed by hand."""
+) -> Iterator[Callable[..., runtime.Runtime]]:
+    """Install a runtime whose upstream is ``handler`` (``mock_config``'s configuration); its
+    ledger is flushed by hand. Each install is a new runtime: a new router, say, with no
+    deployment cooling down from a call before."""
     monkeypatch.setenv("FAKE_UPSTREAM_KEY", "sk-upstream-secret")
-    config: GatewayConfig = load_config(
-        write_config(tmp_path / "config.toml", "http://upstream.test")
-    )
 
-    def install(handler: UpstreamHandler) -> runtime.Runtime:
+    def install(
+        handler: UpstreamHandler, extra_config: str = "", **provider_options: object
+    ) -> runtime.Runtime:
+        config = mock_config(tmp_path, extra_config, **provider_options)
         current = runtime.Runtime(
             config=config,
             factory=ProviderFactory(config, transport=lambda _: httpx.MockTransport(handler)),
@@ -231,6 +233,27 @@ def gateway_runtime(
 
     yield install
     runtime.install(None)
+
+
+def mock_config(
+    tmp_path: Path, extra_config: str = "", **provider_options: object
+) -> GatewayConfig:
+    """``write_config``'s configuration (with ``extra_config``'s TOML after it), its upstream a
+    name only a mock transport answers."""
+    path = write_config(tmp_path / "config.toml", "http://upstream.test", **provider_options)
+    if extra_config:
+        path.write_text(path.read_text() + extra_config)
+    return load_config(path)
+
+
+def provider_answering(
+    tmp_path: Path, handler: UpstreamHandler, **provider_options: object
+) -> BaseProvider:
+    """The ``fake`` provider of ``test_config``, its upstream ``handler``, for a test that
+    drives a provider without the gateway (``FAKE_UPSTREAM_KEY`` must be set)."""
+    config = mock_config(tmp_path, **provider_options)
+    factory = ProviderFactory(config, transport=lambda _: httpx.MockTransport(handler))
+    return factory.get("fake")
 
 
 def ledger_rows(current: runtime.Runtime) -> list[UsageRecord]:

@@ -42,8 +42,10 @@ class StreamMeter:
     def observe(self, chunk: StreamChunk) -> None:
         if chunk.usage is not None:
             self.usage = chunk.usage
-        for choice in chunk.payload.get("choices") or ():
-            delta = choice.get("delta") or {}
+        for choice in chunk.choices:
+            delta = choice.get("delta")
+            if not isinstance(delta, dict):
+                continue
             if delta.get("content") or delta.get("tool_calls") or reasoning_of(delta):
                 self.content_chunks += 1
 

@@ -189,13 +189,15 @@ class Turn:
         self, stream: OpenStream[NativeEvent], meter: StreamMeter, route: Route
     ) -> AsyncGenerator[bytes, None]:
         event = stream.first
+        kept = False  # an upstream that announced its response twice has it kept once
         while event is not None:
             if event.usage is not None:
                 meter.usage = event.usage
             meter.content_chunks += event.is_delta
             if event.raw.startswith(b"event: response.failed"):
                 meter.failure = (502, "upstream_error", _failure_message(event.raw))
-            elif event.raw.startswith(b"event: response.created"):
+            elif event.raw.startswith(b"event: response.created") and not kept:
+                kept = True
                 await self._keep_native_event(event.raw, route)
             yield event.raw
             event = await anext(stream.rest, None)

@@ -49,6 +49,7 @@ from providers.anthropic.stream import (
     TRANSLATED_SIGNATURE,
     anthropic_usage,
     as_dict,
+    as_list,
     stop_reason_for,
 )
 from providers.anthropic.tools import tool_call_of, tool_input_of, tool_use_of
@@ -378,7 +379,7 @@ def openai_response_to_anthropic(
     for key in ("content", "refusal"):
         if isinstance(reply.get(key), str) and reply[key]:
             content.append({"type": "text", "text": reply[key]})
-    for call in reply.get("tool_calls") or ():
+    for call in as_list(reply.get("tool_calls")):
         function = as_dict(as_dict(call).get("function"))
         tool_input = tool_input_of(function.get("arguments"))
         if tool_input is None:

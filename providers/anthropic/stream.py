@@ -20,7 +20,7 @@ from typing import Any
 from providers.anthropic.ids import new_id, translated_id
 from providers.anthropic.tools import tool_use_of
 from providers.errors import ProviderError, UpstreamUnavailable, error_for_upstream_status
-from providers.types import Usage, reasoning_of
+from providers.types import Usage, choices_of, reasoning_of
 
 TRANSLATED_SIGNATURE = "tollgate-translated-unsigned"
 """The ``signature`` of a ``thinking`` block made from another model's reasoning. Anthropic's
@@ -161,6 +161,10 @@ def stream_error(error: Any, provider: str, usage: Usage | None) -> ProviderErro
 
 def as_dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
+
+
+def as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
 
 
 class UsageReport:
@@ -356,8 +360,8 @@ class OpenAIToAnthropicStream:
         events = self._start(chunk)
         if usage is not None or chunk.get("usage"):
             self._usage = usage or Usage.from_openai(chunk["usage"])
-        for choice in chunk.get("choices") or ():
-            if not isinstance(choice, dict) or choice.get("index", 0) != 0 or self._stop_reason:
+        for choice in choices_of(chunk):
+            if choice.get("index", 0) != 0 or self._stop_reason:
                 continue
             delta = as_dict(choice.get("delta"))
             thought = reasoning_of(delta)
@@ -366,7 +370,7 @@ class OpenAIToAnthropicStream:
             for key in ("content", "refusal"):
                 if isinstance(delta.get(key), str) and delta[key]:
                     events += self._text(delta[key])
-            for call in delta.get("tool_calls") or ():
+            for call in as_list(delta.get("tool_calls")):
                 events += self._tool_call(as_dict(call))
             if choice.get("finish_reason"):
                 self._stop_reason = stop_reason_for(choice["finish_reason"])
@@ -443,6 +447,8 @@ class OpenAIToAnthropicStream:
 
     def _tool_call(self, call: dict[str, Any]) -> list[Event]:
         call_index = call.get("index", 0)
+        if not isinstance(call_index, int):
+            call_index = 0  # not an index: the first call's, as when it is missing
         function = as_dict(call.get("function"))
         events: list[Event] = []
         block = self._tool_blocks.get(call_index)

@@ -1,0 +1,207 @@
+"""Malformed upstream answers found failing the call (a 500, a stream whose end the ledger and the
+caller saw differently, an error logged), most by tests/test_fuzz_upstream.py: each pinned by a
+named example."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from asgiref.sync import async_to_sync, sync_to_async
+from support.inprocess import ANTHROPIC_PATH, api_client
+
+from conftest import TenantKey, ledger_rows, provider_answering
+from gateway.models import StoredResponse
+from providers.openai import OpenAIProvider
+from providers.types import NativeEvent
+
+CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+
+
+def chunk(choices: Any) -> bytes:
+    data = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": "m", "choices": choices}
+    return b"data: " + json.dumps(data).encode() + b"\n\n"
+
+
+FINISHED = chunk([{"index": 0, "delta": {"content": "hi"}, "finish_reason": "stop"}])
+
+
+def streamed(body: bytes) -> httpx.Response:
+    return httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
+
+
+@pytest.mark.parametrize(
+    ("path", "first"),
+    [
+        ("/v1/chat/completions", chunk(["x"])),  # was an AttributeError in OpenAIProvider.stream
+        ("/v1/chat/completions", chunk(True)),  # a TypeError there
+        ("/v1/chat/completions", chunk([{"index": 0, "delta": "x"}])),  # in StreamMeter.observe
+        (ANTHROPIC_PATH, chunk(True)),  # in OpenAIToAnthropicStream.feed
+        (ANTHROPIC_PATH, chunk([{"index": 0, "delta": {"tool_calls": True}}])),
+        (ANTHROPIC_PATH, chunk([{"index": 0, "delta": {"tool_calls": [{"index": [0]}]}}])),
+    ],
+    ids=[
+        "choice-text",
+        "choices-true",
+        "delta-text",
+        "to-messages",
+        "tool-calls-true",
+        "index-list",
+    ],
+)
+async def test_a_stream_chunk_whose_choices_are_not_objects_is_relayed_not_a_500(
+    tenants: dict[str, TenantKey], gateway_runtime: Any, path: str, first: bytes
+) -> None:
+    """A chunk whose ``choices`` is not a list of objects (or a choice's delta, or a tool
+    call's index, not of its type) was read as if it were: a 500 before the first byte, or the
+    stream cut by an internal error. Its choices are now read only where they are objects."""
+    body = first + FINISHED + b"data: [DONE]\n\n"
+    current = gateway_runtime(lambda request: streamed(body))
+    headers = {"authorization": f"Bearer {tenants['alice'].raw}"}
+    request = {**CHAT, "max_tokens": 10}
+    async with api_client() as client:
+        answer = await client.post(path, headers=headers, json=request)
+    assert answer.status_code == 200, answer.text
+    assert "internal_error" not in answer.text and "api_error" not in answer.text, answer.text
+    end = b"data: [DONE]" if path == "/v1/chat/completions" else b"event: message_stop"
+    assert end in answer.content
+    [row] = await sync_to_async(ledger_rows)(current)
+    assert row.status_code == 200
+
+
+async def test_an_event_name_that_is_not_utf8_is_read_not_a_500(
+    tenants: dict[str, TenantKey], gateway_runtime: Any
+) -> None:
+    """``iter_sse`` decoded an upstream's event name as UTF-8, strictly: a name that is not
+    (here before Anthropic's first event) was a UnicodeDecodeError, answered 500."""
+    message = {"id": "msg_1", "type": "message", "role": "assistant", "model": "m", "content": []}
+    events = [
+        ("message_start", {"type": "message_start", "message": {**message, "usage": {}}}),
+        ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"}}),
+        ("message_stop", {"type": "message_stop"}),
+    ]
+    body = b'event: \xff\xfe\ndata: {"type": "ping"}\n\n' + b"".join(
+        b"event: " + name.encode() + b"\ndata: " + json.dumps(data).encode() + b"\n\n"
+        for name, data in events
+    )
+    current = gateway_runtime(lambda request: streamed(body))
+    headers = {"authorization": f"Bearer {tenants['alice'].raw}"}
+    async with api_client() as client:
+        answer = await client.post(
+            "/v1/chat/completions", headers=headers, json={**CHAT, "model": "claude-media"}
+        )
+    assert answer.status_code == 200, answer.text
+    assert answer.content.endswith(b"data: [DONE]\n\n"), answer.text
+    [row] = await sync_to_async(ledger_rows)(current)
+    assert row.status_code == 200
+
+
+def sse(*events: dict[str, Any]) -> bytes:
+    """Each event as Responses streams name theirs: by its ``type`` (``?`` when that is not
+    text)."""
+    return b"".join(
+        b"event: "
+        + (event["type"] if isinstance(event.get("type"), str) else "?").encode()
+        + b"\ndata: "
+        + json.dumps(event).encode()
+        + b"\n\n"
+        for event in events
+    )
+
+
+def native_events(tmp_path: Path, body: bytes) -> list[NativeEvent]:
+    """What ``OpenAIProvider.responses_stream`` makes of an upstream's stream ``body``."""
+    provider = provider_answering(tmp_path, lambda request: streamed(body))
+    assert isinstance(provider, OpenAIProvider)
+
+    async def events() -> list[NativeEvent]:
+        return [event async for event in provider.responses_stream({"input": "hi"}, "m")]
+
+    return async_to_sync(events)()
+
+
+@pytest.mark.parametrize(
+    ("end", "input_tokens"),
+    [
+        ({"type": "response.completed", "response": "nonsense"}, None),  # was an AttributeError
+        ({"type": "response.completed", "response": [1]}, None),
+        ({"type": ["not", "a", "name"], "response": {"usage": {"input_tokens": 4}}}, 4),
+        ({"type": 7, "response": {"usage": {"input_tokens": 4}}}, 4),
+        ({"type": "response.completed", "response": {"usage": {"input_tokens": 4}}}, 4),
+    ],
+)
+def test_a_malformed_native_responses_stream_end_still_ends_the_stream(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, end: dict[str, Any], input_tokens: int | None
+) -> None:
+    """A Responses upstream's last event whose ``response`` is not an object, or whose ``type``
+    is not a name, ends the stream as its SSE event says, billed on what usage is readable."""
+    monkeypatch.setenv("FAKE_UPSTREAM_KEY", "sk-upstream-secret")
+    delta = sse({"type": "response.output_text.delta"})
+    end_event = b"event: response.completed\ndata: " + json.dumps(end).encode() + b"\n\n"
+    events = native_events(tmp_path, delta + end_event)
+    assert len(events) == 2
+    assert events[-1].raw.startswith(b"event: response.completed\n")
+    assert events[-1].usage is not None and events[-1].usage.prompt_tokens == input_tokens
+
+
+def test_a_native_responses_stream_ends_at_its_first_end_event(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Responses upstream that went on after ``response.failed`` (here to a
+    ``response.completed``) had both passed on: the caller's stream ended completed while the
+    ledger recorded the failure. The first end event now ends the stream."""
+    monkeypatch.setenv("FAKE_UPSTREAM_KEY", "sk-upstream-secret")
+    failed = {"type": "response.failed", "response": {"error": {"message": "boom"}}}
+    completed = {"type": "response.completed", "response": {"usage": {"input_tokens": 4}}}
+    events = native_events(tmp_path, sse(failed, completed))
+    assert [event.raw.split(b"\n", 1)[0] for event in events] == [b"event: response.failed"]
+
+
+async def test_a_response_announced_twice_is_kept_once(
+    tenants: dict[str, TenantKey], gateway_runtime: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A native Responses stream that sent ``response.created`` twice had its response kept
+    twice: the second was an IntegrityError, logged with its traceback. The first is kept."""
+    created = {"type": "response.created", "response": {"id": "resp_twice", "status": "x"}}
+    completed = {"type": "response.completed", "response": {"id": "resp_twice", "usage": {}}}
+    body = sse(created, created, completed)
+    current = gateway_runtime(lambda request: streamed(body), responses=True)
+    headers = {"authorization": f"Bearer {tenants['alice'].raw}"}
+    request = {"model": "gpt-test", "input": "hi", "stream": True, "store": True}
+    with caplog.at_level(logging.WARNING):
+        async with api_client() as client:
+            answer = await client.post("/v1/responses", headers=headers, json=request)
+    assert answer.status_code == 200, answer.text
+    assert answer.content.count(b"event: response.created") == 2  # passed on as they came
+    kept = await sync_to_async(list)(StoredResponse.objects.values_list("id", flat=True))
+    assert kept == ["resp_twice"]
+    assert not [record for record in caplog.records if record.levelno >= logging.WARNING]
+    [row] = await sync_to_async(ledger_rows)(current)
+    assert row.status_code == 200
+
+
+async def test_a_completion_whose_tool_calls_are_not_a_list_is_translated_not_a_500(
+    tenants: dict[str, TenantKey], gateway_runtime: Any
+) -> None:
+    """``openai_response_to_anthropic`` iterated the message's ``tool_calls`` whatever they
+    were: a number (here) was a TypeError, answered 500 on /v1/messages."""
+    message = {"role": "assistant", "content": "hi", "tool_calls": 1.5}
+    completion = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "model": "m",
+        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+    }
+    current = gateway_runtime(lambda request: httpx.Response(200, json=completion))
+    headers = {"authorization": f"Bearer {tenants['alice'].raw}"}
+    body = {**CHAT, "stream": False, "max_tokens": 10}
+    async with api_client() as client:
+        answer = await client.post(ANTHROPIC_PATH, headers=headers, json=body)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["content"] == [{"type": "text", "text": "hi"}]
+    [row] = await sync_to_async(ledger_rows)(current)
+    assert row.status_code == 200
