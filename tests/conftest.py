@@ -216,8 +216,10 @@ def gateway_runtime(
 ) -> Iterator[Callable[..., runtime.Runtime]]:
     """Install a runtime whose upstream is ``handler`` (``mock_config``'s configuration); its
     ledger is flushed by hand. Each install is a new runtime: a new router, say, with no
-    deployment cooling down from a call before."""
+    deployment cooling down from a call before; the one before has its ledger stopped (its
+    journal file let go: a fuzz installs thousands)."""
     monkeypatch.setenv("FAKE_UPSTREAM_KEY", "sk-upstream-secret")
+    installed: list[runtime.Runtime] = []
 
     def install(
         handler: UpstreamHandler, extra_config: str = "", **provider_options: object
@@ -228,11 +230,16 @@ def gateway_runtime(
             factory=ProviderFactory(config, transport=lambda _: httpx.MockTransport(handler)),
             ledger=LedgerWriter(tmp_path / "ledger", autostart=False),
         )
+        if installed:
+            installed.pop().ledger.stop()
+        installed.append(current)
         runtime.install(current)
         return current
 
     yield install
     runtime.install(None)
+    for current in installed:
+        current.ledger.stop()
 
 
 def mock_config(

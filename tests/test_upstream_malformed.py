@@ -205,3 +205,37 @@ async def test_a_completion_whose_tool_calls_are_not_a_list_is_translated_not_a_
     assert answer.json()["content"] == [{"type": "text", "text": "hi"}]
     [row] = await sync_to_async(ledger_rows)(current)
     assert row.status_code == 200
+
+
+@pytest.mark.parametrize("index", [["x"], {"type": 7}])
+async def test_an_anthropic_block_index_that_is_not_a_key_is_ignored_not_a_500(
+    tenants: dict[str, TenantKey], gateway_runtime: Any, index: Any
+) -> None:
+    """``AnthropicToOpenAIStream`` looked a content block's ``index`` up among its tool calls
+    whatever it was: a list or an object (unhashable) was a TypeError that cut the chat stream
+    and recorded a 500. An index that is not an int names no block of ours."""
+    message = {"id": "msg_1", "type": "message", "role": "assistant", "model": "m", "content": []}
+    tool = {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {}}
+    delta = {"type": "input_json_delta", "partial_json": "{}"}
+    events = [
+        ("message_start", {"type": "message_start", "message": {**message, "usage": {}}}),
+        ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": tool}),
+        ("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta}),
+        ("content_block_stop", {"type": "content_block_stop", "index": index}),
+        ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "tool_use"}}),
+        ("message_stop", {"type": "message_stop"}),
+    ]
+    body = b"".join(
+        b"event: " + name.encode() + b"\ndata: " + json.dumps(data).encode() + b"\n\n"
+        for name, data in events
+    )
+    current = gateway_runtime(lambda request: streamed(body))
+    headers = {"authorization": f"Bearer {tenants['alice'].raw}"}
+    async with api_client() as client:
+        answer = await client.post(
+            "/v1/chat/completions", headers=headers, json={**CHAT, "model": "claude-media"}
+        )
+    assert answer.status_code == 200, answer.text
+    assert answer.content.endswith(b"data: [DONE]\n\n"), answer.text
+    [row] = await sync_to_async(ledger_rows)(current)
+    assert row.status_code == 200

@@ -222,14 +222,17 @@ class AnthropicToOpenAIStream:
 
     def feed(self, event: str | None, data: dict[str, Any]) -> list[dict[str, Any]]:
         kind = event or data.get("type")
+        index = data.get("index")
+        if not isinstance(index, int):
+            index = None  # not a block's index (a list is not even a key): no block of ours
         if kind == "message_start":
             return self._start(as_dict(data.get("message")))
         if kind == "content_block_start":
-            return self._block_start(data.get("index"), as_dict(data.get("content_block")))
+            return self._block_start(index, as_dict(data.get("content_block")))
         if kind == "content_block_delta":
-            return self._block_delta(data.get("index"), as_dict(data.get("delta")))
+            return self._block_delta(index, as_dict(data.get("delta")))
         if kind == "content_block_stop":
-            return self._block_stop(data.get("index"))
+            return self._block_stop(index)
         if kind == "message_delta":
             self._report(data.get("usage"))
             self._stop_reason = as_dict(data.get("delta")).get("stop_reason") or self._stop_reason
@@ -261,9 +264,9 @@ class AnthropicToOpenAIStream:
     def _report(self, usage: Any) -> None:
         self._usage.report(usage)
 
-    def _block_start(self, index: Any, block: dict[str, Any]) -> list[dict[str, Any]]:
+    def _block_start(self, index: int | None, block: dict[str, Any]) -> list[dict[str, Any]]:
         chunks = self._start({})
-        if block.get("type") == "tool_use" and isinstance(index, int):
+        if block.get("type") == "tool_use" and index is not None:
             call_index = self._tools[index] = len(self._tools)
             call = {
                 "index": call_index,
@@ -276,7 +279,7 @@ class AnthropicToOpenAIStream:
             chunks.append(self._chunk({"content": block["text"]}))
         return chunks
 
-    def _block_delta(self, index: Any, delta: dict[str, Any]) -> list[dict[str, Any]]:
+    def _block_delta(self, index: int | None, delta: dict[str, Any]) -> list[dict[str, Any]]:
         kind = delta.get("type")
         if kind == "text_delta":
             text = delta.get("text")
@@ -294,7 +297,7 @@ class AnthropicToOpenAIStream:
             return [self._arguments(index, fragment)]
         return []  # signature and citations deltas; server tools' input
 
-    def _block_stop(self, index: Any) -> list[dict[str, Any]]:
+    def _block_stop(self, index: int | None) -> list[dict[str, Any]]:
         if index in self._tools and index not in self._tools_with_arguments:
             # A tool without parameters streams no input; OpenAI clients expect "{}".
             self._tools_with_arguments.add(index)
