@@ -40,6 +40,8 @@ BODY = b'{"model":"fake-gpt","messages":[{"role":"user","content":"hi"}]}'
 HEADERS = {"Authorization": "Bearer sk-bench", "Content-Type": "application/json"}
 
 Fetch = Callable[[], Awaitable[bytes]]
+Client = tuple[Fetch, Callable[[], Awaitable[object]]]
+"""A client's round trip, and what closes its connection."""
 
 
 class _Answers(asyncio.Protocol):
@@ -62,7 +64,7 @@ class _Answers(asyncio.Protocol):
             self.waiter.set_result(rest[:length])
 
 
-async def _protocol(base_url: str) -> Fetch:
+async def _protocol(base_url: str) -> Client:
     loop = asyncio.get_running_loop()
     netloc = base_url.split("//", 1)[1]
     host, port = netloc.rsplit(":", 1)
@@ -77,10 +79,13 @@ async def _protocol(base_url: str) -> Fetch:
         transport.write(request)
         return await answers.waiter
 
-    return fetch
+    async def close() -> None:
+        transport.close()
+
+    return fetch, close
 
 
-async def _aiohttp(base_url: str) -> Fetch:
+async def _aiohttp(base_url: str) -> Client:
     import aiohttp
 
     session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
@@ -91,10 +96,10 @@ async def _aiohttp(base_url: str) -> Fetch:
         ) as answer:
             return await answer.read()
 
-    return fetch
+    return fetch, session.close
 
 
-async def _tollgate(base_url: str) -> Fetch:
+async def _tollgate(base_url: str) -> Client:
     import httpx
 
     from providers.http import UpstreamClient, UpstreamTransport
@@ -106,10 +111,10 @@ async def _tollgate(base_url: str) -> Fetch:
         answer = await client.send_upstream(client.upstream("POST", url, HEADERS, BODY, whole=True))
         return answer.content
 
-    return fetch
+    return fetch, client.aclose
 
 
-async def _httpx(base_url: str) -> Fetch:
+async def _httpx(base_url: str) -> Client:
     import httpx
 
     client = httpx.AsyncClient(timeout=httpx.Timeout(60, connect=10))
@@ -118,10 +123,10 @@ async def _httpx(base_url: str) -> Fetch:
         answer = await client.post(base_url + PATH, content=BODY, headers=HEADERS)
         return answer.content
 
-    return fetch
+    return fetch, client.aclose
 
 
-CLIENTS: dict[str, Callable[[str], Awaitable[Fetch]]] = {
+CLIENTS: dict[str, Callable[[str], Awaitable[Client]]] = {
     "protocol": _protocol,
     "aiohttp": _aiohttp,
     "tollgate": _tollgate,
@@ -131,8 +136,11 @@ CLIENTS: dict[str, Callable[[str], Awaitable[Fetch]]] = {
 
 async def round_trips(layer: str, base_url: str, calls: int) -> list[bytes]:
     """``calls`` answers, one after another, by ``layer``'s client."""
-    fetch = await CLIENTS[layer](base_url)
-    return [await fetch() for _ in range(calls)]
+    fetch, close = await CLIENTS[layer](base_url)
+    try:
+        return [await fetch() for _ in range(calls)]
+    finally:
+        await close()
 
 
 def _callgrind(out: Path, layer: str, base_url: str, calls: int) -> subprocess.Popen[bytes]:
