@@ -20,6 +20,7 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -112,13 +113,22 @@ def stop_group(process: subprocess.Popen[bytes], grace: float) -> None:
         process.stdout.close()
 
 
+def _readable(pipe: IO[bytes], timeout: float) -> bool:
+    """Whether ``pipe`` has something to read within ``timeout`` seconds. By ``poll``, not
+    ``select``, which refuses a descriptor numbered over 1024 (a process with many files open:
+    a long test run)."""
+    poller = select.poll()
+    poller.register(pipe, select.POLLIN)
+    return bool(poller.poll(timeout * 1000))
+
+
 def read_ready_port(process: subprocess.Popen[bytes], timeout: float = 15.0) -> int:
     """Wait for the fake upstream's ``READY <port>`` line."""
     assert process.stdout is not None
     line, deadline = b"", time.monotonic() + timeout
     while not line.endswith(b"\n"):
         remaining = deadline - time.monotonic()
-        if remaining <= 0 or not select.select([process.stdout], [], [], remaining)[0]:
+        if remaining <= 0 or not _readable(process.stdout, remaining):
             raise StartupError(f"fake upstream not ready after {timeout} s")
         data = os.read(process.stdout.fileno(), 256)
         if not data:

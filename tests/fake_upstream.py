@@ -150,7 +150,6 @@ import math
 import os
 import random
 import re
-import select
 import signal
 import subprocess
 import sys
@@ -1048,21 +1047,12 @@ def run_fake_upstream(
         *(["--name", name] if name is not None else []),
         *(["--down"] if down else []),
     ]
+    from bench.processes import read_ready_port  # the test process's: this file also runs alone
+
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE)
     assert proc.stdout is not None
     try:
-        line, deadline = b"", time.monotonic() + ready_timeout
-        while not line.endswith(b"\n"):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not select.select([proc.stdout], [], [], remaining)[0]:
-                raise RuntimeError(f"fake upstream not ready after {ready_timeout} s")
-            data = os.read(proc.stdout.fileno(), 256)
-            if not data:
-                raise RuntimeError(f"fake upstream exited early (code {proc.wait()})")
-            line += data
-        if not line.startswith(b"READY "):
-            raise RuntimeError(f"unexpected fake upstream output: {line!r}")
-        yield f"http://{host}:{int(line.split()[1])}"
+        yield f"http://{host}:{read_ready_port(proc, ready_timeout)}"
     finally:
         proc.terminate()
         try:
