@@ -256,7 +256,7 @@ def mock_config(
 def provider_answering(
     tmp_path: Path, handler: UpstreamHandler, **provider_options: object
 ) -> BaseProvider:
-    """The ``fake`` provider of ``test_config``, its upstream ``handler``, for a test that
+    """The ``fake`` provider of ``mock_config``, its upstream ``handler``, for a test that
     drives a provider without the gateway (``FAKE_UPSTREAM_KEY`` must be set)."""
     config = mock_config(tmp_path, **provider_options)
     factory = ProviderFactory(config, transport=lambda _: httpx.MockTransport(handler))

@@ -94,54 +94,45 @@ def responses(model: str, stream: bool, store: bool) -> Request:
 
 
 def both(
-    name: str, call: Callable[[bool], Request], json_base: Any, events: list[Event], count: int
+    name: str,
+    calls: Callable[[bool], st.SearchStrategy[Request]],
+    json_base: Any,
+    events: list[Event],
+    count: int,
 ) -> list[tuple[str, st.SearchStrategy[tuple[Request, Answer]], int]]:
-    """The JSON and the streamed case of one path and upstream dialect."""
+    """The JSON and the streamed case of one path and upstream dialect (``calls(stream)``)."""
     return [
-        (name, st.tuples(st.just(call(False)), answers(json_answer(json_base))), count),
-        (name + " stream", st.tuples(st.just(call(True)), answers(stream_answer(events))), count),
+        (name, st.tuples(calls(False), answers(json_answer(json_base))), count),
+        (name + " stream", st.tuples(calls(True), answers(stream_answer(events))), count),
     ]
 
 
+def stored_or_not(model: str) -> Callable[[bool], st.SearchStrategy[Request]]:
+    """A Responses request to ``model``, with ``store`` on or off."""
+    return lambda stream: st.builds(responses, st.just(model), st.just(stream), st.booleans())
+
+
 CASES: list[tuple[str, st.SearchStrategy[tuple[Request, Answer]], int]] = [
-    *both("chat to openai", lambda s: chat("gpt-test", s), COMPLETION, CHUNKS, 200),
-    *both("chat to anthropic", lambda s: chat("claude-media", s), MESSAGE, MESSAGE_EVENTS, 200),
+    *both("chat to openai", lambda s: st.just(chat("gpt-test", s)), COMPLETION, CHUNKS, 200),
     *both(
-        "messages to anthropic", lambda s: messages("claude-media", s), MESSAGE, MESSAGE_EVENTS, 200
-    ),
-    *both("messages to openai", lambda s: messages("gpt-test", s), COMPLETION, CHUNKS, 200),
-    (
-        "responses bridged",
-        st.tuples(
-            st.builds(responses, st.just("gpt-test"), st.just(False), st.booleans()),
-            answers(json_answer(COMPLETION)),
-        ),
+        "chat to anthropic",
+        lambda s: st.just(chat("claude-media", s)),
+        MESSAGE,
+        MESSAGE_EVENTS,
         200,
     ),
-    (
-        "responses bridged stream",
-        st.tuples(
-            st.builds(responses, st.just("gpt-test"), st.just(True), st.booleans()),
-            answers(stream_answer(CHUNKS)),
-        ),
+    *both(
+        "messages to anthropic",
+        lambda s: st.just(messages("claude-media", s)),
+        MESSAGE,
+        MESSAGE_EVENTS,
         200,
     ),
-    (
-        "responses native",
-        st.tuples(
-            st.builds(responses, st.just("native-model"), st.just(False), st.booleans()),
-            answers(json_answer(RESPONSE)),
-        ),
-        200,
+    *both(
+        "messages to openai", lambda s: st.just(messages("gpt-test", s)), COMPLETION, CHUNKS, 200
     ),
-    (
-        "responses native stream",
-        st.tuples(
-            st.builds(responses, st.just("native-model"), st.just(True), st.booleans()),
-            answers(stream_answer(RESPONSE_EVENTS)),
-        ),
-        200,
-    ),
+    *both("responses bridged", stored_or_not("gpt-test"), COMPLETION, CHUNKS, 200),
+    *both("responses native", stored_or_not("native-model"), RESPONSE, RESPONSE_EVENTS, 200),
     (
         "embeddings",
         st.tuples(

@@ -73,36 +73,9 @@ async def test_a_stream_chunk_whose_choices_are_not_objects_is_relayed_not_a_500
     assert row.status_code == 200
 
 
-async def test_an_event_name_that_is_not_utf8_is_read_not_a_500(
-    tenants: dict[str, TenantKey], gateway_runtime: Any
-) -> None:
-    """``iter_sse`` decoded an upstream's event name as UTF-8, strictly: a name that is not
-    (here before Anthropic's first event) was a UnicodeDecodeError, answered 500."""
-    message = {"id": "msg_1", "type": "message", "role": "assistant", "model": "m", "content": []}
-    events = [
-        ("message_start", {"type": "message_start", "message": {**message, "usage": {}}}),
-        ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"}}),
-        ("message_stop", {"type": "message_stop"}),
-    ]
-    body = b'event: \xff\xfe\ndata: {"type": "ping"}\n\n' + b"".join(
-        b"event: " + name.encode() + b"\ndata: " + json.dumps(data).encode() + b"\n\n"
-        for name, data in events
-    )
-    current = gateway_runtime(lambda request: streamed(body))
-    headers = {"authorization": f"Bearer {tenants['alice'].raw}"}
-    async with api_client() as client:
-        answer = await client.post(
-            "/v1/chat/completions", headers=headers, json={**CHAT, "model": "claude-media"}
-        )
-    assert answer.status_code == 200, answer.text
-    assert answer.content.endswith(b"data: [DONE]\n\n"), answer.text
-    [row] = await sync_to_async(ledger_rows)(current)
-    assert row.status_code == 200
-
-
 def sse(*events: dict[str, Any]) -> bytes:
-    """Each event as Responses streams name theirs: by its ``type`` (``?`` when that is not
-    text)."""
+    """Each event named by its ``type``, as Anthropic's and the Responses API's streams name
+    theirs (``?`` when that is not text)."""
     return b"".join(
         b"event: "
         + (event["type"] if isinstance(event.get("type"), str) else "?").encode()
@@ -111,6 +84,36 @@ def sse(*events: dict[str, Any]) -> bytes:
         + b"\n\n"
         for event in events
     )
+
+
+async def chat_to_claude(install: Any, key: str, body: bytes) -> tuple[httpx.Response, Any]:
+    """A chat stream to the Anthropic model whose upstream streams ``body``: the answer, and
+    the call's one ledger row."""
+    current = install(lambda request: streamed(body))
+    headers = {"authorization": f"Bearer {key}"}
+    async with api_client() as client:
+        answer = await client.post(
+            "/v1/chat/completions", headers=headers, json={**CHAT, "model": "claude-media"}
+        )
+    [row] = await sync_to_async(ledger_rows)(current)
+    return answer, row
+
+
+async def test_an_event_name_that_is_not_utf8_is_read_not_a_500(
+    tenants: dict[str, TenantKey], gateway_runtime: Any
+) -> None:
+    """``iter_sse`` decoded an upstream's event name as UTF-8, strictly: a name that is not
+    (here before Anthropic's first event) was a UnicodeDecodeError, answered 500."""
+    message = {"id": "msg_1", "type": "message", "role": "assistant", "model": "m", "content": []}
+    body = b'event: \xff\xfe\ndata: {"type": "ping"}\n\n' + sse(
+        {"type": "message_start", "message": {**message, "usage": {}}},
+        {"type": "message_delta", "delta": {"stop_reason": "end_turn"}},
+        {"type": "message_stop"},
+    )
+    answer, row = await chat_to_claude(gateway_runtime, tenants["alice"].raw, body)
+    assert answer.status_code == 200, answer.text
+    assert answer.content.endswith(b"data: [DONE]\n\n"), answer.text
+    assert row.status_code == 200
 
 
 def native_events(tmp_path: Path, body: bytes) -> list[NativeEvent]:
@@ -217,25 +220,15 @@ async def test_an_anthropic_block_index_that_is_not_a_key_is_ignored_not_a_500(
     message = {"id": "msg_1", "type": "message", "role": "assistant", "model": "m", "content": []}
     tool = {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {}}
     delta = {"type": "input_json_delta", "partial_json": "{}"}
-    events = [
-        ("message_start", {"type": "message_start", "message": {**message, "usage": {}}}),
-        ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": tool}),
-        ("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta}),
-        ("content_block_stop", {"type": "content_block_stop", "index": index}),
-        ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "tool_use"}}),
-        ("message_stop", {"type": "message_stop"}),
-    ]
-    body = b"".join(
-        b"event: " + name.encode() + b"\ndata: " + json.dumps(data).encode() + b"\n\n"
-        for name, data in events
+    body = sse(
+        {"type": "message_start", "message": {**message, "usage": {}}},
+        {"type": "content_block_start", "index": 0, "content_block": tool},
+        {"type": "content_block_delta", "index": index, "delta": delta},
+        {"type": "content_block_stop", "index": index},
+        {"type": "message_delta", "delta": {"stop_reason": "tool_use"}},
+        {"type": "message_stop"},
     )
-    current = gateway_runtime(lambda request: streamed(body))
-    headers = {"authorization": f"Bearer {tenants['alice'].raw}"}
-    async with api_client() as client:
-        answer = await client.post(
-            "/v1/chat/completions", headers=headers, json={**CHAT, "model": "claude-media"}
-        )
+    answer, row = await chat_to_claude(gateway_runtime, tenants["alice"].raw, body)
     assert answer.status_code == 200, answer.text
     assert answer.content.endswith(b"data: [DONE]\n\n"), answer.text
-    [row] = await sync_to_async(ledger_rows)(current)
     assert row.status_code == 200
