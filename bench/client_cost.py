@@ -15,7 +15,7 @@ difference over the calls between them, the event loop's thread only.
 Why: issue #17, tenth pass. A whole call in process costs about 1.4 million instructions on the
 loop (``bench.instructions``); replacing the upstream round trip with a canned answer saved a
 third of them. This tells which layer that third is. Instructions are not time and leave out the
-kernel (the socket's system calls cost every client alike); all four runs go two at a time.
+kernel (the socket's system calls cost every client alike); a layer's two runs go side by side.
 """
 
 from __future__ import annotations
@@ -150,8 +150,8 @@ def _callgrind(out: Path, layer: str, base_url: str, calls: int) -> subprocess.P
         *(sys.executable, "-m", "bench.client_cost", "--child", layer),
         *("--url", base_url, "--calls", str(calls)),
     ]
-    log = out.with_suffix(".log").open("wb")
-    return subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    with out.with_suffix(".log").open("wb") as log:  # the child keeps its own descriptor
+        return subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
 
 
 def measure(layers: list[str], base_url: str, calls: int, tmp: Path) -> dict[str, float]:
