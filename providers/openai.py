@@ -12,6 +12,7 @@ import contextlib
 from collections.abc import AsyncGenerator
 from decimal import Decimal, InvalidOperation
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import orjson
@@ -33,6 +34,7 @@ from providers.http import (
     json_object,
     post_for_json,
     post_json,
+    read_json_object,
     send_checked,
     upstream_errors,
 )
@@ -163,17 +165,18 @@ class OpenAIProvider(BaseProvider):
                         return
         raise ended_early(self.name)
 
-    async def stored_response(self, method: str, path: str) -> bytes:
-        """``GET`` or ``DELETE`` of a response the upstream keeps: ``path`` is its id, with
-        ``/input_items`` for those. The upstream's JSON, or its error classified."""
-        url = httpx.URL(str(self.responses_url) + "/" + path)
+    async def stored_response(self, method: str, response_id: str, suffix: str = "") -> bytes:
+        """``GET`` or ``DELETE`` of a response the upstream keeps, by its id (quoted: one path
+        segment, whatever its characters), ``suffix`` after it (``/input_items``). The
+        upstream's JSON object, or its error classified (anything else it answers: 502)."""
+        url = httpx.URL(f"{self.responses_url}/{quote(response_id, safe='')}{suffix}")
         request = self.client.upstream(method, url, self.with_credential(self.headers), whole=True)
         response = await send_checked(self.client, self.name, request)
         try:
-            with upstream_errors(self.name):
-                return await response.aread()
+            raw, _ = await read_json_object(response, self.name, _any_object, "a JSON object")
         finally:
             await response.aclose()
+        return raw
 
     def _parse_chunk(self, data: bytes) -> StreamChunk:
         payload = json_object(data)
@@ -267,6 +270,10 @@ class OpenAIProvider(BaseProvider):
             )
         usage, seconds = transcription_usage(data)
         return MediaResponse(raw, content_type, usage, Units(audio_seconds=seconds))
+
+
+def _any_object(data: dict[str, Any]) -> bool:
+    return True
 
 
 def _text(value: Any) -> str | None:

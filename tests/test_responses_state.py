@@ -1,11 +1,15 @@
-"""Stored responses of the Responses API: the retention purge, and input items as a list."""
+"""Stored responses of the Responses API: the retention purge, input items as a list, and ids
+no response is kept under."""
 
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
+import pytest
 from django.utils import timezone
 from support.e2e import validate
+from support.inprocess import answer_everything, api_client, assert_error_shape
 
 from conftest import TenantKey
 from gateway.calls.responses import input_item_list, purge_expired
@@ -43,3 +47,33 @@ def test_input_items_are_listed_with_ids(tenants: dict[str, TenantKey]) -> None:
         "fco_1",
         False,
     )
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status"),
+    [
+        ("GET", "/v1/responses/resp_%00", None, 404),
+        ("DELETE", "/v1/responses/resp_%00", None, 404),
+        ("GET", "/v1/responses/resp_%00/input_items", None, 404),
+        ("POST", "/v1/responses", {"input": "hi", "previous_response_id": "resp_\x00"}, 400),
+    ],
+    ids=["get", "delete", "input-items", "previous"],
+)
+async def test_a_response_id_with_a_nul_is_not_found_not_a_500(
+    tenants: dict[str, TenantKey],
+    gateway_runtime: Any,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None,
+    status: int,
+) -> None:
+    """A caller's response id with a NUL was looked up as it came: on PostgreSQL, whose text
+    refuses a NUL, a DataError (a 500, logged with its traceback). No response is kept under
+    such an id (``keepable_id``): it is not found, without a query."""
+    gateway_runtime(answer_everything)
+    headers = {"authorization": f"Bearer {tenants['alice'].raw}"}
+    json = {"model": "gpt-test", **body} if body is not None else None
+    async with api_client() as client:
+        answer = await client.request(method, path, headers=headers, json=json)
+    assert answer.status_code == status, answer.text
+    assert_error_shape(path, answer)

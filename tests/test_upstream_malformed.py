@@ -8,11 +8,12 @@ import json
 import logging
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
-from support.inprocess import ANTHROPIC_PATH, api_client
+from support.inprocess import ANTHROPIC_PATH, api_client, assert_error_shape
 
 from conftest import TenantKey, ledger_rows, provider_answering
 from gateway.models import StoredResponse
@@ -28,6 +29,16 @@ def chunk(choices: Any) -> bytes:
 
 
 FINISHED = chunk([{"index": 0, "delta": {"content": "hi"}, "finish_reason": "stop"}])
+
+
+def completion(message: dict[str, Any]) -> dict[str, Any]:
+    """A chat completion whose one choice is ``message``."""
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "model": "m",
+        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+    }
 
 
 def streamed(body: bytes) -> httpx.Response:
@@ -193,13 +204,7 @@ async def test_a_completion_whose_tool_calls_are_not_a_list_is_translated_not_a_
     """``openai_response_to_anthropic`` iterated the message's ``tool_calls`` whatever they
     were: a number (here) was a TypeError, answered 500 on /v1/messages."""
     message = {"role": "assistant", "content": "hi", "tool_calls": 1.5}
-    completion = {
-        "id": "chatcmpl-1",
-        "object": "chat.completion",
-        "model": "m",
-        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
-    }
-    current = gateway_runtime(lambda request: httpx.Response(200, json=completion))
+    current = gateway_runtime(lambda request: httpx.Response(200, json=completion(message)))
     headers = {"authorization": f"Bearer {tenants['alice'].raw}"}
     body = {**CHAT, "stream": False, "max_tokens": 10}
     async with api_client() as client:
@@ -231,4 +236,144 @@ async def test_an_anthropic_block_index_that_is_not_a_key_is_ignored_not_a_500(
     answer, row = await chat_to_claude(gateway_runtime, tenants["alice"].raw, body)
     assert answer.status_code == 200, answer.text
     assert answer.content.endswith(b"data: [DONE]\n\n"), answer.text
+    assert row.status_code == 200
+
+
+# --- native responses: their ids, and what their upstream answers of them -------------------------
+
+
+async def keep_native(who: TenantKey, response_id: str) -> None:
+    """A response of ``gpt-test``'s upstream, serving the Responses API, kept for ``who``."""
+    await StoredResponse.objects.acreate(
+        id=response_id, tenant=who.tenant, model="gpt-test", provider="fake", native=True
+    )
+
+
+@pytest.mark.parametrize(
+    ("method", "suffix"), [("GET", ""), ("GET", "/input_items"), ("DELETE", "")]
+)
+@pytest.mark.parametrize("body", [b"null", b"not json"])
+async def test_a_stored_response_answered_with_no_json_object_is_a_502_not_relayed(
+    tenants: dict[str, TenantKey], gateway_runtime: Any, method: str, suffix: str, body: bytes
+) -> None:
+    """``GET`` and ``DELETE /v1/responses/{id}`` of a response its upstream keeps relayed that
+    upstream's 2xx whatever its body: ``null``, or text, reached the caller as JSON. An answer
+    that is not a JSON object is now a 502, and a ``DELETE`` so answered keeps the response."""
+    gateway_runtime(lambda request: httpx.Response(200, content=body), responses=True)
+    await keep_native(tenants["alice"], "resp_kept")
+    headers = {"authorization": f"Bearer {tenants['alice'].raw}"}
+    async with api_client() as client:
+        answer = await client.request(method, "/v1/responses/resp_kept" + suffix, headers=headers)
+    assert answer.status_code == 502, answer.text
+    assert_error_shape("/v1/responses", answer)
+    assert await StoredResponse.objects.filter(id="resp_kept").aexists()
+
+
+@pytest.mark.parametrize(
+    "response_id",
+    ["resp\n1", "resp_\x1b[31m", "resp?x=1", "resp#1", "resp%41"],
+    ids=["newline", "escape", "query", "fragment", "percent"],
+)
+async def test_a_native_response_id_is_asked_for_as_one_path_segment(
+    tenants: dict[str, TenantKey], gateway_runtime: Any, response_id: str
+) -> None:
+    """A native response's id went into its upstream's URL as it was: a control character
+    made the URL invalid (a 500, logged with its traceback), and ``?``, ``#`` or ``%41`` had
+    the upstream asked for another id (``resp``, ``respA``). The id is now quoted: one path
+    segment, whatever it holds."""
+    asked: list[httpx.Request] = []
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        asked.append(request)
+        return httpx.Response(200, json={"id": response_id, "object": "response"})
+
+    gateway_runtime(upstream, responses=True)
+    await keep_native(tenants["alice"], response_id)
+    headers = {"authorization": f"Bearer {tenants['alice'].raw}"}
+    async with api_client() as client:
+        answer = await client.get("/v1/responses/" + quote(response_id, safe=""), headers=headers)
+    assert answer.status_code == 200, answer.text
+    [request] = asked
+    assert (request.url.path, request.url.query) == ("/v1/responses/" + response_id, b"")
+
+
+NATIVE_RESPONSE = {
+    "object": "response",
+    "status": "completed",
+    "output": [],
+    "usage": {"input_tokens": 3, "output_tokens": 2, "total_tokens": 5},
+}
+
+
+async def create_stored(key: str) -> httpx.Response:
+    """A Responses call to ``gpt-test``, stored (native when its upstream serves the API)."""
+    headers = {"authorization": f"Bearer {key}"}
+    body = {"model": "gpt-test", "input": "hi", "store": True}
+    async with api_client() as client:
+        return await client.post("/v1/responses", headers=headers, json=body)
+
+
+@pytest.mark.parametrize(
+    "response_id",
+    ["resp_\x00", "resp_" + "a" * 96, "resp/1", ".."],
+    ids=["nul", "101-characters", "slash", "dot-segment"],
+)
+async def test_a_native_response_id_the_gateway_cannot_keep_is_not_stored(
+    tenants: dict[str, TenantKey],
+    gateway_runtime: Any,
+    caplog: pytest.LogCaptureFixture,
+    response_id: str,
+) -> None:
+    """A native response's id was kept whatever it was: with a NUL (PostgreSQL refuses one: a
+    DataError, logged with its traceback), cut to its column's 100 characters (found by
+    neither id after), with a ``/`` or as a dot segment (no ``/v1/responses/{id}`` reaches
+    those). Such an id is now not kept: one warning line, the call answered as any other."""
+    response = {**NATIVE_RESPONSE, "id": response_id}
+    current = gateway_runtime(lambda request: httpx.Response(200, json=response), responses=True)
+    with caplog.at_level(logging.WARNING):
+        answer = await create_stored(tenants["alice"].raw)
+    assert answer.status_code == 200, answer.text
+    assert not await StoredResponse.objects.aexists()
+    [warning] = [record for record in caplog.records if record.levelno >= logging.WARNING]
+    assert "was not stored" in warning.getMessage() and warning.exc_info is None
+    [row] = await sync_to_async(ledger_rows)(current)
+    assert row.status_code == 200
+
+
+async def test_a_native_response_id_kept_already_is_a_warning_not_a_traceback(
+    tenants: dict[str, TenantKey], gateway_runtime: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An upstream that gave two responses one id (here, to two tenants) had the second's
+    insert fail on the key: an IntegrityError, logged with its traceback. It is now one warning
+    line, and the first response stays kept."""
+    response = {**NATIVE_RESPONSE, "id": "resp_same"}
+    current = gateway_runtime(lambda request: httpx.Response(200, json=response), responses=True)
+    with caplog.at_level(logging.WARNING):
+        answers = [await create_stored(tenants[name].raw) for name in ("alice", "bob")]
+    assert [answer.status_code for answer in answers] == [200, 200]
+    kept = await sync_to_async(list)(StoredResponse.objects.values_list("id", "tenant_id"))
+    assert kept == [("resp_same", tenants["alice"].tenant.id)]
+    [warning] = [record for record in caplog.records if record.levelno >= logging.WARNING]
+    assert "already kept" in warning.getMessage() and warning.exc_info is None
+    rows = await sync_to_async(ledger_rows)(current)
+    assert [row.status_code for row in rows] == [200, 200]
+
+
+async def test_a_bridged_response_with_a_nul_is_kept_the_nul_replaced_on_postgresql(
+    tenants: dict[str, TenantKey], gateway_runtime: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bridged response whose text holds a NUL (here the upstream's answer) is refused by
+    PostgreSQL's JSON (a DataError), which was logged with its traceback and the response not
+    kept: a later ``previous_response_id`` naming it got a 400. The NUL is now replaced by
+    U+FFFD there, as in the ledger's rows, and the response kept (SQLite keeps it as it is)."""
+    message = {"role": "assistant", "content": "hi\x00"}
+    current = gateway_runtime(lambda request: httpx.Response(200, json=completion(message)))
+    with caplog.at_level(logging.WARNING):
+        answer = await create_stored(tenants["alice"].raw)
+    assert answer.status_code == 200, answer.text
+    assert not [record for record in caplog.records if record.levelno >= logging.WARNING]
+    stored = await StoredResponse.objects.aget(id=answer.json()["id"])
+    [item] = stored.body["output"]
+    assert item["content"][0]["text"] in ("hi\x00", "hi\ufffd")
+    [row] = await sync_to_async(ledger_rows)(current)
     assert row.status_code == 200

@@ -140,7 +140,7 @@ async def _stored_response(
         provider = get_runtime().factory.get(stored.provider)
         if not isinstance(provider, OpenAIProvider):
             raise ModelNotFound(f"No response found with id '{response_id}'.", param="response_id")
-        raw = await provider.stored_response(method, response_id + suffix)
+        raw = await provider.stored_response(method, response_id, suffix)
         if method == "DELETE":
             await read_database(stored.delete, "the stored responses")
         return HttpResponse(raw, content_type="application/json")
@@ -240,7 +240,7 @@ def _not_found(request: HttpRequest, exc: Http404) -> HttpResponse:
 
 @api.exception_handler(Exception)
 def _unexpected(request: HttpRequest, exc: Exception) -> HttpResponse:
-    log.error("unhandled error on %s", request.path, exc_info=exc)
+    log.error("unhandled error on %r", request.path, exc_info=exc)
     return error_response(InternalError("The gateway failed to handle the request."))
 
 

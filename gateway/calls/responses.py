@@ -24,6 +24,7 @@ from typing import Any
 
 import orjson
 from django.conf import settings
+from django.db import DataError, IntegrityError, transaction
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.utils import timezone
 
@@ -45,6 +46,8 @@ from providers.types import NativeEvent, StreamChunk, Usage
 log = logging.getLogger("tollgate.responses")
 
 DROPPED_TOOLS_HEADER = "x-tollgate-dropped-tools"
+ID_MAX_CHARS = StoredResponse._meta.get_field("id").max_length or 0
+"""The longest response id the gateway keeps (its column's length)."""
 
 
 def is_native(route: Route) -> bool:
@@ -91,10 +94,12 @@ async def _previous(call: Call, response_id: Any) -> StoredResponse | None:
             "'previous_response_id' must be a string.", param="previous_response_id"
         )
     tenant = call.caller.tenant_id
-    stored = await read_database(
-        lambda: StoredResponse.objects.filter(id=response_id, tenant_id=tenant).first(),
-        "the stored responses",
-    )
+    stored = None
+    if keepable_id(response_id):
+        stored = await read_database(
+            lambda: StoredResponse.objects.filter(id=response_id, tenant_id=tenant).first(),
+            "the stored responses",
+        )
     if stored is None:
         raise InvalidRequest(
             f"Previous response with id '{response_id}' not found.",
@@ -279,16 +284,26 @@ class Turn:
         await self._keep_native_id(response_id, route)
 
     async def _keep_native_id(self, response_id: Any, route: Route) -> None:
-        if isinstance(response_id, str) and response_id:
-            await _save(
-                StoredResponse(
-                    id=response_id[:100],
-                    tenant_id=self.call.caller.tenant_id,
-                    model=str(self.body.get("model", ""))[:200],
-                    provider=route.provider_name,
-                    native=True,
-                )
+        if not isinstance(response_id, str) or not response_id:
+            return
+        if not keepable_id(response_id):
+            log.warning(
+                "a response of %s was not stored: its id (%d characters, %r...) is not one "
+                "the gateway can keep",
+                route.provider_name,
+                len(response_id),
+                response_id[:20],
             )
+            return
+        await _save(
+            StoredResponse(
+                id=response_id,
+                tenant_id=self.call.caller.tenant_id,
+                model=str(self.body.get("model", ""))[:200],
+                provider=route.provider_name,
+                native=True,
+            )
+        )
 
 
 def sse(event: dict[str, Any]) -> bytes:
@@ -299,23 +314,81 @@ async def _save(stored: StoredResponse) -> None:
     """Keep a response before its caller learns it is complete (a ``previous_response_id`` may
     follow at once). A failure is logged, not the caller's: its answer stands, and a later
     ``previous_response_id`` naming it gets a 400. A database outage is not logged per call
-    (it was a traceback each): ``gateway.outage`` logs it once per interval."""
+    (it was a traceback each): ``gateway.outage`` logs it once per interval. An id already
+    kept (an upstream that gave two responses one id) is a line, not a traceback; so is a
+    value the database refuses, but a NUL in a bridged response's text (PostgreSQL's JSON takes
+    none) is first replaced, as the ledger mends its rows, and the response kept."""
+
+    def insert() -> None:
+        with transaction.atomic():  # a refused insert leaves no transaction around it broken
+            stored.save(force_insert=True)
+
     try:
-        await read_database(lambda: stored.save(force_insert=True), "the stored responses")
+        try:
+            await read_database(insert, "the stored responses")
+        except DataError:
+            if not _replace_nul(stored):
+                raise
+            await read_database(insert, "the stored responses")
     except ServiceUnavailable:
         pass
+    except IntegrityError:
+        log.warning("response %r was not stored: its id is already kept", stored.id)
+    except DataError as exc:
+        first_line = str(exc).strip().partition("\n")[0]
+        log.warning(
+            "response %r was not stored: the database refused it (%s)", stored.id, first_line
+        )
     except Exception:
-        log.exception("response %s was not stored", stored.id)
+        log.exception("response %r was not stored", stored.id)
+
+
+def _replace_nul(stored: StoredResponse) -> bool:
+    """Replace each NUL in the text of a bridged response's JSON by U+FFFD; whether any was."""
+    found = False
+    for name in ("body", "input_items", "conversation"):
+        value = getattr(stored, name)
+        mended = _without_nul(value)
+        if mended != value:
+            setattr(stored, name, mended)
+            found = True
+    return found
+
+
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, list):
+        return [_without_nul(item) for item in value]
+    if isinstance(value, dict):
+        return {_without_nul(key): _without_nul(item) for key, item in value.items()}
+    return value
+
+
+def keepable_id(response_id: str) -> bool:
+    """Whether a response id can be kept, and found again, as it is: at most ``ID_MAX_CHARS``
+    characters, no NUL (PostgreSQL's text refuses one), and one path segment of
+    ``/v1/responses/{id}`` (no ``/``; not ``.`` or ``..``, which URLs resolve away)."""
+    return (
+        0 < len(response_id) <= ID_MAX_CHARS
+        and "\x00" not in response_id
+        and "/" not in response_id
+        and response_id not in (".", "..")
+    )
 
 
 # --- GET and DELETE /v1/responses/{id} -------------------------------------------------------
 
 
 async def stored_of(tenant_id: int, response_id: str) -> StoredResponse:
-    stored = await read_database(
-        lambda: StoredResponse.objects.filter(id=response_id, tenant_id=tenant_id).first(),
-        "the stored responses",
-    )
+    """The tenant's stored response ``response_id``; 404 when it has none (an id no response
+    could be kept under is not looked for)."""
+    stored = None
+    if keepable_id(response_id):
+        stored = await read_database(
+            lambda: StoredResponse.objects.filter(id=response_id, tenant_id=tenant_id).first(),
+            "the stored responses",
+        )
     if stored is None:
         raise ModelNotFound(
             f"No response found with id '{response_id}'.", param="response_id", code="not_found"

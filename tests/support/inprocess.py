@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import orjson
 
+from gateway.api.errors import is_anthropic_path
 from tollgate.asgi import application
 
 BASE_URL = "http://127.0.0.1"
@@ -131,9 +132,10 @@ def answer_everything(request: httpx.Request) -> httpx.Response:
 
 
 def assert_error_shape(path: str, response: httpx.Response) -> None:
-    """The error body is the called API's: Anthropic's on /v1/messages, OpenAI's elsewhere."""
+    """The error body is the called API's: Anthropic's on /v1/messages (and its count_tokens),
+    OpenAI's elsewhere."""
     body = response.json()
-    if path == ANTHROPIC_PATH:
+    if is_anthropic_path(path):
         assert set(body) == {"type", "error"} and body["type"] == "error", body
         assert set(body["error"]) == {"type", "message"}, body
         assert isinstance(body["error"]["message"], str) and body["error"]["message"], body

@@ -1,11 +1,13 @@
 """Upstream answers for tests/test_fuzz_upstream.py: a valid answer of each dialect the gateway
 reads (chat completions and their chunks, Anthropic's messages and events, Responses and their
-events, embeddings, images, transcriptions), and hypothesis strategies that break them: a part
-missing or of another type, events dropped, repeated, renamed, cut short or not JSON, error
-statuses with bodies of any kind."""
+events, embeddings, images, transcriptions, token counts, stored responses), and hypothesis
+strategies that break them: a part missing or of another type, events dropped, repeated, renamed,
+cut short or not JSON, error statuses with bodies of any kind, transport failures (no answer at
+all, or one cut off part-way by a timeout or a broken connection), and answers left hanging."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 from collections.abc import AsyncIterator, Iterator
@@ -175,18 +177,28 @@ IMAGES = {
     "usage": {"input_tokens": 3, "output_tokens": 2, "total_tokens": 5},
 }
 TRANSCRIPTION = {"text": "hi", "duration": 1.5, "usage": {"type": "duration", "seconds": 2}}
+TOKEN_COUNT = {"input_tokens": 3}
+INPUT_ITEMS = {
+    "object": "list",
+    "data": [{"type": "message", "id": "msg_0", "role": "user", "content": []}],
+    "first_id": "msg_0",
+    "last_id": "msg_0",
+    "has_more": False,
+}
+DELETED = {"id": "resp_1", "object": "response", "deleted": True}
 
 # --- what goes wrong in it ------------------------------------------------------------------------
 
 ODD_VALUES: list[Any] = [None, "", "12", "x", 1.5, -1, 0, True, False, 2**63, 10**30, -(2**70)]
 odd: st.SearchStrategy[Any] = st.sampled_from(
-    [*ODD_VALUES, float("inf"), [], {}, [1], ["x"], [None], [{}], {"a": 1}, {"type": 7}]
+    [*ODD_VALUES, "x\x00", float("inf"), [], {}, [1], ["x"], [None], [{}], {"a": 1}, {"type": 7}]
 ) | st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner),
     max_leaves=5,
 )
-"""A value where another belongs: text for a count, a list for an object, huge numbers..."""
+"""A value where another belongs: text for a count, a list for an object, huge numbers, text with
+a NUL (which PostgreSQL's text and JSON refuse)..."""
 DELETE = object()
 
 
@@ -233,26 +245,59 @@ def wrong_in(base: Any, most: int = 2) -> st.SearchStrategy[Any]:
     return changes.map(apply)
 
 
+CUTS: list[type[httpx.TransportError]] = [
+    httpx.ReadError,
+    httpx.ReadTimeout,
+    httpx.RemoteProtocolError,
+]
+"""What cuts an answer off after its headers: a reset, a read that waits too long, a
+connection closed mid-body."""
+REFUSALS: list[type[httpx.TransportError]] = [
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.ReadTimeout,
+    httpx.WriteTimeout,
+    httpx.PoolTimeout,
+    httpx.RemoteProtocolError,
+]
+"""What comes instead of an answer's headers: no connection, or one that timed out or broke."""
+
+
 @dataclass
 class Answer:
     """What the upstream answers: a status, a body, its content type and other headers; cut
-    by a transport error after the body when ``broken``."""
+    off after the body by the transport failure ``broken``, if any, or left hanging there when
+    it ``stalls`` (the gateway's own timeouts end the wait); or, when ``refused`` is set, that
+    failure before any headers (and nothing else of the answer is used)."""
 
     status: int
     body: bytes
     content_type: str = "application/json"
     headers: dict[str, str] = field(default_factory=dict)
-    broken: bool = False
+    broken: type[httpx.TransportError] | None = None
+    refused: type[httpx.TransportError] | None = None
+    stalls: bool = False
+
+    @property
+    def fails(self) -> bool:
+        """Whether the upstream said no: an error status, or no answer at all."""
+        return self.refused is not None or self.status >= 400
 
     def response(self) -> httpx.Response:
+        if self.refused is not None:
+            raise self.refused("no answer")
         named = {"content-type": self.content_type, **self.headers}
         headers = [(name.encode(), value.encode()) for name, value in named.items()]  # not ASCII
-        if not self.broken:
+        if self.broken is None and not self.stalls:
             return httpx.Response(self.status, content=self.body, headers=headers)
+        cut_by = self.broken
 
         async def cut() -> AsyncIterator[bytes]:
             yield self.body
-            raise httpx.ReadError("connection reset")
+            if self.stalls:
+                await asyncio.sleep(3600)
+            if cut_by is not None:
+                raise cut_by("cut off")
 
         return httpx.Response(self.status, content=cut(), headers=headers)
 
@@ -262,12 +307,18 @@ def dumps(data: Any) -> bytes:
 
 
 def json_answer(base: Any) -> st.SearchStrategy[Answer]:
-    """``base`` with parts wrong; now and then not an object, or not JSON at all."""
+    """``base`` with parts wrong; now and then not an object, or not JSON at all, or cut off
+    part-way (``CUTS``)."""
     documents = wrong_in(base) | odd | st.just(None).map(lambda _: base)
     as_json = documents.map(lambda document: Answer(200, dumps(document)))
     garbage = st.sampled_from([b"", b"not json", b"<html>ok</html>", b'{"choices": [', b"\xff"])
     other = st.builds(Answer, st.sampled_from([200, 201, 204]), garbage | st.binary(max_size=20))
-    return st.one_of(as_json, as_json, as_json, other)
+
+    def cut_off(answer: Answer, at: int, broken: type[httpx.TransportError]) -> Answer:
+        return Answer(200, answer.body[: at % (len(answer.body) + 1)], broken=broken)
+
+    cut = st.builds(cut_off, as_json, st.integers(0, 10_000), st.sampled_from(CUTS))
+    return st.one_of(as_json, as_json, as_json, other, cut)
 
 
 ERROR_BODIES = [
@@ -296,6 +347,8 @@ failure = st.builds(
     ),
 )
 """An error status, with a body that may be anything (and a retry-after that never waits)."""
+no_answer = st.builds(Answer, st.just(0), st.just(b""), refused=st.sampled_from(REFUSALS))
+"""A transport failure before the headers: the status and body are never seen."""
 
 ODD_EVENTS = [
     b"data: {not json\n\n",
@@ -338,7 +391,8 @@ def encoded(event: Event) -> bytes:
 
 def stream_answer(base: list[Event]) -> st.SearchStrategy[Answer]:
     """``base``'s events with some wrong: a payload's part, an event dropped, repeated, renamed
-    or odd (``ODD_EVENTS``) added; cut short now and then, or broken after its last byte."""
+    or odd (``ODD_EVENTS``) added; cut short now and then, or broken after its last byte (by a
+    reset, a timeout or a protocol error: ``CUTS``)."""
     events = st.lists(
         st.tuples(
             st.sampled_from(["payload", "drop", "repeat", "rename", "insert"]),
@@ -351,7 +405,10 @@ def stream_answer(base: list[Event]) -> st.SearchStrategy[Answer]:
     payloads = wrong_in([None if isinstance(event, bytes) else event[1] for event in base], 1)
 
     def build(
-        data: list[Any], edits: list[tuple[str, int, Any, bytes]], cut: int | None, broken: bool
+        data: list[Any],
+        edits: list[tuple[str, int, Any, bytes]],
+        cut: int | None,
+        broken: type[httpx.TransportError] | None,
     ) -> Answer:
         stream: list[Event] = [
             event if isinstance(event, bytes) else (event[0], data[i] if i < len(data) else None)
@@ -385,13 +442,24 @@ def stream_answer(base: list[Event]) -> st.SearchStrategy[Answer]:
         payloads,
         events,
         st.none() | st.none() | st.integers(0, 10_000),
-        st.sampled_from([False, False, False, True]),
+        st.sampled_from([None] * 6 + CUTS),
     )
 
 
+def stalling(valid: st.SearchStrategy[Answer]) -> st.SearchStrategy[Answer]:
+    """``valid``'s answers, now and then hanging part-way (or before their first byte)."""
+
+    def stalled(answer: Answer, at: int) -> Answer:
+        body = answer.body[: at % (len(answer.body) + 1)]
+        return Answer(answer.status, body, answer.content_type, stalls=True)
+
+    return valid | st.builds(stalled, valid, st.integers(0, 10_000))
+
+
 def answers(valid: st.SearchStrategy[Answer]) -> st.SearchStrategy[Answer]:
-    """Mostly ``valid``-looking answers with something wrong; one in five an error status."""
-    return st.one_of(valid, valid, valid, valid, failure)
+    """Mostly ``valid``-looking answers with something wrong; one in five an error status or
+    no answer at all."""
+    return st.one_of(valid, valid, valid, valid, failure | no_answer)
 
 
 speech = st.builds(
@@ -400,7 +468,7 @@ speech = st.builds(
     st.binary(max_size=40),
     st.sampled_from(["audio/mpeg", "", "application/json", "text/event-stream", "é/\x00", "x"]),
     st.just({}),
-    st.booleans(),
+    st.sampled_from([None, *CUTS]),
 )
 transcription = json_answer(TRANSCRIPTION) | st.builds(
     Answer,
