@@ -106,6 +106,19 @@ def test_a_request_line_gives_its_fields_to_json_and_a_short_line_to_text() -> N
     )
 
 
+def test_a_text_request_line_escapes_what_is_not_printable() -> None:
+    """The path and the model are the caller's: a newline in either was written as it came, and
+    the text log showed a line the gateway never wrote (a NUL went out raw too)."""
+    fields = {"request_id": "req_1", "status": 404, "method": "GET", "latency_ms": 1}
+    path = "/v1/responses/x\n2026-12-01 00:00:00,000 INFO tollgate.requests: forged\x00"
+    line = str(RequestLine({**fields, "path": path}))
+    assert line == (
+        "req_1 404 GET /v1/responses/x\\n2026-12-01 00:00:00,000 INFO tollgate.requests: "
+        "forged\\x00 1 ms"
+    )
+    assert line.isprintable()
+
+
 # --- configure_logging: uvicorn's handlers, warnings, uncaught exceptions ----------------------
 
 

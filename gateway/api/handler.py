@@ -191,7 +191,7 @@ class ApiHandler(ASGIHandler):
             except asyncio.CancelledError:  # the client went away meanwhile
                 pass
             except ResponseAborted:  # the server closes the connection: the body is cut off
-                log.warning("response to %s cut off: its upstream failed", scope["path"])
+                log.warning("response to %r cut off: its upstream failed", scope["path"])
 
         # As Django does: a client that disconnects cancels the request, and with it the
         # upstream call or stream, whose ledger row then records the disconnect. The request

@@ -76,7 +76,8 @@ Django's runserver): with ``json``, their handlers get the JSON formatter too.""
 
 class RequestLine:
     """The message of a request-log record: ``fields`` (a flat dict of plain values), written
-    as the JSON line's own fields, or as a short line by a text formatter (``str``)."""
+    as the JSON line's own fields, or as a short line by a text formatter (``str``), where what
+    is not printable is escaped (the path and the model are the caller's)."""
 
     __slots__ = ("fields",)
 
@@ -103,7 +104,14 @@ class RequestLine:
                 parts.append(f"attempts {f['attempts']}" + (" fallback" if f["fallback"] else ""))
         if f.get("tenant"):
             parts.append(f"tenant {f['tenant']} key {f['key_prefix']}")
-        return " ".join(parts)
+        line = " ".join(parts)
+        return line if line.isprintable() else _escaped(line)
+
+
+def _escaped(text: str) -> str:
+    """``text`` with each character that is not printable escaped as Python writes it (``\\n``,
+    ``\\x00``): a caller's path or model name holding a newline cannot forge a line of its own."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 @functools.lru_cache(maxsize=4)
