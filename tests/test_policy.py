@@ -13,6 +13,7 @@ import orjson
 import pytest
 from django.test import AsyncClient
 from support.calls import ChatCalls
+from support.inprocess import api_client
 from support.redis_db import redis_url  # noqa: F401 - a fixture
 
 from conftest import TenantKey, ledger_rows
@@ -354,3 +355,58 @@ async def test_a_call_cancelled_while_its_admission_is_counted_leaves_no_reserva
     await asyncio.wait_for(until(lambda: store._budgets[check.budget_key] == [0, 0]), 5)
     store.counting.clear()
     assert await policy.admit(limits, estimate) is not None  # the whole budget is there again
+
+
+FALLING_BACK = """
+[models."gpt-falls-back"]
+provider = "fake"
+upstream_model = "broken"
+fallbacks = ["gpt-test"]
+input_per_mtok = 1.0
+output_per_mtok = 2.0
+
+[router]
+backoff_base_seconds = 0.0
+"""
+
+
+async def test_a_call_that_falls_back_is_one_request_per_minute(
+    tenants: dict[str, TenantKey], gateway_runtime, backend
+) -> None:
+    """A fallback is admitted again on its model's prices: that admission counted the call's
+    request a second time, so a caller with an RPM of 2 was refused its second call (429) after
+    one that fell back, and a caller with an RPM of 1 had a call that fell back refused. The
+    request counts once; the tokens and the budget are the fallback's."""
+    alice = tenants["alice"]
+    await asyncio.to_thread(set_limits, alice, rpm_limit=2)
+    upstream = Upstream()
+
+    async def broken_first(request: httpx.Request) -> httpx.Response:
+        if orjson.loads(request.content)["model"] == "broken":
+            return httpx.Response(500, json={"error": {"message": "down"}})
+        return await upstream(request)
+
+    current: Runtime = gateway_runtime(broken_first, extra_config=FALLING_BACK)
+    current.policy = backend()
+    headers = {"authorization": f"Bearer {alice.raw}", "content-type": "application/json"}
+    async with api_client() as client:
+        answers = [
+            await client.post(
+                "/v1/chat/completions", headers=headers, content=body("gpt-falls-back")
+            )
+            for _ in range(3)
+        ]
+    await current.policy.drain()
+    assert [answer.status_code for answer in answers] == [200, 200, 429]
+    assert [answer.headers.get("x-ratelimit-remaining-requests") for answer in answers] == [
+        "1",
+        "0",
+        "0",
+    ]
+    assert len(upstream.calls) == 2  # the fallback's; the broken model's were retried first
+    rows = await asyncio.to_thread(ledger_rows, current)
+    assert [(row.status_code, row.fallback) for row in rows] == [
+        (200, True),
+        (200, True),
+        (429, False),
+    ]

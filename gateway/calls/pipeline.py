@@ -232,17 +232,20 @@ class Call:
 
     async def fall_back_to(self, alias: str) -> None:
         """Move the call to the fallback ``alias`` (``gateway.routing.router``): its deployments,
-        held to the caller's allow-list (``ModelNotAllowed``), and admitted again on its prices
-        (the first admission is released)."""
+        held to the caller's allow-list (``ModelNotAllowed``), and its tokens and cost admitted
+        again on its prices (the first admission's are released; its request stays counted,
+        once, with the requests headers it gave)."""
         routes = self.runtime.factory.routes(alias, self.operation)
         limits = self.caller.limits
         self.runtime.policy.check_model(limits, alias, self.runtime.factory, routes[0])
         previous = self.admission
         self.routes, self.route = routes, routes[0]
         if self._admitted is not None:
-            await self._admit(*self._admitted)
+            await self._admit(*self._admitted, request=False)
             if previous is not None:
                 previous.settle(0, Decimal(0))
+                if self.admission is not None:
+                    self.admission.headers = {**previous.headers, **self.admission.headers}
 
     def keep_affinity(self, body: dict[str, Any]) -> None:
         """The body's own affinity key, over the session header's: OpenAI's
@@ -279,7 +282,13 @@ class Call:
         limit = max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else None
         await self.admit(self.estimate_prompt_tokens(), limit)
 
-    async def _admit(self, prompt_tokens: int, max_tokens: int | None, units: Units | None) -> None:
+    async def _admit(
+        self,
+        prompt_tokens: int,
+        max_tokens: int | None,
+        units: Units | None,
+        request: bool = True,
+    ) -> None:
         route = self.route
         assert route is not None
         worst = Usage(
@@ -289,7 +298,7 @@ class Call:
             else (0 if units is not None else settings.TOLLGATE_DEFAULT_RESERVE_TOKENS),
         )
         estimate = Estimate(prompt_tokens + (max_tokens or 0), cost_of(worst, route.prices, units))
-        self.admission = await self.runtime.policy.admit(self.caller.limits, estimate)
+        self.admission = await self.runtime.policy.admit(self.caller.limits, estimate, request)
 
     async def upstream(self, attempt: Callable[[Route], Awaitable[T]]) -> T:
         """The one place a call reaches its upstream: ``attempt`` sends it along one route and

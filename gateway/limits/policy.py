@@ -241,14 +241,18 @@ class Policy:
         if (limits.tenant_models or limits.key_models) and not limits.allows(model, factory, route):
             raise ModelNotAllowed(model)
 
-    async def admit(self, limits: CallerLimits, estimate: Estimate) -> Admission | None:
+    async def admit(
+        self, limits: CallerLimits, estimate: Estimate, request: bool = True
+    ) -> Admission | None:
         """Count the call against its scopes' limits, or raise ``RateLimited`` /
-        ``BudgetExceeded``. ``None`` when nothing is counted."""
+        ``BudgetExceeded``. ``None`` when nothing is counted. ``request`` False: the call's
+        request is counted already (a call admitted again for its fallback): only its tokens
+        and its cost are."""
         if not limits.scopes:
             return None
         now = datetime.now(UTC)
         second = int(now.timestamp())
-        checks = [self._check(scope, estimate, now) for scope in limits.scopes]
+        checks = [self._check(scope, estimate, now, request) for scope in limits.scopes]
         # Each scope may ask to be loaded, twice when the store falls back meanwhile (Redis).
         for _ in range(2 * len(checks) + 1):
             verdict = await self._counted(checks, second)
@@ -316,11 +320,13 @@ class Policy:
     # --- helpers ----------------------------------------------------------------------------------
 
     @staticmethod
-    def _check(scope: ScopeLimits, estimate: Estimate, now: datetime) -> Check:
+    def _check(
+        scope: ScopeLimits, estimate: Estimate, now: datetime, request: bool = True
+    ) -> Check:
         period, _ = period_of(scope.period, now)
         return Check(
             scope=scope.scope,
-            rpm=scope.rpm,
+            rpm=scope.rpm if request else None,  # None: the request is neither held nor counted
             tpm=scope.tpm,
             tokens=estimate.tokens if scope.tpm is not None else 0,
             cap=to_units(scope.budget_usd, ROUND_HALF_UP) if scope.budget_usd is not None else None,
