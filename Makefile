@@ -136,7 +136,7 @@ bench: install
 			given="$$given --postgres-url $(BENCH_POSTGRES_URL)"; fi; \
 		echo "$(BIN)/python bench/run.py $$given $(BENCH_ARGS)"; \
 		$(BIN)/python bench/run.py $$given $(BENCH_ARGS)
-	$(BIN)/python bench/routing.py
+	$(BIN)/python -m bench.routing
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

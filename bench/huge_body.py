@@ -18,7 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the test helpers
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: bench.*
 
 import httpx
 

@@ -10,7 +10,7 @@ Last, session affinity: 200 sessions of 10 calls over three deployments, each wi
 cache (the fake upstream's ``cache`` script), with and without a ``prompt_cache_key``: the share
 of calls that hit a cache.
 
-    .venv/bin/python bench/routing.py [--calls 10000] [--concurrency 50]
+    .venv/bin/python -m bench.routing [--calls 10000] [--concurrency 50]
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the test helpers
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: bench.*
 
 import httpx
 from httpx_aiohttp import AiohttpTransport
