@@ -148,26 +148,26 @@ def main() -> None:
 
     import django
 
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tollgate.settings")
-    django.setup()
-    from django.core.management import call_command
-    from django.db import connections
-    from django.db.models import Count, Sum
-    from support import fake
-
-    from conftest import start_gateway_with_config
-    from fake_upstream import run_fake_upstream
-    from gateway.models import ApiKey, Tenant, UsageRecord
-
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        # A database of the run's own, whatever DATABASE_URL the environment names: its gateways
+        # read it too.
+        os.environ["DATABASE_URL"] = f"sqlite:///{tmp}/bench.sqlite3"
+        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tollgate.settings")
+        django.setup()
+        from django.core.management import call_command
+        from django.db.models import Count, Sum
+        from support import fake
+
+        from conftest import start_gateway_with_config
+        from fake_upstream import run_fake_upstream
+        from gateway.models import ApiKey, Tenant, UsageRecord
+
         healthy = stack.enter_context(run_fake_upstream(name="healthy"))
         flaky = stack.enter_context(
             run_fake_upstream(name="flaky", fail_rate=0.5, fail_status=503, seed=1)
         )
         down = stack.enter_context(run_fake_upstream(name="down", down=True))
-        os.environ["DATABASE_URL"] = f"sqlite:///{tmp}/bench.sqlite3"
-        connections["default"].settings_dict["NAME"] = f"{tmp}/bench.sqlite3"
         call_command("migrate", verbosity=0)
         _, key = ApiKey.objects.issue(Tenant.objects.create(name="bench"), name="bench")
         env = {"DATABASE_URL": os.environ["DATABASE_URL"], "TOLLGATE_AUTH_CACHE_SECONDS": "5"}
