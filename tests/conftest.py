@@ -9,8 +9,10 @@ test database with this process.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import logging
 import os
 import secrets
 import signal
@@ -18,14 +20,15 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 from django.db import connection
+from hypothesis import HealthCheck, settings
 
 from gateway import runtime
 from gateway.models import ApiKey, Tenant, UsageRecord
@@ -42,6 +45,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 from support.gateway_logs import check_gateway_log  # noqa: E402
 
 from fake_upstream import run_fake_upstream  # noqa: E402
+
+if TYPE_CHECKING:
+    from support.asgi_replies import Tracebacks
 
 TENANT_NAMES = ("alice", "bob", "charlie")
 
@@ -266,6 +272,41 @@ def provider_answering(
 def ledger_rows(current: runtime.Runtime) -> list[UsageRecord]:
     current.ledger.flush()
     return list(UsageRecord.objects.order_by("id"))
+
+
+# --- hypothesis tests through the ASGI app in process -------------------------------------------
+
+
+def examples(count: int) -> settings:
+    """``count`` examples, the same ones every run."""
+    return settings(
+        max_examples=count,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+
+
+@pytest.fixture
+def run() -> Iterator[Callable[[Coroutine[Any, Any, Any]], Any]]:
+    """Runs a coroutine on one event loop kept for the whole fuzz run."""
+    loop = asyncio.new_event_loop()
+    yield loop.run_until_complete
+    loop.run_until_complete(loop.shutdown_asyncgens())
+    loop.close()
+
+
+@pytest.fixture
+def tracebacks() -> Iterator[Tracebacks]:
+    """What the gateway should never log (``Tracebacks``), kept while the test runs."""
+    from support.asgi_replies import Tracebacks  # the ASGI app: only for the tests that use it
+
+    handler = Tracebacks()
+    root = logging.getLogger()
+    root.addHandler(handler)
+    yield handler
+    root.removeHandler(handler)
 
 
 # --- end-to-end: real processes on 127.0.0.1 ----------------------------------------------------

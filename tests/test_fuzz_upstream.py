@@ -19,10 +19,9 @@ whole or not at all. The examples are derandomized, so the suite runs the same o
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import logging
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -30,7 +29,7 @@ from urllib.parse import quote, unquote
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from support.asgi_replies import Tracebacks, send, told
 from support.inprocess import ANTHROPIC_PATH
@@ -45,6 +44,8 @@ from support.upstream_answers import (
     MESSAGE_EVENTS,
     RESPONSE,
     RESPONSE_EVENTS,
+    SECOND_HOST,
+    SECOND_PROVIDERS,
     TOKEN_COUNT,
     Answer,
     answers,
@@ -57,12 +58,14 @@ from support.upstream_answers import (
     transcription,
 )
 
-from conftest import TenantKey
+from conftest import TenantKey, examples
 from gateway import runtime
 from gateway.models import StoredResponse, UsageRecord
 from gateway.tenants import auth
 
-EXTRA_CONFIG = """
+EXTRA_CONFIG = (
+    SECOND_PROVIDERS
+    + """
 [providers.native]
 type = "openai"
 base_url = "http://upstream.test/v1"
@@ -74,16 +77,6 @@ provider = "native"
 upstream_model = "gpt-native"
 input_per_mtok = 1.0
 output_per_mtok = 2.0
-
-[providers.second-openai]
-type = "openai"
-base_url = "http://second.test/v1"
-api_key_env = "FAKE_UPSTREAM_KEY"
-
-[providers.second-anthropic]
-type = "anthropic"
-base_url = "http://second.test/v1"
-api_key_env = "FAKE_UPSTREAM_KEY"
 
 [models."gpt-then-claude"]
 provider = "fake"
@@ -137,11 +130,12 @@ input_per_mtok = 1.0
 [router]
 backoff_base_seconds = 0.0
 """
+)
 """A model on an upstream that serves the Responses API itself; models of one dialect whose
 calls fall back to a model of the other on another upstream (``second.test``), or retry on a
 deployment of the other there (``gpt-or-claude``), the first with short timeouts of its own
 (``-timed``: its upstream may hang); retries without backoff."""
-FIRST_HOST, SECOND_HOST = "upstream.test", "second.test"
+FIRST_HOST = "upstream.test"
 
 # --- the calls --------------------------------------------------------------------------------
 
@@ -374,35 +368,6 @@ class FakeUpstream:
         """Whether every upstream of the call says no (an error status, or no answer): then
         the call fails too."""
         return self.answer.fails and (self.fallback is None or self.fallback.fails)
-
-
-@pytest.fixture
-def run() -> Iterator[Callable[[Coroutine[Any, Any, Any]], Any]]:
-    """Runs a coroutine on one event loop kept for the whole fuzz run."""
-    loop = asyncio.new_event_loop()
-    yield loop.run_until_complete
-    loop.run_until_complete(loop.shutdown_asyncgens())
-    loop.close()
-
-
-@pytest.fixture
-def tracebacks() -> Iterator[Tracebacks]:
-    handler = Tracebacks()
-    root = logging.getLogger()
-    root.addHandler(handler)
-    yield handler
-    root.removeHandler(handler)
-
-
-def examples(count: int) -> settings:
-    """``count`` examples, the same ones every run."""
-    return settings(
-        max_examples=count,
-        deadline=None,
-        derandomize=True,
-        database=None,
-        suppress_health_check=list(HealthCheck),
-    )
 
 
 @pytest.fixture

@@ -370,6 +370,23 @@ backoff_base_seconds = 0.0
 """
 
 
+def install_falling_back(
+    gateway_runtime, backend: Callable[[], Policy], config: str = FALLING_BACK
+) -> tuple[Runtime, Upstream]:
+    """A runtime of ``config`` whose upstream model ``broken`` answers 500 (its calls fall
+    back); every other model is answered by the ``Upstream``."""
+    upstream = Upstream()
+
+    async def broken_first(request: httpx.Request) -> httpx.Response:
+        if orjson.loads(request.content)["model"] == "broken":
+            return httpx.Response(500, json={"error": {"message": "down"}})
+        return await upstream(request)
+
+    current: Runtime = gateway_runtime(broken_first, extra_config=config)
+    current.policy = backend()
+    return current, upstream
+
+
 async def test_a_call_that_falls_back_is_one_request_per_minute(
     tenants: dict[str, TenantKey], gateway_runtime, backend
 ) -> None:
@@ -379,15 +396,7 @@ async def test_a_call_that_falls_back_is_one_request_per_minute(
     request counts once; the tokens and the budget are the fallback's."""
     alice = tenants["alice"]
     await asyncio.to_thread(set_limits, alice, rpm_limit=2)
-    upstream = Upstream()
-
-    async def broken_first(request: httpx.Request) -> httpx.Response:
-        if orjson.loads(request.content)["model"] == "broken":
-            return httpx.Response(500, json={"error": {"message": "down"}})
-        return await upstream(request)
-
-    current: Runtime = gateway_runtime(broken_first, extra_config=FALLING_BACK)
-    current.policy = backend()
+    current, upstream = install_falling_back(gateway_runtime, backend)
     headers = {"authorization": f"Bearer {alice.raw}", "content-type": "application/json"}
     async with api_client() as client:
         answers = [
@@ -410,3 +419,106 @@ async def test_a_call_that_falls_back_is_one_request_per_minute(
         (200, True),
         (429, False),
     ]
+
+
+@pytest.mark.parametrize(
+    "limit", [{"tpm_limit": 1500}, {"budget_usd": Decimal("0.003"), "budget_period": "total"}]
+)
+async def test_a_call_that_falls_back_is_admitted_on_its_fallbacks_tokens_and_cost_alone(
+    tenants: dict[str, TenantKey], gateway_runtime, backend, limit: dict[str, object]
+) -> None:
+    """The fallback was admitted while the first model's admission still held the call's
+    estimated tokens (1100) and its reservation ($0.0021): a caller with room for the call once
+    (a TPM of 1500, a budget of $0.003) had its fallback refused, and got the first model's
+    failure (502) instead of the fallback's answer. The first admission is released before the
+    fallback's is counted."""
+    alice = tenants["alice"]
+    await asyncio.to_thread(set_limits, alice, **limit)
+    current, upstream = install_falling_back(gateway_runtime, backend)
+    headers = {"authorization": f"Bearer {alice.raw}", "content-type": "application/json"}
+    async with api_client() as client:
+        answer = await client.post(
+            "/v1/chat/completions", headers=headers, content=body("gpt-falls-back")
+        )
+    await current.policy.drain()
+    assert answer.status_code == 200, answer.text
+    assert len(upstream.calls) == 1  # the fallback's
+    rows = await asyncio.to_thread(ledger_rows, current)
+    assert [(row.status_code, row.fallback, row.cost_usd) for row in rows] == [
+        (200, True, REAL_COST)
+    ]
+
+
+FALLING_BACK_TO_DEARER = (
+    FALLING_BACK
+    + """
+[models."gpt-dear"]
+provider = "fake"
+upstream_model = "fake-gpt-dear"
+input_per_mtok = 10.0
+output_per_mtok = 20.0
+
+[models."gpt-falls-back-dearly"]
+provider = "fake"
+upstream_model = "broken"
+fallbacks = ["gpt-dear"]
+input_per_mtok = 1.0
+output_per_mtok = 2.0
+"""
+)
+
+
+async def test_a_fallback_refused_by_the_budget_is_not_recorded_as_serving_the_call(
+    tenants: dict[str, TenantKey], gateway_runtime, backend
+) -> None:
+    """A call moved to its fallback before the fallback was admitted: when the caller's budget
+    refused it ($0.021 to reserve on its prices, over $0.01), the call failed with its first
+    model's error, but its row and its answer said the fallback had served it (its model, its
+    upstream model), an upstream it never reached. They name the model that failed."""
+    alice = tenants["alice"]
+    await asyncio.to_thread(set_limits, alice, budget_usd=Decimal("0.01"), budget_period="total")
+    current, upstream = install_falling_back(gateway_runtime, backend, FALLING_BACK_TO_DEARER)
+    headers = {"authorization": f"Bearer {alice.raw}", "content-type": "application/json"}
+    async with api_client() as client:
+        answer = await client.post(
+            "/v1/chat/completions", headers=headers, content=body("gpt-falls-back-dearly")
+        )
+    await current.policy.drain()
+    assert answer.status_code == 502
+    assert answer.headers["x-tollgate-model"] == "gpt-falls-back-dearly"
+    assert upstream.calls == []
+    rows = await asyncio.to_thread(ledger_rows, current)
+    assert [(row.served_model, row.upstream_model, row.fallback) for row in rows] == [
+        ("gpt-falls-back-dearly", "broken", False)
+    ]
+
+
+async def test_a_token_count_is_not_refused_for_what_an_answer_would_cost(
+    tenants: dict[str, TenantKey], gateway_runtime, backend
+) -> None:
+    """``/v1/messages/count_tokens`` costs nothing and is held to the caller's allow-lists and
+    rate limits, but its admission reserved a call's default answer (4096 tokens, $0.0082 on
+    gpt-test): a tenant with $0.005 of budget left had its token counts refused (429
+    insufficient_quota, "less than this call may cost"). No budget holds a count; its rate
+    limits still do."""
+    alice = tenants["alice"]
+    await asyncio.to_thread(
+        set_limits, alice, rpm_limit=2, budget_usd=Decimal("0.005"), budget_period="total"
+    )
+    current, upstream = install(gateway_runtime, backend)
+    count = orjson.dumps({"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]})
+    async with api_client() as client:
+        answers = [
+            await client.post(
+                "/v1/messages/count_tokens",
+                headers={"x-api-key": alice.raw, "content-type": "application/json"},
+                content=count,
+            )
+            for _ in range(3)
+        ]
+    await current.policy.drain()
+    assert [answer.status_code for answer in answers] == [200, 200, 429], answers[0].text
+    assert answers[0].json()["input_tokens"] > 0
+    assert answers[2].json()["error"]["type"] == "rate_limit_error"
+    assert upstream.calls == []  # counted by the gateway: gpt-test is no Anthropic model
+    assert await asyncio.to_thread(ledger_rows, current) == []

@@ -200,8 +200,8 @@ class Call:
         """What ended the call short of its answer (a refusal, an upstream failure), if
         anything did (``gateway.telemetry``)."""
         self.keeps_row = True
-        """False for what is not a call to a model (a token count): ``record`` then only
-        settles the rate limits, and writes no ledger row."""
+        """False for what is not a call to a model (a token count): no budget holds it (it
+        costs nothing), ``record`` only settles its rate limits and writes no ledger row."""
         self.close_pending: Callable[[], Awaitable[None]] | None = None
         """Closes the upstream stream handed to a streaming response, should it never be read."""
         self.admission: Admission | None = None
@@ -233,19 +233,20 @@ class Call:
     async def fall_back_to(self, alias: str) -> None:
         """Move the call to the fallback ``alias`` (``gateway.routing.router``): its deployments,
         held to the caller's allow-list (``ModelNotAllowed``), and its tokens and cost admitted
-        again on its prices (the first admission's are released; its request stays counted,
-        once, with the requests headers it gave)."""
+        again on its prices once the first admission's are released (``Admission.release``: not
+        twice in the room it is admitted in); its request stays counted, once, with the requests
+        headers it gave. A fallback refused leaves the call where it was."""
         routes = self.runtime.factory.routes(alias, self.operation)
         limits = self.caller.limits
         self.runtime.policy.check_model(limits, alias, self.runtime.factory, routes[0])
         previous = self.admission
-        self.routes, self.route = routes, routes[0]
         if self._admitted is not None:
-            await self._admit(*self._admitted, request=False)
             if previous is not None:
-                previous.settle(0, Decimal(0))
-                if self.admission is not None:
-                    self.admission.headers = {**previous.headers, **self.admission.headers}
+                previous.release()
+            await self._admit(routes[0], *self._admitted, request=False)
+            if previous is not None and self.admission is not None:
+                self.admission.headers = {**previous.headers, **self.admission.headers}
+        self.routes, self.route = routes, routes[0]
 
     def keep_affinity(self, body: dict[str, Any]) -> None:
         """The body's own affinity key, over the session header's: OpenAI's
@@ -275,7 +276,7 @@ class Call:
         policy.check_model(limits, self.requested_model, self.runtime.factory, route)
         if limits.scopes:
             self._admitted = (prompt_tokens, max_tokens, units)
-            await self._admit(prompt_tokens, max_tokens, units)
+            await self._admit(route, prompt_tokens, max_tokens, units)
 
     async def admit_prompt(self, max_tokens: Any) -> None:
         """``admit`` on the prompt's estimate and the body's own output limit, if it is one."""
@@ -284,13 +285,13 @@ class Call:
 
     async def _admit(
         self,
+        route: Route,
         prompt_tokens: int,
         max_tokens: int | None,
         units: Units | None,
         request: bool = True,
     ) -> None:
-        route = self.route
-        assert route is not None
+        """Admit the call on ``route``'s prices."""
         worst = Usage(
             prompt_tokens=prompt_tokens,
             completion_tokens=max_tokens
@@ -298,7 +299,9 @@ class Call:
             else (0 if units is not None else settings.TOLLGATE_DEFAULT_RESERVE_TOKENS),
         )
         estimate = Estimate(prompt_tokens + (max_tokens or 0), cost_of(worst, route.prices, units))
-        self.admission = await self.runtime.policy.admit(self.caller.limits, estimate, request)
+        self.admission = await self.runtime.policy.admit(
+            self.caller.limits, estimate, request, spends=self.keeps_row
+        )
 
     async def upstream(self, attempt: Callable[[Route], Awaitable[T]]) -> T:
         """The one place a call reaches its upstream: ``attempt`` sends it along one route and

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, tzinfo
 from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
 from functools import lru_cache
@@ -221,6 +221,15 @@ class Admission:
         self.settled = True
         self.policy.settle(self, tokens, to_units(cost))
 
+    def release(self) -> None:
+        """Give back what the call was admitted for, its estimated tokens and its reservation,
+        before it is admitted again (for its fallback). It stays to be settled: should the call
+        not be admitted again, it counts what the call used, with nothing more to give back."""
+        if self.settled:
+            return
+        self.policy.settle(self, 0, 0)
+        self.checks = [replace(check, tokens=0, reserve=0) for check in self.checks]
+
 
 class Policy:
     def __init__(self, store: CounterStore | None = None) -> None:
@@ -242,17 +251,18 @@ class Policy:
             raise ModelNotAllowed(model)
 
     async def admit(
-        self, limits: CallerLimits, estimate: Estimate, request: bool = True
+        self, limits: CallerLimits, estimate: Estimate, request: bool = True, spends: bool = True
     ) -> Admission | None:
         """Count the call against its scopes' limits, or raise ``RateLimited`` /
         ``BudgetExceeded``. ``None`` when nothing is counted. ``request`` False: the call's
         request is counted already (a call admitted again for its fallback): only its tokens
-        and its cost are."""
+        and its cost are. ``spends`` False: the call costs nothing (a token count): no budget
+        holds it, only the rate limits."""
         if not limits.scopes:
             return None
         now = datetime.now(UTC)
         second = int(now.timestamp())
-        checks = [self._check(scope, estimate, now, request) for scope in limits.scopes]
+        checks = [self._check(scope, estimate, now, request, spends) for scope in limits.scopes]
         # Each scope may ask to be loaded, twice when the store falls back meanwhile (Redis).
         for _ in range(2 * len(checks) + 1):
             verdict = await self._counted(checks, second)
@@ -321,16 +331,21 @@ class Policy:
 
     @staticmethod
     def _check(
-        scope: ScopeLimits, estimate: Estimate, now: datetime, request: bool = True
+        scope: ScopeLimits,
+        estimate: Estimate,
+        now: datetime,
+        request: bool = True,
+        spends: bool = True,
     ) -> Check:
         period, _ = period_of(scope.period, now)
+        budget = scope.budget_usd if spends else None  # None: no budget holds the call
         return Check(
             scope=scope.scope,
             rpm=scope.rpm if request else None,  # None: the request is neither held nor counted
             tpm=scope.tpm,
             tokens=estimate.tokens if scope.tpm is not None else 0,
-            cap=to_units(scope.budget_usd, ROUND_HALF_UP) if scope.budget_usd is not None else None,
-            reserve=to_units(estimate.cost, ROUND_CEILING) if scope.budget_usd is not None else 0,
+            cap=to_units(budget, ROUND_HALF_UP) if budget is not None else None,
+            reserve=to_units(estimate.cost, ROUND_CEILING) if budget is not None else 0,
             period=period,
             ttl=_PERIOD_TTL.get(scope.period, _PERIOD_TTL["total"]),
         )

@@ -476,3 +476,19 @@ transcription = json_answer(TRANSCRIPTION) | st.builds(
     st.sampled_from([b"hi", b"", b"\xff", b'{"text": 5}', b"[]"]),
     st.sampled_from(["text/plain", "application/json", "application/json; charset=x", ""]),
 )
+
+
+SECOND_HOST = "second.test"
+SECOND_PROVIDERS = f"""
+[providers.second-openai]
+type = "openai"
+base_url = "http://{SECOND_HOST}/v1"
+api_key_env = "FAKE_UPSTREAM_KEY"
+
+[providers.second-anthropic]
+type = "anthropic"
+base_url = "http://{SECOND_HOST}/v1"
+api_key_env = "FAKE_UPSTREAM_KEY"
+"""
+"""A second upstream host (beside ``mock_config``'s ``upstream.test``) serving each dialect: the
+upstreams a call falls back to in the fuzz and in the limits' property test."""

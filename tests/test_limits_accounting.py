@@ -1,0 +1,536 @@
+"""Rate limits and budgets keep their accounts whatever a call goes through: a derandomized
+property test of sequences of calls from a tenant with requests per minute, tokens per minute
+and budgets, through the real ASGI app in process (both upstreams faked with
+``httpx.MockTransport``), on memory and on Redis counters.
+
+A sequence mixes chat completions, ``/v1/messages`` (JSON and streamed) and its token counts, on
+models alone, with a fallback of the other dialect on another upstream, or with a deployment of
+each dialect. Each attempt's upstream answers (tokens drawn), fails with a status the router
+retries (500, 429, 529) or the caller's (400), cuts its stream short, or hangs until the client
+goes away (before the answer, or mid-stream). The limits are drawn in the measure of the first
+call, so that most calls pass and some are refused.
+
+Each call is held to a model of the counters (``Accounts``): refused exactly when they should
+refuse it (a fallback admitted on its own tokens and cost in place of its first model's, its
+request counted once; a token count held to no budget), answered by the model that served it,
+and recorded in one ledger row (none for a token count) whose status is what its caller was
+told. Once the sequence is settled, the counters say what the ledger says: a request per call
+admitted, the tokens its row records, its cost spent, nothing reserved, no call in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+import tomllib
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass, field
+from decimal import ROUND_CEILING, Decimal
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from django.db.models import Sum
+from hypothesis import given
+from hypothesis import strategies as st
+from support.asgi_replies import Tracebacks, send, told
+from support.inprocess import ANTHROPIC_PATH
+from support.redis_db import flush, redis_url  # noqa: F401 - a fixture
+from support.upstream_answers import (
+    CHUNKS,
+    COMPLETION,
+    MESSAGE,
+    MESSAGE_EVENTS,
+    SECOND_HOST,
+    SECOND_PROVIDERS,
+    encoded,
+)
+
+from conftest import TenantKey, examples
+from gateway import runtime
+from gateway.calls.metering import estimate_prompt_tokens
+from gateway.limits.counters import WINDOW_SECONDS, Check, MemoryCounters, RedisCounters
+from gateway.limits.policy import Policy, to_units
+from gateway.limits.resilient_counters import ResilientCounters
+from gateway.models import UsageRecord
+from gateway.tenants import auth
+from providers.config import ModelConfig
+from providers.pricing import cost_of
+from providers.types import Usage
+
+CONFIG = (
+    SECOND_PROVIDERS
+    + """
+[models."gpt-alone"]
+provider = "fake"
+upstream_model = "gpt-first"
+input_per_mtok = 1.0
+output_per_mtok = 2.0
+
+[models."claude-alone"]
+provider = "fake-anthropic"
+upstream_model = "claude-first"
+input_per_mtok = 3.0
+output_per_mtok = 15.0
+
+[models."gpt-then-claude"]
+provider = "fake"
+upstream_model = "gpt-first"
+fallbacks = ["claude-second"]
+input_per_mtok = 1.0
+output_per_mtok = 2.0
+
+[models."claude-then-gpt"]
+provider = "fake-anthropic"
+upstream_model = "claude-first"
+fallbacks = ["gpt-second"]
+input_per_mtok = 3.0
+output_per_mtok = 15.0
+
+[models."claude-second"]
+provider = "second-anthropic"
+upstream_model = "claude-second"
+input_per_mtok = 2.0
+output_per_mtok = 4.0
+
+[models."gpt-second"]
+provider = "second-openai"
+upstream_model = "gpt-second"
+input_per_mtok = 1.5
+output_per_mtok = 7.5
+
+[models."gpt-or-claude"]
+deployments = [
+  { provider = "fake", upstream_model = "gpt-first" },
+  { provider = "second-anthropic", upstream_model = "claude-second", priority = 1 },
+]
+input_per_mtok = 2.0
+output_per_mtok = 4.0
+
+[router]
+backoff_base_seconds = 0.0
+"""
+)
+"""Models of each dialect on the first upstream (``FIRST``), alone or falling back to one of the
+other dialect on the second (``SECOND``) at twice or half their prices, and one with a
+deployment on each; retries without backoff. Prices are whole multiples of 5e-7 USD a token:
+every cost is a whole number of the budget counters' units (1e-8 USD), so the counters are held
+to the ledger exactly."""
+PRICES = {
+    name: ModelConfig.model_validate(model)
+    for name, model in tomllib.loads(CONFIG)["models"].items()
+}
+FIRST, SECOND = "upstream.test", SECOND_HOST
+FALLBACKS = {"gpt-then-claude": "claude-second", "claude-then-gpt": "gpt-second"}
+MODELS = ["gpt-alone", "claude-alone", *FALLBACKS, "gpt-or-claude"]
+CHAT, COUNT = "/v1/chat/completions", ANTHROPIC_PATH + "/count_tokens"
+RETRIED = (500, 429, 529)
+"""Statuses the router retries, and falls back after."""
+ATTEMPTS_PER_ALIAS = 3
+"""The router's default: the first attempt and two retries (``RouterConfig.max_retries``)."""
+GONE = (499, "client_disconnected")
+
+# --- what the upstreams answer --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """What an upstream answers one attempt: ``status`` (200: an answer that used ``prompt``
+    and ``completion`` tokens); a stream ``cut`` off by a broken connection after ``events`` of
+    its events; or an answer that ``hangs`` after ``events`` events (0: before its headers)
+    until the client goes away."""
+
+    status: int = 200
+    prompt: int = 0
+    completion: int = 0
+    cut: bool = False
+    hangs: bool = False
+    events: int = 0
+
+
+def answer(path: str, stream: bool, attempt: Attempt) -> httpx.Response:
+    """``attempt``'s answer, whole, in the dialect of the upstream's ``path``."""
+    anthropic = "/messages" in path
+    if attempt.status != 200:
+        error = {"type": "api_error", "message": "no"}
+        body = {"type": "error", "error": error} if anthropic else {"error": error}
+        return httpx.Response(attempt.status, json=body)
+    if path.endswith("/count_tokens"):
+        return httpx.Response(200, json={"input_tokens": attempt.prompt})
+    prompt, completion = attempt.prompt, attempt.completion
+    usage = {"input_tokens": prompt, "output_tokens": completion}
+    if not anthropic:
+        usage = {"prompt_tokens": prompt, "completion_tokens": completion}
+        usage["total_tokens"] = prompt + completion
+    if not stream:
+        return httpx.Response(200, json={**(MESSAGE if anthropic else COMPLETION), "usage": usage})
+    return httpx.Response(200, content=b"".join(streamed(anthropic, usage)))
+
+
+def streamed(anthropic: bool, usage: dict[str, int]) -> list[bytes]:
+    """A valid stream of the dialect, with ``usage``: Anthropic's input tokens at its start and
+    its output tokens near its end, OpenAI's in the chunk before ``[DONE]``."""
+    if anthropic:
+        (_, start), *middle, (_, delta), stop = MESSAGE_EVENTS
+        message = {**start["message"], "usage": {"input_tokens": usage["input_tokens"]}}
+        ending = {**delta, "usage": {"output_tokens": usage["output_tokens"]}}
+        events = [("message_start", {**start, "message": message}), *middle]
+        events += [("message_delta", ending), stop]
+    else:
+        *chunks, (_, last), done = CHUNKS
+        events = [*chunks, (None, {**last, "usage": usage}), done]
+    return [encoded(event) for event in events]
+
+
+@dataclass
+class Upstreams:
+    """Both upstreams. Each answers the attempts it gets of a call with the call's ``Attempt``s
+    for it, in order (the last one again for any more), and counts them; one that hangs sets
+    ``leave``: its client goes away."""
+
+    first: list[Attempt] = field(default_factory=list)
+    second: list[Attempt] = field(default_factory=list)
+    asked: dict[str, int] = field(default_factory=dict)
+    leave: asyncio.Event = field(default_factory=asyncio.Event)
+    hung: bool = False
+
+    def start(self, first: list[Attempt], second: list[Attempt]) -> asyncio.Event:
+        self.first, self.second, self.asked, self.hung = first, second, {}, False
+        self.leave = asyncio.Event()
+        return self.leave
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        host = request.url.host
+        plan = self.first if host == FIRST else self.second
+        assert host in (FIRST, SECOND) and plan, request.url
+        asked = self.asked[host] = self.asked.get(host, 0) + 1
+        attempt = plan[min(asked, len(plan)) - 1]
+        if attempt.hangs and attempt.events == 0:
+            await self._hang()
+        stream = orjson.loads(request.content).get("stream") is True
+        whole = answer(request.url.path, stream, attempt)
+        if not (stream and (attempt.cut or attempt.hangs)):
+            return whole
+        sent = whole.content.split(b"\n\n")[: attempt.events]
+
+        async def part_of_it() -> AsyncIterator[bytes]:
+            for event in sent:
+                yield event + b"\n\n"
+            if attempt.hangs:
+                await self._hang()
+            raise httpx.ReadError("cut off")
+
+        return httpx.Response(200, content=part_of_it())
+
+    async def _hang(self) -> None:
+        self.hung = True
+        self.leave.set()
+        await asyncio.sleep(3600)  # until the gateway lets go of the call
+
+
+# --- the calls ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PlannedCall:
+    """A call, and what each upstream answers its attempts there."""
+
+    path: str
+    stream: bool
+    model: str
+    chars: int
+    max_tokens: int
+    first: list[Attempt]
+    second: list[Attempt]
+
+    def body(self) -> dict[str, Any]:
+        body = {"model": self.model, "messages": [{"role": "user", "content": "x" * self.chars}]}
+        if self.path != COUNT:
+            body |= {"max_tokens": self.max_tokens, "stream": self.stream}
+        return body
+
+    def asks(self, model: str) -> tuple[int, int]:
+        """The tokens and the reservation (units of 1e-8 USD) the call asks of the counters on
+        ``model``'s prices: its prompt as the gateway estimates it (the endpoint's
+        ``call.prompt``), and its max_tokens (a token count: none, and no reservation)."""
+        [turn] = self.body()["messages"]
+        prompt = estimate_prompt_tokens([turn["content"]] if self.path == CHAT else [None, turn])
+        if self.path == COUNT:
+            return prompt, 0
+        worst = Usage(prompt_tokens=prompt, completion_tokens=self.max_tokens)
+        return prompt + self.max_tokens, to_units(cost_of(worst, PRICES[model]), ROUND_CEILING)
+
+    @property
+    def falls_back(self) -> bool:
+        """Whether the router moves the call to its model's fallback: every attempt on its first
+        upstream failed with a status it retries (a token count asks an upstream only of
+        Anthropic's dialect: the gateway counts for the others)."""
+        if self.path == COUNT and not self.model.startswith("claude"):
+            return False
+        tried = [self.first[min(n, len(self.first) - 1)] for n in range(ATTEMPTS_PER_ALIAS)]
+        return self.model in FALLBACKS and all(attempt.status in RETRIED for attempt in tried)
+
+
+def attempts(stream: bool) -> st.SearchStrategy[Attempt]:
+    tokens = {"prompt": st.integers(1, 120), "completion": st.integers(0, 400)}
+    answered = st.builds(Attempt, **tokens)
+    failed = st.builds(Attempt, status=st.sampled_from([*RETRIED, 400]))
+    hangs = st.builds(Attempt, hangs=st.just(True), events=st.integers(0, 3 if stream else 0))
+    cut = st.builds(Attempt, cut=st.just(True), events=st.integers(1, 4), **tokens)
+    return st.one_of(answered, answered, answered, failed, failed, hangs, cut if stream else failed)
+
+
+def planned_calls() -> st.SearchStrategy[PlannedCall]:
+    def plan(path: str, stream: bool) -> st.SearchStrategy[PlannedCall]:
+        some = st.lists(attempts(stream), min_size=1, max_size=3)
+        retried = st.builds(Attempt, status=st.sampled_from(RETRIED))
+        return st.builds(
+            PlannedCall,
+            path=st.just(path),
+            stream=st.just(stream),
+            model=st.sampled_from([*MODELS, *FALLBACKS]),  # falling back: the most to count
+            chars=st.integers(1, 400),
+            max_tokens=st.integers(1, 300),
+            # Half the calls fail every attempt on their first upstream (to their fallback).
+            first=st.one_of(some, retried.map(lambda attempt: [attempt])),
+            second=st.lists(attempts(stream), min_size=1, max_size=2),
+        )
+
+    paths = [(CHAT, False), (CHAT, True), (ANTHROPIC_PATH, False), (ANTHROPIC_PATH, True)]
+    return st.sampled_from([*paths, (COUNT, False)]).flatmap(lambda kind: plan(*kind))
+
+
+# --- the limits, and what the counters should hold ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScopeLimit:
+    """A scope's limits as the counters see them: the budget in units of 1e-8 USD."""
+
+    scope: str
+    rpm: int | None
+    tpm: int | None
+    budget: int | None
+
+
+@dataclass
+class Accounts:
+    """What the counters of every scope should hold: from the calls they admitted, a request
+    each, the tokens their rows record, what they cost."""
+
+    requests: int = 0
+    tokens: int = 0
+    spent: int = 0
+    rows: int = 0  # the ledger's, refused calls' included
+
+    def refusal(
+        self, scopes: list[ScopeLimit], planned: PlannedCall, model: str, request: bool = True
+    ) -> str | None:
+        """The error code the counters refuse ``planned`` with on ``model``'s prices (with its
+        request, unless it is counted already), in the order they check: each scope's budget
+        (none holds a token count), requests, then tokens. None: admitted."""
+        tokens, reserve = planned.asks(model)
+        for scope in scopes:
+            cap = scope.budget if planned.path != COUNT else None
+            if cap is not None and (self.spent >= cap or self.spent + reserve > cap):
+                return "insufficient_quota"
+            if request and scope.rpm is not None and self.requests + 1 > scope.rpm:
+                return "rate_limit_exceeded"
+            if scope.tpm is not None and self.tokens + tokens > scope.tpm:
+                return "rate_limit_exceeded"
+        return None
+
+    def count(self, row: UsageRecord | None) -> None:
+        """An admitted call, its row (None: a token count, which uses nothing)."""
+        self.requests += 1
+        if row is not None:
+            self.tokens += row.total_tokens or row.prompt_tokens or 0  # as its settlement counts
+            self.spent += to_units(row.cost_usd)
+
+
+Limits = dict[str, int | None]
+
+
+@st.composite
+def sequences(draw: st.DrawFn) -> tuple[Limits, list[PlannedCall]]:
+    """Calls, and limits in the measure of the first: none, room for one to four calls like it
+    (a fallback at twice or half its prices then finds room for itself, for itself and its first
+    model's reservation, or none), or far more; requests per minute from one call up. The
+    budgets are in 0.0001 USD, as the admin keeps them; the key may have its own."""
+    calls = draw(st.lists(planned_calls(), min_size=1, max_size=6))
+    tokens, reserve = calls[0].asks(calls[0].model)
+    room = st.sampled_from([1, 1.5, 2, 2.5, 3, 4])
+    budget = st.none() | room.map(lambda f: math.ceil(reserve * f / 10_000)) | st.just(10**8)
+    limits = {
+        "rpm": draw(st.none() | st.integers(1, 5) | st.just(10**6)),
+        "tpm": draw(st.none() | room.map(lambda f: math.ceil(tokens * f)) | st.just(10**9)),
+        "budget": draw(budget),
+        "key_rpm": draw(st.none() | st.integers(1, 6)),
+        "key_budget": draw(st.none() | budget),
+    }
+    return limits, calls
+
+
+def set_limits(who: TenantKey, limits: Limits) -> list[ScopeLimit]:
+    """Give ``who``'s tenant and key ``limits``; the scopes they count in, as the counters see
+    them."""
+    tenant, key = who.tenant, who.key
+    tenant.rpm_limit, tenant.tpm_limit = limits["rpm"], limits["tpm"]
+    key.rpm_limit = limits["key_rpm"]
+    scopes = []
+    for holder, scope, budget in (
+        (tenant, f"tenant:{tenant.pk}", limits["budget"]),
+        (key, f"key:{key.pk}", limits["key_budget"]),
+    ):
+        holder.budget_usd = None if budget is None else Decimal(budget) / 10_000
+        holder.budget_period = "total"
+        holder.save()
+        cap = None if holder.budget_usd is None else to_units(holder.budget_usd)
+        if (holder.rpm_limit, holder.tpm_limit, cap) != (None, None, None):
+            scopes.append(ScopeLimit(scope, holder.rpm_limit, holder.tpm_limit, cap))
+    auth._key_cache.clear()
+    return scopes
+
+
+# --- what the counters hold -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Counted:
+    """What a scope's counters hold (``counted``)."""
+
+    requests: int
+    tokens: int
+    spent: int
+    reserved: int
+    in_flight: int
+
+
+async def counted(policy: Policy, scope: str) -> Counted:
+    """What ``policy``'s store holds for ``scope``: its rate windows' counts of the last minute,
+    its total budget's spent and reserved units, and the calls it holds in flight (Redis).
+
+    The stores have no way to read a budget (the policy only admits and settles), so this reads
+    their state as they keep it, here and nowhere else: ``MemoryCounters``' budgets, and Redis's
+    keys (the budget's named by the store's own ``budget_key``)."""
+    now = int(time.time())
+    check = Check(scope, None, None, 0, None, 0, "total", 0)
+    store = policy.store
+    if isinstance(store, MemoryCounters):
+        windows = {f"{scope}:rpm": 0, f"{scope}:tpm": 0}
+        for name, _, count in store.recent_counts(now):
+            if name in windows:
+                windows[name] += count
+        spent, reserved = store._budgets.get(check.budget_key, [0, 0])
+        return Counted(*windows.values(), spent, reserved, 0)
+    assert isinstance(store, ResilientCounters) and not store.outage.down
+    client = store.redis.client
+    windows = {}
+    for kind in ("rpm", "tpm"):
+        buckets = await client.hgetall(f"tg:rl:{scope}:{kind}")
+        windows[kind] = sum(int(n) for s, n in buckets.items() if int(s) > now - WINDOW_SECONDS)
+    budget = await client.hgetall(store.redis.budget_key(check, store.redis.epoch))
+    spent, reserved = (int(budget.get(name, 0)) for name in (b"spent", b"reserved"))
+    return Counted(*windows.values(), spent, reserved, store.in_flight)
+
+
+# --- the test -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["memory", "redis"])
+def backend(request: pytest.FixtureRequest) -> Callable[[], Policy]:
+    """A policy on new counters: in memory, or in an emptied Redis as production has them."""
+    if request.param == "memory":
+        return lambda: Policy(MemoryCounters())
+    url = request.getfixturevalue("redis_url")
+
+    def on_redis() -> Policy:
+        flush(url)
+        return Policy(ResilientCounters(RedisCounters(url)))
+
+    return on_redis
+
+
+def test_the_counters_hold_what_the_ledger_says(
+    tenants: dict[str, TenantKey],
+    gateway_runtime: Callable[..., runtime.Runtime],
+    run: Callable[[Coroutine[Any, Any, Any]], Any],
+    tracebacks: Tracebacks,
+    backend: Callable[[], Policy],
+) -> None:
+    alice = tenants["alice"]
+    upstreams = Upstreams()
+    logging.getLogger("django.request").setLevel(logging.CRITICAL)  # a line per 4xx and 5xx
+
+    def one_call(
+        current: runtime.Runtime, planned: PlannedCall, scopes: list[ScopeLimit], accounts: Accounts
+    ) -> None:
+        """Make the call, hold what it did to ``accounts``, and count it there."""
+        leave = upstreams.start(planned.first, planned.second)
+        reply = run(send(planned.path, {"json": planned.body()}, alice.raw, leave=leave))
+        run(current.policy.drain())  # settled before the next call, as test_policy's calls are
+        current.ledger.flush()
+        rows = list(UsageRecord.objects.order_by("id")[accounts.rows :])
+        assert len(rows) == (planned.path != COUNT), rows  # a token count keeps none
+        accounts.rows += len(rows)
+        row = rows[0] if rows else None
+        described = (planned, reply.status, reply.body[-300:], row and row.error_type)
+        refused = accounts.refusal(scopes, planned, planned.model)
+        if refused is not None:
+            assert (upstreams.asked, reply.status) == ({}, 429), described
+            assert row is None or (row.status_code, row.error_type) == (429, refused), described
+            return
+        fallback = FALLBACKS.get(planned.model, "")
+        fell_back = planned.falls_back and not accounts.refusal(scopes, planned, fallback, False)
+        serving = fallback if fell_back else planned.model
+        if row is not None:  # a call to a model, which its upstreams answer (a count may not)
+            if fallback:
+                assert (SECOND in upstreams.asked) == fell_back, described
+            what = (row.served_model, row.fallback, row.attempts)
+            assert what == (serving, fell_back, sum(upstreams.asked.values())), described
+        if upstreams.hung:  # its client went away
+            assert row is None or (row.status_code, row.error_type) == GONE, described
+        else:
+            status = told(planned.path, reply)
+            assert reply.headers["x-tollgate-model"] == serving, described
+            if row is not None:
+                assert row.request_id == reply.headers["x-request-id"], described
+                if status == 502 and reply.status == 200:  # a stream that failed once started
+                    assert 400 <= row.status_code != 500, described
+                else:
+                    assert row.status_code == status, described
+        accounts.count(row)
+
+    @examples(300)
+    @given(sequences())
+    def sequence(limits_and_calls: tuple[Limits, list[PlannedCall]]) -> None:
+        limits, calls = limits_and_calls
+        UsageRecord.objects.all().delete()
+        tracebacks.records.clear()
+        scopes = set_limits(alice, limits)
+        current = gateway_runtime(upstreams, CONFIG)
+        current.policy = backend()
+        accounts = Accounts()
+        try:
+            for planned in calls:
+                one_call(current, planned, scopes, accounts)
+            rows = UsageRecord.objects.all()
+            assert rows.count() == accounts.rows
+            assert to_units(rows.aggregate(cost=Sum("cost_usd"))["cost"] or 0) == accounts.spent
+            for scope in scopes:
+                held = run(counted(current.policy, scope.scope))
+                assert held == Counted(
+                    accounts.requests if scope.rpm is not None else 0,
+                    accounts.tokens if scope.tpm is not None else 0,
+                    accounts.spent if scope.budget is not None else 0,
+                    reserved=0,
+                    in_flight=0,
+                ), (scope, accounts)
+            assert not tracebacks.records, [record.getMessage() for record in tracebacks.records]
+        finally:
+            run(current.policy.aclose())
+
+    sequence()
