@@ -16,6 +16,7 @@ tenant's id is a 404. ``store: false`` (Codex sends it) keeps nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator
@@ -24,7 +25,7 @@ from typing import Any
 
 import orjson
 from django.conf import settings
-from django.db import DataError, IntegrityError, transaction
+from django.db import DataError, IntegrityError, connection, transaction
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.utils import timezone
 
@@ -320,7 +321,10 @@ async def _save(stored: StoredResponse) -> None:
     none) is first replaced, as the ledger mends its rows, and the response kept."""
 
     def insert() -> None:
-        with transaction.atomic():  # a refused insert leaves no transaction around it broken
+        # Inside a transaction (never the API's: it runs in autocommit), a savepoint, so that a
+        # refused insert leaves the transaction usable for the retry; else no BEGIN and COMMIT
+        # around every stored response.
+        with transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext():
             stored.save(force_insert=True)
 
     try:
