@@ -34,6 +34,7 @@ from gateway.calls.parsing import validate_request
 from gateway.calls.pipeline import Call, OpenStream, Relay, open_stream
 from gateway.models import StoredResponse
 from gateway.outage import read_database
+from gateway.storable import storable_json
 from providers.base import ChatRequest
 from providers.errors import GatewayError, InvalidRequest, ModelNotFound, ServiceUnavailable
 from providers.factory import Route
@@ -331,7 +332,7 @@ async def _save(stored: StoredResponse) -> None:
         try:
             await read_database(insert, "the stored responses")
         except DataError:
-            if not _replace_nul(stored):
+            if not _mend_text(stored):
                 raise
             await read_database(insert, "the stored responses")
     except ServiceUnavailable:
@@ -347,26 +348,17 @@ async def _save(stored: StoredResponse) -> None:
         log.exception("response %r was not stored", stored.id)
 
 
-def _replace_nul(stored: StoredResponse) -> bool:
-    """Replace each NUL in the text of a bridged response's JSON by U+FFFD; whether any was."""
+def _mend_text(stored: StoredResponse) -> bool:
+    """Mend the text of a bridged response's JSON as the ledger's rows are (a NUL becomes
+    U+FFFD: ``gateway.storable``); whether any needed it."""
     found = False
     for name in ("body", "input_items", "conversation"):
         value = getattr(stored, name)
-        mended = _without_nul(value)
+        mended = storable_json(value)
         if mended != value:
             setattr(stored, name, mended)
             found = True
     return found
-
-
-def _without_nul(value: Any) -> Any:
-    if isinstance(value, str):
-        return value.replace("\x00", "\ufffd")
-    if isinstance(value, list):
-        return [_without_nul(item) for item in value]
-    if isinstance(value, dict):
-        return {_without_nul(key): _without_nul(item) for key, item in value.items()}
-    return value
 
 
 def keepable_id(response_id: str) -> bool:

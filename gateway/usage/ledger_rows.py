@@ -29,6 +29,7 @@ from django.db.models import (
 from django.db.models.fields import AutoFieldMixin
 
 from gateway.models import UsageRecord
+from gateway.storable import storable_text
 from gateway.usage.ledger_files import Row, encode, json_value
 from gateway.usage.rollup import add_to_rollup
 from providers.ids import time_ordered_hex
@@ -64,7 +65,7 @@ def clean_row(row: Row) -> Row:
         if isinstance(value, str) and (
             not value.isascii() or "\x00" in value or (limit and len(value) > limit)
         ):  # the rest, nearly every value, is kept as it is without a call
-            row[name] = _clean_text(value, limit)
+            row[name] = storable_text(value, limit)
     for name, low, high in _INT_FIELDS:
         value = row.get(name)
         if value is not None and not (isinstance(value, int) and low <= value <= high):
@@ -78,16 +79,6 @@ def clean_row(row: Row) -> Row:
     if not row.get("request_id"):
         row["request_id"] = "req_" + time_ordered_hex()
     return row
-
-
-def _clean_text(value: str, limit: int | None) -> str:
-    if "\x00" in value:
-        value = value.replace("\x00", "\ufffd")
-    try:
-        value.encode()
-    except UnicodeEncodeError:  # lone surrogates
-        value = "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in value)
-    return value[:limit] if limit else value
 
 
 def _clamp_int(value: object, low: int, high: int) -> int | None:
