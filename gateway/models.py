@@ -132,6 +132,8 @@ class ApiKey(Limits):
 class UsageRecord(models.Model):
     """The ledger: one row per call, successful or not. Append-only."""
 
+    # When a call under limits was admitted (so a row falls in the budget period it counted in,
+    # which that period's counter is loaded from); else when the call was recorded (Call.record).
     created_at = models.DateTimeField(default=timezone.now)
     request_id = models.CharField(
         max_length=64,

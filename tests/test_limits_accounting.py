@@ -20,43 +20,44 @@ admitted, the tokens its row records, its cost spent, nothing reserved, no call 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
-import time
 import tomllib
-from collections.abc import AsyncIterator, Callable, Coroutine
-from dataclasses import dataclass, field
-from decimal import ROUND_CEILING, Decimal
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from decimal import ROUND_CEILING
 from typing import Any
 
-import httpx
-import orjson
 import pytest
 from django.db.models import Sum
 from hypothesis import given
 from hypothesis import strategies as st
 from support.asgi_replies import Tracebacks, send, told
 from support.inprocess import ANTHROPIC_PATH
+from support.limits_accounts import (
+    Accounts,
+    Attempt,
+    Counted,
+    Limits,
+    ScopeLimit,
+    Upstreams,
+    answer_attempt,
+    counted,
+    set_limits,
+)
 from support.redis_db import flush, redis_url  # noqa: F401 - a fixture
 from support.upstream_answers import (
-    CHUNKS,
-    COMPLETION,
-    MESSAGE,
-    MESSAGE_EVENTS,
     SECOND_HOST,
     SECOND_PROVIDERS,
-    encoded,
 )
 
 from conftest import TenantKey, examples
 from gateway import runtime
 from gateway.calls.metering import estimate_prompt_tokens
-from gateway.limits.counters import WINDOW_SECONDS, Check, MemoryCounters, RedisCounters
+from gateway.limits.counters import MemoryCounters, RedisCounters
 from gateway.limits.policy import Policy, to_units
 from gateway.limits.resilient_counters import ResilientCounters
 from gateway.models import UsageRecord
-from gateway.tenants import auth
 from providers.config import ModelConfig
 from providers.pricing import cost_of
 from providers.types import Usage
@@ -133,104 +134,6 @@ ATTEMPTS_PER_ALIAS = 3
 """The router's default: the first attempt and two retries (``RouterConfig.max_retries``)."""
 GONE = (499, "client_disconnected")
 
-# --- what the upstreams answer --------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Attempt:
-    """What an upstream answers one attempt: ``status`` (200: an answer that used ``prompt``
-    and ``completion`` tokens); a stream ``cut`` off by a broken connection after ``events`` of
-    its events; or an answer that ``hangs`` after ``events`` events (0: before its headers)
-    until the client goes away."""
-
-    status: int = 200
-    prompt: int = 0
-    completion: int = 0
-    cut: bool = False
-    hangs: bool = False
-    events: int = 0
-
-
-def answer(path: str, stream: bool, attempt: Attempt) -> httpx.Response:
-    """``attempt``'s answer, whole, in the dialect of the upstream's ``path``."""
-    anthropic = "/messages" in path
-    if attempt.status != 200:
-        error = {"type": "api_error", "message": "no"}
-        body = {"type": "error", "error": error} if anthropic else {"error": error}
-        return httpx.Response(attempt.status, json=body)
-    if path.endswith("/count_tokens"):
-        return httpx.Response(200, json={"input_tokens": attempt.prompt})
-    prompt, completion = attempt.prompt, attempt.completion
-    usage = {"input_tokens": prompt, "output_tokens": completion}
-    if not anthropic:
-        usage = {"prompt_tokens": prompt, "completion_tokens": completion}
-        usage["total_tokens"] = prompt + completion
-    if not stream:
-        return httpx.Response(200, json={**(MESSAGE if anthropic else COMPLETION), "usage": usage})
-    return httpx.Response(200, content=b"".join(streamed(anthropic, usage)))
-
-
-def streamed(anthropic: bool, usage: dict[str, int]) -> list[bytes]:
-    """A valid stream of the dialect, with ``usage``: Anthropic's input tokens at its start and
-    its output tokens near its end, OpenAI's in the chunk before ``[DONE]``."""
-    if anthropic:
-        (_, start), *middle, (_, delta), stop = MESSAGE_EVENTS
-        message = {**start["message"], "usage": {"input_tokens": usage["input_tokens"]}}
-        ending = {**delta, "usage": {"output_tokens": usage["output_tokens"]}}
-        events = [("message_start", {**start, "message": message}), *middle]
-        events += [("message_delta", ending), stop]
-    else:
-        *chunks, (_, last), done = CHUNKS
-        events = [*chunks, (None, {**last, "usage": usage}), done]
-    return [encoded(event) for event in events]
-
-
-@dataclass
-class Upstreams:
-    """Both upstreams. Each answers the attempts it gets of a call with the call's ``Attempt``s
-    for it, in order (the last one again for any more), and counts them; one that hangs sets
-    ``leave``: its client goes away."""
-
-    first: list[Attempt] = field(default_factory=list)
-    second: list[Attempt] = field(default_factory=list)
-    asked: dict[str, int] = field(default_factory=dict)
-    leave: asyncio.Event = field(default_factory=asyncio.Event)
-    hung: bool = False
-
-    def start(self, first: list[Attempt], second: list[Attempt]) -> asyncio.Event:
-        self.first, self.second, self.asked, self.hung = first, second, {}, False
-        self.leave = asyncio.Event()
-        return self.leave
-
-    async def __call__(self, request: httpx.Request) -> httpx.Response:
-        host = request.url.host
-        plan = self.first if host == FIRST else self.second
-        assert host in (FIRST, SECOND) and plan, request.url
-        asked = self.asked[host] = self.asked.get(host, 0) + 1
-        attempt = plan[min(asked, len(plan)) - 1]
-        if attempt.hangs and attempt.events == 0:
-            await self._hang()
-        stream = orjson.loads(request.content).get("stream") is True
-        whole = answer(request.url.path, stream, attempt)
-        if not (stream and (attempt.cut or attempt.hangs)):
-            return whole
-        sent = whole.content.split(b"\n\n")[: attempt.events]
-
-        async def part_of_it() -> AsyncIterator[bytes]:
-            for event in sent:
-                yield event + b"\n\n"
-            if attempt.hangs:
-                await self._hang()
-            raise httpx.ReadError("cut off")
-
-        return httpx.Response(200, content=part_of_it())
-
-    async def _hang(self) -> None:
-        self.hung = True
-        self.leave.set()
-        await asyncio.sleep(3600)  # until the gateway lets go of the call
-
-
 # --- the calls ------------------------------------------------------------------------------------
 
 
@@ -306,54 +209,6 @@ def planned_calls() -> st.SearchStrategy[PlannedCall]:
 # --- the limits, and what the counters should hold ------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ScopeLimit:
-    """A scope's limits as the counters see them: the budget in units of 1e-8 USD."""
-
-    scope: str
-    rpm: int | None
-    tpm: int | None
-    budget: int | None
-
-
-@dataclass
-class Accounts:
-    """What the counters of every scope should hold: from the calls they admitted, a request
-    each, the tokens their rows record, what they cost."""
-
-    requests: int = 0
-    tokens: int = 0
-    spent: int = 0
-    rows: int = 0  # the ledger's, refused calls' included
-
-    def refusal(
-        self, scopes: list[ScopeLimit], planned: PlannedCall, model: str, request: bool = True
-    ) -> str | None:
-        """The error code the counters refuse ``planned`` with on ``model``'s prices (with its
-        request, unless it is counted already), in the order they check: each scope's budget
-        (none holds a token count), requests, then tokens. None: admitted."""
-        tokens, reserve = planned.asks(model)
-        for scope in scopes:
-            cap = scope.budget if planned.path != COUNT else None
-            if cap is not None and (self.spent >= cap or self.spent + reserve > cap):
-                return "insufficient_quota"
-            if request and scope.rpm is not None and self.requests + 1 > scope.rpm:
-                return "rate_limit_exceeded"
-            if scope.tpm is not None and self.tokens + tokens > scope.tpm:
-                return "rate_limit_exceeded"
-        return None
-
-    def count(self, row: UsageRecord | None) -> None:
-        """An admitted call, its row (None: a token count, which uses nothing)."""
-        self.requests += 1
-        if row is not None:
-            self.tokens += row.total_tokens or row.prompt_tokens or 0  # as its settlement counts
-            self.spent += to_units(row.cost_usd)
-
-
-Limits = dict[str, int | None]
-
-
 @st.composite
 def sequences(draw: st.DrawFn) -> tuple[Limits, list[PlannedCall]]:
     """Calls, and limits in the measure of the first: none, room for one to four calls like it
@@ -372,69 +227,6 @@ def sequences(draw: st.DrawFn) -> tuple[Limits, list[PlannedCall]]:
         "key_budget": draw(st.none() | budget),
     }
     return limits, calls
-
-
-def set_limits(who: TenantKey, limits: Limits) -> list[ScopeLimit]:
-    """Give ``who``'s tenant and key ``limits``; the scopes they count in, as the counters see
-    them."""
-    tenant, key = who.tenant, who.key
-    tenant.rpm_limit, tenant.tpm_limit = limits["rpm"], limits["tpm"]
-    key.rpm_limit = limits["key_rpm"]
-    scopes = []
-    for holder, scope, budget in (
-        (tenant, f"tenant:{tenant.pk}", limits["budget"]),
-        (key, f"key:{key.pk}", limits["key_budget"]),
-    ):
-        holder.budget_usd = None if budget is None else Decimal(budget) / 10_000
-        holder.budget_period = "total"
-        holder.save()
-        cap = None if holder.budget_usd is None else to_units(holder.budget_usd)
-        if (holder.rpm_limit, holder.tpm_limit, cap) != (None, None, None):
-            scopes.append(ScopeLimit(scope, holder.rpm_limit, holder.tpm_limit, cap))
-    auth._key_cache.clear()
-    return scopes
-
-
-# --- what the counters hold -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Counted:
-    """What a scope's counters hold (``counted``)."""
-
-    requests: int
-    tokens: int
-    spent: int
-    reserved: int
-    in_flight: int
-
-
-async def counted(policy: Policy, scope: str) -> Counted:
-    """What ``policy``'s store holds for ``scope``: its rate windows' counts of the last minute,
-    its total budget's spent and reserved units, and the calls it holds in flight (Redis).
-
-    The stores have no way to read a budget (the policy only admits and settles), so this reads
-    their state as they keep it, here and nowhere else: ``MemoryCounters``' budgets, and Redis's
-    keys (the budget's named by the store's own ``budget_key``)."""
-    now = int(time.time())
-    check = Check(scope, None, None, 0, None, 0, "total", 0)
-    store = policy.store
-    if isinstance(store, MemoryCounters):
-        windows = {f"{scope}:rpm": 0, f"{scope}:tpm": 0}
-        for name, _, count in store.recent_counts(now):
-            if name in windows:
-                windows[name] += count
-        spent, reserved = store._budgets.get(check.budget_key, [0, 0])
-        return Counted(*windows.values(), spent, reserved, 0)
-    assert isinstance(store, ResilientCounters) and not store.outage.down
-    client = store.redis.client
-    windows = {}
-    for kind in ("rpm", "tpm"):
-        buckets = await client.hgetall(f"tg:rl:{scope}:{kind}")
-        windows[kind] = sum(int(n) for s, n in buckets.items() if int(s) > now - WINDOW_SECONDS)
-    budget = await client.hgetall(store.redis.budget_key(check, store.redis.epoch))
-    spent, reserved = (int(budget.get(name, 0)) for name in (b"spent", b"reserved"))
-    return Counted(*windows.values(), spent, reserved, store.in_flight)
 
 
 # --- the test -------------------------------------------------------------------------------------
@@ -462,7 +254,7 @@ def test_the_counters_hold_what_the_ledger_says(
     backend: Callable[[], Policy],
 ) -> None:
     alice = tenants["alice"]
-    upstreams = Upstreams()
+    upstreams = Upstreams(answer_attempt, (FIRST, SECOND))
     logging.getLogger("django.request").setLevel(logging.CRITICAL)  # a line per 4xx and 5xx
 
     def one_call(
@@ -478,13 +270,16 @@ def test_the_counters_hold_what_the_ledger_says(
         accounts.rows += len(rows)
         row = rows[0] if rows else None
         described = (planned, reply.status, reply.body[-300:], row and row.error_type)
-        refused = accounts.refusal(scopes, planned, planned.model)
+        spends = planned.path != COUNT  # a token count is held to no budget
+        refused = accounts.refusal(scopes, *planned.asks(planned.model), spends=spends)
         if refused is not None:
             assert (upstreams.asked, reply.status) == ({}, 429), described
             assert row is None or (row.status_code, row.error_type) == (429, refused), described
             return
         fallback = FALLBACKS.get(planned.model, "")
-        fell_back = planned.falls_back and not accounts.refusal(scopes, planned, fallback, False)
+        fell_back = planned.falls_back and not accounts.refusal(
+            scopes, *planned.asks(fallback), request=False, spends=spends
+        )
         serving = fallback if fell_back else planned.model
         if row is not None:  # a call to a model, which its upstreams answer (a count may not)
             if fallback:

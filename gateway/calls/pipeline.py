@@ -423,8 +423,11 @@ class Call:
             and usage.completion_tokens is not None
         ):
             total = usage.prompt_tokens + usage.completion_tokens
+        # Dated when the call was admitted, if it was: in the budget period it counted in, which
+        # a period's counter is loaded from (a call admitted before midnight, answered after).
+        admission = self.admission
         row: dict[str, Any] = {
-            "created_at": datetime.now(UTC),
+            "created_at": admission.admitted_at if admission is not None else datetime.now(UTC),
             "request_id": self.request_id,
             "tenant_id": self.caller.tenant_id,
             "api_key_id": self.caller.key_id,

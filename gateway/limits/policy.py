@@ -198,19 +198,22 @@ class Estimate:
 class Admission:
     """A call let through: its counted checks, to be settled exactly once with what it used."""
 
-    __slots__ = ("checks", "headers", "hold", "policy", "second", "settled")
+    __slots__ = ("admitted_at", "checks", "headers", "hold", "policy", "second", "settled")
 
     def __init__(
         self,
         policy: Policy,
         checks: list[Check],
-        second: int,
+        admitted_at: datetime,
         headers: dict[str, str],
         hold: int = 0,
     ) -> None:
         self.policy = policy
         self.checks = checks
-        self.second = second
+        self.admitted_at = admitted_at
+        """When the call was admitted: its budgets' period, which its ledger row is dated in
+        (``Call.record``), so that the period's counter and its rows agree."""
+        self.second = int(admitted_at.timestamp())
         self.headers = headers
         self.hold = hold  # the store's handle on the call in flight
         self.settled = False
@@ -261,11 +264,10 @@ class Policy:
         if not limits.scopes:
             return None
         now = datetime.now(UTC)
-        second = int(now.timestamp())
         checks = [self._check(scope, estimate, now, request, spends) for scope in limits.scopes]
         # Each scope may ask to be loaded, twice when the store falls back meanwhile (Redis).
         for _ in range(2 * len(checks) + 1):
-            verdict = await self._counted(checks, second)
+            verdict = await self._counted(checks, now)
             if verdict.refusal != "load":
                 break
             await self._load(checks[verdict.index], limits.scopes[verdict.index], now)
@@ -273,28 +275,29 @@ class Policy:
             raise ServiceUnavailable("The gateway could not load this call's budget counters.")
         if verdict.refusal is not None:
             self._refuse(verdict, checks, limits.scopes, estimate)
-        return Admission(self, checks, second, self._headers(verdict, checks), verdict.hold)
+        return Admission(self, checks, now, self._headers(verdict, checks), verdict.hold)
 
-    async def _counted(self, checks: list[Check], second: int) -> Verdict:
+    async def _counted(self, checks: list[Check], now: datetime) -> Verdict:
         """The store's verdict. Shielded: a caller cancelled while the store counts it (a
         client gone during a Redis round trip) must not leave its reservation behind, so a
         count that lands after the cancellation is released at once. A store that counts at
         once (in memory) has nothing to await: no task to shield."""
+        second = int(now.timestamp())
         if self.store.counts_at_once:
             return cast(MemoryCounters, self.store).admit_now(checks, second)
         counting = asyncio.ensure_future(self.store.admit(checks, second))
         try:
             return await asyncio.shield(counting)
         except asyncio.CancelledError:
-            counting.add_done_callback(lambda done: self._release_orphan(done, checks, second))
+            counting.add_done_callback(lambda done: self._release_orphan(done, checks, now))
             raise
 
     def _release_orphan(
-        self, done: asyncio.Future[Verdict], checks: list[Check], second: int
+        self, done: asyncio.Future[Verdict], checks: list[Check], now: datetime
     ) -> None:
         if done.cancelled() or done.exception() is not None or done.result().refusal is not None:
             return
-        Admission(self, checks, second, {}, done.result().hold).settle(0, Decimal(0))
+        Admission(self, checks, now, {}, done.result().hold).settle(0, Decimal(0))
 
     def settle(self, admission: Admission, tokens: int, cost: int) -> None:
         if self.store.counts_at_once:

@@ -1,0 +1,256 @@
+"""What the tests that hold the limits to the ledger share (tests/test_limits_accounting.py,
+tests/test_limits_endpoints.py): upstreams that answer each attempt of a call as planned, a
+model of what the counters should hold (``Accounts``), the limits given to a tenant and its key,
+and what the counters do hold (``counted``)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+import httpx
+import orjson
+
+from conftest import TenantKey
+from gateway.limits.counters import WINDOW_SECONDS, Check, MemoryCounters
+from gateway.limits.policy import Policy, to_units
+from gateway.limits.resilient_counters import ResilientCounters
+from gateway.models import UsageRecord
+from gateway.tenants import auth
+from support.upstream_answers import CHUNKS, COMPLETION, MESSAGE, MESSAGE_EVENTS, encoded
+
+# --- what the upstreams answer --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """What an upstream answers one attempt: ``status`` (200: an answer that used ``prompt``
+    and ``completion`` tokens); a stream ``cut`` off by a broken connection after ``events`` of
+    its events; or an answer that ``hangs`` after ``events`` events (0: before its headers)
+    until the client goes away."""
+
+    status: int = 200
+    prompt: int = 0
+    completion: int = 0
+    cut: bool = False
+    hangs: bool = False
+    events: int = 0
+
+
+Answer = Callable[[httpx.Request, Attempt], httpx.Response]
+"""An attempt's answer, whole, for the request (its path says the dialect)."""
+
+
+def answer(path: str, stream: bool, attempt: Attempt) -> httpx.Response:
+    """``attempt``'s answer, whole, in the dialect of the upstream's ``path``."""
+    anthropic = "/messages" in path
+    if attempt.status != 200:
+        error = {"type": "api_error", "message": "no"}
+        body = {"type": "error", "error": error} if anthropic else {"error": error}
+        return httpx.Response(attempt.status, json=body)
+    if path.endswith("/count_tokens"):
+        return httpx.Response(200, json={"input_tokens": attempt.prompt})
+    prompt, completion = attempt.prompt, attempt.completion
+    usage = {"input_tokens": prompt, "output_tokens": completion}
+    if not anthropic:
+        usage = {"prompt_tokens": prompt, "completion_tokens": completion}
+        usage["total_tokens"] = prompt + completion
+    if not stream:
+        return httpx.Response(200, json={**(MESSAGE if anthropic else COMPLETION), "usage": usage})
+    return httpx.Response(200, content=b"".join(streamed(anthropic, usage)))
+
+
+def streamed(anthropic: bool, usage: dict[str, int]) -> list[bytes]:
+    """A valid stream of the dialect, with ``usage``: Anthropic's input tokens at its start and
+    its output tokens near its end, OpenAI's in the chunk before ``[DONE]``."""
+    if anthropic:
+        (_, start), *middle, (_, delta), stop = MESSAGE_EVENTS
+        message = {**start["message"], "usage": {"input_tokens": usage["input_tokens"]}}
+        ending = {**delta, "usage": {"output_tokens": usage["output_tokens"]}}
+        events = [("message_start", {**start, "message": message}), *middle]
+        events += [("message_delta", ending), stop]
+    else:
+        *chunks, (_, last), done = CHUNKS
+        events = [*chunks, (None, {**last, "usage": usage}), done]
+    return [encoded(event) for event in events]
+
+
+def answer_attempt(request: httpx.Request, attempt: Attempt) -> httpx.Response:
+    """``answer`` for the upstreams (``Upstreams``)."""
+    stream = orjson.loads(request.content).get("stream") is True
+    return answer(request.url.path, stream, attempt)
+
+
+@dataclass
+class Upstreams:
+    """The upstreams of ``hosts``. Each answers the attempts it gets of a call with the call's
+    ``Attempt``s for it, in order (the last one again for any more), through ``answer``, and
+    counts them; one that hangs sets ``leave``: its client goes away."""
+
+    answer: Answer
+    hosts: tuple[str, ...]
+    plans: dict[str, list[Attempt]] = field(default_factory=dict)
+    asked: dict[str, int] = field(default_factory=dict)
+    leave: asyncio.Event = field(default_factory=asyncio.Event)
+    hung: bool = False
+
+    def start(self, *plans: list[Attempt]) -> asyncio.Event:
+        """A new call: the attempts of each host, in the order of ``hosts``."""
+        self.plans = dict(zip(self.hosts, plans, strict=True))
+        self.asked, self.hung = {}, False
+        self.leave = asyncio.Event()
+        return self.leave
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        host = request.url.host
+        plan = self.plans.get(host)
+        assert plan, request.url
+        asked = self.asked[host] = self.asked.get(host, 0) + 1
+        attempt = plan[min(asked, len(plan)) - 1]
+        if attempt.hangs and attempt.events == 0:
+            await self._hang()
+        whole = self.answer(request, attempt)
+        if not (attempt.cut or attempt.hangs):
+            return whole
+        sent = whole.content.split(b"\n\n")[: attempt.events]
+
+        async def part_of_it() -> AsyncIterator[bytes]:
+            for event in sent:
+                yield event + b"\n\n"
+            if attempt.hangs:
+                await self._hang()
+            raise httpx.ReadError("cut off")
+
+        kind = {"content-type": whole.headers.get("content-type", "text/event-stream")}
+        return httpx.Response(200, headers=kind, content=part_of_it())
+
+    async def _hang(self) -> None:
+        self.hung = True
+        self.leave.set()
+        await asyncio.sleep(3600)  # until the gateway lets go of the call
+
+
+# --- the limits, and what the counters should hold ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScopeLimit:
+    """A scope's limits as the counters see them: the budget in units of 1e-8 USD."""
+
+    scope: str
+    rpm: int | None
+    tpm: int | None
+    budget: int | None
+
+
+@dataclass
+class Accounts:
+    """What the counters of every scope should hold: from the calls they admitted, a request
+    each, the tokens their rows record, what they cost."""
+
+    requests: int = 0
+    tokens: int = 0
+    spent: int = 0
+    rows: int = 0  # the ledger's, refused calls' included
+
+    def refusal(
+        self,
+        scopes: list[ScopeLimit],
+        tokens: int,
+        reserve: int,
+        request: bool = True,
+        spends: bool = True,
+    ) -> str | None:
+        """The error code the counters refuse a call asking ``tokens`` and a reservation of
+        ``reserve`` units with (with its request, unless it is counted already; held to the
+        budgets unless it ``spends`` nothing), in the order they check: each scope's budget,
+        requests, then tokens. None: admitted."""
+        for scope in scopes:
+            cap = scope.budget if spends else None
+            if cap is not None and (self.spent >= cap or self.spent + reserve > cap):
+                return "insufficient_quota"
+            if request and scope.rpm is not None and self.requests + 1 > scope.rpm:
+                return "rate_limit_exceeded"
+            if scope.tpm is not None and self.tokens + tokens > scope.tpm:
+                return "rate_limit_exceeded"
+        return None
+
+    def count(self, row: UsageRecord | None) -> None:
+        """An admitted call, its row (None: a token count, which uses nothing)."""
+        self.requests += 1
+        if row is not None:
+            self.tokens += row.total_tokens or row.prompt_tokens or 0  # as its settlement counts
+            self.spent += to_units(row.cost_usd)
+
+
+Limits = dict[str, int | None]
+"""``rpm``, ``tpm``, ``budget`` (the tenant's; the budgets in 0.0001 USD), ``key_rpm`` and
+``key_budget``."""
+
+
+def set_limits(who: TenantKey, limits: Limits, period: str = "total") -> list[ScopeLimit]:
+    """Give ``who``'s tenant and key ``limits``, their budgets of ``period``; the scopes they
+    count in, as the counters see them."""
+    tenant, key = who.tenant, who.key
+    tenant.rpm_limit, tenant.tpm_limit = limits["rpm"], limits["tpm"]
+    key.rpm_limit = limits["key_rpm"]
+    scopes = []
+    for holder, scope, budget in (
+        (tenant, f"tenant:{tenant.pk}", limits["budget"]),
+        (key, f"key:{key.pk}", limits["key_budget"]),
+    ):
+        holder.budget_usd = None if budget is None else Decimal(budget) / 10_000
+        holder.budget_period = period
+        holder.save()
+        cap = None if holder.budget_usd is None else to_units(holder.budget_usd)
+        if (holder.rpm_limit, holder.tpm_limit, cap) != (None, None, None):
+            scopes.append(ScopeLimit(scope, holder.rpm_limit, holder.tpm_limit, cap))
+    auth._key_cache.clear()
+    return scopes
+
+
+# --- what the counters hold -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Counted:
+    """What a scope's counters hold (``counted``)."""
+
+    requests: int
+    tokens: int
+    spent: int
+    reserved: int
+    in_flight: int
+
+
+async def counted(policy: Policy, scope: str, period: str = "total") -> Counted:
+    """What ``policy``'s store holds for ``scope``: its rate windows' counts of the last minute,
+    the spent and reserved units of its budget counter of ``period`` (``"total"``, or a counter
+    name of ``period_of``: ``"d20261124"``, ``"m202611"``), and the calls it holds in flight
+    (Redis).
+
+    The stores have no way to read a budget (the policy only admits and settles), so this reads
+    their state as they keep it, here and nowhere else: ``MemoryCounters``' budgets, and Redis's
+    keys (the budget's named by the store's own ``budget_key``)."""
+    now = int(time.time())
+    check = Check(scope, None, None, 0, None, 0, period, 0)
+    store = policy.store
+    if isinstance(store, MemoryCounters):
+        windows = {f"{scope}:rpm": 0, f"{scope}:tpm": 0}
+        for name, _, count in store.recent_counts(now):
+            if name in windows:
+                windows[name] += count
+        spent, reserved = store._budgets.get(check.budget_key, [0, 0])
+        return Counted(*windows.values(), spent, reserved, 0)
+    assert isinstance(store, ResilientCounters) and not store.outage.down
+    client = store.redis.client
+    counts = {}
+    for kind in ("rpm", "tpm"):
+        buckets = await client.hgetall(f"tg:rl:{scope}:{kind}")
+        counts[kind] = sum(int(n) for s, n in buckets.items() if int(s) > now - WINDOW_SECONDS)
+    budget = await client.hgetall(store.redis.budget_key(check, store.redis.epoch))
+    spent, reserved = (int(budget.get(name, 0)) for name in (b"spent", b"reserved"))
+    return Counted(*counts.values(), spent, reserved, store.in_flight)
