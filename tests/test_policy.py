@@ -17,7 +17,7 @@ from support.inprocess import api_client
 from support.redis_db import redis_url  # noqa: F401 - a fixture
 
 from conftest import TenantKey, ledger_rows
-from gateway.limits.counters import MemoryCounters, RedisCounters
+from gateway.limits.counters import Check, MemoryCounters, RedisCounters, Verdict
 from gateway.limits.policy import Policy
 from gateway.models import UsageRecord
 from gateway.runtime import Runtime
@@ -322,7 +322,6 @@ async def test_messages_refuses_in_anthropic_shape(
 async def test_a_call_cancelled_while_its_admission_is_counted_leaves_no_reservation() -> None:
     # Regression: a client gone during the counter store's round trip (Redis) left the call's
     # reservation behind, shrinking the budget until the counter expired.
-    from gateway.limits.counters import Check, Verdict
     from gateway.limits.policy import CallerLimits, Estimate, ScopeLimits
 
     class SlowCounters(MemoryCounters):
@@ -443,6 +442,49 @@ async def test_a_call_that_falls_back_is_admitted_on_its_fallbacks_tokens_and_co
     await current.policy.drain()
     assert answer.status_code == 200, answer.text
     assert len(upstream.calls) == 1  # the fallback's
+    rows = await asyncio.to_thread(ledger_rows, current)
+    assert [(row.status_code, row.fallback, row.cost_usd) for row in rows] == [
+        (200, True, REAL_COST)
+    ]
+
+
+class LaggingSettlements(MemoryCounters):
+    """Counters whose settlements land late, as a Redis release sent on one connection may
+    arrive after an admission sent afterwards on another."""
+
+    counts_at_once = False
+
+    async def admit(self, checks: list[Check], now: int) -> Verdict:
+        return self.admit_now(checks, now)
+
+    async def settle(
+        self, checks: list[Check], second: int, tokens: int, cost: int, hold: int = 0
+    ) -> None:
+        await asyncio.sleep(0.05)
+        self.settle_now(checks, second, tokens, cost)
+
+
+@pytest.mark.parametrize(
+    "limit", [{"tpm_limit": 1500}, {"budget_usd": Decimal("0.003"), "budget_period": "total"}]
+)
+async def test_a_fallback_is_admitted_only_once_its_first_admission_is_given_back(
+    tenants: dict[str, TenantKey], gateway_runtime, limit: dict[str, object]
+) -> None:
+    """The first admission's release was sent, not awaited, before the fallback's admission:
+    where the release arrived second (Redis, under load), the fallback was refused for room
+    the call itself still held, and the caller got the first model's 502. The release is
+    awaited."""
+    alice = tenants["alice"]
+    await asyncio.to_thread(set_limits, alice, **limit)
+    current, upstream = install_falling_back(gateway_runtime, lambda: Policy(LaggingSettlements()))
+    headers = {"authorization": f"Bearer {alice.raw}", "content-type": "application/json"}
+    async with api_client() as client:
+        answer = await client.post(
+            "/v1/chat/completions", headers=headers, content=body("gpt-falls-back")
+        )
+    await current.policy.drain()
+    assert answer.status_code == 200, answer.text
+    assert len(upstream.calls) == 1
     rows = await asyncio.to_thread(ledger_rows, current)
     assert [(row.status_code, row.fallback, row.cost_usd) for row in rows] == [
         (200, True, REAL_COST)

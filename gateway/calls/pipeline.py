@@ -242,7 +242,7 @@ class Call:
         previous = self.admission
         if self._admitted is not None:
             if previous is not None:
-                previous.release()
+                await previous.release()
             await self._admit(routes[0], *self._admitted, request=False)
             if previous is not None and self.admission is not None:
                 self.admission.headers = {**previous.headers, **self.admission.headers}

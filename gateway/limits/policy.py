@@ -224,14 +224,21 @@ class Admission:
         self.settled = True
         self.policy.settle(self, tokens, to_units(cost))
 
-    def release(self) -> None:
+    async def release(self) -> None:
         """Give back what the call was admitted for, its estimated tokens and its reservation,
         before it is admitted again (for its fallback). It stays to be settled: should the call
-        not be admitted again, it counts what the call used, with nothing more to give back."""
+        not be admitted again, it counts what the call used, with nothing more to give back.
+
+        Awaited, not merely sent: in Redis, a release still on its way when the fallback is
+        admitted would refuse the fallback for room the call's own first admission holds."""
         if self.settled:
             return
-        self.policy.settle(self, 0, 0)
+        settling = self.policy.settle(self, 0, 0)
         self.checks = [replace(check, tokens=0, reserve=0) for check in self.checks]
+        if settling is not None:
+            # Waited for, neither cancelled with the caller nor raising: a failed settlement
+            # is logged (``Policy._settled``) and the store's own fallback covers it.
+            await asyncio.wait((settling,))
 
 
 class Policy:
@@ -299,22 +306,25 @@ class Policy:
             return
         Admission(self, checks, now, {}, done.result().hold).settle(0, Decimal(0))
 
-    def settle(self, admission: Admission, tokens: int, cost: int) -> None:
+    def settle(self, admission: Admission, tokens: int, cost: int) -> asyncio.Task[None] | None:
+        """Count what an admitted call used, at once in memory; in Redis, by a task the caller
+        need not wait for (``drain`` does), returned for one that must (``Admission.release``)."""
         if self.store.counts_at_once:
             cast(MemoryCounters, self.store).settle_now(
                 admission.checks, admission.second, tokens, cost
             )
-            return
+            return None
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             log.error("a call was settled outside the event loop; its counters are not updated")
-            return
+            return None
         task = loop.create_task(
             self.store.settle(admission.checks, admission.second, tokens, cost, admission.hold)
         )
         self._pending.add(task)
         task.add_done_callback(self._settled)
+        return task
 
     def _settled(self, task: asyncio.Task[None]) -> None:
         self._pending.discard(task)
