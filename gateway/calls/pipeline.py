@@ -289,6 +289,7 @@ class Call:
         prompt_tokens: int,
         max_tokens: int | None,
         units: Units | None,
+        *,
         request: bool = True,
     ) -> None:
         """Admit the call on ``route``'s prices."""
@@ -300,7 +301,7 @@ class Call:
         )
         estimate = Estimate(prompt_tokens + (max_tokens or 0), cost_of(worst, route.prices, units))
         self.admission = await self.runtime.policy.admit(
-            self.caller.limits, estimate, request, spends=self.keeps_row
+            self.caller.limits, estimate, request=request, spends=self.keeps_row
         )
 
     async def upstream(self, attempt: Callable[[Route], Awaitable[T]]) -> T:

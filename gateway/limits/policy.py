@@ -261,7 +261,12 @@ class Policy:
             raise ModelNotAllowed(model)
 
     async def admit(
-        self, limits: CallerLimits, estimate: Estimate, request: bool = True, spends: bool = True
+        self,
+        limits: CallerLimits,
+        estimate: Estimate,
+        *,
+        request: bool = True,
+        spends: bool = True,
     ) -> Admission | None:
         """Count the call against its scopes' limits, or raise ``RateLimited`` /
         ``BudgetExceeded``. ``None`` when nothing is counted. ``request`` False: the call's
