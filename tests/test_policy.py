@@ -431,7 +431,17 @@ async def test_a_call_that_falls_back_is_admitted_on_its_fallbacks_tokens_and_co
     (a TPM of 1500, a budget of $0.003) had its fallback refused, and got the first model's
     failure (502) instead of the fallback's answer. The first admission is released before the
     fallback's is counted."""
-    alice = tenants["alice"]
+    await assert_the_fallback_serves(tenants["alice"], limit, gateway_runtime, backend)
+
+
+async def assert_the_fallback_serves(
+    alice: TenantKey,
+    limit: dict[str, object],
+    gateway_runtime,
+    backend: Callable[[], Policy],
+) -> None:
+    """A call with room for itself once under ``limit`` falls back, and its fallback serves it:
+    200, one upstream call (the fallback's), one row at the fallback's cost."""
     await asyncio.to_thread(set_limits, alice, **limit)
     current, upstream = install_falling_back(gateway_runtime, backend)
     headers = {"authorization": f"Bearer {alice.raw}", "content-type": "application/json"}
@@ -474,21 +484,9 @@ async def test_a_fallback_is_admitted_only_once_its_first_admission_is_given_bac
     where the release arrived second (Redis, under load), the fallback was refused for room
     the call itself still held, and the caller got the first model's 502. The release is
     awaited."""
-    alice = tenants["alice"]
-    await asyncio.to_thread(set_limits, alice, **limit)
-    current, upstream = install_falling_back(gateway_runtime, lambda: Policy(LaggingSettlements()))
-    headers = {"authorization": f"Bearer {alice.raw}", "content-type": "application/json"}
-    async with api_client() as client:
-        answer = await client.post(
-            "/v1/chat/completions", headers=headers, content=body("gpt-falls-back")
-        )
-    await current.policy.drain()
-    assert answer.status_code == 200, answer.text
-    assert len(upstream.calls) == 1
-    rows = await asyncio.to_thread(ledger_rows, current)
-    assert [(row.status_code, row.fallback, row.cost_usd) for row in rows] == [
-        (200, True, REAL_COST)
-    ]
+    await assert_the_fallback_serves(
+        tenants["alice"], limit, gateway_runtime, lambda: Policy(LaggingSettlements())
+    )
 
 
 FALLING_BACK_TO_DEARER = (
