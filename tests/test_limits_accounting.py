@@ -22,159 +22,44 @@ from __future__ import annotations
 
 import logging
 import math
-import tomllib
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
-from decimal import ROUND_CEILING
 from typing import Any
 
-import pytest
 from django.db.models import Sum
 from hypothesis import given
 from hypothesis import strategies as st
 from support.asgi_replies import Tracebacks, send, told
 from support.inprocess import ANTHROPIC_PATH
 from support.limits_accounts import (
+    CHAT,
+    CONFIG,
+    COUNT,
+    FALLBACKS,
+    FIRST,
+    GONE,
+    MODELS,
+    RETRIED,
+    SECOND,
     Accounts,
     Attempt,
     Counted,
     Limits,
+    PlannedCall,
     ScopeLimit,
     Upstreams,
     answer_attempt,
+    backend_fixture,  # noqa: F401 - a fixture: backend
     counted,
     set_limits,
 )
-from support.redis_db import flush, redis_url  # noqa: F401 - a fixture
-from support.upstream_answers import (
-    SECOND_HOST,
-    SECOND_PROVIDERS,
-)
+from support.redis_db import redis_url  # noqa: F401 - a fixture
 
 from conftest import TenantKey, examples
 from gateway import runtime
-from gateway.calls.metering import estimate_prompt_tokens
-from gateway.limits.counters import MemoryCounters, RedisCounters
 from gateway.limits.policy import Policy, to_units
-from gateway.limits.resilient_counters import ResilientCounters
 from gateway.models import UsageRecord
-from providers.config import ModelConfig
-from providers.pricing import cost_of
-from providers.types import Usage
-
-CONFIG = (
-    SECOND_PROVIDERS
-    + """
-[models."gpt-alone"]
-provider = "fake"
-upstream_model = "gpt-first"
-input_per_mtok = 1.0
-output_per_mtok = 2.0
-
-[models."claude-alone"]
-provider = "fake-anthropic"
-upstream_model = "claude-first"
-input_per_mtok = 3.0
-output_per_mtok = 15.0
-
-[models."gpt-then-claude"]
-provider = "fake"
-upstream_model = "gpt-first"
-fallbacks = ["claude-second"]
-input_per_mtok = 1.0
-output_per_mtok = 2.0
-
-[models."claude-then-gpt"]
-provider = "fake-anthropic"
-upstream_model = "claude-first"
-fallbacks = ["gpt-second"]
-input_per_mtok = 3.0
-output_per_mtok = 15.0
-
-[models."claude-second"]
-provider = "second-anthropic"
-upstream_model = "claude-second"
-input_per_mtok = 2.0
-output_per_mtok = 4.0
-
-[models."gpt-second"]
-provider = "second-openai"
-upstream_model = "gpt-second"
-input_per_mtok = 1.5
-output_per_mtok = 7.5
-
-[models."gpt-or-claude"]
-deployments = [
-  { provider = "fake", upstream_model = "gpt-first" },
-  { provider = "second-anthropic", upstream_model = "claude-second", priority = 1 },
-]
-input_per_mtok = 2.0
-output_per_mtok = 4.0
-
-[router]
-backoff_base_seconds = 0.0
-"""
-)
-"""Models of each dialect on the first upstream (``FIRST``), alone or falling back to one of the
-other dialect on the second (``SECOND``) at twice or half their prices, and one with a
-deployment on each; retries without backoff. Prices are whole multiples of 5e-7 USD a token:
-every cost is a whole number of the budget counters' units (1e-8 USD), so the counters are held
-to the ledger exactly."""
-PRICES = {
-    name: ModelConfig.model_validate(model)
-    for name, model in tomllib.loads(CONFIG)["models"].items()
-}
-FIRST, SECOND = "upstream.test", SECOND_HOST
-FALLBACKS = {"gpt-then-claude": "claude-second", "claude-then-gpt": "gpt-second"}
-MODELS = ["gpt-alone", "claude-alone", *FALLBACKS, "gpt-or-claude"]
-CHAT, COUNT = "/v1/chat/completions", ANTHROPIC_PATH + "/count_tokens"
-RETRIED = (500, 429, 529)
-"""Statuses the router retries, and falls back after."""
-ATTEMPTS_PER_ALIAS = 3
-"""The router's default: the first attempt and two retries (``RouterConfig.max_retries``)."""
-GONE = (499, "client_disconnected")
 
 # --- the calls ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PlannedCall:
-    """A call, and what each upstream answers its attempts there."""
-
-    path: str
-    stream: bool
-    model: str
-    chars: int
-    max_tokens: int
-    first: list[Attempt]
-    second: list[Attempt]
-
-    def body(self) -> dict[str, Any]:
-        body = {"model": self.model, "messages": [{"role": "user", "content": "x" * self.chars}]}
-        if self.path != COUNT:
-            body |= {"max_tokens": self.max_tokens, "stream": self.stream}
-        return body
-
-    def asks(self, model: str) -> tuple[int, int]:
-        """The tokens and the reservation (units of 1e-8 USD) the call asks of the counters on
-        ``model``'s prices: its prompt as the gateway estimates it (the endpoint's
-        ``call.prompt``), and its max_tokens (a token count: none, and no reservation)."""
-        [turn] = self.body()["messages"]
-        prompt = estimate_prompt_tokens([turn["content"]] if self.path == CHAT else [None, turn])
-        if self.path == COUNT:
-            return prompt, 0
-        worst = Usage(prompt_tokens=prompt, completion_tokens=self.max_tokens)
-        return prompt + self.max_tokens, to_units(cost_of(worst, PRICES[model]), ROUND_CEILING)
-
-    @property
-    def falls_back(self) -> bool:
-        """Whether the router moves the call to its model's fallback: every attempt on its first
-        upstream failed with a status it retries (a token count asks an upstream only of
-        Anthropic's dialect: the gateway counts for the others)."""
-        if self.path == COUNT and not self.model.startswith("claude"):
-            return False
-        tried = [self.first[min(n, len(self.first) - 1)] for n in range(ATTEMPTS_PER_ALIAS)]
-        return self.model in FALLBACKS and all(attempt.status in RETRIED for attempt in tried)
 
 
 def attempts(stream: bool) -> st.SearchStrategy[Attempt]:
@@ -230,20 +115,6 @@ def sequences(draw: st.DrawFn) -> tuple[Limits, list[PlannedCall]]:
 
 
 # --- the test -------------------------------------------------------------------------------------
-
-
-@pytest.fixture(params=["memory", "redis"])
-def backend(request: pytest.FixtureRequest) -> Callable[[], Policy]:
-    """A policy on new counters: in memory, or in an emptied Redis as production has them."""
-    if request.param == "memory":
-        return lambda: Policy(MemoryCounters())
-    url = request.getfixturevalue("redis_url")
-
-    def on_redis() -> Policy:
-        flush(url)
-        return Policy(ResilientCounters(RedisCounters(url)))
-
-    return on_redis
 
 
 def test_the_counters_hold_what_the_ledger_says(

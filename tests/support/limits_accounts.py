@@ -1,26 +1,47 @@
 """What the tests that hold the limits to the ledger share (tests/test_limits_accounting.py,
-tests/test_limits_endpoints.py): upstreams that answer each attempt of a call as planned, a
-model of what the counters should hold (``Accounts``), the limits given to a tenant and its key,
-and what the counters do hold (``counted``)."""
+tests/test_limits_concurrency.py, tests/test_limits_endpoints.py): upstreams that answer each
+attempt of a call as planned (``Upstreams``; of many calls at once, ``MarkedUpstreams``), the
+models chat and /v1/messages calls are made to and what such a call asks of the counters
+(``PlannedCall``), a model of what the counters should hold (``Accounts``), the limits given to a
+tenant and its key, new counters on each backend (``backend``), and what the counters do hold
+(``counted``)."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
+import tomllib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import ROUND_CEILING, Decimal
+from typing import Any
 
 import httpx
 import orjson
+import pytest
 
 from conftest import TenantKey
-from gateway.limits.counters import WINDOW_SECONDS, Check, MemoryCounters
+from gateway.calls.metering import estimate_prompt_tokens
+from gateway.limits.counters import WINDOW_SECONDS, Check, MemoryCounters, RedisCounters
 from gateway.limits.policy import Policy, to_units
 from gateway.limits.resilient_counters import ResilientCounters
 from gateway.models import UsageRecord
 from gateway.tenants import auth
-from support.upstream_answers import CHUNKS, COMPLETION, MESSAGE, MESSAGE_EVENTS, encoded
+from providers.config import ModelConfig
+from providers.pricing import cost_of
+from providers.types import Usage
+from support.inprocess import ANTHROPIC_PATH
+from support.redis_db import flush
+from support.upstream_answers import (
+    CHUNKS,
+    COMPLETION,
+    MESSAGE,
+    MESSAGE_EVENTS,
+    SECOND_HOST,
+    SECOND_PROVIDERS,
+    encoded,
+)
 
 # --- what the upstreams answer --------------------------------------------------------------------
 
@@ -133,6 +154,164 @@ class Upstreams:
         await asyncio.sleep(3600)  # until the gateway lets go of the call
 
 
+MARK = re.compile(rb"call#[0-9]+")
+"""A call's mark, in its prompt (``mark``)."""
+
+
+def mark(call: int) -> str:
+    """The mark that starts the prompt of a batch's ``call``: its upstream attempts, in either
+    dialect, carry it."""
+    return f"call#{call} "
+
+
+@dataclass
+class MarkedUpstreams:
+    """The upstreams of ``hosts`` for calls made at the same time: each call, found by the mark
+    its prompt carries (``mark``), is answered by an ``Upstreams`` of its own, as planned for
+    it, with its own count of attempts and its own client that leaves."""
+
+    answer: Answer
+    hosts: tuple[str, ...]
+    calls: dict[str, Upstreams] = field(default_factory=dict)
+
+    def start(self, plans: list[tuple[list[Attempt], ...]]) -> list[Upstreams]:
+        """New calls, the n-th marked ``mark(n)``: the attempts of each host, in the order of
+        ``hosts``, of each call; each call's upstreams, in the same order."""
+        self.calls = {}
+        for n, plan in enumerate(plans):
+            upstreams = Upstreams(self.answer, self.hosts)
+            upstreams.start(*plan)
+            self.calls[mark(n).strip()] = upstreams
+        return list(self.calls.values())
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        found = MARK.search(request.content)
+        assert found, request.content[:300]
+        return await self.calls[found.group().decode()](request)
+
+
+# --- chat and /v1/messages calls, and the models they call ----------------------------------------
+
+CONFIG = (
+    SECOND_PROVIDERS
+    + """
+[models."gpt-alone"]
+provider = "fake"
+upstream_model = "gpt-first"
+input_per_mtok = 1.0
+output_per_mtok = 2.0
+
+[models."claude-alone"]
+provider = "fake-anthropic"
+upstream_model = "claude-first"
+input_per_mtok = 3.0
+output_per_mtok = 15.0
+
+[models."gpt-then-claude"]
+provider = "fake"
+upstream_model = "gpt-first"
+fallbacks = ["claude-second"]
+input_per_mtok = 1.0
+output_per_mtok = 2.0
+
+[models."claude-then-gpt"]
+provider = "fake-anthropic"
+upstream_model = "claude-first"
+fallbacks = ["gpt-second"]
+input_per_mtok = 3.0
+output_per_mtok = 15.0
+
+[models."claude-second"]
+provider = "second-anthropic"
+upstream_model = "claude-second"
+input_per_mtok = 2.0
+output_per_mtok = 4.0
+
+[models."gpt-second"]
+provider = "second-openai"
+upstream_model = "gpt-second"
+input_per_mtok = 1.5
+output_per_mtok = 7.5
+
+[models."gpt-or-claude"]
+deployments = [
+  { provider = "fake", upstream_model = "gpt-first" },
+  { provider = "second-anthropic", upstream_model = "claude-second", priority = 1 },
+]
+input_per_mtok = 2.0
+output_per_mtok = 4.0
+
+[router]
+backoff_base_seconds = 0.0
+"""
+)
+"""Models of each dialect on the first upstream (``FIRST``), alone or falling back to one of the
+other dialect on the second (``SECOND``) at twice or half their prices, and one with a
+deployment on each; retries without backoff. Prices are whole multiples of 5e-7 USD a token:
+every cost is a whole number of the budget counters' units (1e-8 USD), so the counters are held
+to the ledger exactly."""
+PRICES = {
+    name: ModelConfig.model_validate(model)
+    for name, model in tomllib.loads(CONFIG)["models"].items()
+}
+FIRST, SECOND = "upstream.test", SECOND_HOST
+FALLBACKS = {"gpt-then-claude": "claude-second", "claude-then-gpt": "gpt-second"}
+MODELS = ["gpt-alone", "claude-alone", *FALLBACKS, "gpt-or-claude"]
+CHAT, COUNT = "/v1/chat/completions", ANTHROPIC_PATH + "/count_tokens"
+RETRIED = (500, 429, 529)
+"""Statuses the router retries, and falls back after."""
+ATTEMPTS_PER_ALIAS = 3
+"""The router's default: the first attempt and two retries (``RouterConfig.max_retries``)."""
+GONE = (499, "client_disconnected")
+
+
+@dataclass(frozen=True)
+class PlannedCall:
+    """A call, and what each upstream answers its attempts there; its prompt starts with its
+    ``mark`` (``MarkedUpstreams``), if it has one."""
+
+    path: str
+    stream: bool
+    model: str
+    chars: int
+    max_tokens: int
+    first: list[Attempt]
+    second: list[Attempt]
+    mark: str = ""
+
+    def body(self) -> dict[str, Any]:
+        turn = {"role": "user", "content": self.mark + "x" * self.chars}
+        body: dict[str, Any] = {"model": self.model, "messages": [turn]}
+        if self.path != COUNT:
+            body |= {"max_tokens": self.max_tokens, "stream": self.stream}
+        return body
+
+    @property
+    def prompt(self) -> int:
+        """The prompt's tokens as the gateway estimates them (the endpoint's ``call.prompt``)."""
+        [turn] = self.body()["messages"]
+        return estimate_prompt_tokens([turn["content"]] if self.path == CHAT else [None, turn])
+
+    def asks(self, model: str) -> tuple[int, int]:
+        """The tokens and the reservation (units of 1e-8 USD) the call asks of the counters on
+        ``model``'s prices: its prompt as the gateway estimates it, and its max_tokens (a token
+        count: none, and no reservation)."""
+        if self.path == COUNT:
+            return self.prompt, 0
+        worst = Usage(prompt_tokens=self.prompt, completion_tokens=self.max_tokens)
+        return self.prompt + self.max_tokens, to_units(cost_of(worst, PRICES[model]), ROUND_CEILING)
+
+    @property
+    def falls_back(self) -> bool:
+        """Whether the router moves the call to its model's fallback: every attempt on its first
+        upstream failed with a status it retries (a token count asks an upstream only of
+        Anthropic's dialect: the gateway counts for the others)."""
+        if self.path == COUNT and not self.model.startswith("claude"):
+            return False
+        tried = [self.first[min(n, len(self.first) - 1)] for n in range(ATTEMPTS_PER_ALIAS)]
+        return self.model in FALLBACKS and all(attempt.status in RETRIED for attempt in tried)
+
+
 # --- the limits, and what the counters should hold ------------------------------------------------
 
 
@@ -212,7 +391,48 @@ def set_limits(who: TenantKey, limits: Limits, period: str = "total") -> list[Sc
     return scopes
 
 
-# --- what the counters hold -----------------------------------------------------------------------
+# --- the counters, and what they hold -------------------------------------------------------------
+
+
+class LateSettlements(ResilientCounters):
+    """Counters in Redis whose settlements land late: after the admissions sent just after
+    them, as they may over a pool of connections (redis-py's, which the gateway keeps for a
+    Redis URL whose options its own pipe does not know). The gateway's one pipelined
+    connection sends a process's commands in the order it makes them, which would hide a
+    settlement the gateway relies on without waiting for it."""
+
+    async def settle(
+        self, checks: list[Check], second: int, tokens: int, cost: int, hold: int = 0
+    ) -> None:
+        await asyncio.sleep(0.005)
+        await super().settle(checks, second, tokens, cost, hold)
+
+
+BACKENDS = ["memory", "redis"]
+"""The counter backends every limits test runs on; ``"redis, settled late"``
+(``LateSettlements``) is one more."""
+
+
+def policies_on(backend: str, request: pytest.FixtureRequest) -> Callable[[], Policy]:
+    """New policies on new counters of ``backend``: in memory, or in an emptied Redis as
+    production has them (the ``redis_url`` fixture's)."""
+    if backend == "memory":
+        return lambda: Policy(MemoryCounters())
+    url = request.getfixturevalue("redis_url")
+    counters = LateSettlements if backend == "redis, settled late" else ResilientCounters
+
+    def on_redis() -> Policy:
+        flush(url)
+        return Policy(counters(RedisCounters(url)))
+
+    return on_redis
+
+
+@pytest.fixture(name="backend", params=BACKENDS)
+def backend_fixture(request: pytest.FixtureRequest) -> Callable[[], Policy]:
+    """``backend()``: a policy on new counters of each of ``BACKENDS``. A test module imports
+    ``backend_fixture`` and ``support.redis_db.redis_url`` for pytest to find them."""
+    return policies_on(request.param, request)
 
 
 @dataclass(frozen=True)
