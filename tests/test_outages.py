@@ -339,3 +339,32 @@ async def test_redis_back_after_an_outage_starts_a_new_epoch_with_what_memory_co
     await policy.drain()
     assert await redis_budget(counters, alice) == {"spent": 30_000_000, "reserved": 0}
     await policy.aclose()
+
+
+async def test_a_call_admitted_in_memory_and_refused_its_fallback_is_settled_in_memory(
+    tenants: dict[str, TenantKey],
+    redis_url: str,  # noqa: F811 - the fixture
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A call admitted in memory while Redis was down, released for its fallback and refused
+    it, was settled into Redis's epoch instead, which an outage drops: memory's budget never
+    counted what the call cost, and let the tenant spend it again until Redis came back. The
+    release keeps the call held where it was counted."""
+    alice = tenants["alice"]
+    limits = await asyncio.to_thread(budget, alice, "1.00")
+    counters = ResilientCounters(RedisCounters(redis_url, timeout=0.5))
+    policy = Policy(counters)
+
+    async def unreachable(*args: object) -> None:
+        raise ConnectionError("Redis is down")
+
+    monkeypatch.setattr(counters.redis, "admit", unreachable)
+    admission = await policy.admit(limits, Estimate(tokens=10, cost=Decimal("0.10")))
+    assert admission is not None and counters._holds[admission.hold].epoch == IN_MEMORY
+    await admission.release()  # for its fallback, which its limits then refuse
+    admission.settle(10, Decimal("0.08"))
+    await policy.drain()
+    key = f"tg:budget:tenant:{alice.tenant.pk}:total"
+    assert counters.memory._budgets[key] == [8_000_000, 0]
+    assert counters.in_flight == 0
+    await policy.aclose()

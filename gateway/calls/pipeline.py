@@ -246,6 +246,7 @@ class Call:
             await self._admit(routes[0], *self._admitted, request=False)
             if previous is not None and self.admission is not None:
                 self.admission.headers = {**previous.headers, **self.admission.headers}
+                previous.settle(0, Decimal(0))  # given back: the fallback's admission counts
         self.routes, self.route = routes, routes[0]
 
     def keep_affinity(self, body: dict[str, Any]) -> None:

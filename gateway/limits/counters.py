@@ -86,6 +86,11 @@ class CounterStore(Protocol):
         ``cost``: release its reservation and count what it really used. ``hold`` is the
         verdict's (a store that tracks its calls in flight uses it)."""
 
+    async def give_back(self, checks: list[Check], second: int, hold: int = 0) -> None:
+        """Release the tokens and the reservation of a call admitted at ``second`` before it
+        is admitted again (for its fallback): ``settle`` with nothing used, but the call stays
+        in flight, holding nothing, to be settled where it was counted should it not be."""
+
     async def aclose(self) -> None: ...
 
 
@@ -194,6 +199,9 @@ class MemoryCounters:
         self, checks: list[Check], second: int, tokens: int, cost: int, hold: int = 0
     ) -> None:
         self.settle_now(checks, second, tokens, cost)
+
+    async def give_back(self, checks: list[Check], second: int, hold: int = 0) -> None:
+        await self.settle(checks, second, 0, 0, hold)
 
     def settle_now(self, checks: list[Check], second: int, tokens: int, cost: int) -> None:
         for check in checks:
@@ -469,13 +477,21 @@ class RedisCounters:
     ) -> None:
         await self.settle_in(self.epoch, checks, second, tokens, cost)
 
+    async def give_back(self, checks: list[Check], second: int, hold: int = 0) -> None:
+        await self.settle(checks, second, 0, 0, hold)
+
     async def settle_in(
         self, epoch: str, checks: list[Check], second: int, tokens: int, cost: int
     ) -> None:
         """``settle`` for a call admitted in ``epoch`` (its budgets are left alone if Redis has
         moved on to another). Nothing to send when no check has a budget and the call used the
-        tokens it was counted for (or no check counts tokens): the script would change nothing."""
-        if all(c.cap is None and (c.tpm is None or c.tokens == tokens) for c in checks):
+        tokens it was counted for (or no check counts tokens), and no budget has a cost to count
+        or a reservation to release: the script would change nothing."""
+        if all(
+            (c.cap is None or (cost == 0 and c.reserve == 0))
+            and (c.tpm is None or c.tokens == tokens)
+            for c in checks
+        ):
             return
         keys = [EPOCH_KEY]
         args: list[int | str] = [epoch, second, tokens, cost]

@@ -227,13 +227,15 @@ class Admission:
     async def release(self) -> None:
         """Give back what the call was admitted for, its estimated tokens and its reservation,
         before it is admitted again (for its fallback). It stays to be settled: should the call
-        not be admitted again, it counts what the call used, with nothing more to give back.
+        not be admitted again, it counts what the call used, with nothing more to give back,
+        where it was counted (``CounterStore.give_back``); should it be, it is settled with
+        nothing used (``Call.fall_back_to``).
 
         Awaited, not merely sent: in Redis, a release still on its way when the fallback is
         admitted would refuse the fallback for room the call's own first admission holds."""
         if self.settled:
             return
-        settling = self.policy.settle(self, 0, 0)
+        settling = self.policy.settle(self, 0, 0, given_back=True)
         self.checks = [replace(check, tokens=0, reserve=0) for check in self.checks]
         if settling is not None:
             # Waited for, neither cancelled with the caller nor raising: a failed settlement
@@ -311,9 +313,12 @@ class Policy:
             return
         Admission(self, checks, now, {}, done.result().hold).settle(0, Decimal(0))
 
-    def settle(self, admission: Admission, tokens: int, cost: int) -> asyncio.Task[None] | None:
+    def settle(
+        self, admission: Admission, tokens: int, cost: int, *, given_back: bool = False
+    ) -> asyncio.Task[None] | None:
         """Count what an admitted call used, at once in memory; in Redis, by a task the caller
-        need not wait for (``drain`` does), returned for one that must (``Admission.release``)."""
+        need not wait for (``drain`` does), returned for one that must (``Admission.release``).
+        ``given_back``: the call is only released, to be admitted again (``Admission.release``)."""
         if self.store.counts_at_once:
             cast(MemoryCounters, self.store).settle_now(
                 admission.checks, admission.second, tokens, cost
@@ -324,8 +329,11 @@ class Policy:
         except RuntimeError:
             log.error("a call was settled outside the event loop; its counters are not updated")
             return None
+        checks, second, hold = admission.checks, admission.second, admission.hold
         task = loop.create_task(
-            self.store.settle(admission.checks, admission.second, tokens, cost, admission.hold)
+            self.store.give_back(checks, second, hold)
+            if given_back
+            else self.store.settle(checks, second, tokens, cost, hold)
         )
         self._pending.add(task)
         task.add_done_callback(self._settled)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from redis.exceptions import RedisError
 
@@ -156,7 +156,20 @@ class ResilientCounters:
     async def settle(
         self, checks: list[Check], second: int, tokens: int, cost: int, hold: int = 0
     ) -> None:
-        held = self._holds.pop(hold, None)
+        await self._settle(self._holds.pop(hold, None), checks, second, tokens, cost)
+
+    async def give_back(self, checks: list[Check], second: int, hold: int = 0) -> None:
+        """The call stays held, holding nothing (a rebuild reserves nothing for it), so that
+        its settlement, should its fallback not be admitted, goes where it was counted: to
+        memory, if it was admitted during an outage."""
+        held = self._holds.get(hold)
+        if held is not None:
+            held.checks = [replace(check, tokens=0, reserve=0) for check in checks]
+        await self._settle(held, checks, second, 0, 0)
+
+    async def _settle(
+        self, held: Hold | None, checks: list[Check], second: int, tokens: int, cost: int
+    ) -> None:
         epoch = held.epoch if held is not None else self.redis.epoch
         if epoch == IN_MEMORY:
             self.memory.settle_now(checks, second, tokens, cost)

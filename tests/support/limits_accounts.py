@@ -407,6 +407,10 @@ class LateSettlements(ResilientCounters):
         await asyncio.sleep(0.005)
         await super().settle(checks, second, tokens, cost, hold)
 
+    async def give_back(self, checks: list[Check], second: int, hold: int = 0) -> None:
+        await asyncio.sleep(0.005)
+        await super().give_back(checks, second, hold)
+
 
 BACKENDS = ["memory", "redis"]
 """The counter backends every limits test runs on; ``"redis, settled late"``
