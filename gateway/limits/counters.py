@@ -18,7 +18,7 @@ the call's real tokens and cost are known.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from redis.exceptions import RedisError
@@ -44,6 +44,11 @@ class Check:
     @property
     def budget_key(self) -> str:
         return f"tg:budget:{self.scope}:{self.period}"
+
+    def given_back(self) -> Check:
+        """The check of a call whose tokens and reservation were given back (for its
+        fallback): it holds nothing more, and its settlement releases nothing."""
+        return replace(self, tokens=0, reserve=0)
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,11 +23,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
 from functools import lru_cache
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from django.conf import settings
 from django.db.models import Sum
@@ -235,8 +236,8 @@ class Admission:
         admitted would refuse the fallback for room the call's own first admission holds."""
         if self.settled:
             return
-        settling = self.policy.settle(self, 0, 0, given_back=True)
-        self.checks = [replace(check, tokens=0, reserve=0) for check in self.checks]
+        settling = self.policy.give_back(self)
+        self.checks = [check.given_back() for check in self.checks]
         if settling is not None:
             # Waited for, neither cancelled with the caller nor raising: a failed settlement
             # is logged (``Policy._settled``) and the store's own fallback covers it.
@@ -313,28 +314,36 @@ class Policy:
             return
         Admission(self, checks, now, {}, done.result().hold).settle(0, Decimal(0))
 
-    def settle(
-        self, admission: Admission, tokens: int, cost: int, *, given_back: bool = False
-    ) -> asyncio.Task[None] | None:
+    def settle(self, admission: Admission, tokens: int, cost: int) -> asyncio.Task[None] | None:
         """Count what an admitted call used, at once in memory; in Redis, by a task the caller
-        need not wait for (``drain`` does), returned for one that must (``Admission.release``).
-        ``given_back``: the call is only released, to be admitted again (``Admission.release``)."""
+        need not wait for (``drain`` does)."""
+        checks, second = admission.checks, admission.second
         if self.store.counts_at_once:
-            cast(MemoryCounters, self.store).settle_now(
-                admission.checks, admission.second, tokens, cost
-            )
+            cast(MemoryCounters, self.store).settle_now(checks, second, tokens, cost)
             return None
+        return self._in_background(
+            lambda: self.store.settle(checks, second, tokens, cost, admission.hold)
+        )
+
+    def give_back(self, admission: Admission) -> asyncio.Task[None] | None:
+        """Release what an admitted call holds before it is admitted again
+        (``Admission.release``): at once in memory; in Redis, by a task it waits for."""
+        checks, second = admission.checks, admission.second
+        if self.store.counts_at_once:
+            cast(MemoryCounters, self.store).settle_now(checks, second, 0, 0)
+            return None
+        return self._in_background(lambda: self.store.give_back(checks, second, admission.hold))
+
+    def _in_background(
+        self, settlement: Callable[[], Coroutine[Any, Any, None]]
+    ) -> asyncio.Task[None] | None:
+        """Run a store's ``settlement`` as a task of its own, kept until it ends."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             log.error("a call was settled outside the event loop; its counters are not updated")
             return None
-        checks, second, hold = admission.checks, admission.second, admission.hold
-        task = loop.create_task(
-            self.store.give_back(checks, second, hold)
-            if given_back
-            else self.store.settle(checks, second, tokens, cost, hold)
-        )
+        task = loop.create_task(settlement())
         self._pending.add(task)
         task.add_done_callback(self._settled)
         return task

@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from redis.exceptions import RedisError
 
@@ -164,7 +164,7 @@ class ResilientCounters:
         memory, if it was admitted during an outage."""
         held = self._holds.get(hold)
         if held is not None:
-            held.checks = [replace(check, tokens=0, reserve=0) for check in checks]
+            held.checks = [check.given_back() for check in checks]
         await self._settle(held, checks, second, 0, 0)
 
     async def _settle(
