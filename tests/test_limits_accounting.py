@@ -32,7 +32,6 @@ from support.asgi_replies import Tracebacks, send, told
 from support.inprocess import ANTHROPIC_PATH
 from support.limits_accounts import (
     CHAT,
-    CONFIG,
     COUNT,
     FALLBACKS,
     FIRST,
@@ -42,7 +41,6 @@ from support.limits_accounts import (
     SECOND,
     Accounts,
     Attempt,
-    Counted,
     Limits,
     PlannedCall,
     ScopeLimit,
@@ -50,7 +48,7 @@ from support.limits_accounts import (
     answer_attempt,
     backend_fixture,  # noqa: F401 - a fixture: backend
     counted,
-    set_limits,
+    start_over,
 )
 from support.redis_db import redis_url  # noqa: F401 - a fixture
 
@@ -174,11 +172,8 @@ def test_the_counters_hold_what_the_ledger_says(
     @given(sequences())
     def sequence(limits_and_calls: tuple[Limits, list[PlannedCall]]) -> None:
         limits, calls = limits_and_calls
-        UsageRecord.objects.all().delete()
         tracebacks.records.clear()
-        scopes = set_limits(alice, limits)
-        current = gateway_runtime(upstreams, CONFIG)
-        current.policy = backend()
+        current, scopes = start_over(alice, limits, gateway_runtime, upstreams, backend)
         accounts = Accounts()
         try:
             for planned in calls:
@@ -188,13 +183,7 @@ def test_the_counters_hold_what_the_ledger_says(
             assert to_units(rows.aggregate(cost=Sum("cost_usd"))["cost"] or 0) == accounts.spent
             for scope in scopes:
                 held = run(counted(current.policy, scope.scope))
-                assert held == Counted(
-                    accounts.requests if scope.rpm is not None else 0,
-                    accounts.tokens if scope.tpm is not None else 0,
-                    accounts.spent if scope.budget is not None else 0,
-                    reserved=0,
-                    in_flight=0,
-                ), (scope, accounts)
+                assert held == accounts.settled_in(scope), (scope, accounts)
             assert not tracebacks.records, [record.getMessage() for record in tracebacks.records]
         finally:
             run(current.policy.aclose())

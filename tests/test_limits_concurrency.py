@@ -44,7 +44,6 @@ from support.inprocess import ANTHROPIC_PATH
 from support.limits_accounts import (
     BACKENDS,
     CHAT,
-    CONFIG,
     FALLBACKS,
     FIRST,
     GONE,
@@ -53,7 +52,6 @@ from support.limits_accounts import (
     SECOND,
     Accounts,
     Attempt,
-    Counted,
     Limits,
     MarkedUpstreams,
     PlannedCall,
@@ -63,7 +61,7 @@ from support.limits_accounts import (
     counted,
     mark,
     policies_on,
-    set_limits,
+    start_over,
 )
 from support.redis_db import redis_url  # noqa: F401 - a fixture
 
@@ -240,13 +238,7 @@ def account(run: Run, policy: Policy, scopes: list[ScopeLimit], batch: list[Made
     assert to_units(total) == accounts.spent
     for scope in scopes:
         held = run(counted(policy, scope.scope))
-        assert held == Counted(
-            accounts.requests if scope.rpm is not None else 0,
-            accounts.tokens if scope.tpm is not None else 0,
-            accounts.spent if scope.budget is not None else 0,
-            reserved=0,
-            in_flight=0,
-        ), (scope, accounts)
+        assert held == accounts.settled_in(scope), (scope, accounts)
         assert scope.rpm is None or held.requests <= scope.rpm, (scope, held)
         assert scope.tpm is None or held.tokens <= scope.tpm, (scope, held)
         assert scope.budget is None or held.spent <= scope.budget, (scope, held)
@@ -271,11 +263,8 @@ def test_calls_at_the_same_time_keep_one_account_with_the_ledger(
     @given(batches())
     def batch(limits_and_calls: tuple[Limits, list[PlannedCall]]) -> None:
         limits, calls = limits_and_calls
-        UsageRecord.objects.all().delete()
         tracebacks.records.clear()
-        scopes = set_limits(alice, limits)
-        current = gateway_runtime(upstreams, CONFIG)
-        current.policy = backend()
+        current, scopes = start_over(alice, limits, gateway_runtime, upstreams, backend)
         try:
             made = at_once(run, current, alice, upstreams, calls)
             refused = account(run, current.policy, scopes, made)
@@ -329,10 +318,7 @@ def test_a_fallback_is_never_refused_for_room_its_own_call_holds(
         budget = sum(most(call)[1] for call in calls) // 10_000
         limits = {"rpm": k, "tpm": None, "budget": None, "key_rpm": k, "key_budget": None}
         limits |= {"tpm": tokens} if room == "tokens" else {"budget": budget, "key_budget": budget}
-        UsageRecord.objects.all().delete()
-        scopes = set_limits(alice, limits)
-        current = gateway_runtime(upstreams, CONFIG)
-        current.policy = backend()
+        current, scopes = start_over(alice, limits, gateway_runtime, upstreams, backend)
         try:
             made = at_once(run, current, alice, upstreams, calls)
             told_them = [told(one.planned.path, one.reply) for one in made]

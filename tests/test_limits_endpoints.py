@@ -34,10 +34,13 @@ from django.db.models import Sum
 from hypothesis import given
 from hypothesis import strategies as st
 from support.asgi_replies import Tracebacks, send, told
+from support.limits_accounts import CONFIG as CHAT_CONFIG
 from support.limits_accounts import (
+    FIRST,
+    GONE,
+    SECOND,
     Accounts,
     Attempt,
-    Counted,
     Limits,
     ScopeLimit,
     Upstreams,
@@ -51,8 +54,6 @@ from support.upstream_answers import (
     EMBEDDINGS,
     RESPONSE,
     RESPONSE_EVENTS,
-    SECOND_HOST,
-    SECOND_PROVIDERS,
     encoded,
 )
 
@@ -68,9 +69,9 @@ from gateway.models import UsageRecord
 from providers.pricing import cost_of, estimate_audio_seconds, estimate_embedding_tokens
 from providers.types import Units, Usage
 
-FIRST, NATIVE, SECOND = "upstream.test", "native.test", SECOND_HOST
+NATIVE = "native.test"
 CONFIG = (
-    SECOND_PROVIDERS
+    CHAT_CONFIG
     + f"""
 [providers.native]
 type = "openai"
@@ -78,44 +79,17 @@ base_url = "http://{NATIVE}/v1"
 api_key_env = "FAKE_UPSTREAM_KEY"
 responses = true
 
-[models."gpt-alone"]
-provider = "fake"
-upstream_model = "gpt-first"
-input_per_mtok = 1.0
-output_per_mtok = 2.0
-
-[models."claude-alone"]
-provider = "fake-anthropic"
-upstream_model = "claude-first"
-input_per_mtok = 3.0
-output_per_mtok = 15.0
-
 [models."gpt-native"]
 provider = "native"
 upstream_model = "gpt-native"
 input_per_mtok = 1.5
 output_per_mtok = 7.5
-
-[models."gpt-then-claude"]
-provider = "fake"
-upstream_model = "gpt-first"
-fallbacks = ["claude-second"]
-input_per_mtok = 1.0
-output_per_mtok = 2.0
-
-[models."claude-second"]
-provider = "second-anthropic"
-upstream_model = "claude-second"
-input_per_mtok = 2.0
-output_per_mtok = 4.0
-
-[router]
-backoff_base_seconds = 0.0
 """
 )
 """Beside ``mock_config``'s media models (``embed-test``, ``image-test``, ``tts-test``,
-``stt-test``, on ``FIRST``): a model of each chat dialect on ``FIRST``, one served by an upstream
-of the Responses API itself on ``NATIVE``, and one falling back to ``SECOND``. Every price is a
+``stt-test``, on ``FIRST``): the chat and /v1/messages tests' models (``CHAT_CONFIG``: a model
+of each chat dialect on ``FIRST``, ``gpt-then-claude`` falling back to ``SECOND``...), and one
+served by an upstream of the Responses API itself on ``NATIVE``. Every price is a
 whole number of the budget counters' units (1e-8 USD) per token, image, character or
 millisecond of audio: the counters are held to the ledger exactly."""
 RESPONSES, EMBED, IMAGES = "/v1/responses", "/v1/embeddings", "/v1/images/generations"
@@ -124,7 +98,6 @@ RESPONSES_MODELS = ["gpt-alone", "claude-alone", "gpt-native"]
 MEDIA_MODELS = {EMBED: "embed-test", IMAGES: "image-test", SPEECH: "tts-test"}
 MEDIA_MODELS[TRANSCRIBE] = "stt-test"
 RETRIED = (500, 429)
-GONE = (499, "client_disconnected")
 
 
 # --- what the upstreams answer --------------------------------------------------------------------
@@ -384,13 +357,7 @@ def test_responses_and_media_keep_the_counters_to_the_ledger(
             assert ledger_cost() == accounts.spent
             for scope in scopes:
                 held = run(counted(current.policy, scope.scope))
-                assert held == Counted(
-                    accounts.requests if scope.rpm is not None else 0,
-                    accounts.tokens if scope.tpm is not None else 0,
-                    accounts.spent if scope.budget is not None else 0,
-                    reserved=0,
-                    in_flight=0,
-                ), (scope, accounts)
+                assert held == accounts.settled_in(scope), (scope, accounts)
             assert not tracebacks.records, [record.getMessage() for record in tracebacks.records]
         finally:
             run(current.policy.aclose())

@@ -12,7 +12,7 @@ import asyncio
 import re
 import time
 import tomllib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, Decimal
 from typing import Any
@@ -27,6 +27,7 @@ from gateway.limits.counters import WINDOW_SECONDS, Check, MemoryCounters, Redis
 from gateway.limits.policy import Policy, to_units
 from gateway.limits.resilient_counters import ResilientCounters
 from gateway.models import UsageRecord
+from gateway.runtime import Runtime
 from gateway.tenants import auth
 from providers.config import ModelConfig
 from providers.pricing import cost_of
@@ -357,6 +358,17 @@ class Accounts:
                 return "rate_limit_exceeded"
         return None
 
+    def settled_in(self, scope: ScopeLimit) -> Counted:
+        """What ``scope``'s counters should hold once every call is settled: what it counts of
+        the calls' requests, tokens and cost, nothing reserved, no call in flight."""
+        return Counted(
+            self.requests if scope.rpm is not None else 0,
+            self.tokens if scope.tpm is not None else 0,
+            self.spent if scope.budget is not None else 0,
+            reserved=0,
+            in_flight=0,
+        )
+
     def count(self, row: UsageRecord | None) -> None:
         """An admitted call, its row (None: a token count, which uses nothing)."""
         self.requests += 1
@@ -389,6 +401,23 @@ def set_limits(who: TenantKey, limits: Limits, period: str = "total") -> list[Sc
             scopes.append(ScopeLimit(scope, holder.rpm_limit, holder.tpm_limit, cap))
     auth._key_cache.clear()
     return scopes
+
+
+def start_over(
+    who: TenantKey,
+    limits: Limits,
+    gateway_runtime: Callable[..., Runtime],
+    upstreams: Callable[[httpx.Request], Awaitable[httpx.Response]],
+    backend: Callable[[], Policy],
+) -> tuple[Runtime, list[ScopeLimit]]:
+    """A clean slate for the next example of a chat and /v1/messages test: no ledger rows,
+    ``who`` given ``limits``, a runtime of ``CONFIG`` on ``upstreams`` counting in new counters
+    of ``backend``; and the scopes they count in."""
+    UsageRecord.objects.all().delete()
+    scopes = set_limits(who, limits)
+    current = gateway_runtime(upstreams, CONFIG)
+    current.policy = backend()
+    return current, scopes
 
 
 # --- the counters, and what they hold -------------------------------------------------------------
