@@ -109,6 +109,25 @@ async def test_a_call_answers_alike_through_the_lean_handler_and_ninjas_view(
     assert [r.status_code for r in rows] == [200, 200]  # a refused key makes no call
 
 
+@pytest.mark.parametrize(
+    ("path", "body"), [("/v1/chat/completions", CHAT), (ANTHROPIC_PATH, MESSAGE)]
+)
+async def test_a_rate_limited_caller_gets_its_headers_through_either_handler(
+    tenants: dict[str, TenantKey], gateway_runtime: Any, path: str, body: Any
+) -> None:
+    """The lean handler sends the policy's headers beside Django's response; through Django's
+    own handler (its test clients) they are the response's headers: the same either way."""
+    alice = tenants["alice"]
+    alice.tenant.rpm_limit, alice.tenant.tpm_limit = 100, 100_000
+    await sync_to_async(alice.tenant.save)()
+    auth._key_cache.clear()
+    gateway_runtime(answer_everything)
+    direct, through_ninja = await _both_ways(path, {"x-api-key": alice.raw}, body)
+    assert direct[0] == through_ninja[0] == 200
+    assert direct[2] == through_ninja[2]
+    assert {f"x-ratelimit-{name}" for name in ("limit-requests", "limit-tokens")} <= set(direct[2])
+
+
 async def test_a_bug_under_a_call_is_a_500_in_the_apis_shape_either_way(
     headers: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -287,7 +287,7 @@ class ApiHandler(ASGIHandler):
         operation would do for it (a sixth of a call's time on the loop), bar one thing the API
         does not want, Django's thread hop to log each 4xx/5xx answer (the request log has it)."""
         started = time.perf_counter()
-        return finish(request, await answer_call(request, endpoint, steps), started)
+        return finish(request, await answer_call(request, endpoint, steps), started, apart=True)
 
     async def _answer_cut(self, path: str, calls: list[Call], send: Any) -> None:
         """A call cut by a stopping worker before its answer began (``gateway.drain``): the client

@@ -25,8 +25,9 @@ Handler = Callable[[HttpRequest], Awaitable[HttpResponseBase]]
 GATEWAY_HEADERS = "gateway_headers"
 """An answer's attribute: headers the gateway made itself, ASCII by construction (the policy's
 ``x-ratelimit-*``), which ``ApiHandler.send_response`` sends after the answer's own without
-Django's checks of each header set on a response. Only that handler sends them: it serves every
-``/v1/`` request (``tollgate.asgi``); Django's test clients, which have their own, do not."""
+Django's checks of each header set on a response. Only a call's answer made by
+``ApiHandler.answer_call`` carries them so (``finish(..., apart=True)``); through the middleware
+(Django's own handler, as its test clients use it) they are the response's headers."""
 
 
 def stamp(response: HttpResponseBase, path: str, request_id: str | None = None) -> str:
@@ -48,7 +49,12 @@ def count_without_call(path: str, status: int, caller: object = None) -> None:
         metrics.request_finished(path, status, tenant)
 
 
-def finish(request: HttpRequest, response: HttpResponseBase, started: float) -> HttpResponseBase:
+def finish(
+    request: HttpRequest, response: HttpResponseBase, started: float, *, apart: bool = False
+) -> HttpResponseBase:
+    """The answer with what every ``/v1`` answer carries. With ``apart`` (the caller sends the
+    answer through ``ApiHandler.send_response``), the rate-limit headers ride beside the
+    response's own (``GATEWAY_HEADERS``); else they are set on it."""
     if not request.path.startswith("/v1/"):
         return response
     if response.status_code >= 400 and not response.get("content-type", "").startswith(
@@ -68,7 +74,11 @@ def finish(request: HttpRequest, response: HttpResponseBase, started: float) -> 
         response["x-tollgate-deployment"] = route.deployment
         response["x-tollgate-attempts"] = str(call.attempts)
     if call.admission is not None:  # a rate-limited caller learns where it stands
-        setattr(response, GATEWAY_HEADERS, call.admission.headers)
+        if apart:
+            setattr(response, GATEWAY_HEADERS, call.admission.headers)
+        else:
+            for name, value in call.admission.headers.items():
+                response[name] = value
     return response
 
 
