@@ -128,6 +128,21 @@ class StreamChunk:
         return self.usage is not None and not self.choices
 
 
+def as_dict(value: Any) -> dict[str, Any]:
+    """``value`` if it is an object, else an empty one: for reading what an upstream sent."""
+    return value if isinstance(value, dict) else {}
+
+
+def as_list(value: Any) -> list[Any]:
+    """``value`` if it is an array, else an empty one: for reading what an upstream sent."""
+    return value if isinstance(value, list) else []
+
+
+def as_index(value: Any) -> int | None:
+    """``value`` if it is an index (an integer, not a boolean, never below 0), else None."""
+    return value if type(value) is int and value >= 0 else None
+
+
 def choices_of(chunk: dict[str, Any]) -> list[dict[str, Any]]:
     """The choices of a ``chat.completion.chunk`` an upstream sent, those that are objects:
     none when its ``choices`` is not a list."""

@@ -478,3 +478,34 @@ def test_interleaved_tool_call_arguments_are_an_upstream_failure() -> None:
     )
     with pytest.raises(UpstreamUnavailable):
         translator.feed(oa_chunk({"tool_calls": [{"index": 0, "function": {"arguments": "}"}}]}))
+
+
+# --- an index that is not one --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("index", [True, -1, "0", None])
+def test_a_tool_call_index_that_is_not_one_is_the_first_calls(index: Any) -> None:
+    """A boolean is not an index (Python's ``True`` was the call of index 1), nor is a negative
+    number or text: such a call is the first call, as one that gives no index."""
+    events = to_anthropic_events(
+        [
+            oa_chunk({"tool_calls": [{"index": index, "id": "a", "function": {"name": "f"}}]}),
+            oa_chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"x": 1}'}}]}),
+            oa_chunk({}, "tool_calls"),
+        ]
+    )
+    message = rebuilt_message(events)
+    assert message["content"] == [{"type": "tool_use", "id": "a", "name": "f", "input": {"x": 1}}]
+
+
+@pytest.mark.parametrize("index", [True, -1, "1"])
+def test_a_block_index_that_is_not_one_opens_no_tool_call(index: Any) -> None:
+    """A content block whose ``index`` is not one (a boolean, a negative number, text) is no
+    block of ours, as one without an index: its tool call is not relayed, and a later block
+    of index 1 is not taken for it."""
+    translator = AnthropicToOpenAIStream("m")
+    translator.feed(*message_start())
+    tool = {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {}}
+    started = translator.feed(*block_start(index, tool))
+    deltas = translator.feed(*delta(1, "input_json_delta", partial_json="{}"))
+    assert started == [] and deltas == []

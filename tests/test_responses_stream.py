@@ -417,6 +417,22 @@ def test_arguments_of_a_call_already_closed_cannot_be_streamed() -> None:
         stream.feed(chunk(delta_of(("arguments", 0, "}"))))
 
 
+@pytest.mark.parametrize("index", [True, -1, "1"])
+def test_a_tool_call_index_that_is_not_one_is_the_first_calls(index: Any) -> None:
+    """A boolean, a negative number or text is not an index (``True`` was the call of index 1):
+    the call is the first call's, as one that gives no index."""
+    stream = ChatToResponsesStream(REQUEST, TOOLS, RESPONSE_ID, CREATED_AT)
+    stream.feed(
+        chunk(
+            {"tool_calls": [{"index": index, "id": "call_1", "function": {"name": "get_weather"}}]}
+        )
+    )
+    stream.feed(chunk(delta_of(("arguments", 0, '{"city": "Oslo"}'))))
+    stream.finish()
+    [call] = stream.response["output"]
+    assert (call["call_id"], call["arguments"]) == ("call_1", '{"city": "Oslo"}')
+
+
 CALLS = objects(
     index=one_of(0, 1),
     id=one_of("call_1", "call_2"),

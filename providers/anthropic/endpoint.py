@@ -48,14 +48,12 @@ from providers.anthropic.ids import translated_id
 from providers.anthropic.stream import (
     TRANSLATED_SIGNATURE,
     anthropic_usage,
-    as_dict,
-    as_list,
     stop_reason_for,
 )
 from providers.anthropic.tools import tool_call_of, tool_input_of, tool_use_of
 from providers.anthropic.translate import invalid_request
 from providers.errors import InvalidRequest, UpstreamUnavailable
-from providers.types import Usage, reasoning_of
+from providers.types import Usage, as_dict, as_list, reasoning_of
 
 USER_MAX_CHARS = 64
 """The longest ``user`` sent as it is; a longer one is sent hashed."""

@@ -20,7 +20,7 @@ from typing import Any
 from providers.anthropic.ids import new_id, translated_id
 from providers.anthropic.tools import tool_use_of
 from providers.errors import ProviderError, UpstreamUnavailable, error_for_upstream_status
-from providers.types import Usage, choices_of, reasoning_of
+from providers.types import Usage, as_dict, as_index, as_list, choices_of, reasoning_of
 
 TRANSLATED_SIGNATURE = "tollgate-translated-unsigned"
 """The ``signature`` of a ``thinking`` block made from another model's reasoning. Anthropic's
@@ -159,14 +159,6 @@ def stream_error(error: Any, provider: str, usage: Usage | None) -> ProviderErro
     return failure
 
 
-def as_dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def as_list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
-
-
 class UsageReport:
     """The usage an Anthropic stream has reported so far: input and cache counts come with
     ``message_start``, cumulative output counts with each ``message_delta``."""
@@ -222,9 +214,7 @@ class AnthropicToOpenAIStream:
 
     def feed(self, event: str | None, data: dict[str, Any]) -> list[dict[str, Any]]:
         kind = event or data.get("type")
-        index = data.get("index")
-        if not isinstance(index, int):
-            index = None  # not a block's index (a list is not even a key): no block of ours
+        index = as_index(data.get("index"))  # None: not a block's index, no block of ours
         if kind == "message_start":
             return self._start(as_dict(data.get("message")))
         if kind == "content_block_start":
@@ -449,9 +439,7 @@ class OpenAIToAnthropicStream:
         return self._open_block(block)
 
     def _tool_call(self, call: dict[str, Any]) -> list[Event]:
-        call_index = call.get("index", 0)
-        if not isinstance(call_index, int):
-            call_index = 0  # not an index: the first call's, as when it is missing
+        call_index = as_index(call.get("index")) or 0  # none: the first call's
         function = as_dict(call.get("function"))
         events: list[Event] = []
         block = self._tool_blocks.get(call_index)

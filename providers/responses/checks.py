@@ -71,16 +71,6 @@ def optional_count(value: Any, param: str) -> int | None:
     return value
 
 
-def as_dict(value: Any) -> dict[str, Any]:
-    """``value`` if it is an object, else an empty one: for reading what an upstream sent."""
-    return value if isinstance(value, dict) else {}
-
-
-def as_list(value: Any) -> list[Any]:
-    """``value`` if it is an array, else an empty one: for reading what an upstream sent."""
-    return value if isinstance(value, list) else []
-
-
 def kind_of(value: Any, param: str) -> str:
     """The ``type`` of an object in a list (an item, a content part, a tool)."""
     return name_of(object_of(value, param).get("type"), f"{param}.type")

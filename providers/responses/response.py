@@ -19,7 +19,6 @@ from typing import Any
 
 import orjson
 
-from providers.responses.checks import as_dict, as_list
 from providers.responses.ids import (
     CUSTOM_TOOL_CALL,
     FUNCTION_CALL,
@@ -28,7 +27,7 @@ from providers.responses.ids import (
     new_item_id,
 )
 from providers.responses.tools import ToolNames
-from providers.types import Usage, reasoning_of
+from providers.types import Usage, as_dict, as_list, reasoning_of
 
 INCOMPLETE_REASONS = {"length": "max_output_tokens", "content_filter": "content_filter"}
 """Chat ``finish_reason`` -> ``incomplete_details.reason``; any other reason is completed."""

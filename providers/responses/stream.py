@@ -35,7 +35,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from providers.errors import UpstreamUnavailable
-from providers.responses.checks import as_dict, as_list
 from providers.responses.ids import MESSAGE, REASONING, new_item_id
 from providers.responses.response import (
     call_item,
@@ -48,7 +47,7 @@ from providers.responses.response import (
     response_object,
 )
 from providers.responses.tools import ToolNames
-from providers.types import Usage, reasoning_of
+from providers.types import Usage, as_dict, as_index, as_list, reasoning_of
 
 Event = dict[str, Any]
 
@@ -316,7 +315,7 @@ class ChatToResponsesStream:
     # --- tool calls --------------------------------------------------------------------------
 
     def _tool_call(self, call: dict[str, Any]) -> list[Event]:
-        index = call["index"] if isinstance(call.get("index"), int) else 0
+        index = as_index(call.get("index")) or 0  # none: the first call's
         function = as_dict(call.get("function"))
         arguments = function.get("arguments")
         arguments = arguments if isinstance(arguments, str) else ""
