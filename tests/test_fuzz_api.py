@@ -3,7 +3,10 @@ requests, none may answer 500 and every error must be in the called API's shape.
 
 The bodies are built to reach past the first check: valid-looking requests with fields of the
 wrong type, unknown models, nesting and item counts at the limits, NUL, non-ASCII and lone
-surrogate text, huge and non-finite numbers, truncated JSON, binary, odd headers. The examples are
+surrogate text, huge and non-finite numbers, truncated JSON, binary, odd headers. Anthropic's
+token count gets the Messages bodies. A stored response's ``GET``, ``input_items`` and ``DELETE``
+are asked for by ids of every kind, the caller's own (bridged and native), another tenant's, and
+deleted ones: never a 500, and a tenant never sees or deletes another's. The examples are
 derandomized, so the suite runs the same ones every time.
 """
 
@@ -14,14 +17,26 @@ import json
 import logging
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
+from urllib.parse import quote
 
 import httpx
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support.inprocess import ANTHROPIC_PATH, answer_everything, api_client, assert_error_shape
+from support.asgi_replies import Tracebacks, send, told
+from support.fuzzed_upstreams import NATIVE_PROVIDER
+from support.inprocess import (
+    ANTHROPIC_PATH,
+    BASE_URL,
+    answer_everything,
+    api_client,
+    assert_error_shape,
+)
 
-from conftest import TenantKey
+from conftest import TenantKey, examples
+from gateway import runtime
+from gateway.models import StoredResponse, UsageRecord
 
 MODELS = [
     "echo",
@@ -232,6 +247,7 @@ def get_request() -> st.SearchStrategy[Request]:
 CASES: list[tuple[str, st.SearchStrategy[Request], int]] = [
     ("chat", post("/v1/chat/completions", CHAT), 2000),
     ("messages", post(ANTHROPIC_PATH, MESSAGES), 2000),
+    ("count_tokens", post(ANTHROPIC_PATH + "/count_tokens", MESSAGES), 600),
     ("embeddings", post("/v1/embeddings", EMBEDDINGS), 1700),
     ("images", post("/v1/images/generations", IMAGES), 1500),
     ("speech", post("/v1/audio/speech", SPEECH), 1500),
@@ -286,5 +302,158 @@ def test_no_request_answers_500(
         )
         if response.status_code >= 400:
             assert_error_shape(ANTHROPIC_PATH if path == ANTHROPIC_PATH else path, response)
+
+    fuzz()
+
+
+# --- stored responses, by id --------------------------------------------------------------------
+
+OWN = ("resp_alice", "resp_alice_native")
+OTHERS = ("resp_bob", "resp_bob_native")
+"""The responses alice's and bob's tenants keep: one bridged (kept by the gateway, its body and
+input items), one native (kept by the upstream that serves the Responses API)."""
+SECRET = "secret of"
+"""In every bridged response's text: ``SECRET + " bob"`` never reaches alice."""
+
+response_ids = (
+    st.sampled_from([*OWN, *OTHERS])
+    | st.sampled_from(
+        [
+            "",
+            "resp_" + "a" * 95,  # 100 characters: the longest the gateway keeps
+            "resp_" + "a" * 96,
+            "resp_" + "x" * 60_000,  # a URL of httpx's longest (64 KiB)
+            "\x00",
+            "resp_alice\x00",
+            "resp_alice%00",
+            "résp_ü\u200b\U0001f600",
+            "resp_alice\ud800",
+            "\udfff",
+            "resp_alice/",
+            "resp_alice/input_items",
+            "resp_bob/input_items",
+            "resp_alice%2Finput_items",
+            "resp_bob%2F",
+            "%2F",
+            "resp_bob?x=1",
+            "resp_bob#x",
+            ".",
+            "..",
+            " ",
+            "RESP_ALICE",
+            "resp_alice ",
+            "resp_bob_native\n",
+        ]
+    )
+    | text
+)
+"""Ids of each tenant's responses, and ids of every odd kind: empty, too long, huge, NUL,
+non-ASCII, lone surrogates (a URL carries them as the bytes ``errors="surrogatepass"`` makes,
+which a server decodes to U+FFFD), slashes and other URL syntax, as they are or percent-encoded,
+dot segments, near misses."""
+StoredCall = tuple[str, str, str, str]
+"""A method, the suffix after the id (``/input_items``), the id, and the characters of it left
+as they are in the URL (the rest is percent-encoded)."""
+stored_calls = st.lists(
+    st.tuples(
+        st.sampled_from([("GET", ""), ("GET", "/input_items"), ("DELETE", "")]),
+        response_ids,
+        st.sampled_from(["", "/%", "/%?#"]),
+    ).map(lambda drawn: (*drawn[0], drawn[1], drawn[2])),
+    min_size=1,
+    max_size=3,
+)
+
+
+def keep_responses(tenants: dict[str, TenantKey]) -> None:
+    """Only alice's and bob's responses (``OWN``, ``OTHERS``) are kept."""
+    StoredResponse.objects.all().delete()
+    for name in ("alice", "bob"):
+        tenant = tenants[name].tenant
+        said = f"{SECRET} {name}"
+        body = {"id": f"resp_{name}", "object": "response", "output_text": said}
+        StoredResponse.objects.create(
+            id=f"resp_{name}",
+            tenant=tenant,
+            model="gpt-test",
+            provider="fake",
+            body=body,
+            input_items=[{"type": "message", "role": "user", "content": said}],
+            conversation=[],
+        )
+        StoredResponse.objects.create(
+            id=f"resp_{name}_native",
+            tenant=tenant,
+            model="native-model",
+            provider="native",
+            native=True,
+        )
+
+
+@pytest.mark.filterwarnings("ignore:Generating overly large repr")  # the huge id
+def test_no_response_id_answers_500_or_crosses_tenants(
+    tenants: dict[str, TenantKey],
+    gateway_runtime: Callable[..., runtime.Runtime],
+    run: Callable[[Coroutine[Any, Any, Any]], Any],
+    tracebacks: Tracebacks,
+) -> None:
+    """``GET /v1/responses/{id}``, ``GET .../input_items`` and ``DELETE`` by alice, a few in a
+    row (so that an id she deleted is asked for again), with ids of every kind: what she keeps
+    is answered (a native response by its upstream), anything else is a 404 (or 405) in
+    OpenAI's error shape, never a 500; bob's responses are never shown to her, deleted, or asked
+    of the upstream; no ledger row (these are not calls to a model)."""
+    logging.getLogger("django.request").setLevel(logging.CRITICAL)  # a 4xx warning per example
+    alice = tenants["alice"]
+    asked: list[httpx.Request] = []
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        asked.append(request)
+        response_id, _, suffix = request.url.path.removeprefix("/v1/responses/").partition("/")
+        if request.method == "DELETE":
+            return httpx.Response(200, json={"id": response_id, "deleted": True})
+        if suffix:
+            return httpx.Response(200, json={"object": "list", "data": [], "has_more": False})
+        return httpx.Response(200, json={"id": response_id, "object": "response"})
+
+    current = gateway_runtime(upstream, NATIVE_PROVIDER)
+
+    @examples(300)
+    @given(calls=stored_calls)
+    def fuzz(calls: list[StoredCall]) -> None:
+        keep_responses(tenants)
+        asked.clear()
+        tracebacks.records.clear()
+        kept = set(OWN)
+        for method, suffix, response_id, safe in calls:
+            path = "/v1/responses/" + quote(response_id, safe, errors="surrogatepass") + suffix
+            seen_as = httpx.URL(BASE_URL + path).path  # what the server hands the gateway
+            found = {
+                f"/v1/responses/{kept_id}{kept_suffix}": kept_id
+                for kept_id in kept
+                for kept_suffix in (["", "/input_items"] if method == "GET" else [""])
+            }.get(seen_as)
+            if not seen_as.startswith("/v1/"):
+                continue  # "..": the client's URL leaves the API
+            reply = run(send(path, {}, alice.raw, method))
+            described = (method, seen_as[:200], reply.status, reply.body[:300])
+            status = told(path, reply)
+            assert (SECRET + " bob").encode() not in reply.body, described
+            if found is None:
+                assert status in (404, 405), described
+                continue
+            assert status == 200, described
+            if method == "DELETE":
+                kept.discard(found)
+            elif seen_as.endswith("/input_items"):
+                assert orjson.loads(reply.body)["object"] == "list", described
+            else:
+                assert orjson.loads(reply.body)["id"] == found, described
+        assert set(StoredResponse.objects.values_list("id", flat=True)) == kept | set(OTHERS)
+        assert all(
+            request.url.path.startswith("/v1/responses/resp_alice_native") for request in asked
+        ), [request.url for request in asked]
+        current.ledger.flush()
+        assert not UsageRecord.objects.exists()
+        assert not tracebacks.records, [record.getMessage() for record in tracebacks.records]
 
     fuzz()

@@ -8,31 +8,41 @@ an error event or ``[DONE]`` in the middle; error statuses with bodies that are 
 an error; 200 with a body that is not JSON; no answer at all (a refused connection, a timeout), or
 one cut off part-way (a timeout, a reset, a broken protocol) or left hanging. The calls: every
 endpoint to each upstream dialect, Anthropic's token count, a native stored response's ``GET``
-and ``DELETE``, and calls that fall back (or retry) from one dialect's upstream to the other's,
-from a caller whose limits admit every call. For every one, the caller gets 200 or the
-upstream's error (never a 500), errors in the called API's shape, a stream that ends with its
-API's own end or error event (speech, which has none, is cut off), exactly one ledger row whose
-status is what the caller was told (none for what is not a call to a model: a token count, a
-stored response), and no error logged with a traceback. Native responses with odd ids are kept
-whole or not at all. The examples are derandomized, so the suite runs the same ones every time.
+and ``DELETE``, and chat, Messages and Responses calls that fall back (or retry on a second
+deployment) from one dialect's upstream to the other's, both ways, from a caller whose limits
+admit every call. For every one, the caller gets 200 or the upstream's error (never a 500),
+errors in the called API's shape, a stream that ends with its API's own end or error event
+(speech, which has none, is cut off), exactly one ledger row whose status is what the caller was
+told (none for what is not a call to a model: a token count, a stored response), and no error
+logged with a traceback. Native responses with odd ids are kept whole or not at all; one whose
+id PostgreSQL refuses is not kept, and a warning says so. The examples are derandomized, so the
+suite runs the same ones every time. Upstreams that stall are tests/test_fuzz_timeouts.py's.
 """
 
 from __future__ import annotations
 
 import copy
-import logging
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any
 from urllib.parse import quote, unquote
 
-import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from support.asgi_replies import Tracebacks, send, told
-from support.inprocess import ANTHROPIC_PATH
+from support.fuzzed_upstreams import (
+    COUNT_PATH,
+    EXTRA_CONFIG,
+    FakeUpstream,
+    Request,
+    chat,
+    count_tokens,
+    limited,
+    messages,
+    quiet_request_log,
+    responses,
+    start_over,
+)
 from support.upstream_answers import (
     CHUNKS,
     COMPLETION,
@@ -44,8 +54,6 @@ from support.upstream_answers import (
     MESSAGE_EVENTS,
     RESPONSE,
     RESPONSE_EVENTS,
-    SECOND_HOST,
-    SECOND_PROVIDERS,
     TOKEN_COUNT,
     Answer,
     answers,
@@ -61,116 +69,14 @@ from support.upstream_answers import (
 from conftest import TenantKey, examples
 from gateway import runtime
 from gateway.models import StoredResponse, UsageRecord
-from gateway.tenants import auth
-
-EXTRA_CONFIG = (
-    SECOND_PROVIDERS
-    + """
-[providers.native]
-type = "openai"
-base_url = "http://upstream.test/v1"
-api_key_env = "FAKE_UPSTREAM_KEY"
-responses = true
-
-[models."native-model"]
-provider = "native"
-upstream_model = "gpt-native"
-input_per_mtok = 1.0
-output_per_mtok = 2.0
-
-[models."gpt-then-claude"]
-provider = "fake"
-upstream_model = "gpt-first"
-fallbacks = ["claude-second"]
-input_per_mtok = 1.0
-
-[models."claude-then-gpt"]
-provider = "fake-anthropic"
-upstream_model = "claude-first"
-fallbacks = ["gpt-second"]
-input_per_mtok = 1.0
-
-[models."native-then-claude"]
-provider = "native"
-upstream_model = "gpt-native"
-fallbacks = ["claude-second"]
-input_per_mtok = 1.0
-
-[models."claude-second"]
-provider = "second-anthropic"
-upstream_model = "claude-second"
-output_per_mtok = 2.0
-
-[models."gpt-second"]
-provider = "second-openai"
-upstream_model = "gpt-second"
-output_per_mtok = 2.0
-
-[models."gpt-timed"]
-provider = "fake"
-upstream_model = "gpt-first"
-fallbacks = ["claude-second"]
-first_byte_timeout_seconds = 0.02
-total_timeout_seconds = 0.05
-
-[models."claude-timed"]
-provider = "fake-anthropic"
-upstream_model = "claude-first"
-fallbacks = ["gpt-second"]
-first_byte_timeout_seconds = 0.02
-total_timeout_seconds = 0.05
-
-[models."gpt-or-claude"]
-deployments = [
-  { provider = "fake", upstream_model = "gpt-first" },
-  { provider = "second-anthropic", upstream_model = "claude-second", priority = 1 },
-]
-input_per_mtok = 1.0
-
-[router]
-backoff_base_seconds = 0.0
-"""
-)
-"""A model on an upstream that serves the Responses API itself; models of one dialect whose
-calls fall back to a model of the other on another upstream (``second.test``), or retry on a
-deployment of the other there (``gpt-or-claude``), the first with short timeouts of its own
-(``-timed``: its upstream may hang); retries without backoff."""
-FIRST_HOST = "upstream.test"
 
 # --- the calls --------------------------------------------------------------------------------
 
-Request = tuple[str, dict[str, Any]]
-"""The path and the body (or multipart form) of a call."""
 Case = tuple[Request, Answer, Answer | None]
 """A call, what its upstream answers, and what the upstream it falls back to answers (None when
 it has none)."""
 Cases = list[tuple[str, st.SearchStrategy[Case], int]]
 """Named strategies, each with its number of examples."""
-HI = [{"role": "user", "content": "hi"}]
-TOOLS = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
-ANTHROPIC_TOOLS = [{"name": "f", "input_schema": {"type": "object"}}]
-COUNT_PATH = ANTHROPIC_PATH + "/count_tokens"
-
-
-def chat(model: str, stream: bool) -> Request:
-    body = {"model": model, "messages": HI, "tools": TOOLS, "stream": stream}
-    return "/v1/chat/completions", {"json": body}
-
-
-def messages(model: str, stream: bool) -> Request:
-    body = {"model": model, "max_tokens": 100, "messages": HI, "tools": ANTHROPIC_TOOLS}
-    return ANTHROPIC_PATH, {"json": {**body, "stream": stream}}
-
-
-def count_tokens(model: str) -> Request:
-    return COUNT_PATH, {"json": {"model": model, "messages": HI, "tools": ANTHROPIC_TOOLS}}
-
-
-def responses(model: str, stream: bool, store: bool) -> Request:
-    body = {"model": model, "input": "hi", "tools": [{"type": "function", "name": "f"}]}
-    return "/v1/responses", {"json": {**body, "stream": stream, "store": store}}
-
-
 JSON_AND_EVENTS = {
     "openai": (COMPLETION, CHUNKS),
     "anthropic": (MESSAGE, MESSAGE_EVENTS),
@@ -265,42 +171,22 @@ CASES: Cases = [
 ]
 assert sum(count for *_, count in CASES) >= 2_000
 
+
+def crossed(model: str, first: str, then: str, count: int) -> Cases:
+    """A chat, a Messages and a Responses call (each JSON and streamed) to ``model``, whose
+    upstream speaks ``first`` and whose fallback, or second deployment, speaks ``then``."""
+    return [
+        *both(f"chat, {model}", lambda s: st.just(chat(model, s)), first, count, then),
+        *both(f"messages, {model}", lambda s: st.just(messages(model, s)), first, count, then),
+        *both(f"responses, {model}", stored_or_not(model), first, count, then),
+    ]
+
+
 FALLBACK_CASES: Cases = [
-    *both(
-        "chat, openai to anthropic",
-        lambda s: st.just(chat("gpt-then-claude", s)),
-        "openai",
-        60,
-        "anthropic",
-    ),
-    *both(
-        "chat, a deployment of each",
-        lambda s: st.just(chat("gpt-or-claude", s)),
-        "openai",
-        60,
-        "anthropic",
-    ),
-    *both(
-        "messages, anthropic to openai",
-        lambda s: st.just(messages("claude-then-gpt", s)),
-        "anthropic",
-        60,
-        "openai",
-    ),
-    *both(
-        "messages, a deployment of each",
-        lambda s: st.just(messages("gpt-or-claude", s)),
-        "openai",
-        60,
-        "anthropic",
-    ),
-    *both(
-        "responses, bridged openai to anthropic",
-        stored_or_not("gpt-then-claude"),
-        "openai",
-        60,
-        "anthropic",
-    ),
+    *crossed("gpt-then-claude", "openai", "anthropic", 50),  # a fallback alias
+    *crossed("claude-then-gpt", "anthropic", "openai", 50),
+    *crossed("gpt-or-claude", "openai", "anthropic", 50),  # a second deployment
+    *crossed("claude-or-gpt", "anthropic", "openai", 50),
     *both(
         "responses, native to anthropic",
         stored_or_not("native-then-claude"),
@@ -342,54 +228,11 @@ an upstream of the other dialect."""
 # --- the fuzz -----------------------------------------------------------------------------------
 
 
-@dataclass
-class FakeUpstream:
-    """The answers of the upstream (``FIRST_HOST``) and of the one a call falls back to
-    (``SECOND_HOST``), each the same to every request of the example (retries get the same);
-    the requests, in order."""
-
-    answer: Answer = field(default_factory=lambda: Answer(200, b"{}"))
-    fallback: Answer | None = None
-    requests: list[httpx.Request] = field(default_factory=list)
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        if request.url.host == FIRST_HOST:
-            return self.answer.response()
-        assert request.url.host == SECOND_HOST and self.fallback is not None, request.url
-        return self.fallback.response()
-
-    def start(self, answer: Answer, fallback: Answer | None) -> None:
-        self.answer, self.fallback = answer, fallback
-        self.requests.clear()
-
-    @property
-    def all_failed(self) -> bool:
-        """Whether every upstream of the call says no (an error status, or no answer): then
-        the call fails too."""
-        return self.answer.fails and (self.fallback is None or self.fallback.fails)
-
-
 @pytest.fixture
 def fresh(tracebacks: Tracebacks) -> Callable[[], None]:
     """Before an example: no ledger row, no stored response, nothing logged."""
-    logging.getLogger("django.request").setLevel(logging.CRITICAL)  # a line per 4xx and 5xx
-
-    def clear() -> None:
-        UsageRecord.objects.all().delete()
-        StoredResponse.objects.all().delete()
-        tracebacks.records.clear()
-
-    return clear
-
-
-def limited(who: TenantKey) -> None:
-    """Give ``who``'s tenant limits it never reaches: each call is then admitted (and a call
-    that falls back admitted again, on its fallback's prices) and settled."""
-    who.tenant.rpm_limit, who.tenant.tpm_limit = 10**6, 10**9
-    who.tenant.budget_usd = Decimal(10**6)
-    who.tenant.save()
-    auth._key_cache.clear()
+    quiet_request_log()
+    return lambda: start_over(tracebacks)
 
 
 @pytest.mark.parametrize(
@@ -563,6 +406,49 @@ def test_an_odd_native_response_id_is_kept_whole_or_not_at_all(
             assert told(path, reply) == 200, (method, suffix, reply.body)
             [asked] = upstream.requests
             assert (asked.method, asked.url.path) == (method, unquote(path))
+        assert not tracebacks.records, [record.getMessage() for record in tracebacks.records]
+
+    fuzz()
+
+
+REFUSED_IDS = st.sampled_from(
+    ["\x00", "resp_\x00", "resp_\x00\x00x", "resp_" + "a" * 96, "é" * 1000]
+) | st.tuples(st.text(max_size=20), st.just("\x00"), st.text(max_size=20)).map("".join)
+"""Ids PostgreSQL refuses to keep: with a NUL (its text takes none), or longer than the id's
+column (SQLite would take them). A lone surrogate is not among them: the gateway reads no
+answer that has one (a 502, the fuzz above), so no such id comes to be kept."""
+
+
+def test_a_native_response_id_postgresql_refuses_is_not_stored_and_said_so(
+    tenants: dict[str, TenantKey],
+    gateway_runtime: Callable[..., runtime.Runtime],
+    run: Callable[[Coroutine[Any, Any, Any]], Any],
+    tracebacks: Tracebacks,
+    fresh: Callable[[], None],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A native response whose id holds what PostgreSQL's text refuses (a NUL, a lone
+    surrogate), in the upstream's Response object or its ``response.created`` event: the
+    caller's answer stands (200, one row), the response is not kept, a warning says so, and
+    nothing is logged with a traceback. Meant for PostgreSQL (the suite's PostgreSQL run); it
+    holds on SQLite too, which cannot encode a lone surrogate either."""
+    alice = tenants["alice"]
+    upstream = FakeUpstream()
+
+    @examples(60)
+    @given(response_id=REFUSED_IDS, stream=st.booleans())
+    def fuzz(response_id: str, stream: bool) -> None:
+        upstream.start(native_answer(response_id, stream), None)
+        fresh()
+        caplog.clear()
+        current = gateway_runtime(upstream, EXTRA_CONFIG)
+        reply = run(send(*responses("native-model", stream, True), alice.raw))
+        assert told("/v1/responses", reply) == 200, reply.body[-500:]
+        current.ledger.flush()
+        assert [row.status_code for row in UsageRecord.objects.all()] == [200]
+        assert not StoredResponse.objects.exists()
+        said = [(r.name, r.levelname) for r in caplog.records if r.name == "tollgate.responses"]
+        assert said == [("tollgate.responses", "WARNING")], (said, response_id)
         assert not tracebacks.records, [record.getMessage() for record in tracebacks.records]
 
     fuzz()

@@ -109,6 +109,8 @@ def answer_everything(request: httpx.Request) -> httpx.Response:
             body = _sse([(None, chunk) for chunk in _CHUNKS]) + b"data: [DONE]\n\n"
             return httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
         return httpx.Response(200, json=_COMPLETION)
+    if path.endswith("/messages/count_tokens"):
+        return httpx.Response(200, json={"input_tokens": 3})
     if path.endswith("/messages"):
         if stream:
             body = _sse(list(_MESSAGE_EVENTS))

@@ -268,7 +268,9 @@ class Answer:
     """What the upstream answers: a status, a body, its content type and other headers; cut
     off after the body by the transport failure ``broken``, if any, or left hanging there when
     it ``stalls`` (the gateway's own timeouts end the wait); or, when ``refused`` is set, that
-    failure before any headers (and nothing else of the answer is used)."""
+    failure before any headers (and nothing else of the answer is used); or, when ``silent``,
+    nothing at all, not even its headers (``arrival`` never comes: the gateway's own timeouts
+    end the wait)."""
 
     status: int
     body: bytes
@@ -277,11 +279,18 @@ class Answer:
     broken: type[httpx.TransportError] | None = None
     refused: type[httpx.TransportError] | None = None
     stalls: bool = False
+    silent: bool = False
 
     @property
     def fails(self) -> bool:
         """Whether the upstream said no: an error status, or no answer at all."""
-        return self.refused is not None or self.status >= 400
+        return self.refused is not None or self.status >= 400 or self.silent
+
+    async def arrival(self) -> httpx.Response:
+        """``response()``, when it comes (for a handler of ``httpx.MockTransport``)."""
+        if self.silent:
+            await asyncio.sleep(3600)
+        return self.response()
 
     def response(self) -> httpx.Response:
         if self.refused is not None:
@@ -446,14 +455,21 @@ def stream_answer(base: list[Event]) -> st.SearchStrategy[Answer]:
     )
 
 
-def stalling(valid: st.SearchStrategy[Answer]) -> st.SearchStrategy[Answer]:
-    """``valid``'s answers, now and then hanging part-way (or before their first byte)."""
+def stalled(valid: st.SearchStrategy[Answer]) -> st.SearchStrategy[Answer]:
+    """``valid``'s answers hanging part-way (or before their first byte); now and then
+    ``silent``, without even their headers."""
 
-    def stalled(answer: Answer, at: int) -> Answer:
+    def cut(answer: Answer, at: int) -> Answer:
         body = answer.body[: at % (len(answer.body) + 1)]
         return Answer(answer.status, body, answer.content_type, stalls=True)
 
-    return valid | st.builds(stalled, valid, st.integers(0, 10_000))
+    silent = st.builds(Answer, st.just(200), st.just(b""), silent=st.just(True))
+    return st.builds(cut, valid, st.integers(0, 10_000)) | silent
+
+
+def stalling(valid: st.SearchStrategy[Answer]) -> st.SearchStrategy[Answer]:
+    """``valid``'s answers, now and then hanging (``stalled``)."""
+    return valid | stalled(valid)
 
 
 def answers(valid: st.SearchStrategy[Answer]) -> st.SearchStrategy[Answer]:
