@@ -75,8 +75,10 @@ def test_the_report_tells_what_bounds_twice_the_workers_on_this_machine() -> Non
     assert round(scaling["doubled_us"]) == 550  # 550, 550, 500
     assert round(scaling["others_us"]) == 100  # 1.2 CPU-s over 12,000 calls
     assert round(scaling["own_cores"], 2) == 1.82  # 2 cores / 550 us = 3,636/s, over 2,000
+    # 2 CPUs / (550 + 100 us) = 3,077/s over 2,000; over 1,800: 1.71; 2 / (500 + 91) over 2,200
+    assert round(scaling["these_cpus"], 2) == 1.54
     markdown = results._scaling_markdown()
-    assert "| 50 | 1.50x | 98% | 500 / 550 | 100 | 1.82x |" in markdown
+    assert "| 50 | 1.50x | 98% | 500 / 550 | 100 | 1.54x | 1.82x |" in markdown
     assert results.to_json()["scaling"] == {"50": scaling, "200": None}  # in the JSON report too
 
 
