@@ -51,8 +51,8 @@ from support.upstream_answers import (
 class Attempt:
     """What an upstream answers one attempt: ``status`` (200: an answer that used ``prompt``
     and ``completion`` tokens); a stream ``cut`` off by a broken connection after ``events`` of
-    its events; or an answer that ``hangs`` after ``events`` events (0: before its headers)
-    until the client goes away."""
+    its events; an answer that ``hangs`` after ``events`` events (0: before its headers)
+    until the client goes away; or a connection ``refused``."""
 
     status: int = 200
     prompt: int = 0
@@ -60,6 +60,13 @@ class Attempt:
     cut: bool = False
     hangs: bool = False
     events: int = 0
+    refused: bool = False
+
+    @property
+    def retried(self) -> bool:
+        """Whether the router retries the attempt, and falls back once every one failed so:
+        its connection ``refused``, or a status it retries."""
+        return self.refused or self.status in RETRIED
 
 
 Answer = Callable[[httpx.Request, Attempt], httpx.Response]
@@ -132,6 +139,8 @@ class Upstreams:
         assert plan, request.url
         asked = self.asked[host] = self.asked.get(host, 0) + 1
         attempt = plan[min(asked, len(plan)) - 1]
+        if attempt.refused:
+            raise httpx.ConnectError("connection refused", request=request)
         if attempt.hangs and attempt.events == 0:
             await self._hang()
         whole = self.answer(request, attempt)
@@ -310,7 +319,20 @@ class PlannedCall:
         if self.path == COUNT and not self.model.startswith("claude"):
             return False
         tried = [self.first[min(n, len(self.first) - 1)] for n in range(ATTEMPTS_PER_ALIAS)]
-        return self.model in FALLBACKS and all(attempt.status in RETRIED for attempt in tried)
+        return self.model in FALLBACKS and all(attempt.retried for attempt in tried)
+
+    @property
+    def fallback_model(self) -> str | None:
+        """The alias the call falls back to, if its model has one."""
+        return FALLBACKS.get(self.model)
+
+    def options(self) -> dict[str, Any]:
+        """The request's httpx options (``support.asgi_replies.send``)."""
+        return {"json": self.body()}
+
+    def plans(self, hosts: tuple[str, ...]) -> tuple[list[Attempt], ...]:
+        """What each of ``hosts`` answers the call's attempts (``MarkedUpstreams.start``)."""
+        return tuple({FIRST: self.first, SECOND: self.second}.get(host, []) for host in hosts)
 
 
 # --- the limits, and what the counters should hold ------------------------------------------------
@@ -409,13 +431,14 @@ def start_over(
     gateway_runtime: Callable[..., Runtime],
     upstreams: Callable[[httpx.Request], Awaitable[httpx.Response]],
     backend: Callable[[], Policy],
+    config: str = CONFIG,
 ) -> tuple[Runtime, list[ScopeLimit]]:
-    """A clean slate for the next example of a chat and /v1/messages test: no ledger rows,
-    ``who`` given ``limits``, a runtime of ``CONFIG`` on ``upstreams`` counting in new counters
-    of ``backend``; and the scopes they count in."""
+    """A clean slate for the next example of a limits test: no ledger rows, ``who`` given
+    ``limits``, a runtime of ``config`` (the chat and /v1/messages tests' models, unless told)
+    on ``upstreams`` counting in new counters of ``backend``; and the scopes they count in."""
     UsageRecord.objects.all().delete()
     scopes = set_limits(who, limits)
-    current = gateway_runtime(upstreams, CONFIG)
+    current = gateway_runtime(upstreams, config)
     current.policy = backend()
     return current, scopes
 
