@@ -22,6 +22,10 @@ is predicted. Once the batch is settled:
 3. no limit is overshot: requests and tokens within the minute's, spending within the budget;
 4. a batch with room for every call, its fallback included, has none of them refused.
 
+The same holds of batches of ``/v1/responses`` (JSON and streamed; bridged to either chat
+dialect, or native; stored or not) and of the media endpoints (embeddings, images, speech,
+transcriptions), on models alone or falling back to one on the second upstream.
+
 And a fallback is never refused for room its own call holds: K calls with room for exactly K,
 all falling back at once, are all answered by their fallback.
 """
@@ -31,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -63,6 +67,19 @@ from support.limits_accounts import (
     policies_on,
     start_over,
 )
+from support.limits_endpoint_calls import CONFIG as ENDPOINTS_CONFIG
+from support.limits_endpoint_calls import (
+    FAILING_FIRST,
+    HOSTS,
+    IMAGES,
+    RESPONSES,
+    SPEECH,
+    EndpointCall,
+    answer,
+)
+from support.limits_endpoint_calls import FALLBACKS as ENDPOINT_FALLBACKS
+from support.limits_endpoint_calls import KINDS as ENDPOINT_KINDS
+from support.limits_endpoint_calls import MODELS as ENDPOINT_MODELS
 from support.redis_db import redis_url  # noqa: F401 - a fixture
 
 from conftest import TenantKey, examples
@@ -75,6 +92,7 @@ REFUSALS = ("rate_limit_exceeded", "insufficient_quota")
 """The codes of the gateway's own 429s (an upstream's 429 is ``rate_limit_exceeded`` too)."""
 
 Run = Callable[[Coroutine[Any, Any, Any]], Any]
+BatchCall = PlannedCall | EndpointCall
 
 
 @pytest.fixture(params=[*BACKENDS, "redis, settled late"])
@@ -113,20 +131,61 @@ def planned_call(draw: st.DrawFn, n: int) -> PlannedCall:
     return replace(call, first=first, second=draw(st.lists(some, min_size=1, max_size=2)))
 
 
-def most(call: PlannedCall) -> tuple[int, int]:
+def most(call: BatchCall) -> tuple[int, int]:
     """The most a call holds of the counters at any time: its tokens, and the larger of its
     reservations, on its model's prices and on its fallback's."""
     tokens, reserve = call.asks(call.model)
-    if call.model in FALLBACKS:
-        reserve = max(reserve, call.asks(FALLBACKS[call.model])[1])
+    if call.fallback_model is not None:
+        reserve = max(reserve, call.asks(call.fallback_model)[1])
     return tokens, reserve
 
 
+def endpoint_attempts(call: EndpointCall) -> st.SearchStrategy[Attempt]:
+    """``attempts`` of a Responses or media call: tokens (a transcription's seconds) within
+    what the call asked for, so that it costs at most its reservation."""
+    tokens = {"prompt": st.integers(0, call.most_used)}
+    tokens["completion"] = st.integers(0, call.max_tokens if call.path == RESPONSES else 0)
+    streams = call.stream or call.path == SPEECH
+    answered = st.builds(Attempt, **tokens)
+    failed = st.builds(Attempt, status=st.sampled_from([*RETRIED, 400]))
+    hangs = st.builds(Attempt, hangs=st.just(True), events=st.integers(0, 3 if streams else 0))
+    cut = st.builds(Attempt, cut=st.just(True), events=st.integers(1, 3), **tokens)
+    return st.one_of(answered, answered, answered, failed, hangs, cut if streams else failed)
+
+
 @st.composite
-def batches(draw: st.DrawFn) -> tuple[Limits, list[PlannedCall]]:
-    """Calls, and limits in the measure of the average call (``most``): none, room for one to
-    all of them, or far more. The budgets are in 0.0001 USD, as the admin keeps them."""
-    calls = [draw(planned_call(n)) for n in range(draw(st.integers(5, 16)))]
+def endpoint_call(draw: st.DrawFn, n: int) -> EndpointCall:
+    """The batch's ``n``-th call of the Responses API or a media endpoint (marked
+    ``mark(n)``)."""
+    path, stream = draw(st.sampled_from(ENDPOINT_KINDS))
+    falling_back = list(ENDPOINT_FALLBACKS[path])
+    models = [*ENDPOINT_MODELS[path], *falling_back, *falling_back]  # falling back: the most
+    call = EndpointCall(
+        path,
+        stream,
+        draw(st.sampled_from(models)),
+        draw(st.integers(1, 4) if path == IMAGES else st.integers(1, 300)),
+        draw(st.integers(1, 300)),
+        draw(st.booleans()),
+        [],
+        store=path == RESPONSES and draw(st.booleans()),
+        mark=mark(n),
+    )
+    some = endpoint_attempts(call)
+    # Some calls fail every attempt on their first upstream (to their fallback).
+    failing = st.sampled_from(FAILING_FIRST).map(lambda one: [one])
+    first = draw(st.lists(some, min_size=1, max_size=3) | failing)
+    return replace(call, first=first, second=draw(st.lists(some, min_size=1, max_size=2)))
+
+
+@st.composite
+def batches(
+    draw: st.DrawFn, call: Callable[[int], st.SearchStrategy[BatchCall]] = planned_call
+) -> tuple[Limits, list[BatchCall]]:
+    """Calls (``call``'s), and limits in the measure of the average call (``most``): none,
+    room for one to all of them, or far more. The budgets are in 0.0001 USD, as the admin keeps
+    them."""
+    calls = [draw(call(n)) for n in range(draw(st.integers(5, 16)))]
     tokens = sum(most(call)[0] for call in calls) / len(calls)
     reserve = sum(most(call)[1] for call in calls) / len(calls)
     room = st.sampled_from([1, 2, 3, 5, 8, len(calls)])
@@ -141,7 +200,7 @@ def batches(draw: st.DrawFn) -> tuple[Limits, list[PlannedCall]]:
     return limits, calls
 
 
-def room_for_all(calls: list[PlannedCall], scopes: list[ScopeLimit]) -> bool:
+def room_for_all(calls: Sequence[BatchCall], scopes: list[ScopeLimit]) -> bool:
     """Whether every scope has room for every call at once, each holding its ``most``."""
     tokens = sum(most(call)[0] for call in calls)
     reserve = sum(most(call)[1] for call in calls)
@@ -160,22 +219,26 @@ def room_for_all(calls: list[PlannedCall], scopes: list[ScopeLimit]) -> bool:
 class Made:
     """A call made, what its upstreams were asked, and what its caller was sent."""
 
-    planned: PlannedCall
+    planned: BatchCall
     upstreams: Upstreams
     reply: Reply
 
 
 def at_once(
-    run: Run, current: runtime.Runtime, who: TenantKey, upstreams: MarkedUpstreams, calls: list
+    run: Run,
+    current: runtime.Runtime,
+    who: TenantKey,
+    upstreams: MarkedUpstreams,
+    calls: Sequence[BatchCall],
 ) -> list[Made]:
     """Make ``calls`` all at the same time, then let the policy settle them and the ledger
     write their rows."""
-    each = upstreams.start([(call.first, call.second) for call in calls])
+    each = upstreams.start([call.plans(upstreams.hosts) for call in calls])
 
     async def all_of_them() -> list[Reply]:
         return await asyncio.gather(
             *(
-                send(call.path, {"json": call.body()}, who.raw, leave=answers.leave)
+                send(call.path, call.options(), who.raw, leave=answers.leave)
                 for call, answers in zip(calls, each, strict=True)
             )
         )
@@ -210,12 +273,12 @@ def account(run: Run, policy: Policy, scopes: list[ScopeLimit], batch: list[Made
             refused.append(made)
             continue
         assert row.attempts == sum(asked.values()) > 0, (asked, described)
-        if planned.model in FALLBACKS:
+        if planned.fallback_model is not None:
             assert row.fallback == (SECOND in asked), described
             assert not row.fallback or planned.falls_back, described
         else:
             assert not row.fallback, described
-        served = FALLBACKS[planned.model] if row.fallback else planned.model
+        served = planned.fallback_model if row.fallback else planned.model
         assert row.served_model == served, described
         if made.upstreams.hung:  # its client went away
             assert (row.status_code, row.error_type) == GONE, described
@@ -261,22 +324,61 @@ def test_calls_at_the_same_time_keep_one_account_with_the_ledger(
 
     @examples(120)
     @given(batches())
-    def batch(limits_and_calls: tuple[Limits, list[PlannedCall]]) -> None:
+    def batch(limits_and_calls: tuple[Limits, list[BatchCall]]) -> None:
         limits, calls = limits_and_calls
         tracebacks.records.clear()
         current, scopes = start_over(alice, limits, gateway_runtime, upstreams, backend)
-        try:
-            made = at_once(run, current, alice, upstreams, calls)
-            refused = account(run, current.policy, scopes, made)
-            if room_for_all(calls, scopes):
-                assert refused == [], refused
-                for one in made:  # nor any fallback
-                    assert one.planned.falls_back <= (SECOND in one.upstreams.asked), one
-            assert not tracebacks.records, [record.getMessage() for record in tracebacks.records]
-        finally:
-            run(current.policy.aclose())
+        hold_a_batch(run, tracebacks, current, scopes, alice, upstreams, calls)
 
     batch()
+
+
+def test_responses_and_media_at_the_same_time_keep_one_account_with_the_ledger(
+    tenants: dict[str, TenantKey],
+    gateway_runtime: Callable[..., runtime.Runtime],
+    run: Run,
+    tracebacks: Tracebacks,
+    backend: Callable[[], Policy],
+) -> None:
+    """The batches of the test above, of calls to ``/v1/responses`` and the media endpoints."""
+    alice = tenants["alice"]
+    upstreams = MarkedUpstreams(answer, HOSTS)
+    logging.getLogger("django.request").setLevel(logging.CRITICAL)  # a line per 4xx and 5xx
+
+    @examples(80)
+    @given(batches(endpoint_call))
+    def batch(limits_and_calls: tuple[Limits, list[BatchCall]]) -> None:
+        limits, calls = limits_and_calls
+        tracebacks.records.clear()
+        current, scopes = start_over(
+            alice, limits, gateway_runtime, upstreams, backend, ENDPOINTS_CONFIG
+        )
+        hold_a_batch(run, tracebacks, current, scopes, alice, upstreams, calls)
+
+    batch()
+
+
+def hold_a_batch(
+    run: Run,
+    tracebacks: Tracebacks,
+    current: runtime.Runtime,
+    scopes: list[ScopeLimit],
+    who: TenantKey,
+    upstreams: MarkedUpstreams,
+    calls: list[BatchCall],
+) -> None:
+    """Make ``calls`` at once and hold them to the ledger (``account``): with room for all of
+    them, none refused, nor any fallback; nothing logged that should not be."""
+    try:
+        made = at_once(run, current, who, upstreams, calls)
+        refused = account(run, current.policy, scopes, made)
+        if room_for_all(calls, scopes):
+            assert refused == [], refused
+            for one in made:  # nor any fallback
+                assert one.planned.falls_back <= (SECOND in one.upstreams.asked), one
+        assert not tracebacks.records, [record.getMessage() for record in tracebacks.records]
+    finally:
+        run(current.policy.aclose())
 
 
 def whole_call(n: int) -> PlannedCall:

@@ -5,11 +5,17 @@ app in process, upstreams faked with ``httpx.MockTransport``; Redis is a private
 this module's own, never a shared one.
 
 1. A derandomized property test of sequences of ``/v1/responses`` (JSON and streamed; bridged to
-   chat completions or to Anthropic, or served natively), embeddings, images, speech and
-   transcriptions, with requests per minute, tokens per minute and budgets on tenant and key:
-   each call refused with the API's 429 exactly when a model of the counters says, one ledger row
-   with the status its caller was told (upstreams failing, retried or not, and clients leaving
-   mid-stream included), and once settled the counters equal to the ledger.
+   chat completions or to Anthropic, or served natively; stored or not, and continuing a stored
+   response), embeddings, images, speech and transcriptions, on models alone or whose first
+   deployment fails every attempt (5xx, 429, connection refused) and falls back to one on a
+   second upstream, with requests per minute, tokens per minute and budgets on tenant and key:
+   each call refused with the API's 429 exactly when a model of the counters says (a fallback
+   admitted on its own prices, its request counted once; a continued response on its input
+   after the conversation the gateway replays), answered by the model that served it, one
+   ledger row with the status its caller was told (upstreams failing, retried or not, and
+   clients leaving mid-stream included), a refused call stores nothing and reaches no upstream,
+   a continued one sends the upstream its conversation, and once settled the counters equal to
+   the ledger.
 2. Daily and monthly budgets across their period's end: a period's counter loads its own rows
    only, and a call admitted before midnight and settled after it counts, in the counters and in
    the ledger, in the period it was admitted in.
@@ -22,9 +28,9 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Coroutine, Iterator
-from dataclasses import dataclass
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from decimal import ROUND_CEILING, Decimal
+from decimal import Decimal
 from typing import Any, ClassVar
 
 import httpx
@@ -34,10 +40,10 @@ from django.db.models import Sum
 from hypothesis import given
 from hypothesis import strategies as st
 from support.asgi_replies import Tracebacks, send, told
-from support.limits_accounts import CONFIG as CHAT_CONFIG
 from support.limits_accounts import (
     FIRST,
     GONE,
+    MARK,
     SECOND,
     Accounts,
     Attempt,
@@ -46,159 +52,38 @@ from support.limits_accounts import (
     Upstreams,
     answer_attempt,
     counted,
+    mark,
     set_limits,
+)
+from support.limits_endpoint_calls import (
+    CONFIG,
+    FAILING_FIRST,
+    FALLBACKS,
+    HOSTS,
+    IMAGES,
+    KINDS,
+    MODELS,
+    RESPONSES,
+    SPEECH,
+    EndpointCall,
+    answer,
 )
 from support.private_services import PrivateRedis, private_redis
 from support.redis_db import flush
-from support.upstream_answers import (
-    EMBEDDINGS,
-    RESPONSE,
-    RESPONSE_EVENTS,
-    encoded,
-)
 
 from conftest import TenantKey, examples
 from gateway import runtime
 from gateway.calls import pipeline
-from gateway.calls.metering import estimate_prompt_tokens
 from gateway.limits import policy as policy_module
 from gateway.limits.counters import MemoryCounters, RedisCounters
 from gateway.limits.policy import Policy, period_of, to_units
 from gateway.limits.resilient_counters import ResilientCounters
-from gateway.models import UsageRecord
-from providers.pricing import cost_of, estimate_audio_seconds, estimate_embedding_tokens
-from providers.types import Units, Usage
+from gateway.models import StoredResponse, UsageRecord
 
-NATIVE = "native.test"
-CONFIG = (
-    CHAT_CONFIG
-    + f"""
-[providers.native]
-type = "openai"
-base_url = "http://{NATIVE}/v1"
-api_key_env = "FAKE_UPSTREAM_KEY"
-responses = true
-
-[models."gpt-native"]
-provider = "native"
-upstream_model = "gpt-native"
-input_per_mtok = 1.5
-output_per_mtok = 7.5
-"""
-)
-"""Beside ``mock_config``'s media models (``embed-test``, ``image-test``, ``tts-test``,
-``stt-test``, on ``FIRST``): the chat and /v1/messages tests' models (``CHAT_CONFIG``: a model
-of each chat dialect on ``FIRST``, ``gpt-then-claude`` falling back to ``SECOND``...), and one
-served by an upstream of the Responses API itself on ``NATIVE``. Every price is a
-whole number of the budget counters' units (1e-8 USD) per token, image, character or
-millisecond of audio: the counters are held to the ledger exactly."""
-RESPONSES, EMBED, IMAGES = "/v1/responses", "/v1/embeddings", "/v1/images/generations"
-SPEECH, TRANSCRIBE = "/v1/audio/speech", "/v1/audio/transcriptions"
-RESPONSES_MODELS = ["gpt-alone", "claude-alone", "gpt-native"]
-MEDIA_MODELS = {EMBED: "embed-test", IMAGES: "image-test", SPEECH: "tts-test"}
-MEDIA_MODELS[TRANSCRIBE] = "stt-test"
 RETRIED = (500, 429)
 
 
-# --- what the upstreams answer --------------------------------------------------------------------
-
-
-def answer(request: httpx.Request, attempt: Attempt) -> httpx.Response:
-    """``attempt``'s answer, whole, to a request of any endpoint: ``prompt`` and ``completion``
-    are the tokens it used (a transcription's seconds of audio: ``prompt``)."""
-    path = request.url.path
-    if path.endswith(("/chat/completions", "/messages")):  # a bridged response's
-        return answer_attempt(request, attempt)
-    if attempt.status != 200:
-        error = {"message": "no", "type": "api_error", "param": None, "code": None}
-        return httpx.Response(attempt.status, json={"error": error})
-    prompt, completion = attempt.prompt, attempt.completion
-    if path.endswith("/responses"):
-        usage = {"input_tokens": prompt, "output_tokens": completion}
-        usage["total_tokens"] = prompt + completion
-        response = {**RESPONSE, "usage": usage}
-        if orjson.loads(request.content).get("stream") is not True:
-            return httpx.Response(200, json=response)
-        *events, (name, completed) = RESPONSE_EVENTS
-        events.append((name, {**completed, "response": response}))
-        stream = b"".join(encoded(event) for event in events)
-        return httpx.Response(200, content=stream, headers={"content-type": "text/event-stream"})
-    if path.endswith("/embeddings"):
-        return httpx.Response(
-            200, json={**EMBEDDINGS, "usage": {"prompt_tokens": prompt, "total_tokens": prompt}}
-        )
-    if path.endswith("/images/generations"):
-        images = [{"b64_json": "AA=="}] * orjson.loads(request.content).get("n", 1)
-        return httpx.Response(200, json={"created": 1, "data": images})
-    if path.endswith("/audio/speech"):
-        audio = b"\n\n".join([b"ID3" + bytes(100)] * 4)  # four parts, for a cut
-        return httpx.Response(200, content=audio, headers={"content-type": "audio/mpeg"})
-    seconds = {"type": "duration", "seconds": prompt}
-    return httpx.Response(200, json={"text": "hi", "usage": seconds})
-
-
 # --- the calls ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PlannedCall:
-    """A call of ``path`` (streamed: ``/v1/responses`` only), and what the upstream of its model
-    answers its attempts. ``size`` is its text's characters, its audio's kilobytes or its
-    images' count; ``max_tokens`` a response's ``max_output_tokens``."""
-
-    path: str
-    stream: bool
-    model: str
-    size: int
-    max_tokens: int
-    hd: bool
-    attempts: list[Attempt]
-
-    @property
-    def host(self) -> str:
-        return NATIVE if self.model == "gpt-native" else FIRST
-
-    def options(self) -> dict[str, Any]:
-        """The request's httpx options: its JSON body, or its form."""
-        text = "x" * self.size
-        if self.path == TRANSCRIBE:
-            audio = ("audio.mp3", bytes(1000 * self.size), "audio/mpeg")
-            return {"data": {"model": self.model}, "files": {"file": audio}}
-        body: dict[str, Any] = {"model": self.model}
-        if self.path == RESPONSES:
-            body |= {"input": text, "max_output_tokens": self.max_tokens, "stream": self.stream}
-            body["store"] = False
-        elif self.path == EMBED:
-            body["input"] = text
-        elif self.path == IMAGES:
-            body |= {"prompt": "a cat", "n": self.size, "size": "1024x1024"}
-            body["quality"] = "hd" if self.hd else "standard"
-        else:
-            body |= {"input": text, "voice": "alloy"}
-        return {"json": body}
-
-    def asks(self, current: runtime.Runtime) -> tuple[int, int]:
-        """The tokens and the reservation (units of 1e-8 USD) the call asks of the counters: as
-        its endpoint estimates them (``gateway.calls.responses``, ``gateway.calls.media``)."""
-        prices = current.factory.resolve(self.model).prices
-        text = "x" * self.size
-        if self.path == RESPONSES:
-            prompt = estimate_prompt_tokens([None, text])
-            worst = Usage(prompt_tokens=prompt, completion_tokens=self.max_tokens)
-            return prompt + self.max_tokens, to_units(cost_of(worst, prices), ROUND_CEILING)
-        units = Units()
-        prompt = 0
-        if self.path == EMBED:
-            prompt = estimate_embedding_tokens(text)
-        elif self.path == IMAGES:
-            quality = "hd" if self.hd else "standard"
-            units = Units(images=self.size, image_size="1024x1024", image_quality=quality)
-        elif self.path == SPEECH:
-            units = Units(characters=self.size)
-        else:
-            units = Units(audio_seconds=estimate_audio_seconds(bytes(1000 * self.size)))
-        worst = Usage(prompt_tokens=prompt, completion_tokens=0)
-        return prompt, to_units(cost_of(worst, prices, units), ROUND_CEILING)
 
 
 def attempts(streams: bool) -> st.SearchStrategy[Attempt]:
@@ -212,30 +97,52 @@ def attempts(streams: bool) -> st.SearchStrategy[Attempt]:
     return st.one_of(answered, answered, answered, failed, hangs, cut if streams else failed)
 
 
-def planned_calls() -> st.SearchStrategy[PlannedCall]:
-    def plan(path: str, stream: bool) -> st.SearchStrategy[PlannedCall]:
-        models = RESPONSES_MODELS if path == RESPONSES else [MEDIA_MODELS[path]]
+def planned_calls() -> st.SearchStrategy[EndpointCall]:
+    def plan(path: str, stream: bool) -> st.SearchStrategy[EndpointCall]:
+        some = st.lists(attempts(stream or path == SPEECH), min_size=1, max_size=3)
+        responses = st.sampled_from([True, True, False]) if path == RESPONSES else st.just(False)
         return st.builds(
-            PlannedCall,
+            EndpointCall,
             path=st.just(path),
             stream=st.just(stream),
-            model=st.sampled_from(models),
+            model=st.sampled_from([*MODELS[path], *FALLBACKS[path]]),
             size=st.integers(1, 4) if path == IMAGES else st.integers(1, 300),
             max_tokens=st.integers(1, 300),
             hd=st.booleans(),
-            attempts=st.lists(attempts(stream or path == SPEECH), min_size=1, max_size=3),
+            # Some calls fail every attempt on their first upstream (to their fallback).
+            first=some | st.lists(st.sampled_from(FAILING_FIRST), min_size=1, max_size=3),
+            second=st.lists(attempts(stream or path == SPEECH), min_size=1, max_size=2),
+            store=responses,
+            follows=responses,
         )
 
-    kinds = [(RESPONSES, False), (RESPONSES, True), (EMBED, False), (IMAGES, False)]
-    kinds += [(SPEECH, False), (TRANSCRIBE, False)]
-    return st.sampled_from(kinds).flatmap(lambda kind: plan(*kind))
+    return st.sampled_from(KINDS).flatmap(lambda kind: plan(*kind))
+
+
+def stored_responses() -> st.SearchStrategy[EndpointCall]:
+    """A bridged response answered and stored, for the calls after it to continue."""
+    return st.builds(
+        EndpointCall,
+        path=st.just(RESPONSES),
+        stream=st.booleans(),
+        model=st.sampled_from(["gpt-alone", "claude-alone", "gpt-then-claude"]),
+        size=st.integers(1, 300),
+        max_tokens=st.integers(1, 300),
+        hd=st.just(False),
+        first=st.builds(Attempt, prompt=st.integers(1, 90), completion=st.integers(0, 300)).map(
+            lambda attempt: [attempt]
+        ),
+        store=st.just(True),
+    )
 
 
 @st.composite
-def sequences(draw: st.DrawFn) -> tuple[Limits, list[PlannedCall]]:
-    """Calls, and limits in the measure of the first (``first_asks``, drawn later): none, room
+def sequences(draw: st.DrawFn) -> tuple[Limits, list[EndpointCall]]:
+    """Calls (half the sequences start with a response stored, for the responses after it to
+    continue), and limits in the measure of the first (``first_asks``, drawn later): none, room
     for one to four calls like it, or far more; requests per minute from one call up."""
     calls = draw(st.lists(planned_calls(), min_size=1, max_size=6))
+    calls = [*draw(st.lists(stored_responses(), max_size=1)), *calls]
     room = draw(st.lists(st.sampled_from([1, 1.5, 2, 2.5, 3, 4]), min_size=3, max_size=3))
     limits: Limits = {
         "rpm": draw(st.none() | st.integers(1, 5)),
@@ -306,15 +213,29 @@ def test_responses_and_media_keep_the_counters_to_the_ledger(
     backend: Callable[[], Policy],
 ) -> None:
     alice = tenants["alice"]
-    upstreams = Upstreams(answer, (FIRST, NATIVE))
+    sent: list[bytes] = []  # what the upstreams were sent of the call being made
+
+    def answer_and_keep(request: httpx.Request, attempt: Attempt) -> httpx.Response:
+        sent.append(request.content)
+        return answer(request, attempt)
+
+    upstreams = Upstreams(answer_and_keep, HOSTS)
     logging.getLogger("django.request").setLevel(logging.CRITICAL)  # a line per 4xx and 5xx
 
     def one_call(
-        current: runtime.Runtime, planned: PlannedCall, scopes: list[ScopeLimit], accounts: Accounts
+        current: runtime.Runtime,
+        planned: EndpointCall,
+        scopes: list[ScopeLimit],
+        accounts: Accounts,
+        kept: list[tuple[str, list[Any]]],
     ) -> None:
-        """Make the call, hold what it did to ``accounts``, and count it there."""
-        plans = {FIRST: [], NATIVE: [], planned.host: planned.attempts}
-        leave = upstreams.start(plans[FIRST], plans[NATIVE])
+        """Make the call, hold what it did to ``accounts``, and count it there; ``kept``: the
+        bridged responses stored so far, which a call that ``follows`` continues (the last)."""
+        if planned.follows and kept:
+            planned = replace(planned, previous=kept[-1])
+        stored_before = set(StoredResponse.objects.values_list("id", flat=True))
+        leave = upstreams.start(*planned.plans(HOSTS))
+        sent.clear()
         reply = run(send(planned.path, planned.options(), alice.raw, leave=leave))
         run(current.policy.drain())
         current.ledger.flush()
@@ -322,38 +243,65 @@ def test_responses_and_media_keep_the_counters_to_the_ledger(
         assert len(rows) == 1, rows
         accounts.rows += 1
         [row] = rows
+        stored = list(StoredResponse.objects.exclude(id__in=stored_before))
         described = (planned, reply.status, reply.body[-300:], row.status_code, row.error_type)
-        refused = accounts.refusal(scopes, *planned.asks(current))
+        refused = accounts.refusal(scopes, *planned.asks(planned.model))
         if refused is not None:
             assert (upstreams.asked, told(planned.path, reply)) == ({}, 429), described
             assert orjson.loads(reply.body)["error"]["code"] == refused, described
             assert (row.status_code, row.error_type) == (429, refused), described
+            assert stored == [], described
             return
-        assert row.attempts == sum(upstreams.asked.values()) > 0, described
+        fallback = planned.fallback_model
+        fell_back = planned.falls_back and not accounts.refusal(
+            scopes, *planned.asks(fallback or ""), request=False
+        )
+        serving = fallback if fell_back else planned.model
+        assert fallback is None or (SECOND in upstreams.asked) == fell_back, described
+        what = (row.served_model, row.fallback, row.attempts)
+        assert what == (serving, fell_back, sum(upstreams.asked.values())), described
+        # A continued response: every attempt sent its upstream the conversation before it.
+        replayed = set(MARK.findall(orjson.dumps(planned.history)))
+        assert all(replayed <= set(MARK.findall(content)) for content in sent), described
+        if row.usage_estimated and planned.path == RESPONSES and "anthropic" not in row.provider:
+            assert row.prompt_tokens == planned.prompt, described  # the conversation's included
         if upstreams.hung:  # its client went away
             assert (row.status_code, row.error_type) == GONE, described
         else:
             status = told(planned.path, reply)
             assert row.request_id == reply.headers["x-request-id"], described
+            assert reply.headers["x-tollgate-model"] == serving, described
             if status == 502 and reply.status == 200:  # a stream that failed once started
                 assert 400 <= row.status_code != 500, described
             else:
                 assert row.status_code == status, described
+            if planned.store and status == 200:
+                native = row.provider == "native"
+                assert [one.native for one in stored] == [native], described
+        if not planned.store:
+            assert stored == [], described
+        assert len(stored) <= 1, described
+        for response in stored:
+            if not response.native:
+                assert response.conversation[: len(planned.history)] == planned.history
+                kept.append((response.id, response.conversation))
         accounts.count(row)
 
-    @examples(70)
+    @examples(200)
     @given(sequences())
-    def sequence(limits_and_calls: tuple[Limits, list[PlannedCall]]) -> None:
+    def sequence(limits_and_calls: tuple[Limits, list[EndpointCall]]) -> None:
         limits, calls = limits_and_calls
         UsageRecord.objects.all().delete()
+        StoredResponse.objects.all().delete()
         tracebacks.records.clear()
         current = gateway_runtime(upstreams, CONFIG)
         current.policy = backend()
-        scopes = set_limits(alice, measured(dict(limits), *calls[0].asks(current)))
+        scopes = set_limits(alice, measured(dict(limits), *calls[0].asks(calls[0].model)))
         accounts = Accounts()
+        kept: list[tuple[str, list[Any]]] = []
         try:
-            for planned in calls:
-                one_call(current, planned, scopes, accounts)
+            for n, planned in enumerate(calls):
+                one_call(current, replace(planned, mark=mark(n)), scopes, accounts, kept)
             assert ledger_cost() == accounts.spent
             for scope in scopes:
                 held = run(counted(current.policy, scope.scope))
