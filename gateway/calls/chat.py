@@ -13,7 +13,7 @@ from collections.abc import AsyncGenerator
 import orjson
 from django.http import HttpRequest, HttpResponseBase
 
-from gateway.calls.metering import StreamMeter
+from gateway.calls.metering import StreamMeter, tools_of
 from gateway.calls.parsing import validate_request
 from gateway.calls.pipeline import Call, OpenStream, Relay, open_stream
 from providers.base import ChatRequest
@@ -26,7 +26,7 @@ async def completions(call: Call, request: HttpRequest) -> HttpResponseBase:
     body = await call.parse_json(request.body)
     chat = validate_request(ChatRequest, body)
     call.stream = chat.stream
-    call.prompt = [message.content for message in chat.messages]
+    call.prompt = [*body["messages"], *tools_of(body, "tools", "functions")]
     call.keep_affinity(body)
     call.resolve(chat.model)
     await call.admit(call.estimate_prompt_tokens(), chat.max_completion_tokens or chat.max_tokens)

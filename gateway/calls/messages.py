@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 from django.http import HttpRequest, HttpResponseBase
 
-from gateway.calls.metering import StreamMeter, estimate_prompt_tokens
+from gateway.calls.metering import StreamMeter, estimate_prompt_tokens, tools_of
 from gateway.calls.parsing import validate_request
 from gateway.calls.pipeline import Call, OpenStream, Relay, open_stream
 from providers.anthropic import AnthropicProvider, NativeEvent
@@ -62,7 +62,7 @@ def read_request(call: Call, data: dict[str, Any]) -> str:
         raise InvalidRequest(
             "messages: at least one message is required", param="messages", code="invalid_value"
         )
-    call.prompt = [data.get("system"), *turns]
+    call.prompt = [data.get("system"), *turns, *tools_of(data, "tools")]
     return model
 
 

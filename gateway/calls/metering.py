@@ -12,16 +12,36 @@ import orjson
 from providers.errors import GatewayError, ProviderError
 from providers.types import StreamChunk, Usage, reasoning_of
 
+CALLED = ("tool_calls", "function_call")
+"""What a chat message holds beside its content that its upstream is sent: the calls an
+assistant made, with their arguments."""
 
-def estimate_prompt_tokens(messages: Any) -> int:
-    """A rough count (4 characters a token) for calls whose upstream never reported usage."""
+
+def estimate_prompt_tokens(pieces: Any) -> int:
+    """A rough count (4 characters a token) of what a call sends upstream, for admitting it and
+    for calls whose upstream never reported usage. Each piece is a message (its content, and a
+    chat message's tool calls), or anything else counted whole: text as it is, the rest (the
+    tools a call offers, a list of items) as JSON."""
     chars = 0
-    for message in messages or ():
-        content = message.get("content") if isinstance(message, dict) else message
-        chars += (
-            len(content) if isinstance(content, str) else len(orjson.dumps(content, default=str))
-        )
+    for piece in pieces or ():
+        if isinstance(piece, dict):
+            chars += _length(piece.get("content"))
+            for name in CALLED:
+                if name in piece:
+                    chars += _length(piece[name])
+        else:
+            chars += _length(piece)
     return math.ceil(chars / 4)
+
+
+def tools_of(body: dict[str, Any], *names: str) -> list[Any]:
+    """The tool definitions a request offers under ``names``, as pieces of its prompt: the
+    upstream is sent them with every call (a coding agent's are thousands of tokens)."""
+    return [body[name] for name in names if body.get(name)]
+
+
+def _length(value: Any) -> int:
+    return len(value) if isinstance(value, str) else len(orjson.dumps(value, default=str))
 
 
 class StreamMeter:

@@ -29,7 +29,7 @@ from django.db import DataError, IntegrityError, connection, transaction
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.utils import timezone
 
-from gateway.calls.metering import StreamMeter
+from gateway.calls.metering import StreamMeter, tools_of
 from gateway.calls.parsing import validate_request
 from gateway.calls.pipeline import Call, OpenStream, Relay, open_stream
 from gateway.models import StoredResponse
@@ -70,7 +70,7 @@ async def create(call: Call, request: HttpRequest) -> HttpResponseBase:
     call.stream = stream
     previous = await _previous(call, body.get("previous_response_id"))
     history = previous.conversation if previous is not None else []
-    call.prompt = [body.get("instructions"), body.get("input")]
+    call.prompt = [body.get("instructions"), body.get("input"), *tools_of(body, "tools")]
     if history:
         # Replayed before the input, tool calls and their outputs included: counted whole, as
         # an input of items is (an item's "content" alone leaves out a call's arguments and an
