@@ -70,12 +70,11 @@ async def create(call: Call, request: HttpRequest) -> HttpResponseBase:
     call.stream = stream
     previous = await _previous(call, body.get("previous_response_id"))
     history = previous.conversation if previous is not None else []
-    call.prompt = [body.get("instructions"), body.get("input"), *tools_of(body, "tools")]
-    if history:
-        # Replayed before the input, tool calls and their outputs included: counted whole, as
-        # an input of items is (an item's "content" alone leaves out a call's arguments and an
-        # output's text, which the upstream is sent all the same).
-        call.prompt.insert(1, history)
+    # The history is replayed before the input, tool calls and their outputs included: counted
+    # whole, as an input of items is (an item's "content" alone leaves out a call's arguments
+    # and an output's text, which the upstream is sent all the same).
+    replayed = [history] if history else []
+    call.prompt = [body.get("instructions"), *replayed, body.get("input"), *tools_of(body, "tools")]
     call.keep_affinity(body)
     call.resolve(model)
     await call.admit_prompt(body.get("max_output_tokens"))
