@@ -17,27 +17,85 @@ CALLED = ("tool_calls", "function_call")
 assistant made, with their arguments."""
 
 
+IMAGE_TOKENS = 1600
+"""An image at the most detail a model reads: Anthropic scales one to about 1.15 megapixels,
+at a token per 750 pixels; OpenAI's high detail tops out near 1,100 tokens (its tiles)."""
+LOW_DETAIL_TOKENS = 85
+"""An image sent with ``detail: low``: OpenAI's fixed cost for one."""
+AUDIO_TOKENS_A_SECOND = 10
+AUDIO_BYTES_A_SECOND = {"wav": 32_000, "mp3": 16_000}
+"""How many bytes a second of audio takes: wav at 16 kHz, 16-bit mono; mp3 at 128 kbit/s."""
+TEXT_PARTS = frozenset(("text", "input_text", "output_text"))
+"""The parts that are text: counted by their text, not their JSON (most of a long history)."""
+MEDIA_PARTS = frozenset(("image_url", "input_image", "image", "input_audio"))
+
+
 def estimate_prompt_tokens(pieces: Any) -> int:
-    """A rough count (4 characters a token) of what a call sends upstream, for admitting it and
-    for calls whose upstream never reported usage. Each piece is a message (its content, and a
-    chat message's tool calls), or anything else counted whole: text as it is, the rest (the
-    tools a call offers, a list of items) as JSON."""
-    chars = 0
-    for piece in pieces or ():
-        if isinstance(piece, dict):
-            chars += _length(piece.get("content"))
-            for name in CALLED:
-                if name in piece:
-                    chars += _length(piece[name])
-        else:
-            chars += _length(piece)
-    return math.ceil(chars / 4)
+    """A rough count of what a call sends upstream, for admitting it and for calls whose
+    upstream never reported usage: 4 characters a token over text, and JSON for the rest (the
+    tools a call offers, a chat message's tool calls). A message, a tool's result or a Responses
+    item counts its parts one by one, and media by what a model reads of them, not by their
+    bytes: an image at ``IMAGE_TOKENS`` (its base64 would be hundreds of thousands), audio by its
+    estimated seconds. A file or document is counted by its length: a page of PDF is a few
+    kilobytes and a few thousand tokens (its text and its picture), the same order."""
+    return math.ceil(sum(map(_chars, pieces or ())) / 4)
 
 
-def tools_of(body: dict[str, Any], *names: str) -> list[Any]:
+def tools_of(body: dict[str, Any], *names: str) -> list[bytes]:
     """The tool definitions a request offers under ``names``, as pieces of its prompt: the
-    upstream is sent them with every call (a coding agent's are thousands of tokens)."""
-    return [body[name] for name in names if body.get(name)]
+    upstream is sent them with every call (a coding agent's are thousands of tokens). They are
+    counted as their JSON, encoded once here (Claude Code's: 80 kB, in 30 definitions)."""
+    return [orjson.dumps(body[name], default=str) for name in names if body.get(name)]
+
+
+def _chars(piece: Any) -> int:
+    """The characters ``piece`` counts for, at 4 a token (media as what a model reads)."""
+    if isinstance(piece, str | bytes):
+        return len(piece)
+    if isinstance(piece, list):
+        total = 0
+        for item in piece:  # a history of hundreds of messages: a call less for each
+            total += _part_chars(item) if isinstance(item, dict) else _chars(item)
+        return total
+    if isinstance(piece, dict):
+        return _part_chars(piece)
+    return 0 if piece is None else _length(piece)
+
+
+def _part_chars(part: dict[str, Any]) -> int:
+    """A message (its content and calls), a Responses item (its content or output), a part."""
+    kind = part.get("type")
+    if isinstance(kind, str):  # a body's "type" may be anything: a list is no set's member
+        if kind in TEXT_PARTS and isinstance(text := part.get("text"), str):
+            return len(text)
+        if kind in MEDIA_PARTS:
+            return 4 * _media_tokens(part, kind)
+    nested = part.get("content", part.get("output"))
+    if not isinstance(nested, (str, list)):
+        return _length(part)
+    chars = _chars(nested)
+    for name in CALLED:
+        if name in part:
+            chars += _length(part[name])
+    return chars
+
+
+def _media_tokens(part: dict[str, Any], kind: str) -> int:
+    """What a model reads of an image or audio part, chat's, Anthropic's or Responses'."""
+    if kind == "image_url":  # chat: {"image_url": {"url": ..., "detail": ...}}
+        image = part.get("image_url")
+        return _image_tokens(image.get("detail") if isinstance(image, dict) else None)
+    if kind != "input_audio":  # Responses' input_image (with its detail), Anthropic's image
+        return _image_tokens(part.get("detail"))
+    audio = part.get("input_audio")  # chat: {"input_audio": {"data": base64, "format": "wav"}}
+    if isinstance(audio, dict) and isinstance(data := audio.get("data"), str):
+        rate = AUDIO_BYTES_A_SECOND.get(str(audio.get("format")), AUDIO_BYTES_A_SECOND["mp3"])
+        return math.ceil(len(data) * 3 / 4 / rate * AUDIO_TOKENS_A_SECOND)
+    return math.ceil(_length(part) / 4)
+
+
+def _image_tokens(detail: Any) -> int:
+    return LOW_DETAIL_TOKENS if detail == "low" else IMAGE_TOKENS
 
 
 def _length(value: Any) -> int:
