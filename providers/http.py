@@ -17,6 +17,7 @@ import orjson
 from httpx_aiohttp import AiohttpTransport
 from httpx_aiohttp.transport import AiohttpResponseStream, map_aiohttp_exceptions
 
+from providers import json_text
 from providers.errors import (
     ProviderError,
     UpstreamTimeout,
@@ -367,7 +368,7 @@ async def post_for_json(
 def json_object(raw: bytes) -> dict[str, Any] | None:
     """``raw`` decoded, when it is a JSON object; else None."""
     try:
-        data = orjson.loads(raw)
+        data = json_text.loads(raw)
     except orjson.JSONDecodeError:
         return None
     return data if isinstance(data, dict) else None

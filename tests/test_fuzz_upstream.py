@@ -415,8 +415,8 @@ REFUSED_IDS = st.sampled_from(
     ["\x00", "resp_\x00", "resp_\x00\x00x", "resp_" + "a" * 96, "é" * 1000]
 ) | st.tuples(st.text(max_size=20), st.just("\x00"), st.text(max_size=20)).map("".join)
 """Ids PostgreSQL refuses to keep: with a NUL (its text takes none), or longer than the id's
-column (SQLite would take them). A lone surrogate is not among them: the gateway reads no
-answer that has one (a 502, the fuzz above), so no such id comes to be kept."""
+column (SQLite would take them). A lone surrogate is not among them: the gateway reads one as
+U+FFFD (``providers.json_text``), which any database keeps."""
 
 
 def test_a_native_response_id_postgresql_refuses_is_not_stored_and_said_so(
@@ -427,11 +427,10 @@ def test_a_native_response_id_postgresql_refuses_is_not_stored_and_said_so(
     fresh: Callable[[], None],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """A native response whose id holds what PostgreSQL's text refuses (a NUL, a lone
-    surrogate), in the upstream's Response object or its ``response.created`` event: the
-    caller's answer stands (200, one row), the response is not kept, a warning says so, and
-    nothing is logged with a traceback. Meant for PostgreSQL (the suite's PostgreSQL run); it
-    holds on SQLite too, which cannot encode a lone surrogate either."""
+    """A native response whose id holds what PostgreSQL's text refuses (a NUL), in the
+    upstream's Response object or its ``response.created`` event: the caller's answer stands
+    (200, one row), the response is not kept, a warning says so, and nothing is logged with a
+    traceback. Meant for PostgreSQL (the suite's PostgreSQL run); it holds on SQLite too."""
     alice = tenants["alice"]
     upstream = FakeUpstream()
 

@@ -169,7 +169,7 @@ def _string_end(body: bytes, pos: int) -> int:
 def _field_name(token: bytes) -> str | None:
     try:
         name = orjson.loads(token)
-    except orjson.JSONDecodeError:  # a lone surrogate, say: orjson.loads will say what is wrong
+    except orjson.JSONDecodeError:  # a lone surrogate, say: the name goes unsaid
         return None
     return name if isinstance(name, str) else None
 

@@ -10,6 +10,7 @@ import orjson
 from pydantic import ValidationError
 
 from gateway.calls.body_limits import INLINE_BYTES, check_body_shape
+from providers import json_text
 from providers.base import PassThroughRequest
 from providers.errors import InvalidRequest
 
@@ -21,7 +22,7 @@ async def parse_json_object(body: bytes) -> dict[str, Any]:
     is parsed (``gateway.calls.body_limits``)."""
     await check_body_shape(body)
     try:
-        data = orjson.loads(body)
+        data = json_text.loads(body)
     except orjson.JSONDecodeError:
         raise InvalidRequest(
             "We could not parse the JSON body of your request. Send a JSON object.",

@@ -1,0 +1,129 @@
+"""A lone half of a surrogate pair, in a request or in an upstream's answer, is read as U+FFFD.
+
+JavaScript's ``JSON.stringify`` writes a lone surrogate as an escape, and Claude Code cuts a long
+tool result by its JavaScript length, which can split an emoji: from then on every call of the
+session carries ``"\\ud83d"`` alone, and Anthropic's API answers each one 400 ("no low surrogate
+in string"; anthropics/claude-code#1939 and its many duplicates). orjson refuses it too: the
+gateway answered 400 ``invalid_json``, and 502 to an upstream answer holding one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from support.inprocess import ANTHROPIC_PATH, answer_everything, api_client
+
+from conftest import TenantKey
+from providers import json_text
+
+LONE_HIGH = rb"\ud83d"
+REPLACEMENT = "\ufffd"
+
+
+@pytest.mark.parametrize(
+    ("raw", "read"),
+    [
+        (rb'{"a": "cut \ud83d"}', f"cut {REPLACEMENT}"),
+        (rb'{"a": "\ude00 after"}', f"{REPLACEMENT} after"),
+        (rb'{"a": "\ud83d\ude00"}', "\U0001f600"),  # a whole pair is one character
+        (rb'{"a": "\ud83d\ud83d\ude00"}', f"{REPLACEMENT}\U0001f600"),
+        (rb'{"a": "\\ud800"}', "\\ud800"),  # an escaped backslash, then text
+        (rb'{"a": "\\\ud800"}', f"\\{REPLACEMENT}"),  # an escaped backslash, then an escape
+        (b'{"a": "latin-1 \xe9"}', f"latin-1 {REPLACEMENT}"),
+    ],
+    ids=[
+        "high",
+        "low",
+        "pair",
+        "high-then-pair",
+        "escaped-backslash",
+        "backslash-then-lone",
+        "bytes",
+    ],
+)
+def test_a_lone_surrogate_or_a_byte_not_utf8_reads_as_the_replacement_character(
+    raw: bytes, read: str
+) -> None:
+    assert json_text.loads(raw) == {"a": read}
+
+
+@pytest.mark.parametrize("raw", [b'{"a": "\\ud83d', b'{"a": 1', b"\xff", b""])
+def test_a_body_still_bad_after_mending_is_refused_as_orjson_refused_it(raw: bytes) -> None:
+    with pytest.raises(orjson.JSONDecodeError):
+        json_text.loads(raw)
+
+
+def claude_code_turns() -> list[dict[str, Any]]:
+    """A Read whose result was cut between the halves of an emoji."""
+    use = {"type": "tool_use", "id": "toolu_1", "name": "Read", "input": {"file_path": "a.md"}}
+    result = {"type": "tool_result", "tool_use_id": "toolu_1", "content": "CUT_HERE"}
+    return [
+        {"role": "user", "content": "read a.md"},
+        {"role": "assistant", "content": [use]},
+        {"role": "user", "content": [result]},
+    ]
+
+
+def with_lone_surrogate(body: dict[str, Any]) -> bytes:
+    return orjson.dumps(body).replace(b"CUT_HERE", b"notes " + LONE_HIGH)
+
+
+@pytest.mark.parametrize("model", ["claude-media", "gpt-test"], ids=["anthropic", "translated"])
+async def test_a_claude_code_session_with_a_cut_emoji_goes_on(
+    tenants: dict[str, TenantKey], gateway_runtime: Any, model: str
+) -> None:
+    """The request is answered, and its upstream is sent U+FFFD where the half was."""
+    sent: list[bytes] = []
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        sent.append(request.content)
+        return answer_everything(request)
+
+    gateway_runtime(upstream)
+    body = {"model": model, "max_tokens": 10, "messages": claude_code_turns()}
+    async with api_client() as client:
+        answer = await client.post(
+            ANTHROPIC_PATH,
+            content=with_lone_surrogate(body),
+            headers={"x-api-key": tenants["alice"].raw, "content-type": "application/json"},
+        )
+    assert answer.status_code == 200, answer.text
+    assert LONE_HIGH not in sent[0]
+    assert f"notes {REPLACEMENT}".encode() in sent[0]
+
+
+def answer_with_lone_surrogate(request: httpx.Request) -> httpx.Response:
+    """An OpenAI-compatible upstream whose text ends between the halves of an emoji (a server
+    in JavaScript that cut it at ``max_tokens``, say), streamed or not."""
+    answer = answer_everything(request)
+    raw = answer.read().replace(b'"hi"', b'"hi ' + LONE_HIGH + b'"')
+    return httpx.Response(answer.status_code, content=raw, headers=answer.headers)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+async def test_an_upstream_answer_with_a_cut_emoji_is_translated_not_a_502(
+    tenants: dict[str, TenantKey], gateway_runtime: Any, stream: bool
+) -> None:
+    """Claude Code on a model behind an OpenAI-compatible backend: the chat answer, translated
+    to a message, says U+FFFD where the half was (it was a 502, or a stream cut short)."""
+    gateway_runtime(answer_with_lone_surrogate)
+    body = {
+        "model": "gpt-test",
+        "max_tokens": 10,
+        "stream": stream,
+        "messages": [{"role": "user", "content": "hello"}],
+    }
+    async with api_client() as client:
+        answer = await client.post(
+            ANTHROPIC_PATH, json=body, headers={"x-api-key": tenants["alice"].raw}
+        )
+    assert answer.status_code == 200, answer.text
+    if stream:
+        assert b"event: message_stop" in answer.content, answer.text
+        assert b"event: error" not in answer.content
+        assert f"hi {REPLACEMENT}" in answer.text
+    else:
+        assert answer.json()["content"][0]["text"] == f"hi {REPLACEMENT}"
