@@ -23,8 +23,11 @@ is predicted. Once the batch is settled:
 4. a batch with room for every call, its fallback included, has none of them refused.
 
 The same holds of batches of ``/v1/responses`` (JSON and streamed; bridged to either chat
-dialect, or native; stored or not) and of the media endpoints (embeddings, images, speech,
-transcriptions), on models alone or falling back to one on the second upstream.
+dialect, or native; stored or not; half of them continuing a response stored by a batch made
+before, whose conversation the gateway replays to the upstream and counts in the call's prompt:
+a short one, and ones of thousands of tokens, most of what such a call asks of its limits) and
+of the media endpoints (embeddings, images, speech, transcriptions), on models alone or falling
+back to one on the second upstream.
 
 And a fallback is never refused for room its own call holds: K calls with room for exactly K,
 all falling back at once, are all answered by their fallback.
@@ -39,6 +42,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+import orjson
 import pytest
 from django.db.models import Sum
 from hypothesis import given
@@ -75,6 +79,7 @@ from support.limits_endpoint_calls import (
     RESPONSES,
     SPEECH,
     EndpointCall,
+    Stored,
     answer,
 )
 from support.limits_endpoint_calls import FALLBACKS as ENDPOINT_FALLBACKS
@@ -85,7 +90,7 @@ from support.redis_db import redis_url  # noqa: F401 - a fixture
 from conftest import TenantKey, examples
 from gateway import runtime
 from gateway.limits.policy import Policy, to_units
-from gateway.models import UsageRecord
+from gateway.models import StoredResponse, UsageRecord
 
 KINDS = [(CHAT, False), (CHAT, True), (ANTHROPIC_PATH, False), (ANTHROPIC_PATH, True)]
 REFUSALS = ("rate_limit_exceeded", "insufficient_quota")
@@ -142,8 +147,9 @@ def most(call: BatchCall) -> tuple[int, int]:
 
 def endpoint_attempts(call: EndpointCall) -> st.SearchStrategy[Attempt]:
     """``attempts`` of a Responses or media call: tokens (a transcription's seconds) within
-    what the call asked for, so that it costs at most its reservation."""
-    tokens = {"prompt": st.integers(0, call.most_used)}
+    what the call asked for, so that it costs at most its reservation; often its prompt's
+    estimate whole (as a long conversation's prompt is, near enough)."""
+    tokens = {"prompt": st.integers(0, call.most_used) | st.just(call.most_used)}
     tokens["completion"] = st.integers(0, call.max_tokens if call.path == RESPONSES else 0)
     streams = call.stream or call.path == SPEECH
     answered = st.builds(Attempt, **tokens)
@@ -154,10 +160,11 @@ def endpoint_attempts(call: EndpointCall) -> st.SearchStrategy[Attempt]:
 
 
 @st.composite
-def endpoint_call(draw: st.DrawFn, n: int) -> EndpointCall:
+def endpoint_call(draw: st.DrawFn, n: int, stored: Sequence[Stored] = ()) -> EndpointCall:
     """The batch's ``n``-th call of the Responses API or a media endpoint (marked
-    ``mark(n)``)."""
+    ``mark(n)``); a response continues one of ``stored``, or none."""
     path, stream = draw(st.sampled_from(ENDPOINT_KINDS))
+    continues = st.none() | st.sampled_from(stored) if stored else st.none()
     falling_back = list(ENDPOINT_FALLBACKS[path])
     models = [*ENDPOINT_MODELS[path], *falling_back, *falling_back]  # falling back: the most
     call = EndpointCall(
@@ -169,6 +176,7 @@ def endpoint_call(draw: st.DrawFn, n: int) -> EndpointCall:
         draw(st.booleans()),
         [],
         store=path == RESPONSES and draw(st.booleans()),
+        previous=draw(continues) if path == RESPONSES else None,
         mark=mark(n),
     )
     some = endpoint_attempts(call)
@@ -247,6 +255,36 @@ def at_once(
     run(current.policy.drain())
     current.ledger.flush()
     return [Made(*made) for made in zip(calls, each, replies, strict=True)]
+
+
+OPENINGS = [
+    EndpointCall(RESPONSES, False, "gpt-alone", 40, 50, False, [], store=True),
+    EndpointCall(RESPONSES, False, "claude-alone", 4_000, 300, False, [], store=True),
+    EndpointCall(RESPONSES, False, "gpt-then-claude", 12_000, 300, False, [], store=True),
+]
+"""The responses stored for the batches' responses to continue: a short one, and ones of 1,000
+and 3,000 tokens; the last is continued once more with 3,000 tokens of its own, a conversation
+of 6,000 tokens in two turns. A continuation asks of its limits mostly for the conversation."""
+UNLIMITED: Limits = dict.fromkeys(["rpm", "tpm", "budget", "key_rpm", "key_budget"])
+
+
+def store_at_once(
+    run: Run,
+    current: runtime.Runtime,
+    who: TenantKey,
+    upstreams: MarkedUpstreams,
+    calls: list[EndpointCall],
+) -> list[Stored]:
+    """Make ``calls`` (responses that store) at once, each answered with all it asked for: the
+    responses they stored, in their order."""
+    answered = [
+        replace(call, first=[Attempt(prompt=call.prompt, completion=call.max_tokens)], mark=mark(n))
+        for n, call in enumerate(calls)
+    ]
+    made = at_once(run, current, who, upstreams, answered)
+    assert [one.reply.status for one in made] == [200] * len(made), made
+    ids = [orjson.loads(one.reply.body)["id"] for one in made]
+    return [(one, StoredResponse.objects.get(id=one).conversation) for one in ids]
 
 
 def refused_by_limits(row: UsageRecord) -> bool:
@@ -340,13 +378,23 @@ def test_responses_and_media_at_the_same_time_keep_one_account_with_the_ledger(
     tracebacks: Tracebacks,
     backend: Callable[[], Policy],
 ) -> None:
-    """The batches of the test above, of calls to ``/v1/responses`` and the media endpoints."""
+    """The batches of the test above, of calls to ``/v1/responses`` and the media endpoints;
+    half the responses continue a conversation stored before the batches, with no limits (the
+    ledger and the counters of each batch start without them): ``OPENINGS``, then a
+    continuation of the last."""
     alice = tenants["alice"]
     upstreams = MarkedUpstreams(answer, HOSTS)
     logging.getLogger("django.request").setLevel(logging.CRITICAL)  # a line per 4xx and 5xx
+    current, _ = start_over(alice, UNLIMITED, gateway_runtime, upstreams, backend, ENDPOINTS_CONFIG)
+    try:
+        stored = store_at_once(run, current, alice, upstreams, OPENINGS)
+        continued = replace(OPENINGS[-1], previous=stored[-1])
+        stored += store_at_once(run, current, alice, upstreams, [continued])
+    finally:
+        run(current.policy.aclose())
 
     @examples(80)
-    @given(batches(endpoint_call))
+    @given(batches(lambda n: endpoint_call(n, stored)))
     def batch(limits_and_calls: tuple[Limits, list[BatchCall]]) -> None:
         limits, calls = limits_and_calls
         tracebacks.records.clear()

@@ -178,7 +178,9 @@ def mark(call: int) -> str:
 class MarkedUpstreams:
     """The upstreams of ``hosts`` for calls made at the same time: each call, found by the mark
     its prompt carries (``mark``), is answered by an ``Upstreams`` of its own, as planned for
-    it, with its own count of attempts and its own client that leaves."""
+    it, with its own count of attempts and its own client that leaves. A call's mark is the last
+    one its upstream is sent: a continued response's is sent the conversation it continues
+    first, the marks of the calls that made it included."""
 
     answer: Answer
     hosts: tuple[str, ...]
@@ -195,9 +197,9 @@ class MarkedUpstreams:
         return list(self.calls.values())
 
     async def __call__(self, request: httpx.Request) -> httpx.Response:
-        found = MARK.search(request.content)
+        found = MARK.findall(request.content)
         assert found, request.content[:300]
-        return await self.calls[found.group().decode()](request)
+        return await self.calls[found[-1].decode()](request)
 
 
 # --- chat and /v1/messages calls, and the models they call ----------------------------------------

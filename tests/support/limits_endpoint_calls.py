@@ -193,6 +193,10 @@ def answer(request: httpx.Request, attempt: Attempt) -> httpx.Response:
 
 # --- the calls ------------------------------------------------------------------------------------
 
+Stored = tuple[str, list[Any]]
+"""A stored response's id, and the conversation the gateway keeps with it (which a response
+continuing it replays to its upstream)."""
+
 
 @dataclass(frozen=True)
 class EndpointCall:
@@ -214,7 +218,7 @@ class EndpointCall:
     second: list[Attempt] = field(default_factory=list)
     store: bool = False
     follows: bool = False
-    previous: tuple[str, list[Any]] | None = None
+    previous: Stored | None = None
     mark: str = ""
 
     @property
