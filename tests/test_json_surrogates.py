@@ -30,30 +30,46 @@ REPLACEMENT = "\ufffd"
         (rb'{"a": "\ude00 after"}', f"{REPLACEMENT} after"),
         (rb'{"a": "\ud83d\ude00"}', "\U0001f600"),  # a whole pair is one character
         (rb'{"a": "\ud83d\ud83d\ude00"}', f"{REPLACEMENT}\U0001f600"),
-        (rb'{"a": "\\ud800"}', "\\ud800"),  # an escaped backslash, then text
+        (rb'{"a": "\ud83d\ud83d"}', REPLACEMENT * 2),
+        (rb'{"a": "\\ud800 \ud800"}', f"\\ud800 {REPLACEMENT}"),  # an escaped backslash, text
         (rb'{"a": "\\\ud800"}', f"\\{REPLACEMENT}"),  # an escaped backslash, then an escape
-        (b'{"a": "latin-1 \xe9"}', f"latin-1 {REPLACEMENT}"),
+        (rb'{"a": "\\ud83d\udc00"}', f"\\ud83d{REPLACEMENT}"),  # text, then a lone low half
     ],
     ids=[
         "high",
         "low",
         "pair",
         "high-then-pair",
+        "two-highs",
         "escaped-backslash",
         "backslash-then-lone",
-        "bytes",
+        "text-then-lone-low",
     ],
 )
-def test_a_lone_surrogate_or_a_byte_not_utf8_reads_as_the_replacement_character(
-    raw: bytes, read: str
-) -> None:
+def test_a_lone_surrogate_reads_as_the_replacement_character(raw: bytes, read: str) -> None:
     assert json_text.loads(raw) == {"a": read}
 
 
-@pytest.mark.parametrize("raw", [b'{"a": "\\ud83d', b'{"a": 1', b"\xff", b""])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        rb'{"a": "\ud83d',
+        b'{"a": 1',
+        b"\xff",
+        b"",
+        b'{"a": "latin-1 \xe9"}',  # not UTF-8: no JavaScript program writes it
+        b'{"a": "' + rb"\ud83dx" * (json_text.MOST_ESCAPES + 1) + b'"}',  # too many to look at
+    ],
+    ids=["cut", "unfinished", "binary", "empty", "not-utf8", "too-many"],
+)
 def test_a_body_still_bad_after_mending_is_refused_as_orjson_refused_it(raw: bytes) -> None:
     with pytest.raises(orjson.JSONDecodeError):
         json_text.loads(raw)
+
+
+def test_as_many_lone_halves_as_are_looked_at_are_mended() -> None:
+    raw = b'{"a": "' + rb"\ud83dx" * json_text.MOST_ESCAPES + b'"}'
+    assert json_text.loads(raw) == {"a": f"{REPLACEMENT}x" * json_text.MOST_ESCAPES}
 
 
 def claude_code_turns() -> list[dict[str, Any]]:
