@@ -29,14 +29,19 @@ a microsecond): a cut emoji is one or two; a body of millions would hold the eve
 seconds, and is refused as orjson refused it."""
 
 
-def loads(raw: bytes) -> Any:
-    """``orjson.loads``, which reads the escape of a lone surrogate as U+FFFD."""
+def loads(raw: bytes | str) -> Any:
+    """``orjson.loads``, which reads the escape of a lone surrogate as U+FFFD: a body, an
+    upstream's answer or event, or JSON inside them (a tool call's ``arguments``)."""
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as error:
         # orjson's words for it: "no low surrogate", "invalid high surrogate" or "invalid low
         # surrogate" "in string".
-        mended = mend(raw) if "surrogate in string" in str(error) else None
+        if "surrogate in string" not in str(error):
+            raise
+        # A str (a tool call's arguments) is mended as its UTF-8; a real surrogate in it would
+        # have been refused as not UTF-8, and is kept for orjson to refuse again.
+        mended = mend(raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw)
         if mended is None:
             raise
         return orjson.loads(mended)

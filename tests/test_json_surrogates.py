@@ -143,3 +143,69 @@ async def test_an_upstream_answer_with_a_cut_emoji_is_translated_not_a_502(
         assert f"hi {REPLACEMENT}" in answer.text
     else:
         assert answer.json()["content"][0]["text"] == f"hi {REPLACEMENT}"
+
+
+def test_json_text_inside_a_string_is_mended_alike() -> None:
+    """A tool call's ``arguments``: JSON text, decoded from the body into a ``str``."""
+    assert json_text.loads('{"path": "cut \\ud83d"}') == {"path": f"cut {REPLACEMENT}"}
+
+
+CUT_ARGUMENTS = '{"path": "notes \\ud83d"}'
+"""A tool call's arguments as a JavaScript agent writes them: ``JSON.stringify`` of a path cut
+inside an emoji (the escape is text inside the ``arguments`` string)."""
+
+
+async def test_a_chat_history_whose_tool_call_arguments_hold_a_cut_emoji_goes_on(
+    tenants: dict[str, TenantKey], gateway_runtime: Any
+) -> None:
+    """A chat client's history, translated to Anthropic: the arguments become the tool_use
+    block's ``input`` object, with U+FFFD where the half was (it was a 400: "The tool call's
+    arguments are not a valid JSON object")."""
+    sent: list[bytes] = []
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        sent.append(request.content)
+        return answer_everything(request)
+
+    gateway_runtime(upstream)
+    function = {"name": "read", "arguments": CUT_ARGUMENTS}
+    call = {"id": "call_1", "type": "function", "function": function}
+    messages = [
+        {"role": "user", "content": "read it"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "ok"},
+    ]
+    body = {"model": "claude-media", "max_tokens": 10, "messages": messages}
+    async with api_client() as client:
+        answer = await client.post(
+            "/v1/chat/completions", json=body, headers={"x-api-key": tenants["alice"].raw}
+        )
+    assert answer.status_code == 200, answer.text
+    tool_use = orjson.loads(sent[0])["messages"][1]["content"][0]
+    assert tool_use["input"] == {"path": f"notes {REPLACEMENT}"}
+
+
+async def test_an_upstream_tool_call_with_a_cut_emoji_is_translated_not_a_502(
+    tenants: dict[str, TenantKey], gateway_runtime: Any
+) -> None:
+    """Claude Code on a model behind an OpenAI-compatible backend that calls a tool with such
+    arguments: the message's tool_use ``input`` says U+FFFD (it was a 502, "The model returned
+    tool call arguments that are not JSON")."""
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        answer = answer_everything(request)
+        completion = answer.json()
+        function = {"name": "read", "arguments": CUT_ARGUMENTS}
+        tool_call = {"id": "call_1", "type": "function", "function": function}
+        completion["choices"][0]["message"] = {"role": "assistant", "tool_calls": [tool_call]}
+        completion["choices"][0]["finish_reason"] = "tool_calls"
+        return httpx.Response(200, json=completion)
+
+    gateway_runtime(upstream)
+    body = {"model": "gpt-test", "max_tokens": 10, "messages": [{"role": "user", "content": "go"}]}
+    async with api_client() as client:
+        answer = await client.post(
+            ANTHROPIC_PATH, json=body, headers={"x-api-key": tenants["alice"].raw}
+        )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["content"][0]["input"] == {"path": f"notes {REPLACEMENT}"}

@@ -27,6 +27,8 @@ def test_estimate_counts_text_and_structured_content() -> None:
     assert estimate_prompt_tokens([parts]) > IMAGE_TOKENS
     assert estimate_prompt_tokens([None, "abcd"]) == 1  # a piece left out counts nothing
     assert estimate_prompt_tokens(None) == 0
+    # A body's "type" may be anything: a list (unhashable) counts as JSON, never raises.
+    assert estimate_prompt_tokens([{"type": ["text"], "text": "abcd"}]) > 1
 
 
 def test_the_upstreams_usage_wins() -> None:

@@ -10,7 +10,6 @@ same ledger, and errors come back in Anthropic's error shape.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import AsyncGenerator
 from typing import Any
@@ -196,6 +195,5 @@ def estimate_request_tokens(body: dict[str, Any]) -> int:
     few tokens per message for its framing: OpenAI's rule of thumb for English and code, not
     measured against a real tokenizer (none is available offline)."""
     messages = body.get("messages") or []
-    tools = body.get("tools") or []
     framing = 4 * len(messages)
-    return estimate_prompt_tokens(messages) + math.ceil(len(orjson.dumps(tools)) / 4) + framing
+    return estimate_prompt_tokens([*messages, *tools_of(body, "tools")]) + framing

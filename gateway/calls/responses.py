@@ -71,8 +71,8 @@ async def create(call: Call, request: HttpRequest) -> HttpResponseBase:
     previous = await _previous(call, body.get("previous_response_id"))
     history = previous.conversation if previous is not None else []
     # The history is replayed before the input, tool calls and their outputs included: counted
-    # whole, as an input of items is (an item's "content" alone leaves out a call's arguments
-    # and an output's text, which the upstream is sent all the same).
+    # as an input of items is, every item (a call's arguments, an output's text) and not only
+    # the messages' "content" (``gateway.calls.metering``).
     replayed = [history] if history else []
     call.prompt = [body.get("instructions"), *replayed, body.get("input"), *tools_of(body, "tools")]
     call.keep_affinity(body)

@@ -7,6 +7,8 @@ from typing import Any
 
 import orjson
 
+from providers import json_text
+
 
 def tool_call_of(block: dict[str, Any]) -> dict[str, Any]:
     """A ``tool_use`` block as an OpenAI tool call: its ``input`` object becomes the JSON string
@@ -22,7 +24,7 @@ def tool_input_of(arguments: Any) -> dict[str, Any] | None:
     if arguments is None or (isinstance(arguments, str) and not arguments.strip()):
         return {}
     try:
-        tool_input = orjson.loads(arguments) if isinstance(arguments, str) else arguments
+        tool_input = json_text.loads(arguments) if isinstance(arguments, str) else arguments
     except orjson.JSONDecodeError:
         return None
     return tool_input if isinstance(tool_input, dict) else None

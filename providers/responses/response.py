@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from providers import json_text
 from providers.responses.ids import (
     CUSTOM_TOOL_CALL,
     FUNCTION_CALL,
@@ -145,7 +146,7 @@ def custom_input(arguments: str) -> str:
     """A custom tool's text from the chat call's arguments, ``{"input": "..."}``; arguments of
     another shape are taken as the text itself."""
     try:
-        decoded = orjson.loads(arguments)
+        decoded = json_text.loads(arguments)
     except orjson.JSONDecodeError:
         return arguments
     text = decoded.get("input") if isinstance(decoded, dict) else None
